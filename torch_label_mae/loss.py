@@ -1,0 +1,64 @@
+"""Losses (paper section III-E): the class-balanced cross-entropy of eq. 10-12, or plain CE.
+
+Both are computed over the hidden pixels by default (``hidden_only=True``), which is what the model
+is asked to reconstruct.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BalancedCrossEntropy(nn.Module):
+    """Class-balanced cross-entropy, eq. (10)-(12).
+
+    For the class frequencies ``x_i`` of the target pixels in the batch (mean ``E(x)``, variance
+    ``V(x)``), class ``i`` gets the weight
+
+        w_i = 1 - 1 / (1 + beta * exp(-(x_i - E(x)) / (V(x) + xi)) ** gamma)      (10)
+
+    so frequent classes weigh less; the loss is the ``w``-weighted mean of the per-pixel NLL over
+    non-ignored pixels (11)-(12). ``beta`` and ``gamma`` are learnable (kept positive through their
+    logarithms).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, beta: float = 1.0, gamma: float = 1.0,
+                 xi: float = 1e-3, learnable: bool = True):
+        super().__init__()
+        self.num_classes, self.ignore_index, self.xi = num_classes, ignore_index, xi
+        init = torch.log(torch.tensor([beta, gamma], dtype=torch.float))
+        self.log_beta_gamma = nn.Parameter(init, requires_grad=learnable)
+
+    def class_weights(self, target: torch.Tensor) -> torch.Tensor:
+        """Eq. (10) -> ``[N]`` weights from the class frequencies of ``target``."""
+        valid = target[(target != self.ignore_index) & (target >= 0) & (target < self.num_classes)]
+        counts = torch.bincount(valid.long(), minlength=self.num_classes).float()
+        x = counts / counts.sum().clamp(min=1)
+        beta, gamma = self.log_beta_gamma.exp()
+        z = torch.exp(-(x - x.mean()) / (x.var(unbiased=False) + self.xi))
+        return 1 - 1 / (1 + beta * z.clamp(max=1e30) ** gamma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor | None = None):
+        """``logits [B, N, H, W]``, ``target [B, H, W]``, optional ``pixel_mask [B, H, W]`` bool."""
+        target = _masked_target(target, pixel_mask, self.ignore_index)
+        w = self.class_weights(target).to(logits.dtype)
+        nll = F.cross_entropy(logits, target.long(), ignore_index=self.ignore_index, reduction="none")
+        valid = target != self.ignore_index
+        wt = w[target.clamp(0, self.num_classes - 1).long()] * valid  # w_{y_n} 1{y_n != ignore}
+        return (nll * wt).sum() / wt.sum().clamp(min=1e-12)
+
+
+def _masked_target(target, pixel_mask, ignore_index):
+    if pixel_mask is None:
+        return target
+    return torch.where(pixel_mask, target, torch.full_like(target, ignore_index))
+
+
+def cross_entropy(logits, target, pixel_mask=None, ignore_index: int = 255):
+    """Plain cross-entropy over ``pixel_mask`` (all pixels when None), ignoring ``ignore_index``."""
+    target = _masked_target(target, pixel_mask, ignore_index)
+    if not (target != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)

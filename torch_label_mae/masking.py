@@ -1,0 +1,117 @@
+"""Which of the L = (H / p) * (W / p) patches are hidden (paper section III-B).
+
+Every function returns ``hidden [B, L]`` bool, patches in row-major order. Training strategies hide
+exactly ``round(ratio * L)`` patches per sample with ties broken at random; the inference mask hides
+every patch that touches a missing pixel, so its count differs per sample.
+
+"Object" pixels are labelled pixels that are not the background class; "background" pixels are those
+of ``background_index``. With ``background_index=None`` (datasets without a background class, such as
+CamVid) no pixel is background: Label-First hides the most completely labelled patches and
+Background-First degenerates to Random.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+STRATEGIES = ("random", "label_first", "background_first")
+PAPER_MIX = (1.0, 2.0, 2.0)  # Random : Label-First : Background-First
+
+
+def num_hidden(ratio: float, num_patches: int) -> int:
+    """``round(ratio * L)``, the number of patches a training strategy hides."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    return int(round(ratio * num_patches))
+
+
+def patch_shares(label: torch.Tensor, patch_size: int, background_index: int | None, ignore_index: int = 255):
+    """Per-patch share of object and of background pixels: two ``[B, L]`` float tensors in [0, 1]."""
+    valid = label != ignore_index
+    background = (label == background_index) & valid if background_index is not None else torch.zeros_like(valid)
+    obj = valid & ~background
+    pool = lambda m: F.avg_pool2d(m.unsqueeze(1).float(), patch_size).flatten(1)  # noqa: E731
+    return pool(obj), pool(background)
+
+
+def _ratios(ratio: float | torch.Tensor, batch: int, num_patches: int, device) -> torch.Tensor:
+    """``ratio`` (float or ``[B]``) -> per-sample hidden counts ``[B]`` int64."""
+    r = torch.as_tensor(ratio, dtype=torch.float64, device=device).expand(batch)
+    if ((r < 0) | (r > 1)).any():
+        raise ValueError(f"mask ratio must be in [0, 1], got {r.tolist()}")
+    return torch.round(r * num_patches).long()
+
+
+def _top_k(score: torch.Tensor, k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Hide the ``k[b]`` highest-scoring patches per row; equal scores are ordered at random.
+
+    ``score`` takes values on a grid of at least 1 / (p * p), so a random offset below half a step
+    breaks ties without reordering distinct scores.
+    """
+    noise = torch.rand(score.shape, generator=generator, device=score.device)
+    key = score.double() + noise.double() * 1e-6
+    rank = torch.argsort(torch.argsort(key, dim=1, descending=True), dim=1)  # rank[b, l]: 0 = first hidden
+    return rank < k.unsqueeze(1)
+
+
+def random_masking(batch: int, num_patches: int, ratio, *, device=None, generator=None) -> torch.Tensor:
+    """Random strategy: ``round(ratio * L)`` patches chosen uniformly per sample -> ``[B, L]`` bool."""
+    k = _ratios(ratio, batch, num_patches, device)
+    return _top_k(torch.zeros(batch, num_patches, device=device), k, generator)
+
+
+def label_first_masking(label, patch_size, ratio, *, background_index=None, ignore_index=255, generator=None):
+    """Label-First: patches with the highest share of object pixels are hidden first."""
+    obj, _ = patch_shares(label, patch_size, background_index, ignore_index)
+    return _top_k(obj, _ratios(ratio, obj.shape[0], obj.shape[1], obj.device), generator)
+
+
+def background_first_masking(label, patch_size, ratio, *, background_index=None, ignore_index=255, generator=None):
+    """Background-First: patches with the highest share of background pixels are hidden first."""
+    _, bg = patch_shares(label, patch_size, background_index, ignore_index)
+    return _top_k(bg, _ratios(ratio, bg.shape[0], bg.shape[1], bg.device), generator)
+
+
+def mixed_masking(
+    label: torch.Tensor,
+    patch_size: int,
+    ratio,
+    *,
+    background_index: int | None = None,
+    ignore_index: int = 255,
+    weights=PAPER_MIX,
+    generator: torch.Generator | None = None,
+    return_strategy: bool = False,
+):
+    """The paper's training mix: each sample draws Random / Label-First / Background-First with
+    probabilities proportional to ``weights`` (1:2:2), then hides ``round(ratio * L)`` patches.
+
+    ``ratio`` is a float or a per-sample ``[B]`` tensor. With ``return_strategy`` also returns the
+    strategy index per sample (``[B]`` int64, indices into :data:`STRATEGIES`).
+    """
+    batch = label.shape[0]
+    obj, bg = patch_shares(label, patch_size, background_index, ignore_index)  # [B, L] each
+    w = torch.as_tensor(weights, dtype=torch.float, device=label.device)
+    if w.numel() != 3 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be three non-negative numbers, got {weights}")
+    strategy = torch.multinomial(w.expand(batch, 3), 1, generator=generator).squeeze(1)  # [B]
+    score = torch.stack([torch.zeros_like(obj), obj, bg], dim=1)  # [B, 3, L]
+    score = score[torch.arange(batch, device=label.device), strategy]  # [B, L]
+    hidden = _top_k(score, _ratios(ratio, batch, obj.shape[1], obj.device), generator)
+    return (hidden, strategy) if return_strategy else hidden
+
+
+def hidden_from_missing(missing: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Inference mask: ``missing [B, H, W]`` bool -> ``[B, L]`` bool, True where a patch touches a
+    missing pixel."""
+    if missing.shape[-1] % patch_size or missing.shape[-2] % patch_size:
+        raise ValueError(f"missing map {tuple(missing.shape)} is not a multiple of patch size {patch_size}")
+    return F.max_pool2d(missing.unsqueeze(1).float(), patch_size).flatten(1) > 0
+
+
+def hidden_to_pixels(hidden: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """``hidden [B, L]`` -> pixel map ``[B, gh * p, gw * p]`` bool."""
+    gh, gw = grid
+    h = hidden.view(-1, gh, gw)
+    return h.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)

@@ -1,0 +1,353 @@
+"""L-MAE: the label masked autoencoder (paper section III-C) and its validated config.
+
+Data path of :meth:`LMAE.forward` (shapes for B samples, L patches of p x p, N classes)::
+
+    label [B, H, W], image [B, 3, H, W], hidden [B, L]
+      -> fuse-map patch embedding of the visible patches     [B, Lv, De]   (forward_encoder)
+      -> encoder blocks (visible only, padded + masked)      [B, Lv, De]
+      -> decoder embedding, scattered back to the grid;
+         hidden positions get the Image Patch Supplement     [B, L, Dd]    (forward_decoder)
+      -> decoder blocks -> per-pixel head                    [B, L, p*p*N]
+      -> unpatchify (+ optional label prior, refinement)     [B, N, H, W]  logits
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fusion import normalize_image, one_hot_label
+from .layers import Block, LabelPatchEmbed, sincos_pos_embed
+from .masking import hidden_to_pixels
+from .prior import nearest_fill
+
+
+@dataclass
+class LMAEConfig:
+    """Everything needed to build an :class:`LMAE`; validated on construction.
+
+    The defaults are the paper's choice (Table IV: EB 8, DB 6, ED 1440, DD 720, patch 16, 224 px,
+    21 classes). ``label_prior`` and ``refine_dim`` are this library's additions (off in the paper's
+    configuration): the hidden patches start from the nearest-label fill, and a light convolutional
+    refinement at full resolution aligns the logits with image edges.
+    """
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    num_classes: int = 21
+    encoder_depth: int = 8
+    encoder_dim: int = 1440
+    encoder_heads: int = 16
+    decoder_depth: int = 6
+    decoder_dim: int = 720
+    decoder_heads: int = 16
+    mlp_ratio: float = 4.0
+    ips: bool = True
+    drop_path: float = 0.0
+    label_prior: bool = False
+    refine_dim: int = 0
+    ignore_index: int = 255
+    background_index: int | None = None
+    mask_ratio: float = 0.5
+    class_names: list[str] | None = field(default=None)
+
+    def __post_init__(self):
+        if isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field at fault."""
+
+        def bad(name, why):
+            raise ValueError(f"LMAEConfig.{name}={getattr(self, name)!r}: {why}")
+
+        ints = ["patch_size", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_depth",
+                "decoder_dim", "decoder_heads", "refine_dim", "ignore_index"]
+        for name in ints:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                bad(name, "must be an int")
+        for name in ["patch_size", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_dim",
+                     "decoder_heads"]:
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.decoder_depth < 0 or self.refine_dim < 0:
+            bad("decoder_depth" if self.decoder_depth < 0 else "refine_dim", "must be >= 0")
+        h, w = self.size
+        if h < 1 or w < 1 or h % self.patch_size or w % self.patch_size:
+            bad("img_size", f"must be positive multiples of patch_size {self.patch_size}")
+        for d, hd in (("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")):
+            if getattr(self, d) % getattr(self, hd):
+                bad(d, f"must be divisible by {hd}={getattr(self, hd)}")
+            if getattr(self, d) % 4:
+                bad(d, "must be a multiple of 4 (2-D sin-cos positions)")
+        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+            bad("mlp_ratio", "must be a positive number")
+        if not isinstance(self.drop_path, (int, float)) or not 0 <= self.drop_path < 1:
+            bad("drop_path", "must be in [0, 1)")
+        if not isinstance(self.mask_ratio, (int, float)) or not 0 < self.mask_ratio < 1:
+            bad("mask_ratio", "must be in (0, 1)")
+        for name in ("ips", "label_prior"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be a bool")
+        if 0 <= self.ignore_index < self.num_classes:
+            bad("ignore_index", f"must not be a class id in [0, {self.num_classes})")
+        if self.background_index is not None and not (
+            isinstance(self.background_index, int) and 0 <= self.background_index < self.num_classes
+        ):
+            bad("background_index", f"must be None or a class id in [0, {self.num_classes})")
+        if self.class_names is not None and (
+            not isinstance(self.class_names, list) or len(self.class_names) != self.num_classes
+        ):
+            bad("class_names", f"must be a list of {self.num_classes} names")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` the model works at."""
+        s = self.img_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(H / p, W / p)``."""
+        h, w = self.size
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.size) if not isinstance(self.img_size, int) else self.img_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LMAEConfig:
+        """Build from a dict (e.g. a downloaded config.json); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path) -> LMAEConfig:
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    # -- named configurations ------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides) -> LMAEConfig:
+        """The paper's configuration (Table IV); pass ``encoder_depth=12, decoder_depth=8,
+        encoder_dim=1024, decoder_dim=512`` (etc.) for the other rows."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> LMAEConfig:
+        """CPU-sized: encoder 4 x 192, decoder 2 x 128, 16 px patches (about 3-5M parameters)."""
+        base = dict(encoder_depth=4, encoder_dim=192, encoder_heads=3, decoder_depth=2, decoder_dim=128,
+                    decoder_heads=4)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> LMAEConfig:
+        """CPU-sized, larger: encoder 6 x 256, decoder 3 x 192."""
+        base = dict(encoder_depth=6, encoder_dim=256, encoder_heads=4, decoder_depth=3, decoder_dim=192,
+                    decoder_heads=4)
+        return cls(**{**base, **overrides})
+
+
+NAMED_CONFIGS = {"paper": LMAEConfig.paper, "tiny": LMAEConfig.tiny, "small": LMAEConfig.small}
+
+
+class Refiner(nn.Module):
+    """Light image-guided refinement at full resolution: a residual on the logits from three 3x3
+    convolutions (dilations 1, 2, 4) over ``[image, logits]``. Zero-initialised output, so it starts
+    as the identity."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.inp = nn.Conv2d(3 + num_classes, dim, 3, padding=1)
+        self.mid = nn.ModuleList([nn.Conv2d(dim, dim, 3, padding=d, dilation=d) for d in (2, 4)])
+        self.out = nn.Conv2d(dim, num_classes, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.inp(torch.cat([image, logits], 1)))  # x: [B, C, H, W]
+        for conv in self.mid:
+            x = F.gelu(conv(x))
+        return logits + self.out(x)
+
+
+class LMAE(nn.Module):
+    """Label masked autoencoder.
+
+    ``LMAE(cfg)(image [B,3,H,W] float, label [B,H,W] int64, hidden [B,L] bool) -> logits [B,N,H,W]``.
+    Samples may hide different numbers of patches: visible tokens are padded to the batch's maximum
+    and padding is masked out of attention, which gives the same result as running them one by one.
+    """
+
+    def __init__(self, config: LMAEConfig):
+        super().__init__()
+        if not isinstance(config, LMAEConfig):
+            raise TypeError(f"expected an LMAEConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = c = config
+        p, n, de, dd = c.patch_size, c.num_classes, c.encoder_dim, c.decoder_dim
+        # fuse-map patch embedding = label part (lookup-and-sum) + image part (linear)
+        self.label_embed = LabelPatchEmbed(n, p, de, c.ignore_index)
+        self.image_embed = nn.Linear(3 * p * p, de)
+        self.register_buffer("pos_embed", sincos_pos_embed(de, c.grid), persistent=False)
+        dpr = [c.drop_path * i / max(c.encoder_depth - 1, 1) for i in range(c.encoder_depth)]
+        self.blocks = nn.ModuleList([Block(de, c.encoder_heads, c.mlp_ratio, r) for r in dpr])
+        self.norm = nn.LayerNorm(de, eps=1e-6)
+        self.decoder_embed = nn.Linear(de, dd)
+        if c.ips:  # Image Patch Supplement: decoder-width embedding of the image patch
+            self.ips_embed = nn.Linear(3 * p * p, dd)
+        else:  # MAE's learned mask token (ablation)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+            nn.init.normal_(self.mask_token, std=0.02)
+        if c.label_prior:
+            self.prior_embed = LabelPatchEmbed(n, p, dd, c.ignore_index)
+            self.prior_scale = nn.Parameter(torch.tensor(3.0))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
+        self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.head = nn.Linear(dd, p * p * n)
+        self.refiner = Refiner(n, c.refine_dim) if c.refine_dim else None
+        self.apply(self._init_weights)
+        if self.refiner is not None:
+            nn.init.zeros_(self.refiner.out.weight)
+            nn.init.zeros_(self.refiner.out.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.EmbeddingBag):
+            nn.init.normal_(m.weight, std=0.02)
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+
+    # -- patches ---------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, L, C * p * p]`` (channel-major within a patch)."""
+        p = self.config.patch_size
+        b, ch, h, w = x.shape
+        x = x.reshape(b, ch, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, p, p]
+        return x.reshape(b, (h // p) * (w // p), ch * p * p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, p * p * N]`` -> ``[B, N, H, W]``."""
+        p, n = self.config.patch_size, self.config.num_classes
+        (gh, gw), b = self.config.grid, x.shape[0]
+        x = x.reshape(b, gh, gw, p, p, n).permute(0, 5, 1, 3, 2, 4)  # [B, N, gh, p, gw, p]
+        return x.reshape(b, n, gh * p, gw * p)
+
+    # -- encoder / decoder -----------------------------------------------------------------------
+    @staticmethod
+    def visible_index(hidden: torch.Tensor):
+        """Indices of visible patches, visible first in grid order, padded to the batch maximum.
+
+        Returns ``ids [B, Lv]`` and ``valid [B, Lv]`` (False on padding)."""
+        n_vis = (~hidden).sum(1)  # [B]
+        lv = int(n_vis.max()) if hidden.numel() else 0
+        ids = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, :lv]  # [B, Lv]
+        valid = torch.arange(lv, device=hidden.device).unsqueeze(0) < n_vis.unsqueeze(1)
+        return ids, valid
+
+    def forward_encoder(self, image_patches, label, hidden):
+        """Embed the visible fuse-map patches and run the encoder -> ``(latent [B,Lv,De], ids, valid)``."""
+        ids, valid = self.visible_index(hidden)
+        p2 = self.config.patch_size**2
+        lab = self.patchify(label.unsqueeze(1))  # [B, L, p*p]
+        lab = lab.gather(1, ids.unsqueeze(-1).expand(-1, -1, p2))  # [B, Lv, p*p]
+        img = image_patches.gather(1, ids.unsqueeze(-1).expand(-1, -1, image_patches.shape[-1]))
+        x = self.label_embed(lab) + self.image_embed(img) + self.pos_embed[ids]  # x: [B, Lv, De]
+        mask = None
+        if not bool(valid.all()):
+            # key padding mask; a sample with no visible patch attends to its padding (output unused)
+            keys = valid | ~valid.any(1, keepdim=True)
+            mask = keys[:, None, None, :]  # [B, 1, 1, Lv]
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.norm(x), ids, valid
+
+    def supplement(self, image_patches, prior, hidden):
+        """Tokens for the hidden positions ``[B, L, Dd]``: IPS (image patch embedding) or mask token,
+        plus the prior's label embedding when ``label_prior`` is on."""
+        if self.config.ips:
+            sup = self.ips_embed(image_patches)
+        else:
+            sup = self.mask_token.expand(hidden.shape[0], hidden.shape[1], -1)
+        if prior is not None:
+            sup = sup + self.prior_embed(self.patchify(prior.unsqueeze(1)))
+        return sup
+
+    def forward_decoder(self, latent, ids, valid, supplement, hidden):
+        """Scatter encoder tokens back to the grid, fill hidden positions, decode -> ``[B, L, p*p*N]``."""
+        b, length = hidden.shape
+        x = supplement.clone()  # [B, L, Dd]
+        vis = self.decoder_embed(latent)  # [B, Lv, Dd]
+        rows = torch.arange(b, device=hidden.device).unsqueeze(1).expand_as(ids)
+        x[rows[valid], ids[valid]] = vis[valid].to(x.dtype)
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.head(self.decoder_norm(x))
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        self.check_inputs(image, label, hidden)
+        image = normalize_image(image)
+        image_patches = self.patchify(image)  # [B, L, 3*p*p]
+        prior = None
+        if c.label_prior:
+            known = (label != c.ignore_index) & (label < c.num_classes) & ~hidden_to_pixels(hidden, c.grid, c.patch_size)
+            prior = nearest_fill(label, known, c.ignore_index)  # [B, H, W]
+        latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
+        sup = self.supplement(image_patches, prior, hidden)
+        logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
+        if prior is not None:
+            logits = logits + self.prior_scale * one_hot_label(prior, c.num_classes, c.ignore_index).to(logits.dtype)
+        if self.refiner is not None:
+            logits = self.refiner(image.to(logits.dtype), logits)
+        return logits
+
+    def check_inputs(self, image, label, hidden) -> None:
+        """Shapes and dtypes of the forward contract, with messages that name the value at fault."""
+        c = self.config
+        h, w = c.size
+        if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (h, w):
+            raise ValueError(f"image must be [B, 3, {h}, {w}], got {tuple(image.shape)}")
+        if label.shape != (image.shape[0], h, w):
+            raise ValueError(f"label must be [B, {h}, {w}] matching image {tuple(image.shape)}, got {tuple(label.shape)}")
+        if label.dtype.is_floating_point or label.dtype == torch.bool:
+            raise ValueError(f"label must be an integer tensor, got {label.dtype}")
+        if hidden.shape != (image.shape[0], c.num_patches) or hidden.dtype != torch.bool:
+            raise ValueError(f"hidden must be bool [B, {c.num_patches}], got {hidden.dtype} {tuple(hidden.shape)}")
