@@ -50,6 +50,7 @@ class LMAEConfig:
     ips: bool = True
     drop_path: float = 0.0
     label_prior: bool = False
+    prior_stride: int = 2
     refine_dim: int = 0
     ignore_index: int = 255
     background_index: int | None = None
@@ -68,7 +69,7 @@ class LMAEConfig:
         def bad(name, why):
             raise ValueError(f"LMAEConfig.{name}={getattr(self, name)!r}: {why}")
 
-        ints = ["patch_size", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_depth",
+        ints = ["patch_size", "prior_stride", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_depth",
                 "decoder_dim", "decoder_heads", "refine_dim", "ignore_index"]
         for name in ints:
             v = getattr(self, name)
@@ -78,6 +79,8 @@ class LMAEConfig:
                      "decoder_heads"]:
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
+        if self.prior_stride < 1 or self.patch_size % self.prior_stride:
+            bad("prior_stride", f"must be >= 1 and divide patch_size {self.patch_size}")
         if self.decoder_depth < 0 or self.refine_dim < 0:
             bad("decoder_depth" if self.decoder_depth < 0 else "refine_dim", "must be >= 0")
         h, w = self.size
@@ -329,7 +332,7 @@ class LMAE(nn.Module):
         prior = None
         if c.label_prior:
             known = (label != c.ignore_index) & (label < c.num_classes) & ~hidden_to_pixels(hidden, c.grid, c.patch_size)
-            prior = nearest_fill(label, known, c.ignore_index)  # [B, H, W]
+            prior = self.label_prior_map(label, known)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         sup = self.supplement(image_patches, prior, hidden)
         logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
@@ -338,6 +341,18 @@ class LMAE(nn.Module):
         if self.refiner is not None:
             logits = self.refiner(image.to(logits.dtype), logits)
         return logits
+
+    def label_prior_map(self, label: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Nearest-label fill of the unknown pixels, computed on a grid ``prior_stride`` times coarser
+        (known where the whole cell is known) and expanded back -> ``[B, H, W]``."""
+        s = self.config.prior_stride
+        if s > 1:
+            known = -F.max_pool2d(-known.unsqueeze(1).float(), s).squeeze(1) > 0  # cell fully known
+            label = label[:, s // 2 :: s, s // 2 :: s]
+        prior = nearest_fill(label, known, self.config.ignore_index)
+        if s > 1:
+            prior = prior.repeat_interleave(s, 1).repeat_interleave(s, 2)
+        return prior
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""

@@ -1,0 +1,285 @@
+"""Label completion with a trained L-MAE: resize to the model grid, hide the patches that touch a
+missing pixel, predict, resize the logits back, fill only the missing pixels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import resize_image, resize_label
+from .masking import hidden_to_pixels
+from .model import LMAE
+
+
+def hidden_for(missing: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``missing [B, H, W]`` bool at any size -> ``hidden [B, L]``: a patch is hidden when any pixel of
+    its source region is missing (adaptive max pooling onto the patch grid)."""
+    return F.adaptive_max_pool2d(missing.unsqueeze(1).float(), grid).flatten(1) > 0
+
+
+@torch.inference_mode()
+def complete_tensors(model: LMAE, image: torch.Tensor, label: torch.Tensor, missing: torch.Tensor,
+                     hidden: torch.Tensor | None = None):
+    """Complete one same-size batch.
+
+    ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int64, ``missing [B, H, W]``
+    bool, all on the model's device. Returns ``(completed [B, H, W] int64, confidence [B, H, W] float)``;
+    pixels outside ``missing`` are returned unchanged (confidence 1).
+    """
+    cfg = model.config
+    size = cfg.size
+    x = resize_image(image, size)
+    lab = resize_label(label, size)
+    if hidden is None:
+        hidden = hidden_for(missing, cfg.grid)
+    lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
+    logits = model(x, lab, hidden).float()  # [B, N, h, w]
+    if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
+    prob, pred = logits.softmax(1).max(1)  # [B, H, W] each
+    completed = torch.where(missing, pred, label)
+    confidence = torch.where(missing, prob, torch.ones_like(prob))
+    return completed, confidence
+
+
+# ----------------------------------------------------------------------------------------------------
+# LabelCompleter: the product surface
+# ----------------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from huggingface_hub import PyTorchModelHubMixin  # noqa: E402
+from torch import nn  # noqa: E402
+
+from . import hub  # noqa: E402
+from .io import confidence_like, image_to_tensor, label_like, label_to_tensor, missing_to_tensor  # noqa: E402
+from .masking import background_first_masking  # noqa: E402
+from .model import LMAEConfig  # noqa: E402
+
+MODEL_CARD = """
+---
+{{ card_data }}
+---
+
+# L-MAE label completer
+
+Fills missing pixels of semantic-segmentation labels from the image and the labels that remain
+(L-MAE, label masked autoencoder). Load with
+`torch_label_mae.LabelCompleter.from_pretrained("<this repo>")`.
+
+- Code: {{ repo_url | default("https://github.com/torch-label-mae/torch-label-mae", true) }}
+- Paper: {{ paper_url | default("https://doi.org/10.1016/j.patter.2025.101455", true) }}
+"""
+
+
+class LabelCompleter(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="torch-label-mae",
+    tags=["image-segmentation", "label-completion", "l-mae"],
+    repo_url="https://github.com/torch-label-mae/torch-label-mae",
+    paper_url="https://doi.org/10.1016/j.patter.2025.101455",
+    model_card_template=MODEL_CARD,
+):
+    """Completes broken segmentation labels with an L-MAE model.
+
+    >>> completer = LabelCompleter.from_pretrained("camvid-m0.5")      # doctest: +SKIP
+    >>> fixed = completer.complete(image, label)      # pixels == 255 are filled  # doctest: +SKIP
+
+    ``LabelCompleter(config)`` builds an untrained completer from an :class:`LMAEConfig` or a dict of
+    it. Loaded completers are in eval mode on ``device`` (CUDA when available, else CPU).
+    """
+
+    def __init__(self, config: LMAEConfig | dict):
+        super().__init__()
+        if isinstance(config, dict):
+            config = LMAEConfig.from_dict(config)
+        if not isinstance(config, LMAEConfig):
+            raise TypeError(f"config must be an LMAEConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        self.model = LMAE(config)
+        self.routes: list[LabelCompleter] = []  # set by from_pretrained("<dataset>"): one per ratio
+
+    # -- hub ---------------------------------------------------------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_model
+
+        save_model(self, str(Path(save_directory) / hub.WEIGHTS_NAME))
+        (Path(save_directory) / hub.CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, revision: str | None = None, cache_dir=None,
+                        local_files_only: bool = False, token=None, device=None, force_download: bool = False,
+                        endpoint: str | None = None, **kwargs) -> LabelCompleter:
+        """Load a completer by registered name (``camvid-m0.5``), dataset (``camvid``: every ratio,
+        routed per sample), local folder or Hub repo id. Loading is strict (missing or unexpected keys
+        are an error) and from safetensors only; the config is validated before the model is built."""
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        name = str(pretrained_model_name_or_path)
+        group = hub.names_for(name) if not Path(name).is_dir() else [name]
+        if len(group) > 1 or (group and group[0] != name):
+            members = [cls.from_pretrained(n, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+                                           device=device, endpoint=endpoint) for n in group]
+            return cls.routed(members)
+        folder = hub.resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                             token=token, endpoint=endpoint)
+        return cls.from_folder(folder, device=device)
+
+    @classmethod
+    def from_folder(cls, folder, device=None) -> LabelCompleter:
+        """Load ``config.json`` + ``model.safetensors`` from a local folder (strict)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            config = LMAEConfig.from_json(folder / hub.CONFIG_NAME)
+        except (OSError, ValueError, TypeError) as e:
+            raise hub.CorruptWeightsError(f"{folder / hub.CONFIG_NAME}: invalid config ({e})") from None
+        completer = cls(config)
+        try:
+            state = load_file(str(folder / hub.WEIGHTS_NAME))
+        except (SafetensorError, OSError) as e:
+            raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
+        missing, unexpected = completer.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: "
+                                          f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        return completer.to(resolve_device(device)).eval()
+
+    @classmethod
+    def routed(cls, members: Sequence[LabelCompleter]) -> LabelCompleter:
+        """Multi-ratio completer: each sample goes to the member whose ``mask_ratio`` is nearest the
+        fraction of patches it hides. The returned object is the member nearest 0.5 with ``routes``
+        set."""
+        members = sorted(members, key=lambda m: m.config.mask_ratio)
+        if not members:
+            raise ValueError("routed() needs at least one completer")
+        ncls = {m.config.num_classes for m in members}
+        if len(ncls) > 1:
+            raise ValueError(f"routed completers must share num_classes, got {sorted(ncls)}")
+        head = min(members, key=lambda m: abs(m.config.mask_ratio - 0.5))
+        head.routes = list(members)
+        return head
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def route(self, hidden_fraction: float) -> LabelCompleter:
+        """The member whose ratio is nearest ``hidden_fraction`` (self when not routed)."""
+        if not self.routes:
+            return self
+        return min(self.routes, key=lambda m: (abs(m.config.mask_ratio - hidden_fraction), m.config.mask_ratio))
+
+    # -- completion --------------------------------------------------------------------------------
+    def complete(self, image, label, missing=None, *, missing_index: int = 255, return_confidence: bool = False):
+        """Complete one label; see :meth:`complete_batch`."""
+        out = self.complete_batch([image], [label], None if missing is None else [missing],
+                                  missing_index=missing_index, return_confidence=return_confidence)
+        return (out[0][0], out[1][0]) if return_confidence else out[0]
+
+    def complete_batch(self, images: Sequence, labels: Sequence, missing=None, *, batch_size: int = 32,
+                       missing_index: int = 255, return_confidence: bool = False):
+        """Complete a list of labels.
+
+        ``missing``: None (pixels equal to ``missing_index`` are missing), a list of boolean HxW maps,
+        or ``"background-first"`` (the paper's inference mode: hide, at the model's ratio, the patches
+        with the largest background share). Only missing pixels change; each output has its input
+        label's type, size and dtype. With ``return_confidence`` also returns, per label, the
+        probability of the chosen class per pixel (1 on pixels that were kept).
+        """
+        if len(images) != len(labels):
+            raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = self.config.num_classes
+        samples = []
+        for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
+            img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
+            if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
+                raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} "
+                                 f"(H, W); they must match")
+            if isinstance(missing, (list, tuple)):
+                if len(missing) != len(labels):
+                    raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
+                miss = missing_to_tensor(missing[i], lab_t.shape, f"missing[{i}]") | (lab_t == missing_index)
+            elif missing is None or missing == "background-first":
+                miss = lab_t == missing_index
+            else:
+                raise ValueError(f"missing must be None, a list of HxW boolean maps or 'background-first', "
+                                 f"got {missing!r}")
+            bad = (lab_t != missing_index) & ~miss & ((lab_t < 0) | (lab_t >= n))
+            if bad.any():
+                vals = sorted(set(lab_t[bad].unique().tolist()))[:5]
+                raise ValueError(f"labels[{i}]: {int(bad.sum())} pixels have ids {vals} outside [0, {n}) that are "
+                                 f"not the missing index {missing_index}; mark them missing or remap them")
+            lab_t = torch.where(miss, torch.full_like(lab_t, self.config.ignore_index), lab_t)
+            if bool(miss.all()):
+                warnings.warn(f"labels[{i}] has no known pixel: it is filled from the image alone", stacklevel=2)
+            samples.append((img_t, lab_t, miss))
+        results: list = [None] * len(samples)
+        groups: dict = {}
+        for i, (img_t, lab_t, miss) in enumerate(samples):
+            hidden = hidden_for(miss.unsqueeze(0), self.config.grid)[0]
+            member = self.route(float(hidden.float().mean()))
+            groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
+        for member, idx in groups.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s : s + batch_size]
+                done = member._complete_same_size([samples[i] for i in chunk], background_first=missing == "background-first")
+                for i, r in zip(chunk, done, strict=True):
+                    results[i] = r
+        outs = [label_like(c, lab) for (c, _), lab in zip(results, labels, strict=True)]
+        if not return_confidence:
+            return outs
+        return outs, [confidence_like(p, lab) for (_, p), lab in zip(results, labels, strict=True)]
+
+    def _complete_same_size(self, samples, background_first: bool = False):
+        dev = self.device
+        non_blocking = dev.type == "cuda"
+        images = [s[0] for s in samples]
+        dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in images) else torch.float32
+        img = torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in images])
+        lab = torch.stack([s[1] for s in samples])
+        miss = torch.stack([s[2] for s in samples])
+        if non_blocking:
+            img, lab, miss = (t.pin_memory() for t in (img, lab, miss))
+        img, lab, miss = (t.to(dev, non_blocking=non_blocking) for t in (img, lab, miss))
+        hidden = None
+        if background_first:
+            if self.config.background_index is None:
+                raise ValueError("missing='background-first' needs a model with a background class "
+                                 "(config.background_index is None)")
+            cfg = self.config
+            small = resize_label(lab, cfg.size)
+            hidden = background_first_masking(small, cfg.patch_size, cfg.mask_ratio,
+                                              background_index=cfg.background_index, ignore_index=cfg.ignore_index)
+            hidden = hidden | hidden_for(miss, cfg.grid)
+            miss = miss | _hidden_pixels_at(hidden, cfg, tuple(lab.shape[-2:]))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            completed, conf = complete_tensors(self.model, img, lab, miss, hidden)
+        return list(zip(completed.cpu(), conf.float().cpu(), strict=True))
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The underlying model's logits (``[B, N, H, W]``); see :class:`LMAE`."""
+        return self.model(image, label, hidden)
+
+
+def _hidden_pixels_at(hidden: torch.Tensor, cfg: LMAEConfig, size) -> torch.Tensor:
+    pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)
+    return resize_label(pix.to(torch.uint8), size).bool()
+
+
+def resolve_device(device=None) -> torch.device:
+    """``device`` or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,211 @@
+"""Datasets and label degradation.
+
+- :class:`FolderDataset`: the layout of ``<root>/dataset.json``, ``<root>/<split>/images/<id>.jpg``,
+  ``<root>/<split>/labels/<id>.png`` (palette PNGs of class ids, 255 = void).
+- :func:`voc_dataset`, :func:`cityscapes_dataset`: torchvision's ``VOCSegmentation`` and
+  ``Cityscapes`` (train ids, 255 ignore) returning the same ``(image, label)`` pairs.
+- :func:`degrade`: the paper's broken labels, seeded per image id so every method sees the same holes.
+
+Samples are ``(image uint8 [3, H, W], label int64 [H, W])`` tensors plus the id.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .masking import hidden_to_pixels, random_masking
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class DatasetInfo:
+    """What ``dataset.json`` says: name, class names, ignore index, background class (or None)."""
+
+    name: str
+    classes: list[str]
+    ignore_index: int = 255
+    background_index: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def load(cls, root: str | Path) -> DatasetInfo:
+        path = Path(root) / "dataset.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a dataset root holds dataset.json and <split>/images, "
+                                    f"<split>/labels")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            classes = list(d["classes"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: expected a JSON object with a 'classes' list ({e})") from None
+        bg = d.get("background_index")
+        if bg is None and classes and classes[0] in ("background", "null", "_background_"):
+            bg = 0
+        return cls(d.get("name", Path(root).name), classes, int(d.get("ignore_index", 255)), bg)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """RGB image file -> ``uint8 [3, H, W]``; raises ``ValueError`` naming the file if unreadable."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_label(path: str | Path) -> torch.Tensor:
+    """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(f"mode {im.mode!r}; expected a palette or grayscale PNG of class ids")
+            arr = np.asarray(im)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read label ({e})") from None
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """``[(id, image_path, label_path)]`` sorted by id; raises if a folder is missing or a file unpaired."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder")
+    images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+    unpaired = sorted(set(images) ^ set(labels))
+    if unpaired:
+        which = [f"{s} (no {'label' if s in images else 'image'})" for s in unpaired[:5]]
+        raise ValueError(f"{len(unpaired)} unpaired files in {images_dir} / {labels_dir}: {', '.join(which)}")
+    return [(k, images[k], labels[k]) for k in sorted(images)]
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """``<root>/<split>/images`` + ``<root>/<split>/labels``; items ``(image, label, id)``.
+
+    ``transform(image, label) -> (image, label)`` is applied when given.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", transform=None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: dataset root not found")
+        self.info = DatasetInfo.load(self.root)
+        self.split = split
+        self.items = pair_files(self.root / split / "images", self.root / split / "labels")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        key, ip, lp = self.items[i]
+        image, label = read_image(ip), read_label(lp)
+        if image.shape[-2:] != label.shape:
+            raise ValueError(f"{ip} is {tuple(image.shape[-2:])} but {lp} is {tuple(label.shape)} (H, W)")
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label, key
+
+
+def voc_dataset(root: str | Path, image_set: str = "train", year: str = "2012", download: bool = False):
+    """Pascal VOC through torchvision's ``VOCSegmentation`` -> ``(image, label, id)`` tensors
+    (21 classes, 0 = background, 255 = void boundary)."""
+    from torchvision.datasets import VOCSegmentation
+
+    ds = VOCSegmentation(str(root), year=year, image_set=image_set, download=download)
+    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images])
+
+
+# Cityscapes id -> train id (19 classes), everything else 255
+_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def cityscapes_dataset(root: str | Path, split: str = "train"):
+    """Cityscapes (fine) through torchvision's ``Cityscapes`` with labels mapped to the 19 train ids."""
+    from torchvision.datasets import Cityscapes
+
+    ds = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+    lut = torch.full((256,), 255, dtype=torch.int64)
+    for k, v in _CITYSCAPES_TRAIN_IDS.items():
+        lut[k] = v
+    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], lut)
+
+
+class _TorchvisionPairs(torch.utils.data.Dataset):
+    def __init__(self, ds, ids, lut=None):
+        self.ds, self.ids, self.lut = ds, ids, lut
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        img, lab = self.ds[i]
+        image = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        label = torch.from_numpy(np.asarray(lab).astype(np.int64))
+        if self.lut is not None:
+            label = self.lut[label]
+        return image, label, self.ids[i]
+
+
+# -- degradation --------------------------------------------------------------------------------------
+def seed_for(key: str, seed: int = 0) -> int:
+    """A stable per-image seed (crc32 of ``"<seed>:<id>"``): every method sees the same holes."""
+    return zlib.crc32(f"{seed}:{key}".encode())
+
+
+def degrade(label: torch.Tensor, ratio: float = 0.5, patch_size: int = 16, *, seed: int | str = 0,
+            mode: str = "patches", ignore_index: int = 255):
+    """Break a label the paper's way: hide ``round(ratio * L)`` of its ``patch_size`` patches.
+
+    ``label [H, W]`` int. ``mode="patches"`` needs ``H`` and ``W`` to be multiples of ``patch_size``
+    (the paper protocol at 224 px); ``mode="blocks"`` works at any resolution, covering the image with
+    a grid of ``patch_size`` blocks (partial blocks at the right / bottom edge) and hiding a ratio of
+    them. ``seed`` may be an int or an image id (hashed with :func:`seed_for`).
+
+    Returns ``(broken [H, W], missing [H, W] bool)``: ``broken`` is a copy with missing pixels set to
+    ``ignore_index``; the input is never modified.
+    """
+    if label.ndim != 2:
+        raise ValueError(f"label must be [H, W], got {tuple(label.shape)}")
+    if mode not in ("patches", "blocks"):
+        raise ValueError(f"mode must be 'patches' or 'blocks', got {mode!r}")
+    h, w = label.shape
+    if mode == "patches" and (h % patch_size or w % patch_size):
+        raise ValueError(f"label {h}x{w} is not a multiple of patch_size {patch_size}; use mode='blocks'")
+    gh, gw = -(-h // patch_size), -(-w // patch_size)
+    g = torch.Generator().manual_seed(seed_for(seed) if isinstance(seed, str) else int(seed))
+    hidden = random_masking(1, gh * gw, ratio, generator=g)
+    missing = hidden_to_pixels(hidden, (gh, gw), patch_size)[0, :h, :w].to(label.device)
+    broken = torch.where(missing, torch.full_like(label, ignore_index), label)
+    return broken, missing
+
+
+# -- resizing shared by training, evaluation and completion ------------------------------------------
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``uint8 [B, 3, H, W]`` -> ``float [B, 3, h, w]`` in [0, 1], bilinear with antialias."""
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W]`` int -> ``[B, h, w]`` nearest."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)

@@ -1,0 +1,71 @@
+"""Evaluation protocols shared by the model and the baselines: same holes, same counting.
+
+A *method* is a callable ``method(images, labels, missing) -> completed`` over lists of tensors
+(``image float [3, H, W]`` in [0, 1], ``label int64 [H, W]`` with missing pixels set to 255,
+``missing bool [H, W]``; returns ``int64 [H, W]`` each). Protocols:
+
+- ``paper``: image and label resized to 224 x 224 (bilinear / nearest), ``ratio`` of the 16 px patches
+  hidden.
+- ``native``: original resolution, ``ratio`` of 32 px blocks hidden.
+
+Holes are seeded per image id (:func:`torch_label_mae.data.seed_for`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .data import degrade, resize_image, resize_label, seed_for
+from .metrics import SegmentationMetrics
+
+PROTOCOLS = {"paper": dict(size=(224, 224), block=16, mode="patches"), "native": dict(size=None, block=32, mode="blocks")}
+
+Method = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+
+
+def degraded_samples(dataset, *, protocol: str = "paper", ratio: float = 0.5, seed: int = 0, limit: int | None = None):
+    """Yield ``(id, image float [3,H,W], label [H,W], broken [H,W], missing [H,W])`` under ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    p = PROTOCOLS[protocol]
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        image, label, key = dataset[i]
+        if p["size"] is not None:
+            image = resize_image(image.unsqueeze(0), p["size"])[0]
+            label = resize_label(label.unsqueeze(0), p["size"])[0]
+        else:
+            image = resize_image(image.unsqueeze(0), tuple(image.shape[-2:]))[0]
+        broken, missing = degrade(label, ratio, p["block"], seed=seed_for(key, seed), mode=p["mode"])
+        yield key, image, label, broken, missing
+
+
+def evaluate(method: Method, dataset, num_classes: int, *, protocol: str = "paper", ratio: float = 0.5,
+             seed: int = 0, batch_size: int = 16, limit: int | None = None) -> dict:
+    """Run ``method`` on the degraded samples and return metrics (fractions) and images/s."""
+    metrics = SegmentationMetrics(num_classes)
+    batch, seconds, count = [], 0.0, 0
+
+    def flush():
+        nonlocal seconds, count
+        _, images, labels, brokens, missings = zip(*batch, strict=True)
+        t = time.perf_counter()
+        preds = method(list(images), list(brokens), list(missings))
+        seconds += time.perf_counter() - t
+        for pred, label, missing in zip(preds, labels, missings, strict=True):
+            metrics.update(pred.cpu(), label, missing)
+        count += len(batch)
+        batch.clear()
+
+    for sample in degraded_samples(dataset, protocol=protocol, ratio=ratio, seed=seed, limit=limit):
+        batch.append(sample)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    out = metrics.compute()
+    out.update(images=count, seconds=seconds, images_per_s=count / seconds if seconds else float("nan"))
+    return out

@@ -1,0 +1,270 @@
+"""Training (paper section IV-A recipe by default), resumable and DDP-ready.
+
+Recipe: Adam (weight decay 1e-4), ReduceLROnPlateau on the epoch's train loss (min mode, patience 5,
+threshold 1e-3, factor 0.8), mixed masking 1:2:2, random crop + rescale to the model size, flips.
+Every epoch: a JSONL log line (loss, lr, val PA-mIoU), a checkpoint, and the best model exported as
+a Hub folder (config.json + model.safetensors). SIGTERM saves a checkpoint and exits; ``resume=True``
+continues from the last one. Under ``torchrun`` it runs DDP (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .completer import complete_tensors
+from .data import FolderDataset
+from .evaluate import evaluate
+from .loss import BalancedCrossEntropy, cross_entropy
+from .masking import PAPER_MIX, hidden_to_pixels, mixed_masking
+from .model import LMAE, NAMED_CONFIGS
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; defaults are the paper's recipe at CPU size."""
+
+    data: str = ""
+    out: str = "runs/lmae"
+    model: str = "tiny"  # a named config: paper | tiny | small
+    model_overrides: dict = field(default_factory=dict)
+    epochs: int = 400
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly (checkpointed) when spent
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    plateau_patience: int = 5
+    plateau_threshold: float = 1e-3
+    plateau_factor: float = 0.8
+    mask_ratio: float = 0.5
+    ratio_range: tuple[float, float] | None = None  # sample the ratio per sample in [lo, hi]
+    mix: tuple[float, float, float] = PAPER_MIX
+    loss: str = "balanced"  # balanced (eq. 10-12) | ce
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
+    flip: bool = True
+    val_split: str = "val"
+    val_limit: int | None = None
+    seed: int = 0
+    threads: int | None = None
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def load_pairs(ds) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Read every ``(image, label)`` of a dataset into memory once."""
+    return [(img, lab) for img, lab, _ in (ds[i] for i in range(len(ds)))]
+
+
+def augment(image: torch.Tensor, label: torch.Tensor, size, scale, flip: bool, rng: random.Random):
+    """Random crop (same aspect as the image, side fraction in ``scale``), rescale to ``size``, flip."""
+    h, w = label.shape
+    s = rng.uniform(*scale)
+    ch, cw = max(1, round(h * s)), max(1, round(w * s))
+    y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
+    img = image[:, y : y + ch, x : x + cw].unsqueeze(0).float() / 255.0
+    lab = label[y : y + ch, x : x + cw]
+    img = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    if flip and rng.random() < 0.5:
+        img, lab = img.flip(-1), lab.flip(-1)
+    return img, lab
+
+
+def _model_method(model: LMAE):
+    def method(images, labels, missing):
+        out, _ = complete_tensors(model, torch.stack(images), torch.stack(labels), torch.stack(missing))
+        return list(out)
+
+    return method
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train; returns the best validation metrics. Safe to call again with ``resume=True``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = _rank()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    rng = random.Random(cfg.seed * 1000 + rank)
+
+    train_ds = FolderDataset(cfg.data, "train")
+    info = train_ds.info
+    mcfg = NAMED_CONFIGS[cfg.model](num_classes=info.num_classes, ignore_index=info.ignore_index,
+                                    background_index=info.background_index, class_names=info.classes,
+                                    mask_ratio=cfg.mask_ratio, **cfg.model_overrides)
+    model = LMAE(mcfg).to(device)
+    criterion = (BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None)
+    params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.plateau_patience,
+                                                       threshold=cfg.plateau_threshold, factor=cfg.plateau_factor)
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": None}
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        # our own local checkpoint (never a downloaded file), loaded without pickle execution
+        blob = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        if criterion is not None and "criterion" in blob:
+            criterion.load_state_dict(blob["criterion"])
+        state.update(json.loads(blob["state"]))
+        rng.seed(cfg.seed * 1000 + rank + 7919 * state["epoch"])
+        torch.manual_seed(cfg.seed + rank + 7919 * state["epoch"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    pairs = load_pairs(train_ds)
+    val_ds = FolderDataset(cfg.data, cfg.val_split) if rank == 0 and cfg.val_split else None
+    stop = {"flag": False}
+    prev = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    t_start = time.time()
+
+    def save_checkpoint():
+        if rank != 0:
+            return
+        blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "state": json.dumps(state), "train_config": json.dumps(dataclasses.asdict(cfg))}
+        if criterion is not None:
+            blob["criterion"] = criterion.state_dict()
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, ckpt)
+
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    try:
+        while state["epoch"] < cfg.epochs and not stop["flag"]:
+            model.train()
+            order = list(range(len(pairs)))
+            random.Random(cfg.seed + state["epoch"]).shuffle(order)
+            order = order[rank::world]
+            steps_per_epoch = len(order) // cfg.batch_size
+            total, n, t0 = 0.0, 0, time.time()
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                batch = [augment(*pairs[i], mcfg.size, cfg.crop_scale, cfg.flip, rng) for i in idx]
+                img = torch.stack([b[0] for b in batch]).to(device)
+                lab = torch.stack([b[1] for b in batch]).to(device)
+                if cfg.ratio_range:
+                    ratio = torch.empty(len(idx)).uniform_(*cfg.ratio_range)
+                else:
+                    ratio = cfg.mask_ratio
+                hidden = mixed_masking(lab, mcfg.patch_size, ratio, background_index=mcfg.background_index,
+                                       ignore_index=mcfg.ignore_index, weights=cfg.mix)
+                pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
+                lr_scale = min(1.0, (state["step"] + 1) / max(cfg.warmup_steps, 1))
+                for g in opt.param_groups:
+                    g.setdefault("base_lr", g["lr"])
+                    g["lr"] = g["base_lr"] * lr_scale if state["step"] < cfg.warmup_steps else g["lr"]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = ddp(img, lab, hidden)
+                logits = logits.float()
+                loss = criterion(logits, lab, pix) if criterion is not None else cross_entropy(logits, lab, pix)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                state["step"] += 1
+                total += float(loss.detach())
+                n += 1
+                if rank == 0 and s % 5 == 0:
+                    el = time.time() - t0
+                    print(f"\repoch {state['epoch'] + 1} step {s + 1}/{steps_per_epoch} loss {total / n:.4f} "
+                          f"{(s + 1) * cfg.batch_size / max(el, 1e-9):.1f} img/s", end="", flush=True)
+                if stop["flag"] or (cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60):
+                    stop["flag"] = True
+                    break
+            if n == 0:
+                break
+            epoch_loss = total / n
+            if world > 1:
+                t = torch.tensor([epoch_loss], device=device)
+                dist.all_reduce(t)
+                epoch_loss = float(t) / world
+            complete = not stop["flag"]
+            if complete:
+                sched.step(epoch_loss)
+                state["epoch"] += 1
+            rec = {"epoch": state["epoch"], "step": state["step"], "loss": epoch_loss, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.time() - t0, "partial": not complete}
+            if rank == 0 and val_ds is not None and complete:
+                model.eval()
+                m = evaluate(_model_method(model), val_ds, mcfg.num_classes, limit=cfg.val_limit)
+                rec.update(val_pa_miou=m["pa_miou"], val_miou=m["miou"])
+                if m["pa_miou"] > state["best"]:
+                    state["best"], state["best_metrics"] = m["pa_miou"], {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
+                    export(model, out / "best")
+            if rank == 0 and complete:
+                export(model, out / "last")
+            if rank == 0:
+                print(f"\n{json.dumps(rec)}", flush=True)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            save_checkpoint()
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        if log:
+            log.close()
+    return state
+
+
+def export(model: LMAE, folder: Path) -> None:
+    """Write ``config.json`` + ``model.safetensors`` atomically (the Hub folder layout)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "model.safetensors.tmp"
+    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    tmpc = folder / "config.json.tmp"
+    tmpc.write_text(json.dumps(model.config.to_dict(), indent=2))
+    os.replace(tmpc, folder / "config.json")
+
+
+def main_train(argv=None) -> None:  # pragma: no cover - exercised through the CLI
+    import argparse
+
+    ap = argparse.ArgumentParser("label-mae train")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--set", action="append", default=[], help="model override key=json")
+    ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--loss", default="balanced")
+    ap.add_argument("--ratio-range", type=float, nargs=2)
+    ap.add_argument("--val-limit", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    cfg = TrainConfig(data=a.data, out=a.out, model=a.model, model_overrides=overrides, epochs=a.epochs,
+                      max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
+                      ratio_range=tuple(a.ratio_range) if a.ratio_range else None, val_limit=a.val_limit,
+                      threads=a.threads)
+    print(json.dumps(train(cfg, resume=a.resume).get("best_metrics")))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_train()

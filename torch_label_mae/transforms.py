@@ -1,0 +1,60 @@
+"""``CompleteLabels``: a torchvision-style joint transform that completes the target of each sample."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .hub import DEFAULT_MODEL
+
+
+class CompleteLabels(nn.Module):
+    """Joint transform ``(image, target) -> (image, completed_target)``.
+
+    Pixels of ``target`` equal to ``missing_index`` are filled by a :class:`LabelCompleter`; the image
+    is returned untouched and the target keeps its type (PIL 'P' keeps its palette, ``tv_tensors.Mask``
+    stays a Mask). Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
+    ``transforms.v2.Compose``, or on a dataset wrapped with ``wrap_dataset_for_transforms_v2``.
+
+    ``completer`` is a registered name / folder / repo id (loaded lazily, on first use, in the process
+    that uses it: the transform pickles without weights, so DataLoader workers load their own copy)
+    or a ready :class:`LabelCompleter`.
+    """
+
+    def __init__(self, completer=DEFAULT_MODEL,
+                 missing_index: int = 255, device=None):
+        super().__init__()
+        self.missing_index = missing_index
+        self.device = device
+        self._spec = completer if isinstance(completer, str) else None
+        self._completer = None if isinstance(completer, str) else completer
+        if self._spec is None and not hasattr(completer, "complete"):
+            raise TypeError(f"completer must be a model name or a LabelCompleter, got {type(completer).__name__}")
+
+    @property
+    def completer(self):
+        if self._completer is None:
+            from .completer import LabelCompleter
+
+            self._completer = LabelCompleter.from_pretrained(self._spec, device=self.device)
+        return self._completer
+
+    def forward(self, image, target):
+        if target is None:
+            return image, target
+        if isinstance(target, dict):  # v2 wrapped datasets may carry a dict target
+            raise TypeError("CompleteLabels expects the segmentation mask as target, got a dict")
+        return image, self.completer.complete(image, target, missing_index=self.missing_index)
+
+    def __call__(self, image, target=None):  # torchvision calls transforms(image, target)
+        with torch.inference_mode():
+            return self.forward(image, target)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if self._spec is not None:
+            state["_completer"] = None  # workers reload by name instead of pickling weights
+        return state
+
+    def extra_repr(self) -> str:
+        return f"completer={self._spec or type(self._completer).__name__!r}, missing_index={self.missing_index}"
