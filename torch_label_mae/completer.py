@@ -50,6 +50,7 @@ import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 from huggingface_hub import PyTorchModelHubMixin  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -122,10 +123,11 @@ class LabelCompleter(
         group = hub.names_for(name) if not Path(name).is_dir() else [name]
         if len(group) > 1 or (group and group[0] != name):
             members = [cls.from_pretrained(n, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-                                           device=device, endpoint=endpoint) for n in group]
+                                           device=device, endpoint=endpoint, force_download=force_download)
+                       for n in group]
             return cls.routed(members)
         folder = hub.resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                             token=token, endpoint=endpoint)
+                             token=token, endpoint=endpoint, force_download=force_download)
         return cls.from_folder(folder, device=device)
 
     @classmethod
@@ -182,8 +184,9 @@ class LabelCompleter(
     # -- completion --------------------------------------------------------------------------------
     def complete(self, image, label, missing=None, *, missing_index: int = 255, return_confidence: bool = False):
         """Complete one label; see :meth:`complete_batch`."""
-        out = self.complete_batch([image], [label], None if missing is None else [missing],
-                                  missing_index=missing_index, return_confidence=return_confidence)
+        maps = missing if missing is None or isinstance(missing, str) else [missing]  # "background-first" as is
+        out = self.complete_batch([image], [label], maps, missing_index=missing_index,
+                                  return_confidence=return_confidence)
         return (out[0][0], out[1][0]) if return_confidence else out[0]
 
     def complete_batch(self, images: Sequence, labels: Sequence, missing=None, *, batch_size: int = 32,
@@ -207,7 +210,7 @@ class LabelCompleter(
             if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
                 raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} "
                                  f"(H, W); they must match")
-            if isinstance(missing, (list, tuple)):
+            if isinstance(missing, (list, tuple, np.ndarray, torch.Tensor)):  # one HxW map per label
                 if len(missing) != len(labels):
                     raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
                 miss = missing_to_tensor(missing[i], lab_t.shape, f"missing[{i}]") | (lab_t == missing_index)
@@ -227,14 +230,15 @@ class LabelCompleter(
             samples.append((img_t, lab_t, miss))
         results: list = [None] * len(samples)
         groups: dict = {}
-        for i, (img_t, lab_t, miss) in enumerate(samples):
+        for i, (_, lab_t, miss) in enumerate(samples):
             hidden = hidden_for(miss.unsqueeze(0), self.config.grid)[0]
             member = self.route(float(hidden.float().mean()))
             groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
         for member, idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                done = member._complete_same_size([samples[i] for i in chunk], background_first=missing == "background-first")
+                done = member._complete_same_size([samples[i] for i in chunk],
+                                                  background_first=isinstance(missing, str))
                 for i, r in zip(chunk, done, strict=True):
                     results[i] = r
         outs = [label_like(c, lab) for (c, _), lab in zip(results, labels, strict=True)]
@@ -266,7 +270,10 @@ class LabelCompleter(
             miss = miss | _hidden_pixels_at(hidden, cfg, tuple(lab.shape[-2:]))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             completed, conf = complete_tensors(self.model, img, lab, miss, hidden)
-        return list(zip(completed.cpu(), conf.float().cpu(), strict=True))
+        completed, conf = completed.cpu(), conf.float().cpu()
+        if completed.is_inference():  # out of inference mode, so callers may edit the results in place
+            completed, conf = completed.clone(), conf.clone()
+        return list(zip(completed, conf, strict=True))
 
     def forward(self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The underlying model's logits (``[B, N, H, W]``); see :class:`LMAE`."""

@@ -209,3 +209,25 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(label.shape[-2:]) == tuple(size):
         return label
     return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)
+
+
+def degrade_folder(labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0,
+                   missing_index: int = 255) -> int:
+    """Write a degraded copy of every label PNG in ``labels_dir`` to ``out_dir`` (palette kept, atomic
+    writes, inputs untouched). Holes are seeded per file id. Returns the number written."""
+    from .io import save_label_png
+
+    src, dst = Path(labels_dir).resolve(), Path(out_dir).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder")
+    if dst == src or src in dst.parents:
+        raise ValueError(f"--out {dst} is the labels folder or inside it; choose another folder")
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
+    for p in files:
+        with Image.open(p) as im:
+            palette = im.getpalette() if im.mode == "P" else None
+        label = read_label(p)
+        broken, _ = degrade(label, ratio, block, seed=seed_for(p.stem, seed), mode="blocks",
+                            ignore_index=missing_index)
+        save_label_png(broken, dst / p.name, palette)
+    return len(files)

@@ -95,7 +95,8 @@ def _unknown(name: str) -> UnknownModelError:
 
 
 def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
-            local_files_only: bool = False, token=None, endpoint: str | None = None) -> Path:
+            local_files_only: bool = False, token=None, endpoint: str | None = None,
+            force_download: bool = False) -> Path:
     """Return a local folder holding ``config.json`` and ``model.safetensors`` for ``name_or_path``."""
     p = Path(name_or_path)
     if p.is_dir():
@@ -111,15 +112,16 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, cac
             if local is not None:
                 return local
         return download(entry.repo_id, revision=revision or entry.revision, cache_dir=cache_dir,
-                        local_files_only=local_files_only, token=token, endpoint=endpoint)
+                        local_files_only=local_files_only, token=token, endpoint=endpoint,
+                        force_download=force_download)
     if name.count("/") == 1 and not name.startswith((".", "/")) and not p.exists():
         return download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                        token=token, endpoint=endpoint)
+                        token=token, endpoint=endpoint, force_download=force_download)
     raise _unknown(name)
 
 
 def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-             token=None, endpoint: str | None = None) -> Path:
+             token=None, endpoint: str | None = None, force_download: bool = False) -> Path:
     """Fetch ``config.json`` and ``model.safetensors`` of a Hub repo (cached); returns their folder.
 
     ``endpoint`` defaults to the ``HF_ENDPOINT`` environment variable read at call time.
@@ -127,6 +129,8 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import hf_hub_download
 
+    if force_download and local_files_only:
+        raise ValueError("force_download=True and local_files_only=True contradict each other")
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     where = f"{repo_id}@{revision or 'main'}"
     paths = []
@@ -134,20 +138,24 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
         try:
             paths.append(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                          local_files_only=local_files_only, token=token, endpoint=endpoint,
-                                         library_name="torch-label-mae"))
+                                         force_download=force_download, library_name="torch-label-mae"))
         except hf_errors.RepositoryNotFoundError:
-            raise ModelNotFoundError(f"{where}: repository not found on the Hub (or it is private: pass token=)") from None
+            raise ModelNotFoundError(f"{where}: repository not found on the Hub "
+                                     f"(or it is private: pass token=)") from None
         except hf_errors.RevisionNotFoundError:
             raise ModelNotFoundError(f"{where}: revision {revision!r} not found") from None
-        except hf_errors.EntryNotFoundError:
-            raise ModelNotFoundError(f"{where}: the repo has no {filename}") from None
-        except hf_errors.LocalEntryNotFoundError:
+        except hf_errors.LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass of it
             raise OfflineError(f"{where}: {filename} is not in the local cache and the Hub cannot be used "
                                f"(offline, local_files_only=True, or the endpoint is unreachable: "
                                f"{endpoint or 'https://huggingface.co'})") from None
+        except hf_errors.EntryNotFoundError:
+            raise ModelNotFoundError(f"{where}: the repo has no {filename}") from None
         except Exception as e:  # the HTTP client's own errors differ between huggingface_hub versions
-            if isinstance(e, OSError) and "consistency" in str(e).lower():
-                raise CorruptWeightsError(f"{where}: {filename} arrived truncated ({e}); retry the download") from None
+            # size check failed after the transfer, or the connection dropped mid-body (httpx / requests)
+            if (isinstance(e, OSError) and "consistency" in str(e).lower()) or type(e).__name__ in (
+                    "RemoteProtocolError", "ChunkedEncodingError"):
+                raise CorruptWeightsError(f"{where}: {filename} arrived truncated ({e}); retry the download "
+                                          f"(force_download=True)") from None
             raise HubUnreachableError(f"{where}: cannot fetch {filename} from {endpoint or 'the Hub'}: "
                                       f"{type(e).__name__}: {e}") from None
     folder = Path(paths[0]).parent

@@ -35,14 +35,17 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"{name}: numpy image must be HxWx3 (or HxW gray), got shape {arr.shape}")
+            alpha = "; drop the alpha channel: image[..., :3]" if arr.ndim == 3 and arr.shape[2] == 4 else ""
+            raise ValueError(f"{name}: numpy image must be HxWx3 RGB (or HxW gray), got shape {arr.shape}{alpha}")
         t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim == 2:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"{name}: tensor image must be 3xHxW (or 1xHxW / HxW gray), got shape {tuple(t.shape)}")
+            alpha = "; drop the alpha channel: image[:3]" if t.ndim == 3 and t.shape[0] == 4 else ""
+            raise ValueError(f"{name}: tensor image must be 3xHxW RGB (or 1xHxW / HxW gray), got shape "
+                             f"{tuple(t.shape)}{alpha}")
         t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
         t = t.as_subclass(torch.Tensor)
     else:

@@ -106,5 +106,6 @@ class LabelPatchEmbed(nn.Module):
         b, n, pp = label_patches.shape
         pos = torch.arange(pp, device=label_patches.device)
         valid = (label_patches >= 0) & (label_patches < self.num_classes)
-        idx = torch.where(valid, label_patches.long() * pp + pos, torch.full_like(label_patches, self.pad).long())
-        return self.bag(idx.reshape(b * n, pp)).view(b, n, -1)
+        pad = torch.full_like(label_patches, self.pad, dtype=torch.long)  # long: pad may not fit the label dtype
+        idx = torch.where(valid, label_patches.long() * pp + pos, pad)
+        return self.bag(idx.reshape(b * n, pp)).view(b, n, self.bag.embedding_dim)

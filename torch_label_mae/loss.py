@@ -32,22 +32,27 @@ class BalancedCrossEntropy(nn.Module):
         self.log_beta_gamma = nn.Parameter(init, requires_grad=learnable)
 
     def class_weights(self, target: torch.Tensor) -> torch.Tensor:
-        """Eq. (10) -> ``[N]`` weights from the class frequencies of ``target``."""
+        """Eq. (10) -> ``[N]`` float64 weights from the class frequencies of ``target``.
+
+        ``1 - 1 / (1 + t)`` with ``t = beta * z ** gamma`` is evaluated as ``sigmoid(log t)`` in float64:
+        in float32 ``1 + t`` rounds to 1 for a dominant class (``t`` ~ 1e-9 already with 21 classes),
+        which zeroed its weight, and the whole loss when the target holds a single class.
+        """
         valid = target[(target != self.ignore_index) & (target >= 0) & (target < self.num_classes)]
-        counts = torch.bincount(valid.long(), minlength=self.num_classes).float()
+        counts = torch.bincount(valid.long(), minlength=self.num_classes).double()
         x = counts / counts.sum().clamp(min=1)
-        beta, gamma = self.log_beta_gamma.exp()
-        z = torch.exp(-(x - x.mean()) / (x.var(unbiased=False) + self.xi))
-        return 1 - 1 / (1 + beta * z.clamp(max=1e30) ** gamma)
+        log_beta, log_gamma = self.log_beta_gamma.double()
+        log_z = -(x - x.mean()) / (x.var(unbiased=False) + self.xi)
+        return torch.sigmoid(log_beta + log_gamma.exp() * log_z)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor | None = None):
         """``logits [B, N, H, W]``, ``target [B, H, W]``, optional ``pixel_mask [B, H, W]`` bool."""
         target = _masked_target(target, pixel_mask, self.ignore_index)
-        w = self.class_weights(target).to(logits.dtype)
+        w = self.class_weights(target)  # float64: a dominant class's weight can be below float32's range
         nll = F.cross_entropy(logits, target.long(), ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
         wt = w[target.clamp(0, self.num_classes - 1).long()] * valid  # w_{y_n} 1{y_n != ignore}
-        return (nll * wt).sum() / wt.sum().clamp(min=1e-12)
+        return ((nll.double() * wt).sum() / wt.sum().clamp(min=1e-300)).to(nll.dtype)
 
 
 def _masked_target(target, pixel_mask, ignore_index):

@@ -38,7 +38,7 @@ def patch_shares(label: torch.Tensor, patch_size: int, background_index: int | N
 def _ratios(ratio: float | torch.Tensor, batch: int, num_patches: int, device) -> torch.Tensor:
     """``ratio`` (float or ``[B]``) -> per-sample hidden counts ``[B]`` int64."""
     r = torch.as_tensor(ratio, dtype=torch.float64, device=device).expand(batch)
-    if ((r < 0) | (r > 1)).any():
+    if not ((r >= 0) & (r <= 1)).all():  # also rejects NaN
         raise ValueError(f"mask ratio must be in [0, 1], got {r.tolist()}")
     return torch.round(r * num_patches).long()
 

@@ -50,7 +50,7 @@ class LMAEConfig:
     ips: bool = True
     drop_path: float = 0.0
     label_prior: bool = False
-    prior_stride: int = 2
+    prior_stride: int = 1
     refine_dim: int = 0
     ignore_index: int = 255
     background_index: int | None = None
@@ -232,7 +232,7 @@ class LMAE(nn.Module):
             nn.init.normal_(self.mask_token, std=0.02)
         if c.label_prior:
             self.prior_embed = LabelPatchEmbed(n, p, dd, c.ignore_index)
-            self.prior_scale = nn.Parameter(torch.tensor(3.0))
+            self.prior_scale = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
@@ -242,6 +242,8 @@ class LMAE(nn.Module):
         if self.refiner is not None:
             nn.init.zeros_(self.refiner.out.weight)
             nn.init.zeros_(self.refiner.out.bias)
+        if c.label_prior:  # start exactly at the prior; learning moves away from it where it helps
+            nn.init.zeros_(self.head.weight)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -47,13 +47,15 @@ class CompleteLabels(nn.Module):
         return image, self.completer.complete(image, target, missing_index=self.missing_index)
 
     def __call__(self, image, target=None):  # torchvision calls transforms(image, target)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: later transforms may edit the target in place
             return self.forward(image, target)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        if self._spec is not None:
-            state["_completer"] = None  # workers reload by name instead of pickling weights
+        if self._spec is not None:  # workers reload by name instead of pickling weights
+            state["_completer"] = None
+            # nn.Module keeps an assigned submodule in _modules, not __dict__: drop it there too
+            state["_modules"] = {k: v for k, v in self._modules.items() if k != "_completer"}
         return state
 
     def extra_repr(self) -> str:

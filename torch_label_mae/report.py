@@ -1,0 +1,24 @@
+"""Plain-text reports of evaluation results."""
+
+from __future__ import annotations
+
+import math
+
+
+def _pct(x) -> str:
+    return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.1f}"
+
+
+def format_report(res: dict, class_names: list[str] | None = None) -> str:
+    """Headline figures and a per-class IoU table (hidden pixels = PA, whole image)."""
+    lines = [
+        f"{res.get('model', '')} on {res.get('data', '')} [{res.get('split', '')}], protocol {res.get('protocol', '')}, "
+        f"ratio {res.get('ratio', '')}: {res['images']} images, {res['images_per_s']:.1f} img/s",
+        f"  PA-mIoU {_pct(res['pa_miou'])}   mIoU {_pct(res['miou'])}   pixel acc {_pct(res['pixel_acc'])}   "
+        f"PA pixel acc {_pct(res['pa_pixel_acc'])}",
+        f"  {'class':20s} {'PA-IoU':>7s} {'IoU':>7s}",
+    ]
+    names = class_names or [str(i) for i in range(len(res["iou"]))]
+    for name, pa, iou in zip(names, res["pa_iou"], res["iou"], strict=False):
+        lines.append(f"  {name:20s} {_pct(pa)} {_pct(iou)}")
+    return "\n".join(lines)
