@@ -103,13 +103,6 @@ def cmd_degrade(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .train import main_train
-
-    main_train(args.rest)
-    return 0
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="label-mae",
@@ -145,13 +138,17 @@ def main(argv=None) -> int:
     p.add_argument("--missing-index", type=int, default=255)
     p.set_defaults(fn=cmd_degrade)
 
-    p = sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_train)
+    sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
 
     p = sub.add_parser("list", help="list the registered pretrained models")
     p.set_defaults(fn=cmd_list)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser (also the entry point under torchrun)
+        from .train import main_train
+
+        main_train(argv[1:])
+        return 0
     args = ap.parse_args(argv)
     if not getattr(args, "fn", None):
         ap.print_help()

@@ -146,7 +146,10 @@ class LabelCompleter(
             state = load_file(str(folder / hub.WEIGHTS_NAME))
         except (SafetensorError, OSError) as e:
             raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
-        missing, unexpected = completer.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = completer.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches raise even when strict=False
+            raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: {e}") from None
         if missing or unexpected:
             raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: "
                                           f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -163,7 +166,7 @@ class LabelCompleter(
         ncls = {m.config.num_classes for m in members}
         if len(ncls) > 1:
             raise ValueError(f"routed completers must share num_classes, got {sorted(ncls)}")
-        head = min(members, key=lambda m: abs(m.config.mask_ratio - 0.5))
+        head = min(members, key=lambda m: round(abs(m.config.mask_ratio - 0.5), 9))  # rounded: 0.3 ties 0.7
         head.routes = list(members)
         return head
 
@@ -179,7 +182,9 @@ class LabelCompleter(
         """The member whose ratio is nearest ``hidden_fraction`` (self when not routed)."""
         if not self.routes:
             return self
-        return min(self.routes, key=lambda m: (abs(m.config.mask_ratio - hidden_fraction), m.config.mask_ratio))
+        # distances rounded so float noise cannot break a tie (0.5 is as near 0.3 as 0.7); ties -> lower ratio
+        return min(self.routes, key=lambda m: (round(abs(m.config.mask_ratio - hidden_fraction), 9),
+                                               m.config.mask_ratio))
 
     # -- completion --------------------------------------------------------------------------------
     def complete(self, image, label, missing=None, *, missing_index: int = 255, return_confidence: bool = False):
@@ -264,10 +269,11 @@ class LabelCompleter(
                                  "(config.background_index is None)")
             cfg = self.config
             small = resize_label(lab, cfg.size)
-            hidden = background_first_masking(small, cfg.patch_size, cfg.mask_ratio,
-                                              background_index=cfg.background_index, ignore_index=cfg.ignore_index)
-            hidden = hidden | hidden_for(miss, cfg.grid)
-            miss = miss | _hidden_pixels_at(hidden, cfg, tuple(lab.shape[-2:]))
+            extra = background_first_masking(small, cfg.patch_size, cfg.mask_ratio,
+                                             background_index=cfg.background_index, ignore_index=cfg.ignore_index)
+            hidden = extra | hidden_for(miss, cfg.grid)
+            # only the patches chosen here become missing; patches hidden for a hole keep their known pixels
+            miss = miss | _hidden_pixels_at(extra, cfg, tuple(lab.shape[-2:]))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             completed, conf = complete_tensors(self.model, img, lab, miss, hidden)
         completed, conf = completed.cpu(), conf.float().cpu()

@@ -106,6 +106,8 @@ def label_like(values: torch.Tensor, like):
             return out
         if like.mode == "L":
             return Image.fromarray(arr.astype(np.uint8), mode="L")
+        if like.mode == "I;16":
+            return Image.fromarray(arr.astype(np.uint16))  # mode I;16
         return Image.fromarray(arr.astype(np.int32), mode="I")
     if isinstance(like, np.ndarray):
         return values.numpy().astype(like.dtype).reshape(like.shape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -232,7 +233,8 @@ class LMAE(nn.Module):
             nn.init.normal_(self.mask_token, std=0.02)
         if c.label_prior:
             self.prior_embed = LabelPatchEmbed(n, p, dd, c.ignore_index)
-            self.prior_scale = nn.Parameter(torch.tensor(1.0))
+            # start where the prior class gets probability 0.9: the head then only learns corrections
+            self.prior_scale = nn.Parameter(torch.tensor(math.log(9.0 * max(n - 1, 1))))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)

@@ -39,6 +39,7 @@ class TrainConfig:
     model: str = "tiny"  # a named config: paper | tiny | small
     model_overrides: dict = field(default_factory=dict)
     epochs: int = 400
+    max_steps: int | None = None  # stop after this many optimizer steps in total (tests, smoke runs)
     max_minutes: float | None = None  # wall-clock budget; stops cleanly (checkpointed) when spent
     batch_size: int = 16
     lr: float = 5e-4
@@ -156,8 +157,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             model.train()
             order = list(range(len(pairs)))
             random.Random(cfg.seed + state["epoch"]).shuffle(order)
-            order = order[rank::world]
-            steps_per_epoch = len(order) // cfg.batch_size
+            per_rank = len(order) // world  # equal step counts on every rank (DDP must not wait forever)
+            order = order[rank * per_rank : (rank + 1) * per_rank]
+            steps_per_epoch = per_rank // cfg.batch_size
             total, n, t0 = 0.0, 0, time.time()
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
@@ -190,6 +192,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     el = time.time() - t0
                     print(f"\repoch {state['epoch'] + 1} step {s + 1}/{steps_per_epoch} loss {total / n:.4f} "
                           f"{(s + 1) * cfg.batch_size / max(el, 1e-9):.1f} img/s", end="", flush=True)
+                if cfg.max_steps and state["step"] >= cfg.max_steps:
+                    stop["flag"] = True
                 if stop["flag"] or (cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60):
                     stop["flag"] = True
                     break
@@ -200,7 +204,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 t = torch.tensor([epoch_loss], device=device)
                 dist.all_reduce(t)
                 epoch_loss = float(t) / world
-            complete = not stop["flag"]
+            complete = not stop["flag"] or s == steps_per_epoch - 1
             if complete:
                 sched.step(epoch_loss)
                 state["epoch"] += 1
@@ -215,6 +219,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     export(model, out / "best")
             if rank == 0 and complete:
                 export(model, out / "last")
+            if world > 1:
+                rec["ranks_in_sync"] = ranks_in_sync(model)
             if rank == 0:
                 print(f"\n{json.dumps(rec)}", flush=True)
                 log.write(json.dumps(rec) + "\n")
@@ -224,7 +230,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         signal.signal(signal.SIGTERM, prev)
         if log:
             log.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     return state
+
+
+def ranks_in_sync(model: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters (checked with an all-gather of sums)."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    probe = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), device=flat.device) % 9973).sum()])
+    gathered = [torch.zeros_like(probe) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, probe)
+    return all(bool(torch.equal(g, gathered[0])) for g in gathered)
 
 
 def export(model: LMAE, folder: Path) -> None:
@@ -243,12 +260,15 @@ def export(model: LMAE, folder: Path) -> None:
 def main_train(argv=None) -> None:  # pragma: no cover - exercised through the CLI
     import argparse
 
-    ap = argparse.ArgumentParser("label-mae train")
+    ap = argparse.ArgumentParser("label-mae train", description="Train an L-MAE model on a dataset folder "
+                                 "(paper recipe by default; checkpoints every epoch; --resume continues).")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--set", action="append", default=[], help="model override key=json")
     ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--val-split", default="val", help="split evaluated each epoch ('' to skip)")
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -260,7 +280,7 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
     a = ap.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     cfg = TrainConfig(data=a.data, out=a.out, model=a.model, model_overrides=overrides, epochs=a.epochs,
-                      max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
+                      max_steps=a.max_steps, val_split=a.val_split, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
                       ratio_range=tuple(a.ratio_range) if a.ratio_range else None, val_limit=a.val_limit,
                       threads=a.threads)
     print(json.dumps(train(cfg, resume=a.resume).get("best_metrics")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -26,6 +28,8 @@ class CompleteLabels(nn.Module):
         super().__init__()
         self.missing_index = missing_index
         self.device = device
+        if isinstance(completer, os.PathLike):  # a folder given as a Path
+            completer = os.fspath(completer)
         self._spec = completer if isinstance(completer, str) else None
         self._completer = None if isinstance(completer, str) else completer
         if self._spec is None and not hasattr(completer, "complete"):

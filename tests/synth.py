@@ -1,0 +1,44 @@
+"""Small synthetic datasets in the shared folder layout, made by the tests themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from torch_label_mae.io import default_palette
+
+
+def make_pair(rng: np.random.Generator, h: int, w: int, num_classes: int):
+    """An image whose colour follows its label (so there is something to learn) and the label."""
+    label = np.zeros((h, w), dtype=np.uint8)
+    for c in range(1, num_classes):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        r = rng.integers(max(2, h // 8), max(3, h // 3))
+        yy, xx = np.ogrid[:h, :w]
+        label[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = c
+    colors = rng.integers(0, 255, (num_classes, 3))
+    image = colors[label].astype(np.float64) + rng.normal(0, 10, (h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def make_dataset(root: Path, splits=(("train", 8), ("val", 4)), size=(48, 64), num_classes: int = 4,
+                 seed: int = 0) -> Path:
+    """Write ``root/dataset.json`` and ``root/<split>/{images,labels}`` with palette PNG labels."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps({"name": "synth", "classes": names, "ignore_index": 255}))
+    for split, n in splits:
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image, label = make_pair(rng, *size, num_classes)
+            Image.fromarray(image).save(root / split / "images" / f"{split}_{i:03d}.jpg", quality=95)
+            lab = Image.fromarray(label, mode="P")
+            lab.putpalette(default_palette())
+            lab.save(root / split / "labels" / f"{split}_{i:03d}.png")
+    return root

@@ -1,0 +1,144 @@
+"""Losses (loss.py): class-balanced cross-entropy (eq. 10-12) and masked plain cross-entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torch_label_mae.loss import BalancedCrossEntropy, cross_entropy
+
+IGNORE = 255
+
+
+def target_from_counts(counts: list[int], n_ignore: int, seed: int) -> torch.Tensor:
+    """A shuffled ``[1, 1, P]`` target holding ``counts[i]`` pixels of class ``i`` plus ``n_ignore`` voids."""
+    values = np.concatenate([np.repeat(np.arange(len(counts)), counts), np.full(n_ignore, IGNORE)])
+    np.random.default_rng(seed).shuffle(values)
+    return torch.from_numpy(values.astype(np.int64)).view(1, 1, -1)
+
+
+@given(
+    counts=st.lists(st.integers(0, 60), min_size=2, max_size=30).filter(lambda c: sum(c) > 0),
+    n_ignore=st.integers(0, 10),
+    beta=st.floats(0.1, 10.0),
+    gamma=st.floats(0.1, 5.0),
+    seed=st.integers(0, 2**31),
+)
+def test_class_weights_in_unit_interval_and_decrease_with_frequency(counts, n_ignore, beta, gamma, seed):
+    n = len(counts)
+    crit = BalancedCrossEntropy(n, beta=beta, gamma=gamma)
+    w = crit.class_weights(target_from_counts(counts, n_ignore, seed)).detach()
+    assert w.shape == (n,)
+    # strictly positive: a zero weight drops a class (or the whole loss) even though eq. 10 is > 0.
+    # Upper end: 1 - 1 / (1 + t) rounds to exactly 1.0 for very rare classes, so <= 1 is what floats allow.
+    assert (w > 0).all() and (w <= 1).all(), w
+    c = torch.tensor(counts)
+    more_frequent = c.unsqueeze(1) > c.unsqueeze(0)  # [i, j]: class i more frequent than class j
+    assert (w.unsqueeze(1) <= w.unsqueeze(0))[more_frequent].all(), (counts, w)
+
+
+def test_class_weights_match_equation_10():
+    target = target_from_counts([30, 10, 0, 60], 5, 0)
+    crit = BalancedCrossEntropy(4, beta=2.0, gamma=0.5, xi=1e-3)
+    x = torch.tensor([30, 10, 0, 60], dtype=torch.float64) / 100
+    z = torch.exp(-(x - x.mean()) / (x.var(unbiased=False) + 1e-3))
+    expected = 1 - 1 / (1 + 2.0 * z**0.5)
+    torch.testing.assert_close(crit.class_weights(target).detach().double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_weighted_loss_matches_manual_weighted_mean():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 4, (2, 5, 6), generator=g)
+    target[0, 0] = IGNORE
+    crit = BalancedCrossEntropy(4, beta=1.5, gamma=2.0)
+    w = crit.class_weights(target).detach().double()
+    valid = target != IGNORE
+    nll = -F.log_softmax(logits.double(), 1).gather(1, target.clamp(max=3).unsqueeze(1)).squeeze(1)
+    wt = w[target.clamp(max=3)] * valid
+    expected = (nll * wt).sum() / wt.sum()
+    torch.testing.assert_close(crit(logits, target).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [2, 21, 150])
+def test_single_class_target_is_plain_cross_entropy(num_classes):
+    # all weights equal -> the weighted mean is the plain mean; the dominant class's weight is tiny
+    # (~1e-9 for 21 classes, below float32 range for 150) but must not round to zero
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, num_classes, 4, 4, generator=g, requires_grad=True)
+    target = torch.full((2, 4, 4), 1, dtype=torch.long)
+    loss = BalancedCrossEntropy(num_classes)(logits, target)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target))
+    loss.backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_perfect_logits_give_near_zero_loss():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (2, 8, 8), generator=g)
+    target[:, :2] = IGNORE
+    logits = 30.0 * F.one_hot(target.clamp(max=4), 5).permute(0, 3, 1, 2).float()
+    assert BalancedCrossEntropy(5)(logits, target) < 1e-6
+    assert cross_entropy(logits, target) < 1e-6
+    assert BalancedCrossEntropy(5)(torch.zeros_like(logits), target) > 1.0  # and imperfect ones do not
+
+
+@pytest.mark.parametrize("kind", ["balanced", "plain"])
+def test_ignored_and_unmasked_pixels_do_not_affect_the_loss(kind):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 7, generator=g)
+    target = torch.randint(0, 4, (2, 6, 7), generator=g)
+    void = torch.rand(2, 6, 7, generator=g) < 0.2
+    target[void] = IGNORE
+    mask = torch.rand(2, 6, 7, generator=g) < 0.6
+    crit = BalancedCrossEntropy(4) if kind == "balanced" else (lambda lg, t, m=None: cross_entropy(lg, t, m))
+    base = crit(logits, target, mask)
+    outside = void | ~mask
+    noisy_logits = torch.where(outside.unsqueeze(1), torch.randn(logits.shape, generator=g) * 10, logits)
+    noisy_target = torch.where(~mask, torch.randint(0, 4, target.shape, generator=g), target)
+    torch.testing.assert_close(crit(noisy_logits, noisy_target, mask), base)
+    # the mask does select pixels: changing logits inside it changes the loss
+    inside = mask & ~void
+    moved = torch.where(inside.unsqueeze(1), torch.randn(logits.shape, generator=g) * 10, logits)
+    assert (crit(moved, target, mask) - base).abs() > 1e-3
+    # masking out == marking ignore
+    torch.testing.assert_close(crit(logits, torch.where(mask, target, torch.full_like(target, IGNORE))), base)
+
+
+def test_beta_and_gamma_receive_gradients():
+    g = torch.Generator().manual_seed(0)
+    crit = BalancedCrossEntropy(4, beta=1.0, gamma=1.0)
+    logits = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)
+    target = torch.from_numpy(np.random.default_rng(0).choice(4, size=(2, 8, 8), p=[0.6, 0.25, 0.1, 0.05]))
+    crit(logits, target).backward()
+    grad = crit.log_beta_gamma.grad
+    assert grad is not None and (grad != 0).all(), grad
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    frozen = BalancedCrossEntropy(4, learnable=False)
+    assert not frozen.log_beta_gamma.requires_grad
+
+
+@pytest.mark.parametrize("kind", ["balanced", "plain"])
+def test_empty_mask_gives_zero_differentiable_loss(kind):
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 4))
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    loss = cross_entropy(logits, target, mask) if kind == "plain" else BalancedCrossEntropy(3)(logits, target, mask)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
+    all_void = torch.full_like(target, IGNORE)
+    assert cross_entropy(logits, all_void).item() == 0.0
+
+
+def test_plain_cross_entropy_is_mean_over_masked_pixels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5, generator=g)
+    target = torch.randint(0, 3, (2, 5, 5), generator=g)
+    mask = torch.rand(2, 5, 5, generator=g) < 0.5
+    nll = F.cross_entropy(logits, target, reduction="none")
+    torch.testing.assert_close(cross_entropy(logits, target, mask), nll[mask].mean())

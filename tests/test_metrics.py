@@ -1,0 +1,154 @@
+"""Confusion-matrix metrics (metrics.py): mIoU, PA-mIoU, pixel accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torch_label_mae.metrics import SegmentationMetrics, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+
+IGNORE = 255
+
+
+@st.composite
+def predictions(draw):
+    """``(pred, target, hidden, N)``: ``target`` with voids, at least one labelled pixel."""
+    n = draw(st.integers(1, 6))
+    b, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    target = rng.integers(0, n, (b, h, w))
+    target[rng.random((b, h, w)) < draw(st.sampled_from([0.0, 0.2, 0.6]))] = IGNORE
+    target.flat[rng.integers(0, target.size)] = rng.integers(0, n)
+    # predictions: mostly right, sometimes not (how often is drawn)
+    wrong = rng.random((b, h, w)) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    pred = np.where(wrong | (target == IGNORE), rng.integers(0, n, (b, h, w)), target)
+    hidden = rng.random((b, h, w)) < draw(st.sampled_from([0.0, 0.5, 1.0]))
+    return torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(hidden), n
+
+
+def reference_cm(pred, target, n, mask=None) -> np.ndarray:
+    """Brute-force confusion matrix."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    keep = (target != IGNORE) if mask is None else (target != IGNORE) & mask
+    for t, p in zip(target[keep].tolist(), pred[keep].tolist(), strict=True):
+        cm[t, p] += 1
+    return cm
+
+
+def metrics_of(pred, target, hidden, n) -> dict:
+    m = SegmentationMetrics(n)
+    m.update(pred, target, hidden)
+    return m.compute()
+
+
+@given(predictions())
+def test_confusion_matrix_matches_brute_force(data):
+    pred, target, hidden, n = data
+    assert np.array_equal(confusion_matrix(pred, target, n).numpy(), reference_cm(pred, target, n))
+    assert np.array_equal(confusion_matrix(pred, target, n, pixel_mask=hidden).numpy(),
+                          reference_cm(pred, target, n, hidden))
+
+
+@given(predictions())
+def test_metrics_in_unit_interval(data):
+    pred, target, hidden, n = data
+    r = metrics_of(pred, target, hidden, n)
+    for key in ("miou", "pixel_acc"):
+        assert 0.0 <= r[key] <= 1.0, (key, r[key])
+    if ((target != IGNORE) & hidden).any():
+        for key in ("pa_miou", "pa_pixel_acc"):
+            assert 0.0 <= r[key] <= 1.0, (key, r[key])
+    else:  # nothing hidden and labelled: undefined, reported as NaN rather than a made-up number
+        assert math.isnan(r["pa_miou"]) and math.isnan(r["pa_pixel_acc"])
+
+
+@given(predictions())
+def test_perfect_prediction_scores_one(data):
+    _, target, hidden, n = data
+    pred = torch.where(target == IGNORE, torch.zeros_like(target), target)  # void pixels may hold anything
+    r = metrics_of(pred, target, torch.ones_like(hidden), n)
+    assert r["miou"] == 1.0 and r["pixel_acc"] == 1.0 and r["pa_miou"] == 1.0
+
+
+@given(predictions(), st.data())
+def test_invariant_to_consistent_class_relabelling(data, draw_data):
+    pred, target, hidden, n = data
+    perm = torch.tensor(draw_data.draw(st.permutations(range(n))))
+    pred2 = perm[pred]
+    target2 = torch.where(target == IGNORE, target, perm[target.clamp(max=n - 1)])
+    r, r2 = metrics_of(pred, target, hidden, n), metrics_of(pred2, target2, hidden, n)
+    for key in ("miou", "pa_miou", "pixel_acc", "pa_pixel_acc"):
+        a, b = r[key], r2[key]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12), key
+    # per-class IoUs move with their class
+    iou, iou2 = np.array(r["iou"]), np.array(r2["iou"])
+    np.testing.assert_allclose(iou2[perm.numpy()], iou, equal_nan=True)
+
+
+@given(predictions())
+def test_pa_miou_equals_miou_when_every_pixel_is_hidden(data):
+    pred, target, _, n = data
+    r = metrics_of(pred, target, torch.ones(target.shape, dtype=torch.bool), n)
+    assert r["pa_miou"] == r["miou"] and r["pa_pixel_acc"] == r["pixel_acc"]
+
+
+@given(predictions(), st.integers(0, 2**31))
+def test_void_target_pixels_are_ignored(data, seed):
+    pred, target, hidden, n = data
+    g = torch.Generator().manual_seed(seed)
+    other = torch.where(target == IGNORE, torch.randint(0, n, pred.shape, generator=g), pred)
+    m1, m2 = SegmentationMetrics(n), SegmentationMetrics(n)
+    m1.update(pred, target, hidden)
+    m2.update(other, target, hidden)
+    assert torch.equal(m1.cm, m2.cm) and torch.equal(m1.cm_hidden, m2.cm_hidden)
+    assert int(m1.cm.sum()) == int((target != IGNORE).sum())
+    assert int(m1.cm_hidden.sum()) == int(((target != IGNORE) & hidden).sum())
+
+
+def test_known_values():
+    # target 0 0 1 1, pred 0 1 1 1: IoU_0 = 1/2, IoU_1 = 2/3, class 2 absent everywhere (not averaged)
+    target = torch.tensor([[0, 0, 1, 1, IGNORE]])
+    pred = torch.tensor([[0, 1, 1, 1, 2]])
+    cm = confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    iou = iou_per_class(cm)
+    assert iou[:2].tolist() == pytest.approx([0.5, 2 / 3]) and math.isnan(iou[2])
+    assert mean_iou(cm) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert pixel_accuracy(cm) == pytest.approx(0.75)
+    # a class predicted but absent from the target counts with IoU 0
+    cm2 = confusion_matrix(torch.tensor([[2, 0]]), torch.tensor([[0, 0]]), 3)
+    assert mean_iou(cm2) == pytest.approx(0.25)
+    assert math.isnan(mean_iou(torch.zeros(3, 3, dtype=torch.long)))
+    assert math.isnan(pixel_accuracy(torch.zeros(3, 3, dtype=torch.long)))
+
+
+def test_accumulates_over_batches():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (4, 6, 6), generator=g)
+    target = torch.randint(0, 4, (4, 6, 6), generator=g)
+    hidden = torch.rand(4, 6, 6, generator=g) < 0.5
+    whole = metrics_of(pred, target, hidden, 4)
+    m = SegmentationMetrics(4)
+    for i in range(4):
+        m.update(pred[i], target[i], hidden[i])
+    assert m.compute() == whole
+
+
+@pytest.mark.parametrize("bad", [4, -1, 300])
+def test_out_of_range_prediction_raises(bad):
+    target = torch.tensor([[0, 1, 2, 3]])
+    pred = torch.tensor([[0, 1, bad, 3]])
+    with pytest.raises(ValueError, match="class ids"):
+        confusion_matrix(pred, target, 4)
+    with pytest.raises(ValueError, match="class ids"):
+        SegmentationMetrics(4).update(pred, target)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long), 3)

@@ -1,0 +1,213 @@
+"""``CompleteLabels`` as a torchvision joint transform: lazy loading, pickling, ``transforms.v2``,
+``VOCSegmentation`` (plain and wrapped for v2) and a ``DataLoader`` worker."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets, tv_tensors
+from torchvision.transforms import v2
+
+from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig, hub
+from torch_label_mae.io import default_palette
+
+N = 5
+TINY = dict(num_classes=N, img_size=32, patch_size=8, encoder_depth=1, encoder_dim=32, encoder_heads=2,
+            decoder_depth=1, decoder_dim=32, decoder_heads=2, background_index=0)
+VOC_PALETTE = default_palette()
+IDS = ["2007_000001", "2007_000002", "2007_000003"]
+SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W), not multiples of the patch
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("completer")
+    LabelCompleter(LMAEConfig.tiny(**TINY)).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def completer(folder) -> LabelCompleter:
+    return LabelCompleter.from_pretrained(folder, device="cpu")
+
+
+def _label(h: int, w: int, seed: int) -> np.ndarray:
+    """Class ids in blocks, a VOC-style 255 boundary and a rectangular 255 hole."""
+    rng = np.random.default_rng(seed)
+    lab = np.kron(rng.integers(0, N, (-(-h // 8), -(-w // 8))), np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
+    edge = np.zeros_like(lab, bool)
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    lab[edge] = 255
+    lab[h // 4 : h // 2, w // 3 : w - 2] = 255
+    return lab
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory) -> Path:
+    """``VOCdevkit/VOC2012`` with JPEG images, palette PNG labels (255 holes) and a train split."""
+    root = tmp_path_factory.mktemp("voc")
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (name, (h, w)) in enumerate(zip(IDS, SIZES, strict=True)):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
+        lab = Image.fromarray(_label(h, w, i), mode="P")
+        lab.putpalette(VOC_PALETTE)
+        lab.save(base / "SegmentationClass" / f"{name}.png")
+    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(IDS) + "\n")
+    return root
+
+
+def _voc(root, transforms=None):
+    return datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=False, transforms=transforms)
+
+
+def _check_completed(out: np.ndarray, raw: np.ndarray) -> None:
+    known = raw != 255
+    np.testing.assert_array_equal(out[known], raw[known])
+    assert (out < N).all()  # every 255 (holes and VOC's boundary) was filled
+
+
+# ----------------------------------------------------------------------------------------------------
+# the transform itself
+# ----------------------------------------------------------------------------------------------------
+def test_completes_the_target_and_passes_the_image_through(completer):
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8))
+    raw = _label(37, 45, 1)
+    target = Image.fromarray(raw, mode="P")
+    target.putpalette(VOC_PALETTE)
+    t = CompleteLabels(completer)
+    out_image, out = t(image, target)
+    assert out_image is image
+    assert isinstance(out, Image.Image) and out.mode == "P" and out.getpalette() == target.getpalette()
+    _check_completed(np.array(out), raw)
+    np.testing.assert_array_equal(np.array(out), np.array(completer.complete(image, target)))
+    np.testing.assert_array_equal(np.array(target), raw)  # the input is untouched
+    assert t(image) == (image, None) and t(image, None) == (image, None)
+    with pytest.raises(TypeError, match="dict"):
+        t(image, {"masks": target})
+    assert "missing_index=255" in repr(t)
+
+
+def test_other_missing_index(completer):
+    target = np.full((12, 13), 3, np.int64)
+    target[2:6, 2:9] = 0
+    _, out = CompleteLabels(completer, missing_index=0)(np.zeros((12, 13, 3), np.uint8), target)
+    assert (out[target != 0] == 3).all() and (out < N).all()
+
+
+def test_refuses_what_is_not_a_completer():
+    with pytest.raises(TypeError, match="completer must be"):
+        CompleteLabels(42)
+
+
+def test_loads_lazily_and_pickles_without_weights(folder, completer):
+    weights = (folder / hub.WEIGHTS_NAME).stat().st_size
+    t = CompleteLabels(folder, device="cpu")  # a Path works as well as a str
+    assert t._completer is None
+    before = pickle.dumps(t)
+    assert len(before) < weights / 10
+
+    image, target = np.zeros((20, 21, 3), np.uint8), _label(20, 21, 2)
+    _, out = t(image, target)
+    assert isinstance(t.completer, LabelCompleter) and not t.completer.training
+    np.testing.assert_array_equal(out, completer.complete(image, target))
+
+    after = pickle.dumps(t)
+    assert len(after) < weights / 10  # the loaded weights stay behind
+    for blob in (before, after):
+        copy = pickle.loads(blob)
+        assert copy._completer is None and "_completer" not in copy._modules
+        np.testing.assert_array_equal(copy(image, target)[1], out)  # reloads on first use
+    assert t._completer is not None  # pickling did not unload the original
+
+
+def test_nothing_is_loaded_before_the_first_call(tmp_path):
+    t = CompleteLabels(str(tmp_path / "no-such-model"))  # no error yet: nothing is resolved
+    pickle.loads(pickle.dumps(t))
+    with pytest.raises(hub.HubError):
+        t(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
+
+
+def test_instance_pickles_with_its_weights(completer):
+    t = CompleteLabels(completer)
+    copy = pickle.loads(pickle.dumps(t))
+    image, target = np.zeros((9, 10, 3), np.uint8), _label(9, 10, 3)
+    np.testing.assert_array_equal(copy(image, target)[1], t(image, target)[1])
+
+
+def test_in_a_v2_compose(completer):
+    rng = np.random.default_rng(4)
+    raw = _label(30, 34, 4)
+    image = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 30, 34), dtype=np.uint8)))
+    mask = tv_tensors.Mask(torch.from_numpy(raw))
+    completed = completer.complete(image, mask)
+
+    flip_after = v2.Compose([CompleteLabels(completer), v2.RandomHorizontalFlip(p=1.0)])
+    out_image, out_mask = flip_after(image, mask)
+    assert isinstance(out_image, tv_tensors.Image) and isinstance(out_mask, tv_tensors.Mask)
+    assert torch.equal(out_image, image.flip(-1)) and torch.equal(out_mask, completed.flip(-1))
+    _, direct = CompleteLabels(completer)(image, mask)
+    assert not direct.is_inference()
+    direct[0, 0] = 1  # later transforms / user code may edit the target in place
+
+    flip_first = v2.Compose([v2.RandomHorizontalFlip(p=1.0), CompleteLabels(completer),
+                             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)])
+    out_image, out_mask = flip_first(image, mask)
+    assert isinstance(out_mask, tv_tensors.Mask) and out_mask.dtype == torch.uint8
+    assert out_image.dtype == torch.float32
+    _check_completed(out_mask.numpy(), raw[:, ::-1])
+    assert torch.equal(mask, torch.from_numpy(raw))  # inputs untouched
+
+
+# ----------------------------------------------------------------------------------------------------
+# torchvision datasets
+# ----------------------------------------------------------------------------------------------------
+def test_voc_segmentation(voc_root, completer):
+    raw_ds, ds = _voc(voc_root), _voc(voc_root, transforms=CompleteLabels(completer))
+    assert len(ds) == len(IDS)
+    for i in range(len(ds)):
+        (raw_image, raw_target), (image, target) = raw_ds[i], ds[i]
+        raw = np.array(raw_target)
+        assert (raw == 255).any()  # holes and boundaries to fill
+        assert isinstance(target, Image.Image) and target.mode == "P" and target.size == raw_target.size
+        assert target.getpalette() == raw_target.getpalette()
+        np.testing.assert_array_equal(np.array(image), np.array(raw_image))
+        _check_completed(np.array(target), raw)
+
+
+def test_voc_wrapped_for_transforms_v2(voc_root, folder, completer):
+    ds = datasets.wrap_dataset_for_transforms_v2(_voc(voc_root, transforms=v2.Compose([
+        CompleteLabels(folder), v2.RandomHorizontalFlip(p=1.0), v2.ToImage()])))
+    raw_ds = _voc(voc_root)
+    for i in range(len(ds)):
+        image, target = ds[i]
+        raw_image, raw_target = raw_ds[i]
+        assert isinstance(image, tv_tensors.Image) and isinstance(target, tv_tensors.Mask)
+        assert tuple(target.shape) == (1, raw_target.size[1], raw_target.size[0])
+        want = np.array(completer.complete(raw_image, raw_target))[:, ::-1]
+        np.testing.assert_array_equal(target[0].numpy(), want)
+        _check_completed(target[0].numpy(), np.array(raw_target)[:, ::-1])
+
+
+def test_in_a_dataloader_worker(voc_root, folder, completer):
+    transform = CompleteLabels(str(folder), device="cpu")
+    ds = datasets.wrap_dataset_for_transforms_v2(_voc(voc_root, transforms=transform))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=list)
+    items = [item for batch in loader for item in batch]
+    assert len(items) == len(IDS)
+    assert transform._completer is None  # the worker loaded its own copy; this process never did
+    raw_ds = _voc(voc_root)
+    for (image, target), (raw_image, raw_target) in zip(items, (raw_ds[i] for i in range(len(raw_ds))), strict=True):
+        assert isinstance(image, Image.Image) and isinstance(target, tv_tensors.Mask)
+        want = np.array(completer.complete(raw_image, raw_target))
+        np.testing.assert_array_equal(target[0].numpy(), want)
