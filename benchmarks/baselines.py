@@ -90,8 +90,11 @@ def main(argv=None) -> int:
     for name, method in runs:
         r = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, ratio=a.ratio, seed=a.seed, limit=a.limit)
         results[name] = r
-        print(f"{name:28s} {100 * r['pa_miou']:8.1f} {100 * r['miou']:7.1f} {100 * r['pixel_acc']:7.1f} "
-              f"{r['images_per_s']:8.1f}", flush=True)
+        print(
+            f"{name:28s} {100 * r['pa_miou']:8.1f} {100 * r['miou']:7.1f} {100 * r['pixel_acc']:7.1f} "
+            f"{r['images_per_s']:8.1f}",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -24,8 +24,9 @@ def make_pair(rng: np.random.Generator, h: int, w: int, num_classes: int):
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def make_dataset(root: Path, splits=(("train", 8), ("val", 4)), size=(48, 64), num_classes: int = 4,
-                 seed: int = 0) -> Path:
+def make_dataset(
+    root: Path, splits=(("train", 8), ("val", 4)), size=(48, 64), num_classes: int = 4, seed: int = 0
+) -> Path:
     """Write ``root/dataset.json`` and ``root/<split>/{images,labels}`` with palette PNG labels."""
     rng = np.random.default_rng(seed)
     root = Path(root)

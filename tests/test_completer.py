@@ -17,8 +17,17 @@ from torchvision import tv_tensors
 from torch_label_mae import LabelCompleter, LMAEConfig
 
 N = 5  # classes
-TINY = dict(num_classes=N, img_size=32, patch_size=8, encoder_depth=1, encoder_dim=32, encoder_heads=2,
-            decoder_depth=1, decoder_dim=32, decoder_heads=2)
+TINY = dict(
+    num_classes=N,
+    img_size=32,
+    patch_size=8,
+    encoder_depth=1,
+    encoder_dim=32,
+    encoder_heads=2,
+    decoder_depth=1,
+    decoder_dim=32,
+    decoder_heads=2,
+)
 # the active profile's example count (tests/conftest.py: 25, or 300 with HYPOTHESIS_PROFILE=thorough)
 FAST = settings(deadline=None)
 FEWER = settings(deadline=None, max_examples=max(10, settings().max_examples // 2))  # several forwards each
@@ -165,8 +174,9 @@ def check_output(out, conf, label, missing) -> None:
 # properties
 # ----------------------------------------------------------------------------------------------------
 @FAST
-@given(sample=samples(), label_kind=st.sampled_from(sorted(LABEL_KINDS)),
-       image_kind=st.sampled_from(sorted(IMAGE_KINDS)))
+@given(
+    sample=samples(), label_kind=st.sampled_from(sorted(LABEL_KINDS)), image_kind=st.sampled_from(sorted(IMAGE_KINDS))
+)
 def test_types_in_are_types_out(completer, sample, label_kind, image_kind):
     image, label, missing = sample
     img, lab = IMAGE_KINDS[image_kind](image), LABEL_KINDS[label_kind](label)
@@ -189,8 +199,7 @@ def test_uint8_and_float_images_agree(plain, sample):
 
 
 @FEWER
-@given(batch=st.lists(samples(max_side=40), min_size=1, max_size=6), batch_size=st.integers(1, 3),
-       repeat=st.booleans())
+@given(batch=st.lists(samples(max_side=40), min_size=1, max_size=6), batch_size=st.integers(1, 3), repeat=st.booleans())
 def test_batch_equals_one_by_one(completer, batch, batch_size, repeat):
     if repeat:  # several labels of one size: they share a forward pass
         batch = batch + [(im[:, ::-1].copy(), lab, m) for im, lab, m in batch]
@@ -207,13 +216,21 @@ def test_batch_equals_one_by_one(completer, batch, batch_size, repeat):
 
 @NO_KNOWN_PIXEL
 @FAST
-@given(sample=samples(), extra=st.floats(0, 0.5), seed=st.integers(0, 1000),
-       map_kind=st.sampled_from(["numpy", "torch", "pil", "uint8"]))
+@given(
+    sample=samples(),
+    extra=st.floats(0, 0.5),
+    seed=st.integers(0, 1000),
+    map_kind=st.sampled_from(["numpy", "torch", "pil", "uint8"]),
+)
 def test_explicit_missing_maps(completer, sample, extra, seed, map_kind):
     image, label, holes = sample
     flagged = np.random.default_rng(seed).random(holes.shape) < extra  # pixels with a label we distrust
-    given_map = {"numpy": lambda m: m, "torch": torch.from_numpy, "uint8": lambda m: m.astype(np.uint8),
-                 "pil": lambda m: Image.fromarray(m.astype(np.uint8) * 255, mode="L")}[map_kind](flagged)
+    given_map = {
+        "numpy": lambda m: m,
+        "torch": torch.from_numpy,
+        "uint8": lambda m: m.astype(np.uint8),
+        "pil": lambda m: Image.fromarray(m.astype(np.uint8) * 255, mode="L"),
+    }[map_kind](flagged)
     snap = snapshot(given_map)
     out, conf = completer.complete(image, label, missing=given_map, return_confidence=True)
     check_output(out, conf, label, holes | flagged)  # 255 pixels stay missing as well
@@ -277,15 +294,19 @@ def test_size_mismatch_names_the_pair(plain):
         plain.complete_batch(images[:1], labels[:1], batch_size=0)
 
 
-@pytest.mark.parametrize("image", [
-    Image.new("RGBA", (6, 5)),
-    Image.new("LA", (6, 5)),
-    np.zeros((5, 6, 4), np.uint8),
-    torch.zeros(4, 5, 6, dtype=torch.uint8),
-    tv_tensors.Image(torch.zeros(4, 5, 6)),
-    torch.zeros(2, 5, 6),
-    np.zeros((5, 6, 2), np.uint8),
-], ids=["pil_rgba", "pil_la", "np_hw4", "torch_4hw", "tv_image_4", "torch_2hw", "np_hw2"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (6, 5)),
+        Image.new("LA", (6, 5)),
+        np.zeros((5, 6, 4), np.uint8),
+        torch.zeros(4, 5, 6, dtype=torch.uint8),
+        tv_tensors.Image(torch.zeros(4, 5, 6)),
+        torch.zeros(2, 5, 6),
+        np.zeros((5, 6, 2), np.uint8),
+    ],
+    ids=["pil_rgba", "pil_la", "np_hw4", "torch_4hw", "tv_image_4", "torch_2hw", "np_hw2"],
+)
 def test_non_rgb_images_are_refused_with_a_hint(plain, image):
     with pytest.raises(ValueError, match="RGB") as e:
         plain.complete(image, np.zeros((5, 6), np.uint8))
@@ -298,8 +319,13 @@ def test_grayscale_images_are_replicated(plain):
     label = rng.integers(0, N, (13, 17))
     label[3:9, 4:12] = 255
     want = plain.complete(np.repeat(gray[:, :, None], 3, axis=2), label)
-    for image in (gray, Image.fromarray(gray, mode="L"), torch.from_numpy(gray), torch.from_numpy(gray)[None],
-                  tv_tensors.Image(torch.from_numpy(gray)[None])):
+    for image in (
+        gray,
+        Image.fromarray(gray, mode="L"),
+        torch.from_numpy(gray),
+        torch.from_numpy(gray)[None],
+        tv_tensors.Image(torch.from_numpy(gray)[None]),
+    ):
         np.testing.assert_array_equal(plain.complete(image, label), want)
 
 
@@ -319,14 +345,17 @@ def test_bad_ids_lists_several(plain):
         plain.complete_batch([np.zeros((6, 7, 3), np.uint8)] * 2, [np.zeros((6, 7), np.int64), label])
 
 
-@pytest.mark.parametrize("label, err", [
-    (np.zeros((5, 6), np.float32), ValueError),
-    (torch.zeros(5, 6), ValueError),
-    (torch.zeros(5, 6, dtype=torch.bool), ValueError),
-    (Image.new("RGB", (6, 5)), ValueError),
-    (np.zeros((2, 5, 6), np.int64), ValueError),
-    ([[0] * 6] * 5, TypeError),
-])
+@pytest.mark.parametrize(
+    "label, err",
+    [
+        (np.zeros((5, 6), np.float32), ValueError),
+        (torch.zeros(5, 6), ValueError),
+        (torch.zeros(5, 6, dtype=torch.bool), ValueError),
+        (Image.new("RGB", (6, 5)), ValueError),
+        (np.zeros((2, 5, 6), np.int64), ValueError),
+        ([[0] * 6] * 5, TypeError),
+    ],
+)
 def test_unusable_labels_are_refused(plain, label, err):
     with pytest.raises(err, match=r"labels\[0\]"):
         plain.complete(np.zeros((5, 6, 3), np.uint8), label)
@@ -370,8 +399,9 @@ def _patch_map(patches, scale: int) -> np.ndarray:
 
 
 @FEWER
-@given(order=st.permutations(range(16)), scale=st.sampled_from([1, 2]), holes=st.integers(0, 3),
-       seed=st.integers(0, 2**16))
+@given(
+    order=st.permutations(range(16)), scale=st.sampled_from([1, 2]), holes=st.integers(0, 3), seed=st.integers(0, 2**16)
+)
 def test_background_first_hides_the_background_patches(plain, order, scale, holes, seed):
     """The model's ratio (0.5: 8 of 16 patches) of background patches are hidden on top of the holes:
     the result equals an explicit missing map of those patches, and only they (and the holes) change."""

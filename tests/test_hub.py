@@ -182,8 +182,17 @@ class HubServer:
 # ----------------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------------
-TINY = dict(num_classes=5, img_size=32, patch_size=8, encoder_depth=1, encoder_dim=32, encoder_heads=2,
-            decoder_depth=1, decoder_dim=32, decoder_heads=2)
+TINY = dict(
+    num_classes=5,
+    img_size=32,
+    patch_size=8,
+    encoder_depth=1,
+    encoder_dim=32,
+    encoder_heads=2,
+    decoder_depth=1,
+    decoder_dim=32,
+    decoder_heads=2,
+)
 REPO = "acme/tiny-completer"
 
 
@@ -376,8 +385,10 @@ def test_dataset_name_loads_every_ratio(toy_dataset):
 
 def test_dataset_name_downloads_members_not_bundled(server, cache, folders, monkeypatch):
     server.files[("acme/toy-m0.7", "main")] = read_files(folders["v1"])
-    entries = [hub.Pretrained("toy-m0.3", REPO, "main", "toy", 0.3), hub.Pretrained("toy-m0.7", "acme/toy-m0.7",
-                                                                                   "main", "toy", 0.7)]
+    entries = [
+        hub.Pretrained("toy-m0.3", REPO, "main", "toy", 0.3),
+        hub.Pretrained("toy-m0.7", "acme/toy-m0.7", "main", "toy", 0.7),
+    ]
     register(monkeypatch, entries)
     c = load("toy", server, cache)
     assert [m.config.mask_ratio for m in c.routes] == [0.5, 0.5]  # the files' own configs say 0.5
@@ -547,8 +558,10 @@ def test_truncated_file_on_the_hub_is_corrupt_weights(server, cache, folders):
 
 def test_weights_missing_on_the_hub_no_pickle(server, cache, folders, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load must never be called"))
-    server.files[("acme/pickled", "main")] = {hub.CONFIG_NAME: read_files(folders["main"])[hub.CONFIG_NAME],
-                                              "pytorch_model.bin": b"not really a pickle"}
+    server.files[("acme/pickled", "main")] = {
+        hub.CONFIG_NAME: read_files(folders["main"])[hub.CONFIG_NAME],
+        "pytorch_model.bin": b"not really a pickle",
+    }
     with pytest.raises(hub.ModelNotFoundError, match=f"acme/pickled.*no {hub.WEIGHTS_NAME}"):
         load("acme/pickled", server, cache)
 
@@ -596,8 +609,7 @@ def test_missing_key_is_refused(tmp_path, folders):
 
 
 def test_wrong_shape_is_refused(tmp_path, folders):
-    d = _copy_with_state(folders["main"], tmp_path / "shape",
-                         lambda s: s.update({"model.head.bias": torch.zeros(3)}))
+    d = _copy_with_state(folders["main"], tmp_path / "shape", lambda s: s.update({"model.head.bias": torch.zeros(3)}))
     with pytest.raises(hub.CorruptWeightsError, match="model.head.bias"):
         LabelCompleter.from_pretrained(d)
 
@@ -611,14 +623,17 @@ def test_truncated_local_weights(tmp_path, folders):
         LabelCompleter.from_pretrained(d)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda d: d.update(colour="red"), r"unknown config keys \['colour'\]"),
-    (lambda d: d.update(patch_size=0), "patch_size"),
-    (lambda d: d.update(num_classes="5"), "num_classes"),
-    (lambda d: d.update(img_size=30), "img_size"),
-    (lambda d: d.update(ignore_index=2), "ignore_index"),
-    (lambda d: d.update(mask_ratio=1.5), "mask_ratio"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(colour="red"), r"unknown config keys \['colour'\]"),
+        (lambda d: d.update(patch_size=0), "patch_size"),
+        (lambda d: d.update(num_classes="5"), "num_classes"),
+        (lambda d: d.update(img_size=30), "img_size"),
+        (lambda d: d.update(ignore_index=2), "ignore_index"),
+        (lambda d: d.update(mask_ratio=1.5), "mask_ratio"),
+    ],
+)
 def test_invalid_config_fails_before_the_model_is_built(tmp_path, folders, monkeypatch, edit, match):
     import torch_label_mae.completer as completer_module
 

@@ -104,8 +104,9 @@ def test_num_hidden_rounds():
 @given(lp=labels(), ratio=st.floats(0.0, 1.0), background_index=st.sampled_from([None, 0]), seed=st.integers(0, 2**31))
 def test_label_first_hides_highest_object_share(lp, ratio, background_index, seed):
     label, p = lp
-    hidden = label_first_masking(label, p, ratio, background_index=background_index,
-                                 generator=torch.Generator().manual_seed(seed))
+    hidden = label_first_masking(
+        label, p, ratio, background_index=background_index, generator=torch.Generator().manual_seed(seed)
+    )
     obj, _ = patch_counts(label, p, background_index)
     assert_top_ordering(hidden, obj)
 
@@ -121,8 +122,7 @@ def test_background_first_hides_highest_background_share(lp, ratio, seed):
 
 def test_label_first_prefers_object_over_background_and_void():
     # 4 patches of 2x2: all object, half object, all background, all void
-    label = torch.tensor([[[1, 1, 1, 0, 0, 0, 255, 255],
-                           [1, 1, 2, 0, 0, 0, 255, 255]]])
+    label = torch.tensor([[[1, 1, 1, 0, 0, 0, 255, 255], [1, 1, 2, 0, 0, 0, 255, 255]]])
     assert label_first_masking(label, 2, 0.25, background_index=0)[0].tolist() == [True, False, False, False]
     assert label_first_masking(label, 2, 0.5, background_index=0)[0].tolist() == [True, True, False, False]
     assert background_first_masking(label, 2, 0.25, background_index=0)[0].tolist() == [False, False, True, False]
@@ -135,12 +135,18 @@ def test_background_first_without_background_class_is_random(lp, ratio, seed):
     label, p = lp
     b = label.shape[0]
     num_patches = (label.shape[1] // p) * (label.shape[2] // p)
-    hidden = background_first_masking(label, p, ratio, background_index=None,
-                                      generator=torch.Generator().manual_seed(seed))
+    hidden = background_first_masking(
+        label, p, ratio, background_index=None, generator=torch.Generator().manual_seed(seed)
+    )
     assert hidden.sum(1).tolist() == expected_counts(ratio, b, num_patches)
     # the label content plays no part: another label, same generator state -> the same mask
-    other = background_first_masking(torch.roll(label, 1, dims=2) // 2, p, ratio, background_index=None,
-                                     generator=torch.Generator().manual_seed(seed))
+    other = background_first_masking(
+        torch.roll(label, 1, dims=2) // 2,
+        p,
+        ratio,
+        background_index=None,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert torch.equal(hidden, other)
 
 
@@ -181,8 +187,9 @@ def test_mixed_masking_strategy_frequencies_and_orderings():
     b, p = 5000, 2
     lab = rng.choice(np.array([IGNORE, 0, 1, 2]), size=(b, 8, 8), p=[0.1, 0.4, 0.3, 0.2])
     label = torch.from_numpy(lab.astype(np.int64))
-    hidden, strategy = mixed_masking(label, p, 0.5, background_index=0, return_strategy=True,
-                                     generator=torch.Generator().manual_seed(0))
+    hidden, strategy = mixed_masking(
+        label, p, 0.5, background_index=0, return_strategy=True, generator=torch.Generator().manual_seed(0)
+    )
     assert strategy.shape == (b,) and strategy.dtype == torch.int64
     freq = torch.bincount(strategy, minlength=3).double() / b
     expected = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64) / 5
@@ -217,8 +224,12 @@ def test_mixed_masking_rejects_bad_weights(weights):
 
 
 @given(
-    b=st.integers(1, 3), gh=st.integers(1, 5), gw=st.integers(1, 5), p=st.sampled_from([1, 2, 3, 4]),
-    density=st.sampled_from([0.0, 0.01, 0.05, 0.3, 1.0]), seed=st.integers(0, 2**32 - 1),
+    b=st.integers(1, 3),
+    gh=st.integers(1, 5),
+    gw=st.integers(1, 5),
+    p=st.sampled_from([1, 2, 3, 4]),
+    density=st.sampled_from([0.0, 0.01, 0.05, 0.3, 1.0]),
+    seed=st.integers(0, 2**32 - 1),
 )
 def test_hidden_from_missing_covers_exactly_the_missing_patches(b, gh, gw, p, density, seed):
     rng = np.random.default_rng(seed)

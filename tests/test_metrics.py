@@ -50,8 +50,9 @@ def metrics_of(pred, target, hidden, n) -> dict:
 def test_confusion_matrix_matches_brute_force(data):
     pred, target, hidden, n = data
     assert np.array_equal(confusion_matrix(pred, target, n).numpy(), reference_cm(pred, target, n))
-    assert np.array_equal(confusion_matrix(pred, target, n, pixel_mask=hidden).numpy(),
-                          reference_cm(pred, target, n, hidden))
+    assert np.array_equal(
+        confusion_matrix(pred, target, n, pixel_mask=hidden).numpy(), reference_cm(pred, target, n, hidden)
+    )
 
 
 @given(predictions())

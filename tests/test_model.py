@@ -19,8 +19,17 @@ IGNORE = 255
 
 
 def small_config(**overrides) -> LMAEConfig:
-    base = dict(img_size=32, patch_size=8, num_classes=5, encoder_depth=2, encoder_dim=32, encoder_heads=4,
-                decoder_depth=1, decoder_dim=24, decoder_heads=2)
+    base = dict(
+        img_size=32,
+        patch_size=8,
+        num_classes=5,
+        encoder_depth=2,
+        encoder_dim=32,
+        encoder_heads=4,
+        decoder_depth=1,
+        decoder_dim=24,
+        decoder_heads=2,
+    )
     return LMAEConfig(**{**base, **overrides})
 
 
@@ -134,13 +143,30 @@ def test_table_iv_params_and_macs(overrides, params_m, macs_g):
 
 
 @given(
-    p=st.sampled_from([4, 8]), gh=st.integers(1, 3), gw=st.integers(1, 3), n=st.integers(1, 4),
-    batch=st.integers(1, 2), ips=st.booleans(), label_prior=st.booleans(), refine_dim=st.sampled_from([0, 4]),
-    stride=st.sampled_from([1, 2]), density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31),
+    p=st.sampled_from([4, 8]),
+    gh=st.integers(1, 3),
+    gw=st.integers(1, 3),
+    n=st.integers(1, 4),
+    batch=st.integers(1, 2),
+    ips=st.booleans(),
+    label_prior=st.booleans(),
+    refine_dim=st.sampled_from([0, 4]),
+    stride=st.sampled_from([1, 2]),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    seed=st.integers(0, 2**31),
 )
 def test_output_shape(p, gh, gw, n, batch, ips, label_prior, refine_dim, stride, density, seed):
-    cfg = small_config(img_size=(gh * p, gw * p), patch_size=p, num_classes=n, ips=ips, label_prior=label_prior,
-                       refine_dim=refine_dim, prior_stride=stride, decoder_depth=1, encoder_depth=1)
+    cfg = small_config(
+        img_size=(gh * p, gw * p),
+        patch_size=p,
+        num_classes=n,
+        ips=ips,
+        label_prior=label_prior,
+        refine_dim=refine_dim,
+        prior_stride=stride,
+        decoder_depth=1,
+        encoder_depth=1,
+    )
     model = build(cfg, seed)
     image, label, g = inputs(cfg, batch, seed)
     hidden = torch.rand(batch, cfg.num_patches, generator=g) < density
@@ -259,8 +285,13 @@ def test_ips_feeds_hidden_image_patches_to_the_decoder(ips):
         torch.testing.assert_close(changed_hidden, base, atol=1e-6, rtol=0, msg="mask token: hidden pixels leaked")
 
 
-@given(n=st.integers(1, 6), p=st.sampled_from([2, 4]), gh=st.integers(1, 3), gw=st.integers(1, 3),
-       seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(1, 6),
+    p=st.sampled_from([2, 4]),
+    gh=st.integers(1, 3),
+    gw=st.integers(1, 3),
+    seed=st.integers(0, 2**31),
+)
 def test_label_lookup_plus_image_linear_is_the_fuse_map_patch_embedding(n, p, gh, gw, seed):
     cfg = small_config(img_size=(gh * p, gw * p), patch_size=p, num_classes=n, encoder_depth=1, decoder_depth=0)
     model = build(cfg, seed)

@@ -15,13 +15,23 @@ from synth import make_dataset
 from torch_label_mae.completer import LabelCompleter
 from torch_label_mae.train import TrainConfig, train
 
-TINY = {"img_size": 32, "patch_size": 8, "encoder_dim": 32, "encoder_heads": 2, "decoder_dim": 32,
-        "decoder_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "label_prior": True}
+TINY = {
+    "img_size": 32,
+    "patch_size": 8,
+    "encoder_dim": 32,
+    "encoder_heads": 2,
+    "decoder_dim": 32,
+    "decoder_heads": 2,
+    "encoder_depth": 1,
+    "decoder_depth": 1,
+    "label_prior": True,
+}
 
 
 def _cfg(data, out, **kw):
-    return TrainConfig(data=str(data), out=str(out), model="tiny", model_overrides=TINY, batch_size=4,
-                       warmup_steps=1, threads=1, **kw)
+    return TrainConfig(
+        data=str(data), out=str(out), model="tiny", model_overrides=TINY, batch_size=4, warmup_steps=1, threads=1, **kw
+    )
 
 
 def _log(out):
@@ -46,16 +56,23 @@ def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
 
 def _run_cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "torch_label_mae", "train", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch_label_mae", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     data = make_dataset(tmp_path / "data", splits=(("train", 64), ("val", 2)))
     out = tmp_path / "run"
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    p = _run_cli(["--data", str(data), "--out", str(out), "--batch-size", "2", "--epochs", "100", "--threads", "1",
-                  *sets])
+    p = _run_cli(
+        ["--data", str(data), "--out", str(out), "--batch-size", "2", "--epochs", "100", "--threads", "1", *sets]
+    )
     deadline = time.time() + 60
     while time.time() < deadline and "step" not in (p.stdout.readline() or ""):
         pass
@@ -71,9 +88,31 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "run"
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "torch_label_mae.train", "--data", str(data), "--out", str(out), "--batch-size", "2",
-           "--epochs", "1", "--max-steps", "2", "--val-split", "", "--threads", "1", *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "torch_label_mae.train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--val-split",
+        "",
+        "--threads",
+        "1",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

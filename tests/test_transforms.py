@@ -17,8 +17,18 @@ from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig, hub
 from torch_label_mae.io import default_palette
 
 N = 5
-TINY = dict(num_classes=N, img_size=32, patch_size=8, encoder_depth=1, encoder_dim=32, encoder_heads=2,
-            decoder_depth=1, decoder_dim=32, decoder_heads=2, background_index=0)
+TINY = dict(
+    num_classes=N,
+    img_size=32,
+    patch_size=8,
+    encoder_depth=1,
+    encoder_dim=32,
+    encoder_heads=2,
+    decoder_depth=1,
+    decoder_dim=32,
+    decoder_heads=2,
+    background_index=0,
+)
 VOC_PALETTE = default_palette()
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
 SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W), not multiples of the patch
@@ -160,8 +170,13 @@ def test_in_a_v2_compose(completer):
     assert not direct.is_inference()
     direct[0, 0] = 1  # later transforms / user code may edit the target in place
 
-    flip_first = v2.Compose([v2.RandomHorizontalFlip(p=1.0), CompleteLabels(completer),
-                             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)])
+    flip_first = v2.Compose(
+        [
+            v2.RandomHorizontalFlip(p=1.0),
+            CompleteLabels(completer),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        ]
+    )
     out_image, out_mask = flip_first(image, mask)
     assert isinstance(out_mask, tv_tensors.Mask) and out_mask.dtype == torch.uint8
     assert out_image.dtype == torch.float32
@@ -186,8 +201,9 @@ def test_voc_segmentation(voc_root, completer):
 
 
 def test_voc_wrapped_for_transforms_v2(voc_root, folder, completer):
-    ds = datasets.wrap_dataset_for_transforms_v2(_voc(voc_root, transforms=v2.Compose([
-        CompleteLabels(folder), v2.RandomHorizontalFlip(p=1.0), v2.ToImage()])))
+    ds = datasets.wrap_dataset_for_transforms_v2(
+        _voc(voc_root, transforms=v2.Compose([CompleteLabels(folder), v2.RandomHorizontalFlip(p=1.0), v2.ToImage()]))
+    )
     raw_ds = _voc(voc_root)
     for i in range(len(ds)):
         image, target = ds[i]

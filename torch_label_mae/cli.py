@@ -14,8 +14,11 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="registered name (see `label-mae list`), dataset name, "
-                   "local folder or Hub repo id (default: camvid-m0.5)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="registered name (see `label-mae list`), dataset name, local folder or Hub repo id (default: camvid-m0.5)",
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
@@ -62,8 +65,10 @@ def cmd_demo(args) -> int:
         rows.append(side_by_side(image, broken, f, c))
     out = save_grid(rows, args.out)
     a, b = ours.compute(), near.compute()
-    print(f"model {args.model or 'camvid-m0.5'} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
-          f"{args.block}px blocks hidden:")
+    print(
+        f"model {args.model or 'camvid-m0.5'} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
+        f"{args.block}px blocks hidden:"
+    )
     print(f"  PA-mIoU   L-MAE {100 * a['pa_miou']:5.1f}   nearest fill {100 * b['pa_miou']:5.1f}")
     print(f"  PA-acc    L-MAE {100 * a['pa_pixel_acc']:5.1f}   nearest fill {100 * b['pa_pixel_acc']:5.1f}")
     print(f"  picture (image | broken | completed | confidence): {out}")
@@ -82,10 +87,23 @@ def cmd_evaluate(args) -> int:
     def method(images, labels, missing):
         return completer.complete_batch(images, labels, missing, batch_size=args.batch_size)
 
-    res = evaluate(method, ds, completer.num_classes, protocol=args.protocol, ratio=args.ratio, seed=args.seed,
-                   batch_size=args.batch_size, limit=args.limit)
+    res = evaluate(
+        method,
+        ds,
+        completer.num_classes,
+        protocol=args.protocol,
+        ratio=args.ratio,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
     res["model"], res["data"], res["split"], res["protocol"], res["ratio"] = (
-        args.model or "camvid-m0.5", str(args.data), args.split, args.protocol, args.ratio)
+        args.model or "camvid-m0.5",
+        str(args.data),
+        args.split,
+        args.protocol,
+        args.ratio,
+    )
     print(format_report(res, ds.info.classes))
     if args.json:
         from .io import atomic_write
@@ -97,8 +115,9 @@ def cmd_evaluate(args) -> int:
 def cmd_degrade(args) -> int:
     from .data import degrade_folder
 
-    n = degrade_folder(args.labels, args.out, ratio=args.ratio, block=args.block, seed=args.seed,
-                       missing_index=args.missing_index)
+    n = degrade_folder(
+        args.labels, args.out, ratio=args.ratio, block=args.block, seed=args.seed, missing_index=args.missing_index
+    )
     print(f"wrote {n} degraded labels to {args.out}")
     return 0
 
@@ -106,7 +125,8 @@ def cmd_degrade(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="label-mae",
-        description="Complete broken semantic-segmentation labels with L-MAE (label masked autoencoder).")
+        description="Complete broken semantic-segmentation labels with L-MAE (label masked autoencoder).",
+    )
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="complete the bundled sample labels and write a side-by-side picture")
@@ -121,8 +141,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset root (dataset.json, <split>/images, <split>/labels)")
     p.add_argument("--split", default="val")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of patches hidden (default: %(default)s)")
-    p.add_argument("--protocol", choices=["paper", "native"], default="paper",
-                   help="paper: 224x224, 16px patches; native: original size, 32px blocks")
+    p.add_argument(
+        "--protocol",
+        choices=["paper", "native"],
+        default="paper",
+        help="paper: 224x224, 16px patches; native: original size, 32px blocks",
+    )
     p.add_argument("--seed", type=int, default=0, help="degradation seed (holes are seeded per image id)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, help="evaluate the first N images only")

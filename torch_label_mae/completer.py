@@ -18,8 +18,9 @@ def hidden_for(missing: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def complete_tensors(model: LMAE, image: torch.Tensor, label: torch.Tensor, missing: torch.Tensor,
-                     hidden: torch.Tensor | None = None):
+def complete_tensors(
+    model: LMAE, image: torch.Tensor, label: torch.Tensor, missing: torch.Tensor, hidden: torch.Tensor | None = None
+):
     """Complete one same-size batch.
 
     ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int64, ``missing [B, H, W]``
@@ -111,9 +112,19 @@ class LabelCompleter(
         (Path(save_directory) / hub.CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, revision: str | None = None, cache_dir=None,
-                        local_files_only: bool = False, token=None, device=None, force_download: bool = False,
-                        endpoint: str | None = None, **kwargs) -> LabelCompleter:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        revision: str | None = None,
+        cache_dir=None,
+        local_files_only: bool = False,
+        token=None,
+        device=None,
+        force_download: bool = False,
+        endpoint: str | None = None,
+        **kwargs,
+    ) -> LabelCompleter:
         """Load a completer by registered name (``camvid-m0.5``), dataset (``camvid``: every ratio,
         routed per sample), local folder or Hub repo id. Loading is strict (missing or unexpected keys
         are an error) and from safetensors only; the config is validated before the model is built."""
@@ -122,12 +133,28 @@ class LabelCompleter(
         name = str(pretrained_model_name_or_path)
         group = hub.names_for(name) if not Path(name).is_dir() else [name]
         if len(group) > 1 or (group and group[0] != name):
-            members = [cls.from_pretrained(n, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-                                           device=device, endpoint=endpoint, force_download=force_download)
-                       for n in group]
+            members = [
+                cls.from_pretrained(
+                    n,
+                    cache_dir=cache_dir,
+                    local_files_only=local_files_only,
+                    token=token,
+                    device=device,
+                    endpoint=endpoint,
+                    force_download=force_download,
+                )
+                for n in group
+            ]
             return cls.routed(members)
-        folder = hub.resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                             token=token, endpoint=endpoint, force_download=force_download)
+        folder = hub.resolve(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            endpoint=endpoint,
+            force_download=force_download,
+        )
         return cls.from_folder(folder, device=device)
 
     @classmethod
@@ -151,8 +178,10 @@ class LabelCompleter(
         except RuntimeError as e:  # shape mismatches raise even when strict=False
             raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: {e}") from None
         if missing or unexpected:
-            raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: "
-                                          f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            raise hub.CorruptWeightsError(
+                f"{folder / hub.WEIGHTS_NAME} does not match its config: "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
         return completer.to(resolve_device(device)).eval()
 
     @classmethod
@@ -183,19 +212,29 @@ class LabelCompleter(
         if not self.routes:
             return self
         # distances rounded so float noise cannot break a tie (0.5 is as near 0.3 as 0.7); ties -> lower ratio
-        return min(self.routes, key=lambda m: (round(abs(m.config.mask_ratio - hidden_fraction), 9),
-                                               m.config.mask_ratio))
+        return min(
+            self.routes, key=lambda m: (round(abs(m.config.mask_ratio - hidden_fraction), 9), m.config.mask_ratio)
+        )
 
     # -- completion --------------------------------------------------------------------------------
     def complete(self, image, label, missing=None, *, missing_index: int = 255, return_confidence: bool = False):
         """Complete one label; see :meth:`complete_batch`."""
         maps = missing if missing is None or isinstance(missing, str) else [missing]  # "background-first" as is
-        out = self.complete_batch([image], [label], maps, missing_index=missing_index,
-                                  return_confidence=return_confidence)
+        out = self.complete_batch(
+            [image], [label], maps, missing_index=missing_index, return_confidence=return_confidence
+        )
         return (out[0][0], out[1][0]) if return_confidence else out[0]
 
-    def complete_batch(self, images: Sequence, labels: Sequence, missing=None, *, batch_size: int = 32,
-                       missing_index: int = 255, return_confidence: bool = False):
+    def complete_batch(
+        self,
+        images: Sequence,
+        labels: Sequence,
+        missing=None,
+        *,
+        batch_size: int = 32,
+        missing_index: int = 255,
+        return_confidence: bool = False,
+    ):
         """Complete a list of labels.
 
         ``missing``: None (pixels equal to ``missing_index`` are missing), a list of boolean HxW maps,
@@ -213,8 +252,10 @@ class LabelCompleter(
         for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
             img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
             if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
-                raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} "
-                                 f"(H, W); they must match")
+                raise ValueError(
+                    f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} "
+                    f"(H, W); they must match"
+                )
             if isinstance(missing, (list, tuple, np.ndarray, torch.Tensor)):  # one HxW map per label
                 if len(missing) != len(labels):
                     raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
@@ -222,13 +263,16 @@ class LabelCompleter(
             elif missing is None or missing == "background-first":
                 miss = lab_t == missing_index
             else:
-                raise ValueError(f"missing must be None, a list of HxW boolean maps or 'background-first', "
-                                 f"got {missing!r}")
+                raise ValueError(
+                    f"missing must be None, a list of HxW boolean maps or 'background-first', got {missing!r}"
+                )
             bad = (lab_t != missing_index) & ~miss & ((lab_t < 0) | (lab_t >= n))
             if bad.any():
                 vals = sorted(set(lab_t[bad].unique().tolist()))[:5]
-                raise ValueError(f"labels[{i}]: {int(bad.sum())} pixels have ids {vals} outside [0, {n}) that are "
-                                 f"not the missing index {missing_index}; mark them missing or remap them")
+                raise ValueError(
+                    f"labels[{i}]: {int(bad.sum())} pixels have ids {vals} outside [0, {n}) that are "
+                    f"not the missing index {missing_index}; mark them missing or remap them"
+                )
             lab_t = torch.where(miss, torch.full_like(lab_t, self.config.ignore_index), lab_t)
             if bool(miss.all()):
                 warnings.warn(f"labels[{i}] has no known pixel: it is filled from the image alone", stacklevel=2)
@@ -242,8 +286,9 @@ class LabelCompleter(
         for member, idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                done = member._complete_same_size([samples[i] for i in chunk],
-                                                  background_first=isinstance(missing, str))
+                done = member._complete_same_size(
+                    [samples[i] for i in chunk], background_first=isinstance(missing, str)
+                )
                 for i, r in zip(chunk, done, strict=True):
                     results[i] = r
         outs = [label_like(c, lab) for (c, _), lab in zip(results, labels, strict=True)]
@@ -265,12 +310,18 @@ class LabelCompleter(
         hidden = None
         if background_first:
             if self.config.background_index is None:
-                raise ValueError("missing='background-first' needs a model with a background class "
-                                 "(config.background_index is None)")
+                raise ValueError(
+                    "missing='background-first' needs a model with a background class (config.background_index is None)"
+                )
             cfg = self.config
             small = resize_label(lab, cfg.size)
-            extra = background_first_masking(small, cfg.patch_size, cfg.mask_ratio,
-                                             background_index=cfg.background_index, ignore_index=cfg.ignore_index)
+            extra = background_first_masking(
+                small,
+                cfg.patch_size,
+                cfg.mask_ratio,
+                background_index=cfg.background_index,
+                ignore_index=cfg.ignore_index,
+            )
             hidden = extra | hidden_for(miss, cfg.grid)
             # only the patches chosen here become missing; patches hidden for a hole keep their known pixels
             miss = miss | _hidden_pixels_at(extra, cfg, tuple(lab.shape[-2:]))

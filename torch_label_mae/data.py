@@ -43,8 +43,9 @@ class DatasetInfo:
     def load(cls, root: str | Path) -> DatasetInfo:
         path = Path(root) / "dataset.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: a dataset root holds dataset.json and <split>/images, "
-                                    f"<split>/labels")
+            raise FileNotFoundError(
+                f"{path} not found: a dataset root holds dataset.json and <split>/images, <split>/labels"
+            )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
             classes = list(d["classes"])
@@ -131,8 +132,27 @@ def voc_dataset(root: str | Path, image_set: str = "train", year: str = "2012", 
 
 
 # Cityscapes id -> train id (19 classes), everything else 255
-_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+_CITYSCAPES_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 def cityscapes_dataset(root: str | Path, split: str = "train"):
@@ -168,8 +188,15 @@ def seed_for(key: str, seed: int = 0) -> int:
     return zlib.crc32(f"{seed}:{key}".encode())
 
 
-def degrade(label: torch.Tensor, ratio: float = 0.5, patch_size: int = 16, *, seed: int | str = 0,
-            mode: str = "patches", ignore_index: int = 255):
+def degrade(
+    label: torch.Tensor,
+    ratio: float = 0.5,
+    patch_size: int = 16,
+    *,
+    seed: int | str = 0,
+    mode: str = "patches",
+    ignore_index: int = 255,
+):
     """Break a label the paper's way: hide ``round(ratio * L)`` of its ``patch_size`` patches.
 
     ``label [H, W]`` int. ``mode="patches"`` needs ``H`` and ``W`` to be multiples of ``patch_size``
@@ -211,8 +238,9 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)
 
 
-def degrade_folder(labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0,
-                   missing_index: int = 255) -> int:
+def degrade_folder(
+    labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0, missing_index: int = 255
+) -> int:
     """Write a degraded copy of every label PNG in ``labels_dir`` to ``out_dir`` (palette kept, atomic
     writes, inputs untouched). Holes are seeded per file id. Returns the number written."""
     from .io import save_label_png
@@ -227,7 +255,6 @@ def degrade_folder(labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, 
         with Image.open(p) as im:
             palette = im.getpalette() if im.mode == "P" else None
         label = read_label(p)
-        broken, _ = degrade(label, ratio, block, seed=seed_for(p.stem, seed), mode="blocks",
-                            ignore_index=missing_index)
+        broken, _ = degrade(label, ratio, block, seed=seed_for(p.stem, seed), mode="blocks", ignore_index=missing_index)
         save_label_png(broken, dst / p.name, palette)
     return len(files)

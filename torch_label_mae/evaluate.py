@@ -21,7 +21,10 @@ import torch
 from .data import degrade, resize_image, resize_label, seed_for
 from .metrics import SegmentationMetrics
 
-PROTOCOLS = {"paper": dict(size=(224, 224), block=16, mode="patches"), "native": dict(size=None, block=32, mode="blocks")}
+PROTOCOLS = {
+    "paper": dict(size=(224, 224), block=16, mode="patches"),
+    "native": dict(size=None, block=32, mode="blocks"),
+}
 
 Method = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]], Sequence[torch.Tensor]]
 
@@ -43,8 +46,17 @@ def degraded_samples(dataset, *, protocol: str = "paper", ratio: float = 0.5, se
         yield key, image, label, broken, missing
 
 
-def evaluate(method: Method, dataset, num_classes: int, *, protocol: str = "paper", ratio: float = 0.5,
-             seed: int = 0, batch_size: int = 16, limit: int | None = None) -> dict:
+def evaluate(
+    method: Method,
+    dataset,
+    num_classes: int,
+    *,
+    protocol: str = "paper",
+    ratio: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> dict:
     """Run ``method`` on the degraded samples and return metrics (fractions) and images/s."""
     metrics = SegmentationMetrics(num_classes)
     batch, seconds, count = [], 0.0, 0

@@ -89,14 +89,23 @@ def names_for(name: str) -> list[str]:
 
 def _unknown(name: str) -> UnknownModelError:
     datasets = sorted({e.dataset for e in REGISTRY.values()})
-    return UnknownModelError(f"unknown model {name!r}: not a registered name, a local folder with {CONFIG_NAME} + "
-                             f"{WEIGHTS_NAME}, or a Hub repo id 'owner/name'. Registered: {sorted(REGISTRY)} "
-                             f"(or a dataset name for all its ratios: {datasets})")
+    return UnknownModelError(
+        f"unknown model {name!r}: not a registered name, a local folder with {CONFIG_NAME} + "
+        f"{WEIGHTS_NAME}, or a Hub repo id 'owner/name'. Registered: {sorted(REGISTRY)} "
+        f"(or a dataset name for all its ratios: {datasets})"
+    )
 
 
-def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
-            local_files_only: bool = False, token=None, endpoint: str | None = None,
-            force_download: bool = False) -> Path:
+def resolve(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir=None,
+    local_files_only: bool = False,
+    token=None,
+    endpoint: str | None = None,
+    force_download: bool = False,
+) -> Path:
     """Return a local folder holding ``config.json`` and ``model.safetensors`` for ``name_or_path``."""
     p = Path(name_or_path)
     if p.is_dir():
@@ -111,17 +120,38 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, cac
             local = bundled_dir(name)
             if local is not None:
                 return local
-        return download(entry.repo_id, revision=revision or entry.revision, cache_dir=cache_dir,
-                        local_files_only=local_files_only, token=token, endpoint=endpoint,
-                        force_download=force_download)
+        return download(
+            entry.repo_id,
+            revision=revision or entry.revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            endpoint=endpoint,
+            force_download=force_download,
+        )
     if name.count("/") == 1 and not name.startswith((".", "/")) and not p.exists():
-        return download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                        token=token, endpoint=endpoint, force_download=force_download)
+        return download(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            endpoint=endpoint,
+            force_download=force_download,
+        )
     raise _unknown(name)
 
 
-def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-             token=None, endpoint: str | None = None, force_download: bool = False) -> Path:
+def download(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir=None,
+    local_files_only: bool = False,
+    token=None,
+    endpoint: str | None = None,
+    force_download: bool = False,
+) -> Path:
     """Fetch ``config.json`` and ``model.safetensors`` of a Hub repo (cached); returns their folder.
 
     ``endpoint`` defaults to the ``HF_ENDPOINT`` environment variable read at call time.
@@ -136,28 +166,45 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
-            paths.append(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                         local_files_only=local_files_only, token=token, endpoint=endpoint,
-                                         force_download=force_download, library_name="torch-label-mae"))
+            paths.append(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=local_files_only,
+                    token=token,
+                    endpoint=endpoint,
+                    force_download=force_download,
+                    library_name="torch-label-mae",
+                )
+            )
         except hf_errors.RepositoryNotFoundError:
-            raise ModelNotFoundError(f"{where}: repository not found on the Hub "
-                                     f"(or it is private: pass token=)") from None
+            raise ModelNotFoundError(
+                f"{where}: repository not found on the Hub (or it is private: pass token=)"
+            ) from None
         except hf_errors.RevisionNotFoundError:
             raise ModelNotFoundError(f"{where}: revision {revision!r} not found") from None
         except hf_errors.LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass of it
-            raise OfflineError(f"{where}: {filename} is not in the local cache and the Hub cannot be used "
-                               f"(offline, local_files_only=True, or the endpoint is unreachable: "
-                               f"{endpoint or 'https://huggingface.co'})") from None
+            raise OfflineError(
+                f"{where}: {filename} is not in the local cache and the Hub cannot be used "
+                f"(offline, local_files_only=True, or the endpoint is unreachable: "
+                f"{endpoint or 'https://huggingface.co'})"
+            ) from None
         except hf_errors.EntryNotFoundError:
             raise ModelNotFoundError(f"{where}: the repo has no {filename}") from None
         except Exception as e:  # the HTTP client's own errors differ between huggingface_hub versions
             # size check failed after the transfer, or the connection dropped mid-body (httpx / requests)
             if (isinstance(e, OSError) and "consistency" in str(e).lower()) or type(e).__name__ in (
-                    "RemoteProtocolError", "ChunkedEncodingError"):
-                raise CorruptWeightsError(f"{where}: {filename} arrived truncated ({e}); retry the download "
-                                          f"(force_download=True)") from None
-            raise HubUnreachableError(f"{where}: cannot fetch {filename} from {endpoint or 'the Hub'}: "
-                                      f"{type(e).__name__}: {e}") from None
+                "RemoteProtocolError",
+                "ChunkedEncodingError",
+            ):
+                raise CorruptWeightsError(
+                    f"{where}: {filename} arrived truncated ({e}); retry the download (force_download=True)"
+                ) from None
+            raise HubUnreachableError(
+                f"{where}: cannot fetch {filename} from {endpoint or 'the Hub'}: {type(e).__name__}: {e}"
+            ) from None
     folder = Path(paths[0]).parent
     if Path(paths[1]).parent != folder:  # pragma: no cover - hf_hub_download keeps one snapshot folder
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")

@@ -25,8 +25,10 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         if image.mode in ("L", "I;16", "I", "F"):
             image = image.convert("L").convert("RGB")
         elif image.mode in ("RGBA", "LA", "CMYK", "PA"):
-            raise ValueError(f"{name}: PIL mode {image.mode!r} has {len(image.getbands())} channels; convert it "
-                             f"first, e.g. image.convert('RGB')")
+            raise ValueError(
+                f"{name}: PIL mode {image.mode!r} has {len(image.getbands())} channels; convert it "
+                f"first, e.g. image.convert('RGB')"
+            )
         elif image.mode != "RGB":
             image = image.convert("RGB")
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
@@ -44,8 +46,9 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3):
             alpha = "; drop the alpha channel: image[:3]" if t.ndim == 3 and t.shape[0] == 4 else ""
-            raise ValueError(f"{name}: tensor image must be 3xHxW RGB (or 1xHxW / HxW gray), got shape "
-                             f"{tuple(t.shape)}{alpha}")
+            raise ValueError(
+                f"{name}: tensor image must be 3xHxW RGB (or 1xHxW / HxW gray), got shape {tuple(t.shape)}{alpha}"
+            )
         t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
         t = t.as_subclass(torch.Tensor)
     else:

@@ -24,8 +24,15 @@ class BalancedCrossEntropy(nn.Module):
     logarithms).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, beta: float = 1.0, gamma: float = 1.0,
-                 xi: float = 1e-3, learnable: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        xi: float = 1e-3,
+        learnable: bool = True,
+    ):
         super().__init__()
         self.num_classes, self.ignore_index, self.xi = num_classes, ignore_index, xi
         init = torch.log(torch.tensor([beta, gamma], dtype=torch.float))

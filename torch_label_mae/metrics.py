@@ -9,8 +9,13 @@ from __future__ import annotations
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255,
-                     pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    pixel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[N, N]`` int64 counts, rows = target class, columns = predicted class."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")

@@ -70,14 +70,32 @@ class LMAEConfig:
         def bad(name, why):
             raise ValueError(f"LMAEConfig.{name}={getattr(self, name)!r}: {why}")
 
-        ints = ["patch_size", "prior_stride", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_depth",
-                "decoder_dim", "decoder_heads", "refine_dim", "ignore_index"]
+        ints = [
+            "patch_size",
+            "prior_stride",
+            "num_classes",
+            "encoder_depth",
+            "encoder_dim",
+            "encoder_heads",
+            "decoder_depth",
+            "decoder_dim",
+            "decoder_heads",
+            "refine_dim",
+            "ignore_index",
+        ]
         for name in ints:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 bad(name, "must be an int")
-        for name in ["patch_size", "num_classes", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_dim",
-                     "decoder_heads"]:
+        for name in [
+            "patch_size",
+            "num_classes",
+            "encoder_depth",
+            "encoder_dim",
+            "encoder_heads",
+            "decoder_dim",
+            "decoder_heads",
+        ]:
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         if self.prior_stride < 1 or self.patch_size % self.prior_stride:
@@ -168,15 +186,17 @@ class LMAEConfig:
     @classmethod
     def tiny(cls, **overrides) -> LMAEConfig:
         """CPU-sized: encoder 4 x 192, decoder 2 x 128, 16 px patches (about 3-5M parameters)."""
-        base = dict(encoder_depth=4, encoder_dim=192, encoder_heads=3, decoder_depth=2, decoder_dim=128,
-                    decoder_heads=4)
+        base = dict(
+            encoder_depth=4, encoder_dim=192, encoder_heads=3, decoder_depth=2, decoder_dim=128, decoder_heads=4
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
     def small(cls, **overrides) -> LMAEConfig:
         """CPU-sized, larger: encoder 6 x 256, decoder 3 x 192."""
-        base = dict(encoder_depth=6, encoder_dim=256, encoder_heads=4, decoder_depth=3, decoder_dim=192,
-                    decoder_heads=4)
+        base = dict(
+            encoder_depth=6, encoder_dim=256, encoder_heads=4, decoder_depth=3, decoder_dim=192, decoder_heads=4
+        )
         return cls(**{**base, **overrides})
 
 
@@ -335,7 +355,9 @@ class LMAE(nn.Module):
         image_patches = self.patchify(image)  # [B, L, 3*p*p]
         prior = None
         if c.label_prior:
-            known = (label != c.ignore_index) & (label < c.num_classes) & ~hidden_to_pixels(hidden, c.grid, c.patch_size)
+            known = (
+                (label != c.ignore_index) & (label < c.num_classes) & ~hidden_to_pixels(hidden, c.grid, c.patch_size)
+            )
             prior = self.label_prior_map(label, known)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         sup = self.supplement(image_patches, prior, hidden)
@@ -365,7 +387,9 @@ class LMAE(nn.Module):
         if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (h, w):
             raise ValueError(f"image must be [B, 3, {h}, {w}], got {tuple(image.shape)}")
         if label.shape != (image.shape[0], h, w):
-            raise ValueError(f"label must be [B, {h}, {w}] matching image {tuple(image.shape)}, got {tuple(label.shape)}")
+            raise ValueError(
+                f"label must be [B, {h}, {w}] matching image {tuple(image.shape)}, got {tuple(label.shape)}"
+            )
         if label.dtype.is_floating_point or label.dtype == torch.bool:
             raise ValueError(f"label must be an integer tensor, got {label.dtype}")
         if hidden.shape != (image.shape[0], c.num_patches) or hidden.dtype != torch.bool:

@@ -12,7 +12,8 @@ def _pct(x) -> str:
 def format_report(res: dict, class_names: list[str] | None = None) -> str:
     """Headline figures and a per-class IoU table (hidden pixels = PA, whole image)."""
     lines = [
-        f"{res.get('model', '')} on {res.get('data', '')} [{res.get('split', '')}], protocol {res.get('protocol', '')}, "
+        f"{res.get('model', '')} on {res.get('data', '')} [{res.get('split', '')}], "
+        f"protocol {res.get('protocol', '')}, "
         f"ratio {res.get('ratio', '')}: {res['images']} images, {res['images_per_s']:.1f} img/s",
         f"  PA-mIoU {_pct(res['pa_miou'])}   mIoU {_pct(res['miou'])}   pixel acc {_pct(res['pixel_acc'])}   "
         f"PA pixel acc {_pct(res['pa_pixel_acc'])}",

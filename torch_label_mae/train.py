@@ -110,15 +110,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     train_ds = FolderDataset(cfg.data, "train")
     info = train_ds.info
-    mcfg = NAMED_CONFIGS[cfg.model](num_classes=info.num_classes, ignore_index=info.ignore_index,
-                                    background_index=info.background_index, class_names=info.classes,
-                                    mask_ratio=cfg.mask_ratio, **cfg.model_overrides)
+    mcfg = NAMED_CONFIGS[cfg.model](
+        num_classes=info.num_classes,
+        ignore_index=info.ignore_index,
+        background_index=info.background_index,
+        class_names=info.classes,
+        mask_ratio=cfg.mask_ratio,
+        **cfg.model_overrides,
+    )
     model = LMAE(mcfg).to(device)
-    criterion = (BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None)
+    criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
     params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.plateau_patience,
-                                                       threshold=cfg.plateau_threshold, factor=cfg.plateau_factor)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", patience=cfg.plateau_patience, threshold=cfg.plateau_threshold, factor=cfg.plateau_factor
+    )
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": None}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
@@ -143,8 +149,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     def save_checkpoint():
         if rank != 0:
             return
-        blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "state": json.dumps(state), "train_config": json.dumps(dataclasses.asdict(cfg))}
+        blob = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "state": json.dumps(state),
+            "train_config": json.dumps(dataclasses.asdict(cfg)),
+        }
         if criterion is not None:
             blob["criterion"] = criterion.state_dict()
         tmp = ckpt.with_suffix(".tmp")
@@ -166,12 +177,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 batch = [augment(*pairs[i], mcfg.size, cfg.crop_scale, cfg.flip, rng) for i in idx]
                 img = torch.stack([b[0] for b in batch]).to(device)
                 lab = torch.stack([b[1] for b in batch]).to(device)
-                if cfg.ratio_range:
-                    ratio = torch.empty(len(idx)).uniform_(*cfg.ratio_range)
-                else:
-                    ratio = cfg.mask_ratio
-                hidden = mixed_masking(lab, mcfg.patch_size, ratio, background_index=mcfg.background_index,
-                                       ignore_index=mcfg.ignore_index, weights=cfg.mix)
+                ratio = torch.empty(len(idx)).uniform_(*cfg.ratio_range) if cfg.ratio_range else cfg.mask_ratio
+                hidden = mixed_masking(
+                    lab,
+                    mcfg.patch_size,
+                    ratio,
+                    background_index=mcfg.background_index,
+                    ignore_index=mcfg.ignore_index,
+                    weights=cfg.mix,
+                )
                 pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
                 lr_scale = min(1.0, (state["step"] + 1) / max(cfg.warmup_steps, 1))
                 for g in opt.param_groups:
@@ -190,8 +204,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 n += 1
                 if rank == 0 and s % 5 == 0:
                     el = time.time() - t0
-                    print(f"\repoch {state['epoch'] + 1} step {s + 1}/{steps_per_epoch} loss {total / n:.4f} "
-                          f"{(s + 1) * cfg.batch_size / max(el, 1e-9):.1f} img/s", end="", flush=True)
+                    print(
+                        f"\repoch {state['epoch'] + 1} step {s + 1}/{steps_per_epoch} loss {total / n:.4f} "
+                        f"{(s + 1) * cfg.batch_size / max(el, 1e-9):.1f} img/s",
+                        end="",
+                        flush=True,
+                    )
                 if cfg.max_steps and state["step"] >= cfg.max_steps:
                     stop["flag"] = True
                 if stop["flag"] or (cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60):
@@ -208,14 +226,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if complete:
                 sched.step(epoch_loss)
                 state["epoch"] += 1
-            rec = {"epoch": state["epoch"], "step": state["step"], "loss": epoch_loss, "lr": opt.param_groups[0]["lr"],
-                   "seconds": time.time() - t0, "partial": not complete}
+            rec = {
+                "epoch": state["epoch"],
+                "step": state["step"],
+                "loss": epoch_loss,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.time() - t0,
+                "partial": not complete,
+            }
             if rank == 0 and val_ds is not None and complete:
                 model.eval()
                 m = evaluate(_model_method(model), val_ds, mcfg.num_classes, limit=cfg.val_limit)
                 rec.update(val_pa_miou=m["pa_miou"], val_miou=m["miou"])
                 if m["pa_miou"] > state["best"]:
-                    state["best"], state["best_metrics"] = m["pa_miou"], {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
+                    state["best"], state["best_metrics"] = (
+                        m["pa_miou"],
+                        {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")},
+                    )
                     export(model, out / "best")
             if rank == 0 and complete:
                 export(model, out / "last")
@@ -260,8 +287,11 @@ def export(model: LMAE, folder: Path) -> None:
 def main_train(argv=None) -> None:  # pragma: no cover - exercised through the CLI
     import argparse
 
-    ap = argparse.ArgumentParser("label-mae train", description="Train an L-MAE model on a dataset folder "
-                                 "(paper recipe by default; checkpoints every epoch; --resume continues).")
+    ap = argparse.ArgumentParser(
+        "label-mae train",
+        description="Train an L-MAE model on a dataset folder "
+        "(paper recipe by default; checkpoints every epoch; --resume continues).",
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="tiny")
@@ -279,10 +309,22 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    cfg = TrainConfig(data=a.data, out=a.out, model=a.model, model_overrides=overrides, epochs=a.epochs,
-                      max_steps=a.max_steps, val_split=a.val_split, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
-                      ratio_range=tuple(a.ratio_range) if a.ratio_range else None, val_limit=a.val_limit,
-                      threads=a.threads)
+    cfg = TrainConfig(
+        data=a.data,
+        out=a.out,
+        model=a.model,
+        model_overrides=overrides,
+        epochs=a.epochs,
+        max_steps=a.max_steps,
+        val_split=a.val_split,
+        max_minutes=a.max_minutes,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        loss=a.loss,
+        ratio_range=tuple(a.ratio_range) if a.ratio_range else None,
+        val_limit=a.val_limit,
+        threads=a.threads,
+    )
     print(json.dumps(train(cfg, resume=a.resume).get("best_metrics")))
 
 

@@ -23,8 +23,7 @@ class CompleteLabels(nn.Module):
     or a ready :class:`LabelCompleter`.
     """
 
-    def __init__(self, completer=DEFAULT_MODEL,
-                 missing_index: int = 255, device=None):
+    def __init__(self, completer=DEFAULT_MODEL, missing_index: int = 255, device=None):
         super().__init__()
         self.missing_index = missing_index
         self.device = device

@@ -23,7 +23,9 @@ def colorize(label, palette: list[int] | None = None, missing_color=(255, 255, 2
 def heatmap(conf) -> np.ndarray:
     """Confidence ``[H, W]`` in [0, 1] -> RGB (dark red = low, yellow-white = high)."""
     c = np.clip(conf.numpy() if isinstance(conf, torch.Tensor) else np.asarray(conf), 0, 1)
-    return (np.stack([np.ones_like(c), c, c**3], -1) * np.stack([np.sqrt(c) * 0.7 + 0.3] * 3, -1) * 255).astype(np.uint8)
+    return (np.stack([np.ones_like(c), c, c**3], -1) * np.stack([np.sqrt(c) * 0.7 + 0.3] * 3, -1) * 255).astype(
+        np.uint8
+    )
 
 
 def side_by_side(image, broken, completed, confidence=None, palette=None, titles=True) -> Image.Image:
