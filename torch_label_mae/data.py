@@ -128,7 +128,53 @@ def voc_dataset(root: str | Path, image_set: str = "train", year: str = "2012", 
     from torchvision.datasets import VOCSegmentation
 
     ds = VOCSegmentation(str(root), year=year, image_set=image_set, download=download)
-    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images])
+    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], info=DatasetInfo("voc", VOC_CLASSES, 255, 0))
+
+
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
+CITYSCAPES_CLASSES = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+]
 
 
 # Cityscapes id -> train id (19 classes), everything else 255
@@ -163,12 +209,25 @@ def cityscapes_dataset(root: str | Path, split: str = "train"):
     lut = torch.full((256,), 255, dtype=torch.int64)
     for k, v in _CITYSCAPES_TRAIN_IDS.items():
         lut[k] = v
-    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], lut)
+    info = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, 255, None)
+    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], lut, info=info)
+
+
+def open_dataset(root: str | Path, split: str = "train", kind: str = "folder"):
+    """A dataset with ``.info`` (:class:`DatasetInfo`) by kind: ``folder`` (this package's layout),
+    ``voc`` (``VOCSegmentation``; ``split`` is the image set) or ``cityscapes``."""
+    if kind == "folder":
+        return FolderDataset(root, split)
+    if kind == "voc":
+        return voc_dataset(root, image_set=split)
+    if kind == "cityscapes":
+        return cityscapes_dataset(root, split)
+    raise ValueError(f"dataset kind must be 'folder', 'voc' or 'cityscapes', got {kind!r}")
 
 
 class _TorchvisionPairs(torch.utils.data.Dataset):
-    def __init__(self, ds, ids, lut=None):
-        self.ds, self.ids, self.lut = ds, ids, lut
+    def __init__(self, ds, ids, lut=None, info: DatasetInfo | None = None):
+        self.ds, self.ids, self.lut, self.info = ds, ids, lut, info
 
     def __len__(self):
         return len(self.ds)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .completer import complete_tensors
-from .data import FolderDataset
+from .data import open_dataset
 from .evaluate import evaluate
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, hidden_to_pixels, mixed_masking
@@ -35,6 +35,7 @@ class TrainConfig:
     """Every knob of a training run; defaults are the paper's recipe at CPU size."""
 
     data: str = ""
+    dataset_kind: str = "folder"  # folder | voc | cityscapes
     out: str = "runs/lmae"
     model: str = "tiny"  # a named config: paper | tiny | small
     model_overrides: dict = field(default_factory=dict)
@@ -108,7 +109,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed + rank)
     rng = random.Random(cfg.seed * 1000 + rank)
 
-    train_ds = FolderDataset(cfg.data, "train")
+    train_ds = open_dataset(cfg.data, "train", cfg.dataset_kind)
     info = train_ds.info
     mcfg = NAMED_CONFIGS[cfg.model](
         num_classes=info.num_classes,
@@ -141,7 +142,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     pairs = load_pairs(train_ds)
-    val_ds = FolderDataset(cfg.data, cfg.val_split) if rank == 0 and cfg.val_split else None
+    val_ds = open_dataset(cfg.data, cfg.val_split, cfg.dataset_kind) if rank == 0 and cfg.val_split else None
     stop = {"flag": False}
     prev = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     t_start = time.time()
@@ -292,7 +293,8 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
         description="Train an L-MAE model on a dataset folder "
         "(paper recipe by default; checkpoints every epoch; --resume continues).",
     )
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", required=True, help="dataset root")
+    ap.add_argument("--dataset-kind", default="folder", choices=["folder", "voc", "cityscapes"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--set", action="append", default=[], help="model override key=json")
@@ -311,6 +313,7 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     cfg = TrainConfig(
         data=a.data,
+        dataset_kind=a.dataset_kind,
         out=a.out,
         model=a.model,
         model_overrides=overrides,
