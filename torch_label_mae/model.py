@@ -53,6 +53,7 @@ class LMAEConfig:
     label_prior: bool = False
     prior_stride: int = 1
     refine_dim: int = 0
+    refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
     ignore_index: int = 255
     background_index: int | None = None
     mask_ratio: float = 0.5
@@ -98,6 +99,8 @@ class LMAEConfig:
         ]:
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
+        if self.refine_kind not in ("local", "unet"):
+            bad("refine_kind", "must be 'local' or 'unet'")
         if self.prior_stride < 1 or self.patch_size % self.prior_stride:
             bad("prior_stride", f"must be >= 1 and divide patch_size {self.patch_size}")
         if self.decoder_depth < 0 or self.refine_dim < 0:
@@ -223,6 +226,40 @@ class Refiner(nn.Module):
         return logits + self.out(x)
 
 
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation), nn.GELU())
+
+
+class UNetRefiner(nn.Module):
+    """Image-guided refinement over three scales (1/2, 1/4, 1/8 resolution; receptive field about
+    180 px): a residual on the logits from ``[image, logits]``, upsampled back to full resolution.
+    Zero-initialised output, so it starts as the identity."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        c = dim
+        self.stem = nn.Sequential(_conv(3 + num_classes, c, stride=2), _conv(c, c))
+        self.down1 = nn.Sequential(_conv(c, 2 * c, stride=2), _conv(2 * c, 2 * c))
+        self.down2 = nn.Sequential(
+            _conv(2 * c, 4 * c, stride=2), _conv(4 * c, 4 * c, dilation=2), _conv(4 * c, 4 * c, dilation=4)
+        )
+        self.up1 = _conv(6 * c, 2 * c)
+        self.up2 = _conv(3 * c, c)
+        self.out = nn.Conv2d(c, num_classes, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        x0 = self.stem(torch.cat([image, logits], 1))  # [B, C, H/2, W/2]
+        x1 = self.down1(x0)  # [B, 2C, H/4, W/4]
+        x2 = self.down2(x1)  # [B, 4C, H/8, W/8]
+        up = F.interpolate(x2, size=x1.shape[-2:], mode="bilinear", align_corners=False)
+        y1 = self.up1(torch.cat([up, x1], 1))
+        up = F.interpolate(y1, size=x0.shape[-2:], mode="bilinear", align_corners=False)
+        res = self.out(self.up2(torch.cat([up, x0], 1)))  # [B, N, H/2, W/2]
+        return logits + F.interpolate(res, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class LMAE(nn.Module):
     """Label masked autoencoder.
 
@@ -259,7 +296,8 @@ class LMAE(nn.Module):
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
         self.head = nn.Linear(dd, p * p * n)
-        self.refiner = Refiner(n, c.refine_dim) if c.refine_dim else None
+        refiner = UNetRefiner if c.refine_kind == "unet" else Refiner
+        self.refiner = refiner(n, c.refine_dim) if c.refine_dim else None
         self.apply(self._init_weights)
         if self.refiner is not None:
             nn.init.zeros_(self.refiner.out.weight)
