@@ -24,7 +24,6 @@ from torch import nn
 
 from .fusion import normalize_image, one_hot_label
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
-from .masking import hidden_to_pixels
 from .prior import nearest_fill
 
 
@@ -264,6 +263,8 @@ class LMAE(nn.Module):
     """Label masked autoencoder.
 
     ``LMAE(cfg)(image [B,3,H,W] float, label [B,H,W] int64, hidden [B,L] bool) -> logits [B,N,H,W]``.
+    Unknown pixels of ``label`` must be ``ignore_index``: the encoder sees only the visible patches,
+    and the label prior (when on) is filled from every labelled pixel.
     Samples may hide different numbers of patches: visible tokens are padded to the batch's maximum
     and padding is masked out of attention, which gives the same result as running them one by one.
     """
@@ -393,23 +394,24 @@ class LMAE(nn.Module):
         image_patches = self.patchify(image)  # [B, L, 3*p*p]
         prior = None
         if c.label_prior:
-            known = (
-                (label != c.ignore_index) & (label < c.num_classes) & ~hidden_to_pixels(hidden, c.grid, c.patch_size)
-            )
-            prior = self.label_prior_map(label, known)  # [B, H, W]
+            prior = self.label_prior_map(label)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         sup = self.supplement(image_patches, prior, hidden)
         logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
         if prior is not None:
-            logits = logits + self.prior_scale * one_hot_label(prior, c.num_classes, c.ignore_index).to(logits.dtype)
+            logits = logits + self.prior_logits(prior).to(logits.dtype)
         if self.refiner is not None:
             logits = self.refiner(image.to(logits.dtype), logits)
         return logits
 
-    def label_prior_map(self, label: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """Nearest-label fill of the unknown pixels, computed on a grid ``prior_stride`` times coarser
-        (known where the whole cell is known) and expanded back -> ``[B, H, W]``."""
-        s = self.config.prior_stride
+    def label_prior_map(self, label: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """Nearest-label fill of the unknown pixels (default: every labelled pixel is known, including
+        the known parts of hidden patches), computed on a grid ``prior_stride`` times coarser (known
+        where the whole cell is known) and expanded back -> ``[B, H, W]``. Works at any size."""
+        c = self.config
+        if known is None:
+            known = (label != c.ignore_index) & (label >= 0) & (label < c.num_classes)
+        s = c.prior_stride
         if s > 1:
             known = -F.max_pool2d(-known.unsqueeze(1).float(), s).squeeze(1) > 0  # cell fully known
             label = label[:, s // 2 :: s, s // 2 :: s]
@@ -417,6 +419,10 @@ class LMAE(nn.Module):
         if s > 1:
             prior = prior.repeat_interleave(s, 1).repeat_interleave(s, 2)
         return prior
+
+    def prior_logits(self, prior: torch.Tensor) -> torch.Tensor:
+        """The prior's contribution to the logits: ``prior_scale * one_hot(prior)`` -> ``[B, N, H, W]``."""
+        return self.prior_scale * one_hot_label(prior, self.config.num_classes, self.config.ignore_index)
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""

@@ -193,7 +193,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     g.setdefault("base_lr", g["lr"])
                     g["lr"] = g["base_lr"] * lr_scale if state["step"] < cfg.warmup_steps else g["lr"]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = ddp(img, lab, hidden)
+                    # the model must not see the labels it is asked to reconstruct
+                    logits = ddp(img, torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab), hidden)
                 logits = logits.float()
                 loss = criterion(logits, lab, pix) if criterion is not None else cross_entropy(logits, lab, pix)
                 opt.zero_grad(set_to_none=True)
