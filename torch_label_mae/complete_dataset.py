@@ -1,0 +1,544 @@
+"""Complete every label of a dataset folder: resumable, atomic, sharded, and it loses nothing.
+
+>>> report = complete_dataset("images/", "labels/", "completed/")          # doctest: +SKIP
+>>> report.done, report.skipped, report.failed                              # doctest: +SKIP
+
+Promises:
+
+- **Inputs are never modified.** ``out_dir`` equal to or inside ``labels_dir`` is refused unless
+  ``in_place=True``; ``out_dir`` / ``confidence_dir`` equal to ``images_dir`` is always refused.
+- **Atomic outputs.** Every file is written to a temp file beside its final name and renamed over it
+  (:func:`torch_label_mae.io.atomic_write`), so a run killed at any moment (even ``kill -9``) leaves
+  either a complete file or none under a final name. Stray temp files (``.<name>.<random>.tmp``) of
+  this run's files are removed at the next start.
+- **Resumable.** A rerun skips every output that is complete and valid (a readable palette PNG of
+  the label's size, ids in ``[0, N)``, equal to the label on every known pixel; and its confidence
+  map, when asked for, a readable grayscale PNG of that size) unless ``overwrite=True``.
+- **Bad input does not stop the run.** An unreadable image or label, a label whose size differs from
+  its image, ids ``>= N`` that are not ``missing_index``, an image without label or a label without
+  image: the file is recorded with the reason and the rest go on. ``strict=True`` raises
+  :class:`CompletionError` at the first failure instead (every file before it is done, none after).
+- **Sharding.** ``rank`` / ``world_size`` default to ``torch.distributed`` when a process group is
+  initialised, else to the ``RANK`` / ``WORLD_SIZE`` environment variables (set by ``torchrun``),
+  else to 0 / 1. Rank ``k`` takes ``files[k::world_size]`` of the sorted file list: no file twice,
+  none left out. No process group is needed or created.
+- **Report.** A JSON report is written atomically when the run ends (also on a failure in strict
+  mode or an interrupt): ``out_dir/completion_report.json`` for a single process, and one file per
+  rank, ``completion_report.rank<k>.json``, with several ranks (not merged: K ranks, K reports).
+  With ``report_path`` given, ranks write ``<stem>.rank<k><suffix>`` beside it.
+
+Outputs: ``out_dir/<label file name>``, a palette PNG of class ids (the input label's palette when it
+is a palette PNG, else :func:`torch_label_mae.io.default_palette`); with ``confidence_dir``, also
+``confidence_dir/<label file name>``, an 8-bit grayscale PNG of ``round(255 * confidence)`` (255 on
+pixels that were known).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import IMAGE_EXTS, read_image, read_label
+from .io import atomic_write, save_label_png
+
+REPORT_NAME = "completion_report.json"
+
+__all__ = ["CompletionError", "Report", "complete_dataset", "complete_voc", "list_pairs", "shard"]
+
+
+class CompletionError(RuntimeError):
+    """Raised by ``strict=True`` at the first file that cannot be completed."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+@dataclass
+class Report:
+    """What a run did. ``failed`` holds ``(file, reason)`` pairs; ``images_per_s`` counts completed
+    images over the run's wall time."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    total: int = 0
+    rank: int = 0
+    world_size: int = 1
+    finished: bool = False
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    report_path: str | None = None
+    out_dir: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished and no file failed."""
+        return self.finished and not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
+        d["warnings"] = [{"file": f, "message": m} for f, m in self.warnings]
+        return d
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        lines = [
+            f"{who}{self.done} completed, {self.skipped} already done (skipped), {len(self.failed)} failed "
+            f"of {self.total} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)"
+            + ("" if self.finished else " [interrupted]")
+        ]
+        for f, r in self.failed[:10]:
+            lines.append(f"  failed: {f}: {r}")
+        if len(self.failed) > 10:
+            lines.append(f"  ... and {len(self.failed) - 10} more")
+        if self.report_path:
+            lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file of the dataset: its id, image and label paths (None when missing) and a reason when
+    it cannot be completed before anything is read (unpaired, ambiguous)."""
+
+    key: str
+    image: Path | None
+    label: Path | None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name reported and written (the label's name; ``<id>.png`` without label)."""
+        return self.label.name if self.label is not None else f"{self.key}.png"
+
+
+# ----------------------------------------------------------------------------------------------------
+# file lists, pairing, sharding
+# ----------------------------------------------------------------------------------------------------
+def _listing(folder: Path, exts) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+            continue
+        out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def list_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[Item]:
+    """Every id of ``images_dir`` (image files) and ``labels_dir`` (``.png``), sorted; unpaired or
+    ambiguous ids come back with ``problem`` set instead of raising."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder")
+    images, labels = _listing(images_dir, IMAGE_EXTS), _listing(labels_dir, (".png",))
+    items = []
+    for key in sorted(set(images) | set(labels)):
+        ims, labs = sorted(images.get(key, [])), sorted(labels.get(key, []))
+        im, lab = (ims[0] if ims else None), (labs[0] if labs else None)
+        problem = None
+        if len(ims) > 1:
+            problem = f"ambiguous: several images share the id {key!r} ({', '.join(p.name for p in ims)})"
+        elif len(labs) > 1:
+            problem = f"ambiguous: several labels share the id {key!r} ({', '.join(p.name for p in labs)})"
+        elif lab is None:
+            problem = f"unpaired: image {im.name} has no label {key}.png in {labels_dir}"
+        elif im is None:
+            problem = f"unpaired: label {lab.name} has no image {key}.* in {images_dir}"
+        items.append(Item(key, im, lab, problem))
+    return items
+
+
+def voc_paths(voc_root: str | Path, image_set: str = "train", year: str = "2012") -> tuple[Path, Path, list[Item]]:
+    """``(images_dir, labels_dir, items)`` from torchvision's ``VOCSegmentation`` file lists
+    (``<root>/VOCdevkit/VOC<year>/{JPEGImages,SegmentationClass,ImageSets/Segmentation/<set>.txt}``);
+    listed ids whose image or label file is absent come back with ``problem`` set."""
+    from torchvision.datasets import VOCSegmentation
+
+    try:
+        ds = VOCSegmentation(str(voc_root), year=year, image_set=image_set, download=False)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise FileNotFoundError(
+            f"{voc_root}: not a Pascal VOC root (expected VOCdevkit/VOC{year}/JPEGImages, SegmentationClass "
+            f"and ImageSets/Segmentation/{image_set}.txt): {e}"
+        ) from None
+    items = []
+    for ip, lp in sorted(zip(ds.images, ds.masks, strict=True)):
+        ip, lp = Path(ip), Path(lp)
+        im, lab = (ip if ip.is_file() else None), (lp if lp.is_file() else None)
+        problem = None
+        if lab is None:
+            problem = f"unpaired: label {lp} listed in {image_set}.txt does not exist"
+        elif im is None:
+            problem = f"unpaired: image {ip} listed in {image_set}.txt does not exist"
+        items.append(Item(Path(lp).stem, im, lab, problem))
+    base = Path(voc_root) / "VOCdevkit" / f"VOC{year}"
+    return base / "JPEGImages", base / "SegmentationClass", items
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the arguments, else ``torch.distributed`` when initialised, else the
+    ``RANK`` / ``WORLD_SIZE`` environment variables, else ``(0, 1)``."""
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
+    return int(rank), int(world_size)
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s share of a sorted list: ``items[rank::world_size]``."""
+    return items[rank::world_size]
+
+
+# ----------------------------------------------------------------------------------------------------
+# validity of outputs (what a rerun may skip)
+# ----------------------------------------------------------------------------------------------------
+def _read_png(path: Path, modes) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG" or im.mode not in modes:
+                return None
+            im.load()
+            return np.asarray(im)
+    except Exception:  # any unreadable / truncated file is simply not valid
+        return None
+
+
+def output_is_valid(
+    out: Path,
+    label: np.ndarray,
+    num_classes: int,
+    missing_index: int = 255,
+    confidence: Path | None = None,
+) -> bool:
+    """True when ``out`` is a complete palette PNG of ``label``'s size with ids in ``[0, num_classes)``
+    equal to ``label`` on its known pixels (and ``confidence``, when given, a grayscale PNG of that
+    size)."""
+    arr = _read_png(out, ("P",))
+    if arr is None or arr.shape != label.shape or arr.max(initial=0) >= num_classes:
+        return False
+    known = label != missing_index
+    if not np.array_equal(arr[known], label[known]):
+        return False
+    if confidence is not None:
+        c = _read_png(confidence, ("L",))
+        if c is None or c.shape != label.shape:
+            return False
+    return True
+
+
+def _clean_temp_files(folder: Path, names: set[str]) -> int:
+    """Remove ``folder/.<name>.<random>.tmp`` left by a killed run, for ``names`` only (other ranks'
+    temp files may be in use)."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.iterdir():
+        n = p.name
+        if n.startswith(".") and n.endswith(".tmp") and n[1:-4].rpartition(".")[0] in names:
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading (in DataLoader workers)
+# ----------------------------------------------------------------------------------------------------
+class _Reader(torch.utils.data.Dataset):
+    """Item -> a record dict: ``status`` is ``"todo"`` (with image, label, palette), ``"skip"``
+    (a valid output exists) or ``"fail"`` (with ``reason``)."""
+
+    def __init__(self, items, out_dir, confidence_dir, num_classes, missing_index, overwrite):
+        self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
+        self.n, self.missing_index, self.overwrite = num_classes, missing_index, overwrite
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.items[i]
+        rec = {"name": it.name, "status": "fail"}
+        if it.problem is not None:
+            return {**rec, "reason": it.problem}
+        try:
+            with Image.open(it.label) as im:
+                palette = im.getpalette() if im.mode == "P" else None
+            label = read_label(it.label)
+        except Exception as e:  # every unreadable file is a recorded failure
+            return {**rec, "reason": _reason("cannot read label", e, it.label)}
+        lab_np = label.numpy()
+        if not self.overwrite:
+            conf = self.confidence_dir / it.name if self.confidence_dir is not None else None
+            if output_is_valid(self.out_dir / it.name, lab_np, self.n, self.missing_index, conf):
+                return {"name": it.name, "status": "skip"}
+        try:
+            image = read_image(it.image)
+        except Exception as e:
+            return {**rec, "reason": _reason("cannot read image", e, it.image)}
+        if tuple(image.shape[-2:]) != tuple(label.shape):
+            return {
+                **rec,
+                "reason": f"size mismatch: image {it.image.name} is {image.shape[-1]}x{image.shape[-2]} but label "
+                f"{it.label.name} is {label.shape[-1]}x{label.shape[-2]} (W x H)",
+            }
+        bad = (lab_np != self.missing_index) & ((lab_np < 0) | (lab_np >= self.n))
+        if bad.any():
+            vals = sorted(np.unique(lab_np[bad]).tolist())[:5]
+            return {
+                **rec,
+                "reason": f"ids out of range: {int(bad.sum())} pixels have ids {vals} outside [0, {self.n}) "
+                f"that are not the missing index {self.missing_index}",
+            }
+        return {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
+
+
+def _reason(what: str, e: Exception, path) -> str:
+    msg = str(e).replace(f"{path}: ", "")
+    return msg if msg.startswith(what) else f"{what}: {msg}"
+
+
+def _as_list(batch):
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------
+def _write(rec: dict, completed: torch.Tensor, conf: torch.Tensor | None, out_dir: Path, conf_dir: Path | None):
+    if conf_dir is not None and conf is not None:
+        c = (conf.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        im = Image.fromarray(c, mode="L")
+        atomic_write(conf_dir / rec["name"], lambda tmp: im.save(tmp, format="PNG"))
+    save_label_png(completed, out_dir / rec["name"], rec["palette"])
+
+
+def _complete_and_write(completer, recs, *, batch_size, missing_index, out_dir, conf_dir, report, strict):
+    """Complete ``recs`` (all ``todo``) in one call; on an error, one by one so only the culprit fails."""
+    if not recs:
+        return
+    want_conf = conf_dir is not None
+
+    def run(rs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = completer.complete_batch(
+                [r["image"] for r in rs],
+                [r["label"] for r in rs],
+                batch_size=batch_size,
+                missing_index=missing_index,
+                return_confidence=want_conf,
+            )
+        for w in caught:
+            msg = str(w.message)
+            hit = [r for i, r in enumerate(rs) if msg.startswith(f"labels[{i}] ")]  # attribute to the file
+            if hit:
+                report.warnings.append((hit[0]["name"], msg.split(" ", 1)[1]))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out if want_conf else (out, [None] * len(rs))
+
+    def write(r, lab, conf):
+        try:
+            _write(r, lab, conf, out_dir, conf_dir)
+        except OSError as e:
+            _fail(report, r["name"], f"cannot write output: {e}", strict)
+            return
+        report.done += 1
+
+    try:
+        labs, confs = run(recs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # isolate the failing file: one by one, each written before the next
+        for r in recs:
+            try:
+                (lab,), (conf,) = run([r])
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:
+                _fail(report, r["name"], f"completion failed: {e}", strict)
+                continue
+            write(r, lab, conf)
+        return
+    for r, lab, conf in zip(recs, labs, confs, strict=True):
+        write(r, lab, conf)
+
+
+def _fail(report: Report, name: str, reason: str, strict: bool) -> None:
+    report.failed.append((name, reason))
+    if strict:
+        raise CompletionError(name, reason)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the entry point
+# ----------------------------------------------------------------------------------------------------
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _report_path(report_path, out_dir: Path, rank: int, world_size: int) -> Path:
+    p = Path(report_path) if report_path is not None else out_dir / REPORT_NAME
+    if world_size > 1:
+        p = p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+    return p
+
+
+def _load_completer(model, device):
+    from .completer import LabelCompleter
+
+    if isinstance(model, LabelCompleter):
+        return model.to(device) if device is not None else model
+    if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per rank
+    return LabelCompleter.from_pretrained(str(model), device=device)
+
+
+def complete_dataset(
+    images_dir: str | Path | None,
+    labels_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    model="camvid-m0.5",
+    missing_index: int = 255,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device=None,
+    confidence_dir: str | Path | None = None,
+    overwrite: bool = False,
+    in_place: bool = False,
+    strict: bool = False,
+    report_path: str | Path | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    voc_root: str | Path | None = None,
+    image_set: str = "train",
+    year: str = "2012",
+) -> Report:
+    """Complete every label of ``labels_dir`` (``<id>.png``, pixels equal to ``missing_index`` are
+    missing) with its image ``images_dir/<id>.<ext>`` and write the results to ``out_dir``; see the
+    module docstring for the guarantees.
+
+    ``model``: a registered name, dataset name, local folder or Hub repo id, or a
+    :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
+    ``voc_root`` (with ``image_set``, ``year``): a Pascal VOC root instead of ``images_dir`` /
+    ``labels_dir`` (pass None for those); the files are those of torchvision's ``VOCSegmentation``.
+    Returns a :class:`Report`; raises :class:`CompletionError` with ``strict=True`` at the first failure
+    and ``ValueError`` / ``FileNotFoundError`` for arguments it cannot work with (before any output).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if voc_root is not None:
+        if images_dir is not None or labels_dir is not None:
+            raise ValueError("give either voc_root or images_dir / labels_dir, not both")
+        images_dir, labels_dir, items = voc_paths(voc_root, image_set, year)
+    else:
+        if images_dir is None or labels_dir is None:
+            raise ValueError("images_dir and labels_dir are required (or voc_root)")
+        items = list_pairs(images_dir, labels_dir)
+    images_dir, labels_dir, out_dir = (Path(p).resolve() for p in (images_dir, labels_dir, out_dir))
+    if _inside(out_dir, labels_dir) and not in_place:
+        raise ValueError(
+            f"out_dir {out_dir} is the labels folder or inside it; outputs there could replace or mix with "
+            f"the input labels. Choose another folder, or pass in_place=True (--in-place) to do so on purpose"
+        )
+    if out_dir == images_dir:
+        raise ValueError(f"out_dir {out_dir} is the images folder; choose another folder")
+    conf_dir = Path(confidence_dir).resolve() if confidence_dir is not None else None
+    if conf_dir is not None and conf_dir in (out_dir, labels_dir, images_dir):
+        raise ValueError(
+            f"confidence_dir {conf_dir} must differ from the out, labels and images folders "
+            f"(its files have the labels' names)"
+        )
+    rank, world_size = resolve_rank(rank, world_size)
+    mine = shard(items, rank, world_size)
+    completer = _load_completer(model, device)
+    n = completer.num_classes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rpath = _report_path(report_path, out_dir, rank, world_size)
+    names = {it.name for it in mine} | {rpath.name}
+    for d in (out_dir, conf_dir):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
+            _clean_temp_files(d, names)
+
+    report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
+    report.report_path = str(rpath)
+    reader = _Reader(mine, out_dir, conf_dir, n, missing_index, overwrite)
+    loader = torch.utils.data.DataLoader(
+        reader, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_as_list
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        desc = f"completing (rank {rank}/{world_size})" if world_size > 1 else "completing"
+        bar = tqdm(total=len(mine), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def flush(todo):
+        _complete_and_write(
+            completer,
+            todo,
+            batch_size=batch_size,
+            missing_index=missing_index,
+            out_dir=out_dir,
+            conf_dir=conf_dir,
+            report=report,
+            strict=strict,
+        )
+
+    start = time.perf_counter()
+    try:
+        for batch in loader:
+            todo = []
+            for rec in batch:  # in file order: with strict, everything before the first failure is done
+                if rec["status"] == "skip":
+                    report.skipped += 1
+                elif rec["status"] == "todo":
+                    todo.append(rec)
+                else:
+                    flush(todo)
+                    todo = []
+                    _fail(report, rec["name"], rec["reason"], strict)
+            flush(todo)
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix(done=report.done, skipped=report.skipped, failed=len(report.failed), refresh=False)
+        report.finished = True
+    finally:
+        if bar is not None:
+            bar.close()
+        report.seconds = time.perf_counter() - start
+        report.images_per_s = report.done / report.seconds if report.seconds > 0 else 0.0
+        text = json.dumps(report.to_dict(), indent=2)
+        atomic_write(rpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return report
+
+
+def complete_voc(voc_root: str | Path, out_dir: str | Path, *, image_set: str = "train", **kwargs) -> Report:
+    """:func:`complete_dataset` on a Pascal VOC root (torchvision's ``VOCSegmentation`` file lists)."""
+    return complete_dataset(None, None, out_dir, voc_root=voc_root, image_set=image_set, **kwargs)
