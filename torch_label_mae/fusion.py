@@ -12,7 +12,6 @@ to ImageNet mean / std, which is what every model in this package sees.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,9 +29,10 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
 def one_hot_label(label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """``label [B, H, W]`` int -> ``[B, N, H, W]`` float one-hot; void pixels are all zero."""
     valid = (label >= 0) & (label < num_classes)
-    safe = torch.where(valid, label, torch.zeros_like(label)).long()
-    onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()  # [B, N, H, W]
-    return onehot * valid.unsqueeze(1)
+    safe = torch.where(valid, label, torch.zeros_like(label)).long().unsqueeze(1)  # [B, 1, H, W]
+    b, h, w = label.shape
+    out = torch.zeros(b, num_classes, h, w, device=label.device)
+    return out.scatter_(1, safe, valid.unsqueeze(1).float())  # [B, N, H, W]
 
 
 def fuse_map(image: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:

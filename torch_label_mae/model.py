@@ -255,8 +255,9 @@ class UNetRefiner(nn.Module):
         up = F.interpolate(x2, size=x1.shape[-2:], mode="bilinear", align_corners=False)
         y1 = self.up1(torch.cat([up, x1], 1))
         up = F.interpolate(y1, size=x0.shape[-2:], mode="bilinear", align_corners=False)
-        res = self.out(self.up2(torch.cat([up, x0], 1)))  # [B, N, H/2, W/2]
-        return logits + F.interpolate(res, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        y0 = self.up2(torch.cat([up, x0], 1))  # [B, C, H/2, W/2]
+        y0 = F.interpolate(y0, size=logits.shape[-2:], mode="bilinear", align_corners=False)  # C < N: cheaper
+        return logits + self.out(y0)
 
 
 class LMAE(nn.Module):
