@@ -115,10 +115,7 @@ class LabelCompleter(
 
     # -- hub ---------------------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
-        from safetensors.torch import save_model
-
-        save_model(self, str(Path(save_directory) / hub.WEIGHTS_NAME))
-        (Path(save_directory) / hub.CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_hub_files(self.model, save_directory)
 
     @classmethod
     def from_pretrained(
@@ -358,6 +355,23 @@ class LabelCompleter(
 def _hidden_pixels_at(hidden: torch.Tensor, cfg: LMAEConfig, size) -> torch.Tensor:
     pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)
     return resize_label(pix.to(torch.uint8), size).bool()
+
+
+def save_hub_files(model: LMAE, folder, dtype: torch.dtype | None = None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (keys ``model.*``, as :class:`LabelCompleter` loads
+    them) atomically. ``dtype=torch.float16`` halves the file; loading casts back to float32."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_write
+
+    folder = Path(folder)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[f"model.{k}"] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    atomic_write(folder / hub.WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(model.config.to_dict(), indent=2)
+    atomic_write(folder / hub.CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def resolve_device(device=None) -> torch.device:

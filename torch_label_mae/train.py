@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .completer import complete_tensors
+from .completer import complete_tensors, save_hub_files
 from .data import open_dataset
 from .evaluate import evaluate
 from .loss import BalancedCrossEntropy, cross_entropy
@@ -245,9 +245,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                         m["pa_miou"],
                         {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")},
                     )
-                    export(model, out / "best")
+                    save_hub_files(model, out / "best")
             if rank == 0 and complete:
-                export(model, out / "last")
+                save_hub_files(model, out / "last")
             if world > 1:
                 rec["ranks_in_sync"] = ranks_in_sync(model)
             if rank == 0:
@@ -271,19 +271,6 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     gathered = [torch.zeros_like(probe) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, probe)
     return all(bool(torch.equal(g, gathered[0])) for g in gathered)
-
-
-def export(model: LMAE, folder: Path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` atomically (the Hub folder layout)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "model.safetensors.tmp"
-    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
-    tmpc = folder / "config.json.tmp"
-    tmpc.write_text(json.dumps(model.config.to_dict(), indent=2))
-    os.replace(tmpc, folder / "config.json")
 
 
 def main_train(argv=None) -> None:  # pragma: no cover - exercised through the CLI

@@ -1,0 +1,99 @@
+"""The shipped models and the main job: bundled weights load offline, `label-mae demo` runs, and on the
+real validation data (when ../shared is present) the models do at least as well as nearest fill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from synth import make_dataset
+
+from torch_label_mae import LabelCompleter, LMAEConfig, list_pretrained
+from torch_label_mae.data import FolderDataset
+from torch_label_mae.evaluate import evaluate
+from torch_label_mae.prior import nearest_fill
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("name", sorted(list_pretrained()))
+def test_registered_models_load_offline_from_the_bundle(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    completer = LabelCompleter.from_pretrained(name, device="cpu")
+    assert not completer.training
+    assert completer.config.num_classes == {"camvid": 11, "ccp": 59}[list_pretrained()[name].dataset]
+    assert completer.config.mask_ratio == list_pretrained()[name].ratio
+    assert all(p.dtype == torch.float32 for p in completer.parameters())
+
+
+def test_demo_main_job_runs_and_writes_a_picture(tmp_path):
+    out = tmp_path / "demo.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch_label_mae", "demo", "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "PA-mIoU" in r.stdout and "nearest fill" in r.stdout
+    with Image.open(out) as im:
+        assert im.width > 4 * 480 and im.height > 3 * 360  # 4 panels, 3 samples
+
+
+def test_evaluate_cli_writes_json(tmp_path):
+    data = make_dataset(tmp_path / "data", splits=(("val", 3),))
+    model = tmp_path / "model"
+    LabelCompleter(LMAEConfig.tiny(num_classes=4, img_size=32, patch_size=8, label_prior=True)).save_pretrained(model)
+    js = tmp_path / "res.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch_label_mae",
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--json",
+            str(js),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(js.read_text())
+    assert res["images"] == 3 and 0.0 <= res["pa_miou"] <= 1.0 and len(res["pa_iou"]) == 4
+    assert "PA-mIoU" in r.stdout and "class3" in r.stdout
+
+
+@pytest.mark.parametrize(("name", "dataset", "limit"), [("camvid-m0.5", "camvid", 16), ("ccp-m0.5", "ccp", 8)])
+def test_shipped_model_on_real_val_data_matches_or_beats_nearest_fill(name, dataset, limit):
+    root = SHARED / dataset
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (../shared is absent)")
+    ds = FolderDataset(root, "val")
+    completer = LabelCompleter.from_pretrained(name, device="cpu")
+
+    def model(images, labels, missing):
+        return completer.complete_batch(images, labels, missing)
+
+    def nearest(images, labels, missing):
+        lab, miss = torch.stack(labels), torch.stack(missing)
+        return list(nearest_fill(lab, (lab != 255) & ~miss))
+
+    ours = evaluate(model, ds, ds.info.num_classes, limit=limit)
+    base = evaluate(nearest, ds, ds.info.num_classes, limit=limit)
+    assert ours["pa_miou"] >= base["pa_miou"] - 0.01, (ours["pa_miou"], base["pa_miou"])
