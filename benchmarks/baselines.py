@@ -1,7 +1,7 @@
 """Classical label-completion baselines, evaluated by the library's own protocol code.
 
 - nearest fill: every missing pixel takes the class of the nearest known pixel
-  (``scipy.ndimage.distance_transform_edt(..., return_indices=True)``);
+  (``torch_label_mae.prior.nearest_fill``: ``scipy.ndimage.distance_transform_edt(..., return_indices=True)``);
 - random walker: ``skimage.segmentation.random_walker(img, seeds, beta, mode="bf", channel_axis=-1)``
   with seeds = class + 1 on known pixels and 0 on missing ones, mapped back to class ids.
 
@@ -24,18 +24,11 @@ import torch
 
 
 def nearest_fill(images, labels, missing):
-    from scipy.ndimage import distance_transform_edt
+    """Nearest-label fill: the library's own implementation (``scipy.ndimage.distance_transform_edt``)."""
+    from torch_label_mae.prior import nearest_fill as fill
 
-    out = []
-    for lab, miss in zip(labels, missing, strict=True):
-        arr = lab.numpy()
-        unknown = miss.numpy() | (arr == 255)
-        if unknown.all():
-            out.append(torch.zeros_like(lab))
-            continue
-        _, (iy, ix) = distance_transform_edt(unknown, return_indices=True)
-        out.append(torch.from_numpy(arr[iy, ix].astype(np.int64)))
-    return out
+    lab, miss = torch.stack(labels), torch.stack(missing)
+    return list(fill(lab, (lab != 255) & ~miss))
 
 
 def random_walker(beta: float = 130.0):

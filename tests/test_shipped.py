@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +18,9 @@ from synth import make_dataset
 from torch_label_mae import LabelCompleter, LMAEConfig, list_pretrained
 from torch_label_mae.data import FolderDataset
 from torch_label_mae.evaluate import evaluate
-from torch_label_mae.prior import nearest_fill
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import baselines  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -90,10 +93,20 @@ def test_shipped_model_on_real_val_data_matches_or_beats_nearest_fill(name, data
     def model(images, labels, missing):
         return completer.complete_batch(images, labels, missing)
 
-    def nearest(images, labels, missing):
-        lab, miss = torch.stack(labels), torch.stack(missing)
-        return list(nearest_fill(lab, (lab != 255) & ~miss))
-
     ours = evaluate(model, ds, ds.info.num_classes, limit=limit)
-    base = evaluate(nearest, ds, ds.info.num_classes, limit=limit)
+    base = evaluate(baselines.nearest_fill, ds, ds.info.num_classes, limit=limit)
     assert ours["pa_miou"] >= base["pa_miou"] - 0.01, (ours["pa_miou"], base["pa_miou"])
+
+
+def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Quick start") :]
+    code = section[section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace: dict = {}
+    exec(compile(code, "README quick start", "exec"), namespace)  # noqa: S102
+    fixed = Image.open(tmp_path / "fixed.png")
+    assert fixed.mode == "P" and fixed.size == (480, 360)
+    assert not (np.asarray(fixed) == 255).any() or (np.asarray(namespace["label"]) == 255).any()
+    assert len(namespace["outs"]) == 4 and namespace["completed"].mode == "P"

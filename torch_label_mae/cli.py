@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .hub import DEFAULT_MODEL
+
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
@@ -24,7 +26,6 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 def _load(args):
     from .completer import LabelCompleter
-    from .hub import DEFAULT_MODEL
 
     return LabelCompleter.from_pretrained(args.model or DEFAULT_MODEL, device=args.device)
 
@@ -66,7 +67,7 @@ def cmd_demo(args) -> int:
     out = save_grid(rows, args.out)
     a, b = ours.compute(), near.compute()
     print(
-        f"model {args.model or 'camvid-m0.5'} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
+        f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
         f"{args.block}px blocks hidden:"
     )
     print(f"  PA-mIoU   L-MAE {100 * a['pa_miou']:5.1f}   nearest fill {100 * b['pa_miou']:5.1f}")
@@ -98,7 +99,7 @@ def cmd_evaluate(args) -> int:
         limit=args.limit,
     )
     res["model"], res["data"], res["split"], res["protocol"], res["ratio"] = (
-        args.model or "camvid-m0.5",
+        args.model or DEFAULT_MODEL,
         str(args.data),
         args.split,
         args.protocol,
@@ -134,7 +135,7 @@ def cmd_complete(args) -> int:
             args.images,
             args.labels,
             args.out,
-            model=args.model or "camvid-m0.5",
+            model=args.model or DEFAULT_MODEL,
             missing_index=args.missing_index,
             batch_size=args.batch_size,
             num_workers=args.num_workers,

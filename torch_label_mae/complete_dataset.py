@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from .data import IMAGE_EXTS, read_image, read_label
+from .hub import DEFAULT_MODEL
 from .io import atomic_write, save_label_png
 
 REPORT_NAME = "completion_report.json"
@@ -419,7 +420,7 @@ def complete_dataset(
     labels_dir: str | Path | None,
     out_dir: str | Path,
     *,
-    model="camvid-m0.5",
+    model=DEFAULT_MODEL,
     missing_index: int = 255,
     batch_size: int = 16,
     num_workers: int = 0,

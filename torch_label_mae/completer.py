@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import resize_image, resize_label
-from .masking import hidden_to_pixels
+from .masking import hidden_from_missing, hidden_to_pixels
 from .model import LMAE
-
-
-def hidden_for(missing: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``missing [B, H, W]`` bool at any size -> ``hidden [B, L]``: a patch is hidden when any pixel of
-    its source region is missing (adaptive max pooling onto the patch grid)."""
-    return F.adaptive_max_pool2d(missing.unsqueeze(1).float(), grid).flatten(1) > 0
 
 
 @torch.inference_mode()
@@ -32,7 +26,7 @@ def complete_tensors(
     x = resize_image(image, size)
     lab = resize_label(label, size)
     if hidden is None:
-        hidden = hidden_for(missing, cfg.grid)
+        hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
     logits = model(x, lab, hidden).float()  # [B, N, h, w]
     if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
@@ -286,7 +280,7 @@ class LabelCompleter(
         results: list = [None] * len(samples)
         groups: dict = {}
         for i, (_, lab_t, miss) in enumerate(samples):
-            hidden = hidden_for(miss.unsqueeze(0), self.config.grid)[0]
+            hidden = hidden_from_missing(miss.unsqueeze(0), self.config.grid)[0]
             member = self.route(float(hidden.float().mean()))
             groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
         for member, idx in groups.values():
@@ -320,17 +314,20 @@ class LabelCompleter(
                     "missing='background-first' needs a model with a background class (config.background_index is None)"
                 )
             cfg = self.config
-            small = resize_label(lab, cfg.size)
+            # missing pixels count as background (the paper encodes missing areas as background); hide
+            # round(ratio * L) patches, most background first, plus every patch that touches a hole
+            as_bg = torch.where(miss, torch.full_like(lab, cfg.background_index), lab)
             extra = background_first_masking(
-                small,
+                resize_label(as_bg, cfg.size),
                 cfg.patch_size,
                 cfg.mask_ratio,
                 background_index=cfg.background_index,
                 ignore_index=cfg.ignore_index,
             )
-            hidden = extra | hidden_for(miss, cfg.grid)
-            # only the patches chosen here become missing; patches hidden for a hole keep their known pixels
-            miss = miss | _hidden_pixels_at(extra, cfg, tuple(lab.shape[-2:]))
+            hidden = extra | hidden_from_missing(miss, cfg.grid)
+            # in the chosen patches only background pixels are re-predicted; object pixels are kept
+            bg = lab == cfg.background_index
+            miss = miss | (_hidden_pixels_at(extra, cfg, tuple(lab.shape[-2:])) & bg)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             completed, conf = complete_tensors(self.model, img, lab, miss, hidden)
         completed, conf = completed.cpu(), conf.float().cpu()

@@ -39,7 +39,8 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         if arr.ndim != 3 or arr.shape[2] != 3:
             alpha = "; drop the alpha channel: image[..., :3]" if arr.ndim == 3 and arr.shape[2] == 4 else ""
             raise ValueError(f"{name}: numpy image must be HxWx3 RGB (or HxW gray), got shape {arr.shape}{alpha}")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1)  # never written to
     elif isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim == 2:
@@ -56,6 +57,11 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t
     if t.dtype.is_floating_point:
+        if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
+            raise ValueError(
+                f"{name}: float images must be in [0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}];"
+                " pass uint8 for 0..255"
+            )
         return t.float()
     raise ValueError(f"{name}: image dtype {t.dtype} not supported; use uint8 (0..255) or float (0..1)")
 
@@ -135,6 +141,9 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -102,12 +102,16 @@ def mixed_masking(
     return (hidden, strategy) if return_strategy else hidden
 
 
-def hidden_from_missing(missing: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Inference mask: ``missing [B, H, W]`` bool -> ``[B, L]`` bool, True where a patch touches a
-    missing pixel."""
-    if missing.shape[-1] % patch_size or missing.shape[-2] % patch_size:
-        raise ValueError(f"missing map {tuple(missing.shape)} is not a multiple of patch size {patch_size}")
-    return F.max_pool2d(missing.unsqueeze(1).float(), patch_size).flatten(1) > 0
+def hidden_from_missing(missing: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Inference mask: ``missing [B, H, W]`` bool at any size -> ``hidden [B, gh * gw]`` bool.
+
+    The map is laid over the ``grid`` of patches (adaptive max pooling): a patch is hidden when any
+    pixel of its source region is missing. When ``H`` and ``W`` are multiples of the grid this is
+    exactly "every patch that touches a missing pixel".
+    """
+    if missing.ndim != 3:
+        raise ValueError(f"missing must be [B, H, W], got {tuple(missing.shape)}")
+    return F.adaptive_max_pool2d(missing.unsqueeze(1).float(), tuple(grid)).flatten(1) > 0
 
 
 def hidden_to_pixels(hidden: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:

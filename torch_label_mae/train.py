@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .completer import complete_tensors, save_hub_files
-from .data import open_dataset
+from .data import open_dataset, resize_image, resize_label
 from .evaluate import evaluate
+from .io import atomic_write
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, hidden_to_pixels, mixed_masking
 from .model import LMAE, NAMED_CONFIGS
@@ -68,8 +68,8 @@ def _rank() -> tuple[int, int]:
 
 
 def load_pairs(ds) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Read every ``(image, label)`` of a dataset into memory once."""
-    return [(img, lab) for img, lab, _ in (ds[i] for i in range(len(ds)))]
+    """Read every ``(image, label)`` of a dataset into memory once (labels as uint8: ids <= 255)."""
+    return [(img, lab.to(torch.uint8)) for img, lab, _ in (ds[i] for i in range(len(ds)))]
 
 
 def augment(image: torch.Tensor, label: torch.Tensor, size, scale, flip: bool, rng: random.Random):
@@ -78,19 +78,21 @@ def augment(image: torch.Tensor, label: torch.Tensor, size, scale, flip: bool, r
     s = rng.uniform(*scale)
     ch, cw = max(1, round(h * s)), max(1, round(w * s))
     y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
-    img = image[:, y : y + ch, x : x + cw].unsqueeze(0).float() / 255.0
-    lab = label[y : y + ch, x : x + cw]
-    img = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
-    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    img = resize_image(image[None, :, y : y + ch, x : x + cw], size)[0]
+    lab = resize_label(label[None, y : y + ch, x : x + cw].long(), size)[0]
     if flip and rng.random() < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
     return img, lab
 
 
 def _model_method(model: LMAE):
+    device = next(model.parameters()).device
+
     def method(images, labels, missing):
-        out, _ = complete_tensors(model, torch.stack(images), torch.stack(labels), torch.stack(missing))
-        return list(out)
+        batch = [torch.stack(t).to(device) for t in (images, labels, missing)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out, _ = complete_tensors(model, *batch)
+        return list(out.cpu())
 
     return method
 
@@ -102,6 +104,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _rank()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -111,14 +115,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     train_ds = open_dataset(cfg.data, "train", cfg.dataset_kind)
     info = train_ds.info
-    mcfg = NAMED_CONFIGS[cfg.model](
+    if cfg.model not in NAMED_CONFIGS:
+        raise ValueError(f"unknown model config {cfg.model!r}; choose from {sorted(NAMED_CONFIGS)}")
+    if cfg.loss not in ("balanced", "ce"):
+        raise ValueError(f"loss must be 'balanced' or 'ce', got {cfg.loss!r}")
+    from_data = dict(
         num_classes=info.num_classes,
         ignore_index=info.ignore_index,
         background_index=info.background_index,
         class_names=info.classes,
         mask_ratio=cfg.mask_ratio,
-        **cfg.model_overrides,
     )
+    mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
     model = LMAE(mcfg).to(device)
     criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
     params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
@@ -159,9 +167,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         }
         if criterion is not None:
             blob["criterion"] = criterion.state_dict()
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, ckpt)
+        atomic_write(ckpt, lambda tmp: torch.save(blob, tmp))
 
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     try:
@@ -199,6 +205,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 loss = criterion(logits, lab, pix) if criterion is not None else cross_entropy(logits, lab, pix)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if world > 1 and criterion is not None:  # the loss's beta / gamma live outside DDP
+                    for p in criterion.parameters():
+                        if p.grad is not None:
+                            dist.all_reduce(p.grad)
+                            p.grad /= world
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 state["step"] += 1
@@ -214,11 +225,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     )
                 if cfg.max_steps and state["step"] >= cfg.max_steps:
                     stop["flag"] = True
-                if stop["flag"] or (cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60):
+                if cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
                     stop["flag"] = True
+                if world > 1:  # every rank stops at the same step, or the collectives would hang
+                    flag = torch.tensor([float(stop["flag"])], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop["flag"] = bool(flag.item())
+                if stop["flag"]:
                     break
             if n == 0:
-                break
+                raise ValueError(
+                    f"no training step: {len(pairs)} training pairs over {world} rank(s) is less than one batch of "
+                    f"{cfg.batch_size}; lower --batch-size"
+                )
             epoch_loss = total / n
             if world > 1:
                 t = torch.tensor([epoch_loss], device=device)
@@ -273,50 +292,65 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     return all(bool(torch.equal(g, gathered[0])) for g in gathered)
 
 
+_HELP = {
+    "data": "dataset root",
+    "dataset_kind": "folder (dataset.json + <split>/images, labels) | voc | cityscapes",
+    "out": "run folder: log.jsonl, checkpoint.pt, best/ and last/ (Hub folders)",
+    "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
+    "max_minutes": "wall-clock budget; stops cleanly (checkpointed); --resume continues",
+    "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
+    "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
+    "loss": "balanced (paper eq. 10-12) | ce",
+    "crop_scale": "random crop side as a fraction of the image side, LO HI",
+    "val_split": "split evaluated every epoch ('' to skip)",
+    "val_limit": "evaluate the first N validation images only",
+}
+
+
 def main_train(argv=None) -> None:  # pragma: no cover - exercised through the CLI
+    """``label-mae train``: one flag per :class:`TrainConfig` field, plus ``--set`` and ``--resume``."""
     import argparse
 
     ap = argparse.ArgumentParser(
         "label-mae train",
-        description="Train an L-MAE model on a dataset folder "
-        "(paper recipe by default; checkpoints every epoch; --resume continues).",
+        description="Train an L-MAE model (the paper's recipe by default, plus a 100-step warm-up and gradient "
+        "clipping at 1.0). Checkpoints every epoch and on SIGTERM; --resume continues. Runs unchanged under "
+        "torchrun (DDP).",
     )
-    ap.add_argument("--data", required=True, help="dataset root")
-    ap.add_argument("--dataset-kind", default="folder", choices=["folder", "voc", "cityscapes"])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--set", action="append", default=[], help="model override key=json")
-    ap.add_argument("--epochs", type=int, default=400)
-    ap.add_argument("--max-steps", type=int)
-    ap.add_argument("--val-split", default="val", help="split evaluated each epoch ('' to skip)")
-    ap.add_argument("--max-minutes", type=float)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--loss", default="balanced")
-    ap.add_argument("--ratio-range", type=float, nargs=2)
-    ap.add_argument("--val-limit", type=int)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--resume", action="store_true")
-    a = ap.parse_args(argv)
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    cfg = TrainConfig(
-        data=a.data,
-        dataset_kind=a.dataset_kind,
-        out=a.out,
-        model=a.model,
-        model_overrides=overrides,
-        epochs=a.epochs,
-        max_steps=a.max_steps,
-        val_split=a.val_split,
-        max_minutes=a.max_minutes,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        loss=a.loss,
-        ratio_range=tuple(a.ratio_range) if a.ratio_range else None,
-        val_limit=a.val_limit,
-        threads=a.threads,
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_overrides":
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        kw = {"help": _HELP.get(f.name, "") + f" (default: {default})", "dest": f.name}
+        if isinstance(default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
+        elif isinstance(default, tuple) or f.name == "ratio_range":
+            n = 3 if f.name == "mix" else 2
+            ap.add_argument(flag, type=float, nargs=n, default=default, **kw)
+        elif f.name in ("max_minutes",):
+            ap.add_argument(flag, type=float, default=default, **kw)
+        elif f.name in ("val_limit", "threads", "max_steps"):
+            ap.add_argument(flag, type=int, default=default, **kw)
+        else:
+            ap.add_argument(flag, type=type(default), default=default, required=f.name in ("data",), **kw)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="model config override, e.g. --set label_prior=true --set refine_dim=16",
     )
-    print(json.dumps(train(cfg, resume=a.resume).get("best_metrics")))
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    a = vars(ap.parse_args(argv))
+    try:
+        overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.pop("set"))}
+    except (ValueError, json.JSONDecodeError) as e:
+        ap.error(f"--set expects KEY=JSON ({e})")
+    resume = a.pop("resume")
+    a = {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
+    cfg = TrainConfig(model_overrides=overrides, **a)
+    print(json.dumps(train(cfg, resume=resume).get("best_metrics")))
 
 
 if __name__ == "__main__":  # pragma: no cover
