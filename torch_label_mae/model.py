@@ -51,6 +51,7 @@ class LMAEConfig:
     drop_path: float = 0.0
     label_prior: bool = False
     prior_stride: int = 1
+    prior_scale: float | None = None  # initial weight of the prior in the logits; None: log(9 (N - 1))
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
     ignore_index: int = 255
@@ -112,6 +113,12 @@ class LMAEConfig:
                 bad(d, f"must be divisible by {hd}={getattr(self, hd)}")
             if getattr(self, d) % 4:
                 bad(d, "must be a multiple of 4 (2-D sin-cos positions)")
+        if self.prior_scale is not None and (
+            not isinstance(self.prior_scale, (int, float))
+            or isinstance(self.prior_scale, bool)
+            or self.prior_scale <= 0
+        ):
+            bad("prior_scale", "must be None or a positive number")
         if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
             bad("mlp_ratio", "must be a positive number")
         if not isinstance(self.drop_path, (int, float)) or not 0 <= self.drop_path < 1:
@@ -292,8 +299,9 @@ class LMAE(nn.Module):
             nn.init.normal_(self.mask_token, std=0.02)
         if c.label_prior:
             self.prior_embed = LabelPatchEmbed(n, p, dd, c.ignore_index)
-            # start where the prior class gets probability 0.9: the head then only learns corrections
-            self.prior_scale = nn.Parameter(torch.tensor(math.log(9.0 * max(n - 1, 1))))
+            # default: start where the prior class gets probability 0.9; the head then learns corrections
+            scale = c.prior_scale if c.prior_scale is not None else math.log(9.0 * max(n - 1, 1))
+            self.prior_scale = nn.Parameter(torch.tensor(float(scale)))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
