@@ -28,13 +28,14 @@ def complete_tensors(
     if hidden is None:
         hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
-    logits = model(x, lab, hidden).float()  # [B, N, h, w]
+    prior = model.label_prior_map(lab) if cfg.label_prior else None  # [B, h, w]
+    logits = model(x, lab, hidden, prior).float()  # [B, N, h, w]
     if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
         full = tuple(label.shape[-2:])
         if cfg.label_prior:
             # keep the model's correction, but take the nearest-label prior at full resolution, where
             # thin structures that the resize to the model grid loses are still there
-            logits = logits - model.prior_logits(model.label_prior_map(lab)).float()
+            logits = logits - model.prior_logits(prior).float()
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
             known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label)
             logits = logits + model.prior_logits(model.label_prior_map(known_label)).float()

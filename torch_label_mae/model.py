@@ -396,13 +396,18 @@ class LMAE(nn.Module):
             x = blk(x)
         return self.head(self.decoder_norm(x))
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, N, H, W]``. ``prior`` (``[B, H, W]``, with ``label_prior``) may be passed when the
+        caller already computed :meth:`label_prior_map` of ``label``."""
         c = self.config
         self.check_inputs(image, label, hidden)
         image = normalize_image(image)
         image_patches = self.patchify(image)  # [B, L, 3*p*p]
-        prior = None
-        if c.label_prior:
+        if not c.label_prior:
+            prior = None
+        elif prior is None:
             prior = self.label_prior_map(label)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         sup = self.supplement(image_patches, prior, hidden)
