@@ -70,7 +70,10 @@ def _masked_target(target, pixel_mask, ignore_index):
 
 def cross_entropy(logits, target, pixel_mask=None, ignore_index: int = 255):
     """Plain cross-entropy over ``pixel_mask`` (all pixels when None), ignoring ``ignore_index``."""
-    target = _masked_target(target, pixel_mask, ignore_index)
-    if not (target != ignore_index).any():
+    keep = target != ignore_index
+    if pixel_mask is not None:
+        keep = keep & pixel_mask
+    if not keep.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
+    # only the counted pixels go through log-softmax: [M, N] instead of [B, N, H, W]
+    return F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], target[keep].long())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion import normalize_image, one_hot_label
+from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
 
@@ -413,7 +413,7 @@ class LMAE(nn.Module):
         sup = self.supplement(image_patches, prior, hidden)
         logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
         if prior is not None:
-            logits = logits + self.prior_logits(prior).to(logits.dtype)
+            logits = self.add_prior(logits, prior)
         if self.refiner is not None:
             logits = self.refiner(image.to(logits.dtype), logits)
         return logits
@@ -434,9 +434,14 @@ class LMAE(nn.Module):
             prior = prior.repeat_interleave(s, 1).repeat_interleave(s, 2)
         return prior
 
-    def prior_logits(self, prior: torch.Tensor) -> torch.Tensor:
-        """The prior's contribution to the logits: ``prior_scale * one_hot(prior)`` -> ``[B, N, H, W]``."""
-        return self.prior_scale * one_hot_label(prior, self.config.num_classes, self.config.ignore_index)
+    def add_prior(self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+        """``logits + sign * prior_scale * one_hot(prior)`` (``[B, N, H, W]``), without building the
+        one-hot: a scatter-add of the scale at each pixel's prior class (nothing where it is unknown)."""
+        n = self.config.num_classes
+        known = (prior >= 0) & (prior < n)  # [B, H, W]
+        idx = torch.where(known, prior, torch.zeros_like(prior)).long().unsqueeze(1)  # [B, 1, H, W]
+        src = (sign * self.prior_scale).to(logits.dtype) * known.unsqueeze(1).to(logits.dtype)
+        return logits.scatter_add(1, idx, src)
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""
