@@ -27,8 +27,7 @@ def nearest_fill(images, labels, missing):
     """Nearest-label fill: the library's own implementation (``scipy.ndimage.distance_transform_edt``)."""
     from torch_label_mae.prior import nearest_fill as fill
 
-    lab, miss = torch.stack(labels), torch.stack(missing)
-    return list(fill(lab, (lab != 255) & ~miss))
+    return [fill(lab[None], ((lab != 255) & ~miss)[None])[0] for lab, miss in zip(labels, missing, strict=True)]
 
 
 def random_walker(beta: float = 130.0):

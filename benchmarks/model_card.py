@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         if done:
             last = done[-1]
             lines += [
-                f"{last['epoch']} epochs, {last['step']} steps on {ds.info.name} train (2 CPU cores). "
+                f"{last['epoch']} epochs, {last['step']} steps on {ds.info.name} train (CPU). "
                 f"Validation PA-mIoU per epoch: "
                 + ", ".join(f"{_pct(r['val_pa_miou'])}" for r in done if r.get("val_pa_miou") is not None)
                 + ". The shipped weights are the last epoch's (no selection on the validation split).",
