@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -326,6 +327,9 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.fn(args)
+    except BrokenPipeError:  # output piped into e.g. `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
         return 2
