@@ -281,8 +281,14 @@ class LabelCompleter(
         results: list = [None] * len(samples)
         groups: dict = {}
         for i, (_, lab_t, miss) in enumerate(samples):
-            hidden = hidden_from_missing(miss.unsqueeze(0), self.config.grid)[0]
-            member = self.route(float(hidden.float().mean()))
+            fraction = float(hidden_from_missing(miss.unsqueeze(0), self.config.grid)[0].float().mean())
+            member = self.route(fraction)
+            if fraction > member.config.mask_ratio + 0.25:
+                warnings.warn(
+                    f"labels[{i}]: its holes touch {fraction:.0%} of the model's patches, far more than the "
+                    f"{member.config.mask_ratio:.0%} it was trained for; expect results no better than nearest fill",
+                    stacklevel=2,
+                )
             groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
         for member, idx in groups.values():
             for s in range(0, len(idx), batch_size):
