@@ -232,11 +232,12 @@ class LabelCompleter(
         labels: Sequence,
         missing=None,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         missing_index: int = 255,
         return_confidence: bool = False,
     ):
-        """Complete a list of labels.
+        """Complete a list of labels, ``batch_size`` at a time (default: 8 on the CPU, where small
+        batches stay in cache and measured fastest, 64 on CUDA).
 
         ``missing``: None (pixels equal to ``missing_index`` are missing), a list of boolean HxW maps,
         or ``"background-first"`` (the paper's inference mode: hide, at the model's ratio, the patches
@@ -246,6 +247,8 @@ class LabelCompleter(
         """
         if len(images) != len(labels):
             raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+        if batch_size is None:
+            batch_size = 64 if self.device.type == "cuda" else 8
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = self.config.num_classes
@@ -283,12 +286,6 @@ class LabelCompleter(
         for i, (_, lab_t, miss) in enumerate(samples):
             fraction = float(hidden_from_missing(miss.unsqueeze(0), self.config.grid)[0].float().mean())
             member = self.route(fraction)
-            if fraction > member.config.mask_ratio + 0.25:
-                warnings.warn(
-                    f"labels[{i}]: its holes touch {fraction:.0%} of the model's patches, far more than the "
-                    f"{member.config.mask_ratio:.0%} it was trained for; expect results no better than nearest fill",
-                    stacklevel=2,
-                )
             groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
         for member, idx in groups.values():
             for s in range(0, len(idx), batch_size):

@@ -226,7 +226,8 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.inp(torch.cat([image, logits], 1)))  # x: [B, C, H, W]
+        x = torch.cat([image, logits], 1).contiguous(memory_format=torch.channels_last)  # faster convs
+        x = F.gelu(self.inp(x))  # x: [B, C, H, W]
         for conv in self.mid:
             x = F.gelu(conv(x))
         return logits + self.out(x)
@@ -256,7 +257,7 @@ class UNetRefiner(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        x0 = self.stem(torch.cat([image, logits], 1))  # [B, C, H/2, W/2]
+        x0 = self.stem(torch.cat([image, logits], 1).contiguous(memory_format=torch.channels_last))  # [B,C,H/2,W/2]
         x1 = self.down1(x0)  # [B, 2C, H/4, W/4]
         x2 = self.down2(x1)  # [B, 4C, H/8, W/8]
         up = F.interpolate(x2, size=x1.shape[-2:], mode="bilinear", align_corners=False)
@@ -312,6 +313,7 @@ class LMAE(nn.Module):
         if self.refiner is not None:
             nn.init.zeros_(self.refiner.out.weight)
             nn.init.zeros_(self.refiner.out.bias)
+            self.refiner.to(memory_format=torch.channels_last)  # conv weights in the layout the input uses
         if c.label_prior:  # start exactly at the prior; learning moves away from it where it helps
             nn.init.zeros_(self.head.weight)
 
