@@ -189,7 +189,8 @@ class LabelCompleter(
     def routed(cls, members: Sequence[LabelCompleter]) -> LabelCompleter:
         """Multi-ratio completer: each sample goes to the member whose ``mask_ratio`` is nearest the
         fraction of patches it hides. The returned object is the member nearest 0.5 with ``routes``
-        set."""
+        set; the members are loaded on the same device (``from_pretrained(..., device=)``): moving the
+        returned module with ``.to()`` moves that member only."""
         members = sorted(members, key=lambda m: m.config.mask_ratio)
         if not members:
             raise ValueError("routed() needs at least one completer")

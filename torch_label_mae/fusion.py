@@ -28,7 +28,7 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
 
 def one_hot_label(label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """``label [B, H, W]`` int -> ``[B, N, H, W]`` float one-hot; void pixels are all zero."""
-    valid = (label >= 0) & (label < num_classes)
+    valid = (label >= 0) & (label < num_classes) & (label != ignore_index)
     safe = torch.where(valid, label, torch.zeros_like(label)).long().unsqueeze(1)  # [B, 1, H, W]
     b, h, w = label.shape
     out = torch.zeros(b, num_classes, h, w, device=label.device)
