@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
 
 from .completer import complete_tensors, save_hub_files
 from .data import open_dataset, resize_image, resize_label
@@ -173,12 +175,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     try:
         while state["epoch"] < cfg.epochs and not stop["flag"]:
             model.train()
-            order = list(range(len(pairs)))
-            random.Random(cfg.seed + state["epoch"]).shuffle(order)
-            per_rank = len(order) // world  # equal step counts on every rank (DDP must not wait forever)
-            order = order[rank * per_rank : (rank + 1) * per_rank]
-            steps_per_epoch = per_rank // cfg.batch_size
+            # the same shuffled split on every rank, equal sizes (drop_last): DDP must not wait forever
+            sampler = DistributedSampler(range(len(pairs)), world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
+            sampler.set_epoch(state["epoch"])
+            order = list(sampler)
+            steps_per_epoch = len(order) // cfg.batch_size
             total, n, t0 = 0.0, 0, time.time()
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {state['epoch'] + 1}",
+                unit="step",
+                disable=rank != 0,
+                leave=False,
+                dynamic_ncols=True,
+            )
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 batch = [augment(*pairs[i], mcfg.size, cfg.crop_scale, cfg.flip, rng) for i in idx]
@@ -215,14 +225,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 state["step"] += 1
                 total += float(loss.detach())
                 n += 1
-                if rank == 0 and s % 5 == 0:
-                    el = time.time() - t0
-                    print(
-                        f"\repoch {state['epoch'] + 1} step {s + 1}/{steps_per_epoch} loss {total / n:.4f} "
-                        f"{(s + 1) * cfg.batch_size / max(el, 1e-9):.1f} img/s",
-                        end="",
-                        flush=True,
-                    )
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{total / n:.4f}", img_s=f"{(s + 1) * cfg.batch_size / max(time.time() - t0, 1e-9):.1f}"
+                )
                 if cfg.max_steps and state["step"] >= cfg.max_steps:
                     stop["flag"] = True
                 if cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
@@ -233,6 +239,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     stop["flag"] = bool(flag.item())
                 if stop["flag"]:
                     break
+            bar.close()
             if n == 0:
                 raise ValueError(
                     f"no training step: {len(pairs)} training pairs over {world} rank(s) is less than one batch of "
@@ -270,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if world > 1:
                 rec["ranks_in_sync"] = ranks_in_sync(model)
             if rank == 0:
-                print(f"\n{json.dumps(rec)}", flush=True)
+                print(json.dumps(rec), flush=True)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             save_checkpoint()
