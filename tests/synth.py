@@ -10,6 +10,18 @@ from PIL import Image
 
 from torch_label_mae.io import default_palette
 
+# the smallest model the tests build: 1 encoder and 1 decoder block of width 32, 8 px patches at 32 px
+TINY_MODEL = dict(
+    img_size=32,
+    patch_size=8,
+    encoder_depth=1,
+    encoder_dim=32,
+    encoder_heads=2,
+    decoder_depth=1,
+    decoder_dim=32,
+    decoder_heads=2,
+)
+
 
 def make_pair(rng: np.random.Generator, h: int, w: int, num_classes: int):
     """An image whose colour follows its label (so there is something to learn) and the label."""

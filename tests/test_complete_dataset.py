@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synth import make_dataset
+from synth import TINY_MODEL, make_dataset
 
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.cli import main
@@ -34,17 +34,7 @@ from torch_label_mae.data import degrade_folder
 from torch_label_mae.io import default_palette
 
 N = 4
-TINY = dict(
-    num_classes=N,
-    img_size=32,
-    patch_size=8,
-    encoder_dim=32,
-    encoder_heads=2,
-    decoder_dim=32,
-    decoder_heads=2,
-    encoder_depth=1,
-    decoder_depth=1,
-)
+TINY = dict(TINY_MODEL, num_classes=N)
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
 

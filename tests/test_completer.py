@@ -12,22 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from synth import TINY_MODEL
 from torchvision import tv_tensors
 
 from torch_label_mae import LabelCompleter, LMAEConfig
 
 N = 5  # classes
-TINY = dict(
-    num_classes=N,
-    img_size=32,
-    patch_size=8,
-    encoder_depth=1,
-    encoder_dim=32,
-    encoder_heads=2,
-    decoder_depth=1,
-    decoder_dim=32,
-    decoder_heads=2,
-)
+TINY = dict(TINY_MODEL, num_classes=N)
 # the active profile's example count (tests/conftest.py: 25, or 300 with HYPOTHESIS_PROFILE=thorough)
 FAST = settings(deadline=None)
 FEWER = settings(deadline=None, max_examples=max(10, settings().max_examples // 2))  # several forwards each

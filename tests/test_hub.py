@@ -26,6 +26,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from synth import TINY_MODEL
 
 from torch_label_mae import HubError, LabelCompleter, LMAEConfig, hub, list_pretrained
 
@@ -182,17 +183,7 @@ class HubServer:
 # ----------------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------------
-TINY = dict(
-    num_classes=5,
-    img_size=32,
-    patch_size=8,
-    encoder_depth=1,
-    encoder_dim=32,
-    encoder_heads=2,
-    decoder_depth=1,
-    decoder_dim=32,
-    decoder_heads=2,
-)
+TINY = dict(TINY_MODEL, num_classes=5)
 REPO = "acme/tiny-completer"
 
 

@@ -10,22 +10,12 @@ import sys
 import time
 
 import pytest
-from synth import make_dataset
+from synth import TINY_MODEL, make_dataset
 
 from torch_label_mae.completer import LabelCompleter
 from torch_label_mae.train import TrainConfig, train
 
-TINY = {
-    "img_size": 32,
-    "patch_size": 8,
-    "encoder_dim": 32,
-    "encoder_heads": 2,
-    "decoder_dim": 32,
-    "decoder_heads": 2,
-    "encoder_depth": 1,
-    "decoder_depth": 1,
-    "label_prior": True,
-}
+TINY = dict(TINY_MODEL, label_prior=True)
 
 
 def _cfg(data, out, **kw):

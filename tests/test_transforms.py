@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synth import TINY_MODEL
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
@@ -17,18 +18,7 @@ from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig, hub
 from torch_label_mae.io import default_palette
 
 N = 5
-TINY = dict(
-    num_classes=N,
-    img_size=32,
-    patch_size=8,
-    encoder_depth=1,
-    encoder_dim=32,
-    encoder_heads=2,
-    decoder_depth=1,
-    decoder_dim=32,
-    decoder_heads=2,
-    background_index=0,
-)
+TINY = dict(TINY_MODEL, num_classes=N, background_index=0)
 VOC_PALETTE = default_palette()
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
 SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W), not multiples of the patch
