@@ -109,3 +109,40 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
     log = _log(out)
     assert log[-1]["step"] == 2
     assert log[-1]["ranks_in_sync"] is True
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_warmup_then_schedule(schedule):
+    import torch
+
+    from torch_label_mae.train import set_lr
+
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, schedule=schedule)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    lrs = []
+    for step in range(110):
+        set_lr(opt, cfg, step, total_steps=110)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    if schedule == "cosine":
+        assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(5e-4) and lrs[-1] < 1e-6
+        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    else:  # the plateau scheduler owns the rate after warm-up
+        assert lrs[10:] == [pytest.approx(1e-3)] * 100
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(schedule="linear"), "schedule must be"),
+        (dict(optimizer="sgd"), "optimizer must be"),
+        (dict(loss="focal"), "loss must be"),
+        (dict(model_overrides={"label_priors": True}), r"unknown model config key\(s\) \['label_priors'\]"),
+    ],
+)
+def test_bad_train_config_is_named(tmp_path, bad, match):
+    data = make_dataset(tmp_path / "data")
+    cfg = TrainConfig(**{**dict(data=str(data), out=str(tmp_path / "run"), model="tiny"), **bad})
+    with pytest.raises(ValueError, match=match):
+        train(cfg)

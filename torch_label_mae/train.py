@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ from .evaluate import evaluate
 from .io import atomic_write
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, hidden_to_pixels, mixed_masking
-from .model import LMAE, NAMED_CONFIGS
+from .model import LMAE, NAMED_CONFIGS, LMAEConfig
 
 
 @dataclass
@@ -51,6 +52,8 @@ class TrainConfig:
     plateau_patience: int = 5
     plateau_threshold: float = 1e-3
     plateau_factor: float = 0.8
+    schedule: str = "plateau"  # plateau (the paper's ReduceLROnPlateau) | cosine (to 0 over `epochs`, after warmup)
+    optimizer: str = "adam"  # adam (the paper's, L2 weight decay) | adamw (decoupled weight decay)
     mask_ratio: float = 0.5
     ratio_range: tuple[float, float] | None = None  # sample the ratio per sample in [lo, hi]
     mix: tuple[float, float, float] = PAPER_MIX
@@ -99,6 +102,18 @@ def _model_method(model: LMAE):
     return method
 
 
+def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total_steps: int) -> None:
+    """Linear warmup over ``warmup_steps``; then the cosine decay to 0 at ``total_steps`` (``schedule="cosine"``)
+    or the rate ReduceLROnPlateau keeps (``"plateau"``)."""
+    for g in opt.param_groups:
+        g.setdefault("base_lr", g["lr"])
+        if step < cfg.warmup_steps:
+            g["lr"] = g["base_lr"] * (step + 1) / max(cfg.warmup_steps, 1)
+        elif cfg.schedule == "cosine":
+            t = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+            g["lr"] = g["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train; returns the best validation metrics. Safe to call again with ``resume=True``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -121,6 +136,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise ValueError(f"unknown model config {cfg.model!r}; choose from {sorted(NAMED_CONFIGS)}")
     if cfg.loss not in ("balanced", "ce"):
         raise ValueError(f"loss must be 'balanced' or 'ce', got {cfg.loss!r}")
+    if cfg.schedule not in ("plateau", "cosine"):
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', got {cfg.schedule!r}")
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
     from_data = dict(
         num_classes=info.num_classes,
         ignore_index=info.ignore_index,
@@ -128,11 +147,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         class_names=info.classes,
         mask_ratio=cfg.mask_ratio,
     )
+    known = {f.name for f in dataclasses.fields(LMAEConfig)}
+    unknown = sorted(set(cfg.model_overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
     mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
     model = LMAE(mcfg).to(device)
     criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
     params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", patience=cfg.plateau_patience, threshold=cfg.plateau_threshold, factor=cfg.plateau_factor
     )
@@ -204,10 +228,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     weights=cfg.mix,
                 )
                 pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
-                lr_scale = min(1.0, (state["step"] + 1) / max(cfg.warmup_steps, 1))
-                for g in opt.param_groups:
-                    g.setdefault("base_lr", g["lr"])
-                    g["lr"] = g["base_lr"] * lr_scale if state["step"] < cfg.warmup_steps else g["lr"]
+                set_lr(opt, cfg, state["step"], cfg.epochs * steps_per_epoch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     # the model must not see the labels it is asked to reconstruct
                     logits = ddp(img, torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab), hidden)
@@ -252,7 +273,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 epoch_loss = float(t) / world
             complete = not stop["flag"] or s == steps_per_epoch - 1
             if complete:
-                sched.step(epoch_loss)
+                if cfg.schedule == "plateau":
+                    sched.step(epoch_loss)
                 state["epoch"] += 1
             rec = {
                 "epoch": state["epoch"],
@@ -305,6 +327,8 @@ _HELP = {
     "out": "run folder: log.jsonl, checkpoint.pt, best/ and last/ (Hub folders)",
     "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
     "max_minutes": "wall-clock budget; stops cleanly (checkpointed); --resume continues",
+    "schedule": "plateau (the paper's ReduceLROnPlateau on the epoch loss) | cosine (decays to 0 at --epochs)",
+    "optimizer": "adam (the paper's; L2 weight decay) | adamw (decoupled weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
     "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
     "loss": "balanced (paper eq. 10-12) | ce",
