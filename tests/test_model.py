@@ -342,3 +342,21 @@ def test_hidden_labels_never_reach_the_output(overrides):
         enc = model.forward_encoder(patches, label, hidden)[0]
         enc_changed = model.forward_encoder(patches, relabel_hidden, hidden)[0]
     torch.testing.assert_close(enc_changed, enc, atol=1e-6, rtol=0, msg="hidden labels reached the encoder")
+
+
+@given(
+    b=st.integers(1, 2), gh=st.integers(1, 3), gw=st.integers(1, 3), p=st.sampled_from([1, 2, 4]), n=st.integers(1, 5)
+)
+def test_unpatchify_places_each_head_output_at_its_pixel(b, gh, gw, p, n):
+    cfg = LMAEConfig(
+        img_size=(gh * p, gw * p), patch_size=p, num_classes=n, encoder_depth=1, encoder_dim=8, encoder_heads=1,
+        decoder_depth=1, decoder_dim=8, decoder_heads=1,
+    )  # fmt: skip
+    model = LMAE(cfg)
+    out = torch.randn(b, gh * gw, p * p * n)  # the head's order within a patch: (row, column, class)
+    logits = model.unpatchify(out)
+    assert logits.shape == (b, n, gh * p, gw * p)
+    for i, y, x, c in [(0, 0, 0, 0), (b - 1, gh * p - 1, gw * p - 1, n - 1), (0, gh * p - 1, 0, n // 2)]:
+        patch, (py, px) = (y // p) * gw + x // p, (y % p, x % p)
+        assert logits[i, c, y, x] == out[i, patch, (py * p + px) * n + c]
+    assert logits.is_contiguous(memory_format=torch.channels_last)

@@ -340,11 +340,14 @@ class LMAE(nn.Module):
         return x.reshape(b, (h // p) * (w // p), ch * p * p)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, p * p * N]`` -> ``[B, N, H, W]``."""
+        """``[B, L, p * p * N]`` -> ``[B, N, H, W]`` in channels-last memory (classes innermost).
+
+        Keeping the head's class-innermost order makes the copy move runs of ``p * N`` values instead
+        of single ones, and the per-pixel softmax / argmax that follow read contiguous memory."""
         p, n = self.config.patch_size, self.config.num_classes
         (gh, gw), b = self.config.grid, x.shape[0]
-        x = x.reshape(b, gh, gw, p, p, n).permute(0, 5, 1, 3, 2, 4)  # [B, N, gh, p, gw, p]
-        return x.reshape(b, n, gh * p, gw * p)
+        x = x.reshape(b, gh, gw, p, p, n).transpose(2, 3)  # [B, gh, p, gw, p, N]
+        return x.reshape(b, gh * p, gw * p, n).permute(0, 3, 1, 2)  # [B, N, H, W], channels-last strides
 
     # -- encoder / decoder -----------------------------------------------------------------------
     @staticmethod
