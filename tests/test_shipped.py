@@ -110,3 +110,37 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert fixed.mode == "P" and fixed.size == (480, 360)
     assert not (np.asarray(fixed) == 255).any() or (np.asarray(namespace["label"]) == 255).any()
     assert len(namespace["outs"]) == 4 and namespace["completed"].mode == "P"
+
+
+def test_bfloat16_completion_agrees_with_float32():
+    samples = Path(__file__).resolve().parents[1] / "torch_label_mae" / "samples"
+    names = sorted(p.stem for p in (samples / "images").glob("*.jpg"))
+    images = [Image.open(samples / "images" / f"{n}.jpg").convert("RGB") for n in names]
+    labels = [np.array(Image.open(samples / "labels" / f"{n}.png")) for n in names]
+    broken = []
+    for lab in labels:  # hide every other 32 px block
+        b = lab.copy()
+        for y in range(0, b.shape[0], 32):
+            for x in range((y // 32) % 2 * 32, b.shape[1], 64):
+                b[y : y + 32, x : x + 32] = 255
+        broken.append(b)
+    completer = LabelCompleter.from_pretrained("camvid-m0.5", device="cpu", precision="float32")
+    assert completer.autocast_dtype() is None
+    full, conf32 = completer.complete_batch(images, broken, return_confidence=True)
+    completer.precision = "bfloat16"
+    assert completer.autocast_dtype() == torch.bfloat16
+    half, conf16 = completer.complete_batch(images, broken, return_confidence=True)
+    for f, h, b, c32, c16 in zip(full, half, broken, conf32, conf16, strict=True):
+        filled = b == 255
+        assert (f[filled] == h[filled]).mean() > 0.99
+        assert (f[~filled] == h[~filled]).all()
+        assert np.abs(c32 - c16).max() < 0.1
+
+
+def test_precision_is_validated():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LabelCompleter.from_pretrained("camvid-m0.5", device="cpu", precision="fp8")
+    completer = LabelCompleter(LMAEConfig.tiny(num_classes=3))
+    assert completer.precision == "auto"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        completer.precision = "half"

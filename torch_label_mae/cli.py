@@ -23,12 +23,18 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         help="registered name (see `label-mae list`), dataset name, local folder or Hub repo id (default: camvid-m0.5)",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 on CUDA and on CPUs with AMX, float32 elsewhere (default: auto)",
+    )
 
 
 def _load(args):
     from .completer import LabelCompleter
 
-    return LabelCompleter.from_pretrained(args.model or DEFAULT_MODEL, device=args.device)
+    return LabelCompleter.from_pretrained(args.model or DEFAULT_MODEL, device=args.device, precision=args.precision)
 
 
 def cmd_list(args) -> int:
@@ -141,6 +147,7 @@ def cmd_complete(args) -> int:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             device=args.device,
+            precision=args.precision,
             confidence_dir=args.confidence_dir,
             overwrite=args.overwrite,
             in_place=args.in_place,

@@ -405,14 +405,14 @@ def _report_path(report_path, out_dir: Path, rank: int, world_size: int) -> Path
     return p
 
 
-def _load_completer(model, device):
+def _load_completer(model, device, precision="auto"):
     from .completer import LabelCompleter
 
     if isinstance(model, LabelCompleter):
         return model.to(device) if device is not None else model
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per rank
-    return LabelCompleter.from_pretrained(str(model), device=device)
+    return LabelCompleter.from_pretrained(str(model), device=device, precision=precision)
 
 
 def complete_dataset(
@@ -425,6 +425,7 @@ def complete_dataset(
     batch_size: int = 16,
     num_workers: int = 0,
     device=None,
+    precision: str = "auto",
     confidence_dir: str | Path | None = None,
     overwrite: bool = False,
     in_place: bool = False,
@@ -443,6 +444,7 @@ def complete_dataset(
 
     ``model``: a registered name, dataset name, local folder or Hub repo id, or a
     :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
+    ``precision``: for a model loaded by name (see :attr:`LabelCompleter.precision`).
     ``voc_root`` (with ``image_set``, ``year``): a Pascal VOC root instead of ``images_dir`` /
     ``labels_dir`` (pass None for those); the files are those of torchvision's ``VOCSegmentation``.
     Returns a :class:`Report`; raises :class:`CompletionError` with ``strict=True`` at the first failure
@@ -476,7 +478,7 @@ def complete_dataset(
         )
     rank, world_size = resolve_rank(rank, world_size)
     mine = shard(items, rank, world_size)
-    completer = _load_completer(model, device)
+    completer = _load_completer(model, device, precision)
     n = completer.num_classes
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ def complete_tensors(
             logits = model.add_prior(logits, model.label_prior_map(known_label))
         else:
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-    prob, pred = logits.softmax(1).max(1)  # [B, H, W] each
+    top, pred = logits.max(1)  # [B, H, W] each
+    prob = torch.exp(top - logits.logsumexp(1))  # softmax probability of the chosen class
     completed = torch.where(missing, pred, label)
     confidence = torch.where(missing, prob, torch.ones_like(prob))
     return completed, confidence
@@ -107,6 +108,32 @@ class LabelCompleter(
         self.config = config
         self.model = LMAE(config)
         self.routes: list[LabelCompleter] = []  # set by from_pretrained("<dataset>"): one per ratio
+        self.precision = "auto"
+
+    # -- precision ---------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """Compute precision of completion: ``"auto"`` (bfloat16 autocast on CUDA, and on CPUs with
+        native bfloat16 matrix units (AMX), float32 otherwise), ``"float32"`` or ``"bfloat16"``.
+        Weights stay float32; the label prior and the final softmax run in float32 either way."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+        self._precision = value
+        for member in getattr(self, "routes", []):
+            if member is not self:
+                member._precision = value
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype :attr:`precision` resolves to on this completer's device (None: float32)."""
+        if self.precision == "float32":
+            return None
+        if self.precision == "bfloat16" or self.device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if self.device.type == "cpu" and cpu_has_bf16_matmul() else None
 
     # -- hub ---------------------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -124,13 +151,17 @@ class LabelCompleter(
         device=None,
         force_download: bool = False,
         endpoint: str | None = None,
+        precision: str = "auto",
         **kwargs,
     ) -> LabelCompleter:
         """Load a completer by registered name (``camvid-m0.5``), dataset (``camvid``: every ratio,
         routed per sample), local folder or Hub repo id. Loading is strict (missing or unexpected keys
-        are an error) and from safetensors only; the config is validated before the model is built."""
+        are an error) and from safetensors only; the config is validated before the model is built.
+        ``precision``: see :attr:`precision`."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         name = str(pretrained_model_name_or_path)
         group = hub.names_for(name) if not Path(name).is_dir() else [name]
         if len(group) > 1 or (group and group[0] != name):
@@ -143,6 +174,7 @@ class LabelCompleter(
                     device=device,
                     endpoint=endpoint,
                     force_download=force_download,
+                    precision=precision,
                 )
                 for n in group
             ]
@@ -156,10 +188,10 @@ class LabelCompleter(
             endpoint=endpoint,
             force_download=force_download,
         )
-        return cls.from_folder(folder, device=device)
+        return cls.from_folder(folder, device=device, precision=precision)
 
     @classmethod
-    def from_folder(cls, folder, device=None) -> LabelCompleter:
+    def from_folder(cls, folder, device=None, precision: str = "auto") -> LabelCompleter:
         """Load ``config.json`` + ``model.safetensors`` from a local folder (strict)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -183,6 +215,7 @@ class LabelCompleter(
                 f"{folder / hub.WEIGHTS_NAME} does not match its config: "
                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
             )
+        completer.precision = precision
         return completer.to(resolve_device(device)).eval()
 
     @classmethod
@@ -333,7 +366,8 @@ class LabelCompleter(
             # in the chosen patches only background pixels are re-predicted; object pixels are kept
             bg = lab == cfg.background_index
             miss = miss | (_hidden_pixels_at(extra, cfg, tuple(lab.shape[-2:])) & bg)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        amp = self.autocast_dtype()
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
             completed, conf = complete_tensors(self.model, img, lab, miss, hidden)
         completed, conf = completed.cpu(), conf.float().cpu()
         if completed.is_inference():  # out of inference mode, so callers may edit the results in place
@@ -352,6 +386,19 @@ class LabelCompleter(
             for blk in list(members.model.blocks) + list(members.model.decoder_blocks):
                 blk.compile(dynamic=True, **kwargs)
         return self
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AMX tiles): there, bfloat16 autocast is
+    several times faster than float32; elsewhere it is emulated and slower."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
 
 
 def _hidden_pixels_at(hidden: torch.Tensor, cfg: LMAEConfig, size) -> torch.Tensor:

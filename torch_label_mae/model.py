@@ -417,8 +417,8 @@ class LMAE(nn.Module):
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         sup = self.supplement(image_patches, prior, hidden)
         logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
-        if prior is not None:
-            logits = self.add_prior(logits, prior)
+        if prior is not None:  # in float32 under autocast too: the prior's scale dwarfs bfloat16's resolution
+            logits = self.add_prior(logits.float(), prior)
         if self.refiner is not None:
             logits = self.refiner(image.to(logits.dtype), logits)
         return logits
