@@ -35,10 +35,10 @@ def complete_tensors(
         if cfg.label_prior:
             # keep the model's correction, but take the nearest-label prior at full resolution, where
             # thin structures that the resize to the model grid loses are still there
-            logits = model.add_prior(logits, prior, sign=-1.0)
+            logits = model.add_prior(logits, prior, sign=-1.0, inplace=True)
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
             known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label)
-            logits = model.add_prior(logits, model.label_prior_map(known_label))
+            logits = model.add_prior(logits, model.label_prior_map(known_label), inplace=True)
         else:
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
     top, pred = logits.max(1)  # [B, H, W] each

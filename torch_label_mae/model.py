@@ -418,7 +418,7 @@ class LMAE(nn.Module):
         sup = self.supplement(image_patches, prior, hidden)
         logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
         if prior is not None:  # in float32 under autocast too: the prior's scale dwarfs bfloat16's resolution
-            logits = self.add_prior(logits.float(), prior)
+            logits = self.add_prior(logits.float(), prior, inplace=True)  # logits is ours: no copy
         if self.refiner is not None:
             logits = self.refiner(image.to(logits.dtype), logits)
         return logits
@@ -439,14 +439,17 @@ class LMAE(nn.Module):
             prior = prior.repeat_interleave(s, 1).repeat_interleave(s, 2)
         return prior
 
-    def add_prior(self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    def add_prior(
+        self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0, inplace: bool = False
+    ) -> torch.Tensor:
         """``logits + sign * prior_scale * one_hot(prior)`` (``[B, N, H, W]``), without building the
-        one-hot: a scatter-add of the scale at each pixel's prior class (nothing where it is unknown)."""
+        one-hot: a scatter-add of the scale at each pixel's prior class (nothing where it is unknown).
+        ``inplace=True`` adds into ``logits`` itself (for callers that own it)."""
         n = self.config.num_classes
         known = (prior >= 0) & (prior < n)  # [B, H, W]
         idx = torch.where(known, prior, torch.zeros_like(prior)).long().unsqueeze(1)  # [B, 1, H, W]
         src = (sign * self.prior_scale).to(logits.dtype) * known.unsqueeze(1).to(logits.dtype)
-        return logits.scatter_add(1, idx, src)
+        return logits.scatter_add_(1, idx, src) if inplace else logits.scatter_add(1, idx, src)
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""
