@@ -430,3 +430,27 @@ def test_background_first_in_a_batch(plain):
 def test_background_first_needs_a_background_class(no_background):
     with pytest.raises(ValueError, match="background_index"):
         no_background.complete(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), missing="background-first")
+
+
+@given(seed=st.integers(0, 2**31), label_prior=st.booleans(), frac=st.floats(0.0, 1.0))
+def test_hidden_rows_fast_path_equals_full_logits(seed, label_prior, frac):
+    from torch_label_mae.completer import complete_tensors
+    from torch_label_mae.masking import hidden_from_missing
+    from torch_label_mae.model import LMAE
+
+    cfg = LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": label_prior})
+    torch.manual_seed(seed % 5)
+    model = LMAE(cfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.2)
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.size
+    image = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
+    label = torch.randint(0, 4, (2, h, w), generator=g)
+    missing = torch.rand(2, h, w, generator=g) < frac * 0.2
+    completed, confidence = complete_tensors(model, image, label, missing)  # fast path at the model's size
+    known = torch.where(missing, torch.full_like(label, 255), label)
+    with torch.no_grad():
+        logits = model(image.float() / 255, known, hidden_from_missing(missing, cfg.grid))
+    prob, pred = logits.softmax(1).max(1)
+    assert torch.equal(completed, torch.where(missing, pred, label))
+    torch.testing.assert_close(confidence, torch.where(missing, prob, torch.ones_like(prob)), atol=1e-5, rtol=1e-5)

@@ -142,3 +142,26 @@ def test_plain_cross_entropy_is_mean_over_masked_pixels():
     mask = torch.rand(2, 5, 5, generator=g) < 0.5
     nll = F.cross_entropy(logits, target, reduction="none")
     torch.testing.assert_close(cross_entropy(logits, target, mask), nll[mask].mean())
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_loss_on_hidden_rows_equals_loss_on_the_full_map(balanced):
+    from torch_label_mae.masking import hidden_to_pixels
+    from torch_label_mae.model import LMAE, LMAEConfig
+
+    cfg = LMAEConfig.tiny(img_size=32, patch_size=8, num_classes=5, label_prior=True)
+    torch.manual_seed(0)
+    model = LMAE(cfg)
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    image = torch.rand(3, 3, 32, 32)
+    label = torch.randint(0, 5, (3, 32, 32))
+    label[:, :4] = 255
+    hidden = torch.rand(3, cfg.num_patches) < 0.5
+    hidden[:, 0] = True
+    pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)
+    known = torch.where(pix, torch.full_like(label, 255), label)
+    loss_fn = BalancedCrossEntropy(5) if balanced else cross_entropy
+    full = loss_fn(model(image, known, hidden), label, pix)
+    rows = model(image, known, hidden, hidden_only=True).flatten(0, 1)
+    target = model.patchify(label.unsqueeze(1))[hidden].flatten()
+    torch.testing.assert_close(loss_fn(rows, target, None), full, rtol=1e-5, atol=1e-6)

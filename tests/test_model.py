@@ -360,3 +360,33 @@ def test_unpatchify_places_each_head_output_at_its_pixel(b, gh, gw, p, n):
         patch, (py, px) = (y // p) * gw + x // p, (y % p, x % p)
         assert logits[i, c, y, x] == out[i, patch, (py * p + px) * n + c]
     assert logits.is_contiguous(memory_format=torch.channels_last)
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    ips=st.booleans(),
+    label_prior=st.booleans(),
+    counts=st.lists(st.integers(0, 16), min_size=1, max_size=3),
+)
+def test_forward_hidden_equals_forward_on_hidden_pixels(seed, ips, label_prior, counts):
+    cfg = small_config(ips=ips, label_prior=label_prior)
+    model = build(cfg, seed=seed % 7)
+    image, label, g = inputs(cfg, len(counts), seed=seed)
+    hidden = torch.zeros(len(counts), cfg.num_patches, dtype=torch.bool)
+    for i, k in enumerate(counts):
+        hidden[i, torch.randperm(cfg.num_patches, generator=g)[:k]] = True
+    with torch.no_grad():
+        full = model(image, label, hidden)  # [B, N, H, W]
+        rows = model(image, label, hidden, hidden_only=True)  # [M, p*p, N]
+    p, n = cfg.patch_size, cfg.num_classes
+    assert rows.shape == (sum(counts), p * p, n)
+    expected = model.patchify(full)  # [B, L, N*p*p], channel-major
+    expected = expected[hidden].view(-1, n, p * p).transpose(1, 2)  # [M, p*p, N]
+    torch.testing.assert_close(rows, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_hidden_refuses_a_refiner():
+    model = build(small_config(label_prior=True, refine_dim=4))
+    image, label, _ = inputs(model.config, 1)
+    with pytest.raises(ValueError, match="refiner"):
+        model.forward_hidden(image, label, torch.ones(1, model.config.num_patches, dtype=torch.bool))

@@ -29,6 +29,10 @@ def complete_tensors(
         hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
     prior = model.label_prior_map(lab) if cfg.label_prior else None  # [B, h, w]
+    if tuple(label.shape[-2:]) == size and model.refiner is None:
+        pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
+        if not bool((missing & ~pix).any()):  # every missing pixel lies in a hidden patch: predict those only
+            return _complete_hidden_rows(model, x, lab, label, missing, hidden, prior)
     logits = model(x, lab, hidden, prior).float()  # [B, N, h, w]
     if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
         full = tuple(label.shape[-2:])
@@ -45,6 +49,23 @@ def complete_tensors(
     prob = torch.exp(top - logits.logsumexp(1))  # softmax probability of the chosen class
     completed = torch.where(missing, pred, label)
     confidence = torch.where(missing, prob, torch.ones_like(prob))
+    return completed, confidence
+
+
+def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
+    """:func:`complete_tensors` at the model's size: logits of the hidden patches only, reduced to the
+    chosen class and its probability per pixel before anything is laid out at full size."""
+    rows = model(x, lab, hidden, prior, hidden_only=True).float()  # [M, p*p, N]
+    top, pred = rows.max(-1)  # [M, p*p] each
+    prob = torch.exp(top - rows.logsumexp(-1))  # softmax probability of the chosen class
+    b, length = hidden.shape
+    grid_pred = pred.new_zeros(b, length, pred.shape[-1])
+    grid_prob = prob.new_ones(b, length, prob.shape[-1])
+    grid_pred[hidden], grid_prob[hidden] = pred, prob
+    pred_map = model.unpatchify(grid_pred, channels=1)[:, 0]  # [B, H, W]
+    prob_map = model.unpatchify(grid_prob, channels=1)[:, 0]
+    completed = torch.where(missing, pred_map, label)
+    confidence = torch.where(missing, prob_map, torch.ones_like(prob_map))
     return completed, confidence
 
 

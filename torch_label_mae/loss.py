@@ -53,7 +53,8 @@ class BalancedCrossEntropy(nn.Module):
         return torch.sigmoid(log_beta + log_gamma.exp() * log_z)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor | None = None):
-        """``logits [B, N, H, W]``, ``target [B, H, W]``, optional ``pixel_mask [B, H, W]`` bool."""
+        """``logits [B, N, H, W]``, ``target [B, H, W]``, optional ``pixel_mask [B, H, W]`` bool; or
+        ``logits [M, N]`` rows with ``target [M]``."""
         target = _masked_target(target, pixel_mask, self.ignore_index)
         w = self.class_weights(target)  # float64: a dominant class's weight can be below float32's range
         nll = F.cross_entropy(logits, target.long(), ignore_index=self.ignore_index, reduction="none")
@@ -69,11 +70,12 @@ def _masked_target(target, pixel_mask, ignore_index):
 
 
 def cross_entropy(logits, target, pixel_mask=None, ignore_index: int = 255):
-    """Plain cross-entropy over ``pixel_mask`` (all pixels when None), ignoring ``ignore_index``."""
+    """Plain cross-entropy over ``pixel_mask`` (all pixels when None), ignoring ``ignore_index``.
+    ``logits [B, N, ...]`` with ``target [B, ...]``, or ``[M, N]`` rows with ``target [M]``."""
     keep = target != ignore_index
     if pixel_mask is not None:
         keep = keep & pixel_mask
     if not keep.any():
         return logits.sum() * 0.0
     # only the counted pixels go through log-softmax: [M, N] instead of [B, N, H, W]
-    return F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], target[keep].long())
+    return F.cross_entropy(logits.movedim(1, -1)[keep], target[keep].long())

@@ -339,12 +339,13 @@ class LMAE(nn.Module):
         x = x.reshape(b, ch, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, p, p]
         return x.reshape(b, (h // p) * (w // p), ch * p * p)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, p * p * N]`` -> ``[B, N, H, W]`` in channels-last memory (classes innermost).
+    def unpatchify(self, x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        """``[B, L, p * p * C]`` -> ``[B, C, H, W]`` in channels-last memory (``C`` = ``channels``,
+        default the number of classes; innermost in the input).
 
-        Keeping the head's class-innermost order makes the copy move runs of ``p * N`` values instead
+        Keeping the head's class-innermost order makes the copy move runs of ``p * C`` values instead
         of single ones, and the per-pixel softmax / argmax that follow read contiguous memory."""
-        p, n = self.config.patch_size, self.config.num_classes
+        p, n = self.config.patch_size, channels or self.config.num_classes
         (gh, gw), b = self.config.grid, x.shape[0]
         x = x.reshape(b, gh, gw, p, p, n).transpose(2, 3)  # [B, gh, p, gw, p, N]
         return x.reshape(b, gh * p, gw * p, n).permute(0, 3, 1, 2)  # [B, N, H, W], channels-last strides
@@ -379,48 +380,79 @@ class LMAE(nn.Module):
         return self.norm(x), ids, valid
 
     def supplement(self, image_patches, prior, hidden):
-        """Tokens for the hidden positions ``[B, L, Dd]``: IPS (image patch embedding) or mask token,
-        plus the prior's label embedding when ``label_prior`` is on."""
+        """Tokens for the hidden positions only, ``[M, Dd]`` (``M = hidden.sum()``, in the order of
+        ``hidden.nonzero()``): IPS (image patch embedding) or mask token, plus the prior's label
+        embedding when ``label_prior`` is on."""
         if self.config.ips:
-            sup = self.ips_embed(image_patches)
+            sup = self.ips_embed(image_patches[hidden])  # [M, Dd]
         else:
-            sup = self.mask_token.expand(hidden.shape[0], hidden.shape[1], -1)
+            sup = self.mask_token[0].expand(int(hidden.sum()), -1)
         if prior is not None:
-            sup = sup + self.prior_embed(self.patchify(prior.unsqueeze(1)))
+            sup = sup + self.prior_embed(self.patchify(prior.unsqueeze(1))[hidden].unsqueeze(0))[0]
         return sup
 
     def forward_decoder(self, latent, ids, valid, supplement, hidden):
-        """Scatter encoder tokens back to the grid, fill hidden positions, decode -> ``[B, L, p*p*N]``."""
+        """Place the encoder tokens and the supplement on the grid and decode -> ``[B, L, Dd]`` (normed)."""
         b, length = hidden.shape
-        x = supplement.clone()  # [B, L, Dd]
         vis = self.decoder_embed(latent)  # [B, Lv, Dd]
+        x = vis.new_empty(b, length, vis.shape[-1])  # every position is either hidden or visible
+        x[hidden] = supplement.to(x.dtype)
         rows = torch.arange(b, device=hidden.device).unsqueeze(1).expand_as(ids)
-        x[rows[valid], ids[valid]] = vis[valid].to(x.dtype)
+        x[rows[valid], ids[valid]] = vis[valid]
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.head(self.decoder_norm(x))
+        return self.decoder_norm(x)
 
-    def forward(
-        self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor, prior: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Logits ``[B, N, H, W]``. ``prior`` (``[B, H, W]``, with ``label_prior``) may be passed when the
-        caller already computed :meth:`label_prior_map` of ``label``."""
+    def forward_features(self, image, label, hidden, prior):
+        """Shared trunk: checks, normalisation, prior, encoder, IPS, decoder -> ``(tokens [B, L, Dd], prior)``."""
         c = self.config
         self.check_inputs(image, label, hidden)
-        image = normalize_image(image)
-        image_patches = self.patchify(image)  # [B, L, 3*p*p]
+        image_patches = self.patchify(normalize_image(image))  # [B, L, 3*p*p]
         if not c.label_prior:
             prior = None
         elif prior is None:
             prior = self.label_prior_map(label)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
-        sup = self.supplement(image_patches, prior, hidden)
-        logits = self.unpatchify(self.forward_decoder(latent, ids, valid, sup, hidden))  # [B, N, H, W]
+        tokens = self.forward_decoder(latent, ids, valid, self.supplement(image_patches, prior, hidden), hidden)
+        return tokens, prior
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        hidden: torch.Tensor,
+        prior: torch.Tensor | None = None,
+        *,
+        hidden_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits ``[B, N, H, W]`` for every pixel (channels-last memory). ``prior`` (``[B, H, W]``, with
+        ``label_prior``) may be passed when the caller already computed :meth:`label_prior_map` of ``label``.
+        ``hidden_only=True``: the logits of the hidden patches only (see :meth:`forward_hidden`)."""
+        if hidden_only:
+            return self.forward_hidden(image, label, hidden, prior)
+        tokens, prior = self.forward_features(image, label, hidden, prior)
+        logits = self.unpatchify(self.head(tokens))  # [B, N, H, W]
         if prior is not None:  # in float32 under autocast too: the prior's scale dwarfs bfloat16's resolution
             logits = self.add_prior(logits.float(), prior, inplace=True)  # logits is ours: no copy
         if self.refiner is not None:
-            logits = self.refiner(image.to(logits.dtype), logits)
+            logits = self.refiner(normalize_image(image).to(logits.dtype), logits)
+        return logits
+
+    def forward_hidden(
+        self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of the hidden patches only, ``[M, p * p, N]`` (``M = hidden.sum()``, rows in the order of
+        ``hidden.nonzero()``, pixels row-major within a patch): equal to :meth:`forward` there, at about
+        half the cost of the head and none of the full-size maps. All that the loss and completion at the
+        model's size need. Not for models with a refiner (it works on the whole map)."""
+        if self.refiner is not None:
+            raise ValueError("forward_hidden() needs a model without a refiner (refine_dim=0); use forward()")
+        p, n = self.config.patch_size, self.config.num_classes
+        tokens, prior = self.forward_features(image, label, hidden, prior)
+        logits = self.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()  # [M, p*p, N]
+        if prior is not None:
+            logits = self.add_prior(logits, self.patchify(prior.unsqueeze(1))[hidden], inplace=True, dim=-1)
         return logits
 
     def label_prior_map(self, label: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
@@ -440,16 +472,17 @@ class LMAE(nn.Module):
         return prior
 
     def add_prior(
-        self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0, inplace: bool = False
+        self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0, inplace: bool = False, dim: int = 1
     ) -> torch.Tensor:
-        """``logits + sign * prior_scale * one_hot(prior)`` (``[B, N, H, W]``), without building the
-        one-hot: a scatter-add of the scale at each pixel's prior class (nothing where it is unknown).
-        ``inplace=True`` adds into ``logits`` itself (for callers that own it)."""
+        """``logits + sign * prior_scale * one_hot(prior)`` with classes along ``dim`` (``[B, N, H, W]``
+        and prior ``[B, H, W]`` by default), without building the one-hot: a scatter-add of the scale
+        at each pixel's prior class (nothing where it is unknown). ``inplace=True`` adds into
+        ``logits`` itself (for callers that own it)."""
         n = self.config.num_classes
         known = (prior >= 0) & (prior < n)  # [B, H, W]
-        idx = torch.where(known, prior, torch.zeros_like(prior)).long().unsqueeze(1)  # [B, 1, H, W]
-        src = (sign * self.prior_scale).to(logits.dtype) * known.unsqueeze(1).to(logits.dtype)
-        return logits.scatter_add_(1, idx, src) if inplace else logits.scatter_add(1, idx, src)
+        idx = torch.where(known, prior, torch.zeros_like(prior)).long().unsqueeze(dim)  # [B, 1, H, W]
+        src = (sign * self.prior_scale).to(logits.dtype) * known.unsqueeze(dim).to(logits.dtype)
+        return logits.scatter_add_(dim, idx, src) if inplace else logits.scatter_add(dim, idx, src)
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""

@@ -229,11 +229,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 )
                 pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
                 set_lr(opt, cfg, state["step"], cfg.epochs * steps_per_epoch)
+                rows_only = mcfg.refine_dim == 0  # the loss needs the hidden pixels only: skip the rest
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     # the model must not see the labels it is asked to reconstruct
-                    logits = ddp(img, torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab), hidden)
+                    known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
+                    logits = ddp(img, known, hidden, hidden_only=rows_only)
+                if rows_only:  # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
+                    logits, target, mask = (
+                        logits.flatten(0, 1),
+                        model.patchify(lab.unsqueeze(1))[hidden].flatten(),
+                        None,
+                    )
+                else:
+                    target, mask = lab, pix
                 logits = logits.float()
-                loss = criterion(logits, lab, pix) if criterion is not None else cross_entropy(logits, lab, pix)
+                if criterion is not None:
+                    loss = criterion(logits, target, mask)
+                else:
+                    loss = cross_entropy(logits, target, mask, mcfg.ignore_index)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if world > 1 and criterion is not None:  # the loss's beta / gamma live outside DDP
