@@ -169,9 +169,8 @@ def peak_mib(device: torch.device) -> float:
     return rss_mib()
 
 
-def roofline(device: torch.device, n: int, repeats: int) -> dict:
-    """Matmul GFLOP/s: fp32 n x n sgemm on the CPU (current thread count), bf16 on CUDA."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def roofline(device: torch.device, n: int, repeats: int, dtype: torch.dtype) -> dict:
+    """Matmul GFLOP/s of an n x n ``dtype`` matmul on ``device`` (current CPU thread count)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     inner = 20 if device.type == "cuda" else 1
@@ -267,9 +266,9 @@ def machine_info(threads: int, devices) -> dict:
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------
-def load_completer(name: str, device: torch.device) -> LabelCompleter:
+def load_completer(name: str, device: torch.device, precision: str) -> LabelCompleter:
     try:
-        return LabelCompleter.from_pretrained(name, device=device)
+        return LabelCompleter.from_pretrained(name, device=device, precision=precision)
     except Exception as e:  # HubError, missing folder, ...
         raise SystemExit(
             f"cannot load completer {name!r}: {e}\n(pass --model <folder with config.json + model.safetensors>)"
@@ -282,7 +281,8 @@ def try_compile(completer: LabelCompleter, image, label):
         compiled = torch.compile(completer.model)
         dev = completer.device
         img, lab = image.unsqueeze(0).to(dev), label.unsqueeze(0).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        amp = completer.autocast_dtype()
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
             complete_tensors(compiled, img, lab, lab == MISSING)
         return compiled, None
     except Exception as e:  # no compiler, unsupported op, ...
@@ -302,7 +302,7 @@ def bench_api(completer, images, labels, b, repeats, warmup):
     return time_it(run, repeats, warm if warmup else None, dev)
 
 
-def bench_raw(model, device, images, labels, b, repeats, warmup):
+def bench_raw(model, device, amp, images, labels, b, repeats, warmup):
     chunks = []
     for s in range(0, len(images), b):
         img = torch.stack(images[s : s + b]).to(device)
@@ -310,7 +310,7 @@ def bench_raw(model, device, images, labels, b, repeats, warmup):
         chunks.append((img, lab, lab == MISSING))
 
     def run_chunks(cs):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             for img, lab, miss in cs:
                 complete_tensors(model, img, lab, miss)
 
@@ -417,6 +417,12 @@ def main(argv=None) -> int:
     ap.add_argument("--transform-batch", type=int, default=32, help="complete_batch batch size it is compared to")
     ap.add_argument("--no-transform", action="store_true")
     ap.add_argument("--roofline-n", type=int, default=4096, help="matmul size of the roofline")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="completer precision (auto: bfloat16 on CUDA and AMX CPUs, else float32)",
+    )
     ap.add_argument("--json", help="write every number and the machine info here")
     a = ap.parse_args(argv)
     if min(a.batch_sizes) < 1 or a.repeats < 1 or a.warmup < 0 or a.workers < 0:
@@ -435,8 +441,8 @@ def main(argv=None) -> int:
         "its own peak only where it raises the figure; CUDA peak MiB is torch.cuda.max_memory_allocated per config",
         "GFLOP/img: FlopCounterMode on complete_tensors at batch 1 (matmul, conv, attention), mean over up to 4 "
         "images; batched runs pad visible tokens to the batch maximum, so they do slightly more work",
-        "roofline: fp32 sgemm on CPU at the torch thread count, bf16 matmul on CUDA; model runs in fp32 on CPU "
-        "and bf16 autocast on CUDA",
+        "roofline: matmul in the precision the model computes in (float32, or bfloat16 under autocast), at the "
+        "torch thread count; the roofline fraction is against that one (both are printed on the CPU)",
         "DataLoader workers run torch with 1 thread each; baselines (scipy, skimage) run single-threaded",
     ]
     print(
@@ -449,7 +455,7 @@ def main(argv=None) -> int:
         f"device {machine['device_name']}, load average {machine['loadavg_start']}"
     )
 
-    completers = {d.type: load_completer(a.model, d) for d in devices}
+    completers = {d.type: load_completer(a.model, d, a.precision) for d in devices}
     first = completers[devices[0].type]
     cfg = first.config
     n_params = sum(p.numel() for p in first.model.parameters())
@@ -485,8 +491,13 @@ def main(argv=None) -> int:
 
     rooflines, rows, baselines, transforms, compile_info = {}, [], [], [], {}
     for dev in devices:
-        rooflines[dev.type] = r = roofline(dev, a.roofline_n, a.repeats)
-        print(f"roofline {dev.type}: {r['dtype']} {r['n']}x{r['n']} matmul, {r['gflops']:.1f} GFLOP/s")
+        amp = completers[dev.type].autocast_dtype() or torch.float32
+        kinds = [amp] if dev.type == "cuda" else list(dict.fromkeys([amp, torch.float32, torch.bfloat16]))
+        for i, dt in enumerate(kinds):
+            r = roofline(dev, a.roofline_n, a.repeats, dt)
+            rooflines[dev.type if i == 0 else f"{dev.type}-{r['dtype']}"] = r
+            print(f"roofline {dev.type}: {r['dtype']} {r['n']}x{r['n']} matmul, {r['gflops']:.1f} GFLOP/s")
+        print(f"model precision on {dev.type}: {str(amp).replace('torch.', '')}")
 
     # baselines (CPU, on the same images)
     if not a.no_baselines:
@@ -531,7 +542,8 @@ def main(argv=None) -> int:
                             finally:
                                 completer.model = original
                         else:
-                            secs = bench_raw(model, dev, images, labels, b, a.repeats, a.warmup)
+                            amp = completer.autocast_dtype()
+                            secs = bench_raw(model, dev, amp, images, labels, b, a.repeats, a.warmup)
                     except Exception as e:  # e.g. a compile failure on a new shape, out of memory
                         msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                         rows.append(dict(device=dev.type, size=size_name(hw), path=path, batch=b, error=msg))
@@ -547,6 +559,7 @@ def main(argv=None) -> int:
                         peak_mib=peak_mib(dev),
                         peak_kind="cuda max_memory_allocated" if dev.type == "cuda" else "process peak RSS so far",
                         gflop_per_image=gflop,
+                        precision=str(completer.autocast_dtype() or torch.float32).replace("torch.", ""),
                     )
                     r["achieved_gflops"] = gflop * r["images_per_s"]
                     r["roofline_fraction"] = r["achieved_gflops"] / roof

@@ -1,0 +1,33 @@
+"""Smoke tests of the benchmark scripts (figures are printed by the scripts, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from synth import TINY_MODEL
+
+from torch_label_mae import LabelCompleter, LMAEConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_inference  # noqa: E402
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_bench_inference_writes_every_figure(tmp_path, precision):
+    folder = tmp_path / "model"
+    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
+    out = tmp_path / "bench.json"
+    args = ["--model", str(folder), "--sizes", "32x32", "48x40", "--batch-sizes", "1", "2", "--images", "2"]
+    args += ["--repeats", "1", "--no-baselines", "--no-transform", "--roofline-n", "64", "--threads", "1"]
+    assert bench_inference.main([*args, "--precision", precision, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = [r for r in res["results"] if "error" not in r]
+    assert {(r["size"], r["path"], r["batch"]) for r in rows} == {
+        (s, p, b) for s in ("32x32", "48x40") for p in ("api", "raw") for b in (1, 2)
+    }
+    assert all(r["images_per_s"] > 0 and r["precision"] == precision for r in rows)
+    assert res["roofline"]["cpu"]["dtype"] == precision and res["roofline"]["cpu"]["gflops"] > 0
+    assert res["flops"]["32x32"]["gflop_per_image"] > 0
