@@ -390,3 +390,28 @@ def test_forward_hidden_refuses_a_refiner():
     image, label, _ = inputs(model.config, 1)
     with pytest.raises(ValueError, match="refiner"):
         model.forward_hidden(image, label, torch.ones(1, model.config.num_patches, dtype=torch.bool))
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 6),
+    p=st.sampled_from([1, 2, 4]),
+    blocky=st.floats(0.0, 1.0),
+    void=st.floats(0.0, 0.5),
+)
+def test_label_patch_embed_equals_the_dense_one_hot_map(seed, n, p, blocky, void):
+    from torch_label_mae.layers import LabelPatchEmbed
+
+    g = torch.Generator().manual_seed(seed)
+    embed = LabelPatchEmbed(n, p, 8)
+    torch.nn.init.normal_(embed.bag.weight)
+    with torch.no_grad():
+        embed.bag.weight[embed.pad].zero_()
+    b, length = 2, 5
+    patches = torch.randint(0, n, (b, length, 1), generator=g).expand(b, length, p * p).clone()  # uniform
+    mixed = torch.rand(b, length, p * p, generator=g) > blocky
+    patches[mixed] = torch.randint(0, n, (int(mixed.sum()),), generator=g)
+    patches[torch.rand(b, length, p * p, generator=g) < void] = 255
+    one_hot = F.one_hot(patches.clamp(max=n), n + 1)[..., :n].float()  # [B, L, pp, N]; void -> zeros
+    dense = torch.einsum("blqc,cqd->bld", one_hot, embed.bag.weight[: n * p * p].view(n, p * p, 8))
+    torch.testing.assert_close(embed(patches), dense, atol=1e-4, rtol=1e-4)

@@ -91,8 +91,11 @@ class LabelPatchEmbed(nn.Module):
     """The label half of the fuse-map patch embedding, as a lookup-and-sum.
 
     A linear map of a patch's ``N * p * p`` one-hot inputs equals the sum, over its labelled pixels,
-    of one weight row per (class, pixel position); void pixels contribute nothing. ``EmbeddingBag``
-    computes exactly that without building the one-hot.
+    of one weight row per (class, pixel position); void pixels contribute nothing. Most patches of a
+    label map hold one class, so the sum is taken relative to each patch's first pixel's class ``c``:
+    the precomputed sum of ``c``'s rows, plus, for the pixels of another class only, their row minus
+    ``c``'s row at that position (an ``embedding_bag`` with weights +1 / -1). That is exact, and costs
+    in proportion to the pixels that differ, not to ``p * p``.
     """
 
     def __init__(self, num_classes: int, patch_size: int, dim: int, ignore_index: int = 255):
@@ -104,8 +107,22 @@ class LabelPatchEmbed(nn.Module):
     def forward(self, label_patches: torch.Tensor) -> torch.Tensor:
         """``label_patches [B, L, p * p]`` int -> ``[B, L, D]``."""
         b, n, pp = label_patches.shape
-        pos = torch.arange(pp, device=label_patches.device)
-        valid = (label_patches >= 0) & (label_patches < self.num_classes)
-        pad = torch.full_like(label_patches, self.pad, dtype=torch.long)  # long: pad may not fit the label dtype
-        idx = torch.where(valid, label_patches.long() * pp + pos, pad)
-        return self.bag(idx.reshape(b * n, pp)).view(b, n, self.bag.embedding_dim)
+        nc, weight = self.num_classes, self.bag.weight
+        flat = label_patches.reshape(b * n, pp)
+        valid = (flat >= 0) & (flat < nc)
+        cls = torch.where(valid, flat.long(), torch.full_like(flat, nc, dtype=torch.long))  # void -> N: [M, p*p]
+        base = cls[:, 0]  # [M] each patch's reference class
+        rows, pos = torch.nonzero(cls != base.unsqueeze(1), as_tuple=True)  # [K] each, grouped by patch
+        other, ref = cls[rows, pos], base[rows]
+
+        def row_of(c: torch.Tensor) -> torch.Tensor:  # (class, position) -> weight row; void -> the zero pad row
+            return torch.where(c < nc, c * pp + pos, torch.full_like(c, self.pad))
+
+        idx = torch.stack([row_of(other), row_of(ref)], 1).flatten()  # [2K]
+        signs = torch.tensor([1.0, -1.0], dtype=weight.dtype, device=weight.device).repeat(rows.numel())
+        counts = 2 * torch.bincount(rows, minlength=b * n)
+        offsets = torch.cumsum(counts, 0) - counts  # [M]
+        diff = F.embedding_bag(idx, weight, offsets, mode="sum", per_sample_weights=signs, padding_idx=self.pad)
+        sums = weight[: self.pad].view(nc, pp, -1).sum(1)  # [N, D]: a whole patch of one class
+        sums = torch.cat([sums, sums.new_zeros(1, sums.shape[1])])  # [N + 1, D]: void
+        return (sums[base] + diff).view(b, n, weight.shape[1])
