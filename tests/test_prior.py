@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -126,12 +127,15 @@ def test_explicit_known_mask_ignores_unknown_values():
     check_nearest_fill(label, known, out)
 
 
-def test_batch_equals_per_sample_and_keeps_dtype():
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_batch_equals_per_sample_and_keeps_dtype(threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # 2, 3: maps spread over a thread pool
     g = torch.Generator().manual_seed(1)
-    label = torch.randint(0, 4, (4, 10, 13), generator=g).to(torch.uint8)
+    label = torch.randint(0, 4, (5, 10, 13), generator=g).to(torch.uint8)
     label[torch.rand(label.shape, generator=g) < 0.8] = IGNORE
     label[:, 5, 6] = 2
+    label[3] = IGNORE  # a map without a known pixel
     out = nearest_fill(label)
     assert out.dtype == torch.uint8
-    for i in range(4):
+    for i in range(5):
         assert torch.equal(out[i : i + 1], nearest_fill(label[i : i + 1]))
