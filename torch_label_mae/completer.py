@@ -253,6 +253,7 @@ class LabelCompleter(
             raise ValueError(f"routed completers must share num_classes, got {sorted(ncls)}")
         head = min(members, key=lambda m: round(abs(m.config.mask_ratio - 0.5), 9))  # rounded: 0.3 ties 0.7
         head.routes = list(members)
+        head.precision = head.precision  # one precision for every member
         return head
 
     @property

@@ -395,10 +395,11 @@ class LMAE(nn.Module):
         """Place the encoder tokens and the supplement on the grid and decode -> ``[B, L, Dd]`` (normed)."""
         b, length = hidden.shape
         vis = self.decoder_embed(latent)  # [B, Lv, Dd]
-        x = vis.new_empty(b, length, vis.shape[-1])  # every position is either hidden or visible
-        x[hidden] = supplement.to(x.dtype)
+        dtype = torch.promote_types(vis.dtype, supplement.dtype)  # float32 if either is (autocast)
+        x = vis.new_empty(b, length, vis.shape[-1], dtype=dtype)  # every position is either hidden or visible
+        x[hidden] = supplement.to(dtype)
         rows = torch.arange(b, device=hidden.device).unsqueeze(1).expand_as(ids)
-        x[rows[valid], ids[valid]] = vis[valid]
+        x[rows[valid], ids[valid]] = vis[valid].to(dtype)
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)

@@ -228,7 +228,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     weights=cfg.mix,
                 )
                 pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
-                set_lr(opt, cfg, state["step"], cfg.epochs * steps_per_epoch)
+                # position in the schedule from the epoch: a resumed epoch reruns from its start
+                set_lr(opt, cfg, state["epoch"] * steps_per_epoch + s, cfg.epochs * steps_per_epoch)
                 rows_only = mcfg.refine_dim == 0  # the loss needs the hidden pixels only: skip the rest
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     # the model must not see the labels it is asked to reconstruct
@@ -316,6 +317,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             save_checkpoint()
+        if world > 1:  # leave together: a rank tearing down its process group while another still
+            dist.barrier()  # uses it can abort ("terminate called without an active exception")
     finally:
         signal.signal(signal.SIGTERM, prev)
         if log:
