@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch_label_mae.masking import (
     STRATEGIES,
     background_first_masking,
+    block_holes,
     hidden_from_missing,
     hidden_to_pixels,
     label_first_masking,
@@ -261,3 +262,39 @@ def test_hidden_from_missing_any_size_covers_every_missing_pixel(h, w, gh, gw, s
     # adaptive pooling: along an axis of n pixels and g cells, a pixel lies in at most ceil(g / n) + 1 source regions
     per_pixel = (-(-gh // h) + 1) * (-(-gw // w) + 1)
     assert hidden.sum() <= missing.sum() * per_pixel
+
+
+@given(
+    b=st.integers(1, 3),
+    h=st.integers(16, 64),
+    w=st.integers(16, 64),
+    ratio=st.floats(0.0, 1.0),
+    lo=st.integers(1, 12),
+    extra=st.integers(0, 12),
+    seed=st.integers(0, 2**31),
+)
+def test_block_holes_are_blocks_off_the_grid_at_the_ratio(b, h, w, ratio, lo, extra, seed):
+    holes = block_holes(b, (h, w), ratio, (lo, lo + extra), generator=torch.Generator().manual_seed(seed))
+    again = block_holes(b, (h, w), ratio, (lo, lo + extra), generator=torch.Generator().manual_seed(seed))
+    assert holes.shape == (b, h, w) and holes.dtype == torch.bool and torch.equal(holes, again)
+    if ratio == 0.0:
+        assert not holes.any()
+    if ratio == 1.0:
+        assert holes.all()
+    for m in holes:  # every hole is a union of axis-aligned blocks: rows (and columns) change in runs
+        rows = torch.unique_consecutive(m, dim=0)
+        cols = torch.unique_consecutive(m, dim=1)
+        assert rows.shape[0] <= -(-h // lo) + 1 and cols.shape[1] <= -(-w // lo) + 1
+
+
+def test_block_holes_hide_about_the_ratio_and_rejects_bad_input():
+    g = torch.Generator().manual_seed(0)
+    holes = block_holes(64, (224, 224), 0.5, (8, 48), generator=g)
+    assert 0.4 < holes.float().mean() < 0.6
+    ratios = torch.tensor([0.0, 1.0])
+    per = block_holes(2, (32, 32), ratios, generator=g)
+    assert not per[0].any() and per[1].all()
+    with pytest.raises(ValueError, match="block_range"):
+        block_holes(1, (32, 32), 0.5, (0, 4))
+    with pytest.raises(ValueError, match="mask ratio"):
+        block_holes(1, (32, 32), 1.5)

@@ -146,3 +146,10 @@ def test_bad_train_config_is_named(tmp_path, bad, match):
     cfg = TrainConfig(**{**dict(data=str(data), out=str(tmp_path / "run"), model="tiny"), **bad})
     with pytest.raises(ValueError, match=match):
         train(cfg)
+
+
+def test_training_with_block_holes_off_the_patch_grid(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=1, block_holes=1.0, block_range=(3, 11), ratio_range=(0.3, 0.7), loss="ce"))
+    assert state["step"] == 2 and _log(out)[-1]["loss"] > 0

@@ -102,6 +102,44 @@ def mixed_masking(
     return (hidden, strategy) if return_strategy else hidden
 
 
+def block_holes(
+    batch: int,
+    size: tuple[int, int],
+    ratio,
+    block_range: tuple[int, int] = (8, 48),
+    *,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pixel holes that do not follow the patch grid -> ``missing [B, H, W]`` bool.
+
+    Per sample: a block size (height and width each drawn from ``block_range``), a random offset of
+    the block grid, and ``round(ratio * cells)`` of its cells hidden (``ratio`` a float or ``[B]``).
+    This is what holes look like once a label of another resolution is resized to the model's grid
+    (the ``native`` protocol, a user's own holes): patches come out partly known. Training on them
+    with :func:`hidden_from_missing` teaches the model that case too.
+    """
+    lo, hi = block_range
+    if not 1 <= lo <= hi:
+        raise ValueError(f"block_range must be 1 <= lo <= hi, got {block_range}")
+    h, w = size
+    ratios = torch.as_tensor(ratio, dtype=torch.float64).cpu().expand(batch)
+    if not ((ratios >= 0) & (ratios <= 1)).all():  # also rejects NaN
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratios.tolist()}")
+    out = torch.zeros(batch, h, w, dtype=torch.bool)
+    for i in range(batch):
+        bh, bw, oy, ox = torch.randint(lo, hi + 1, (4,), generator=generator).tolist()
+        oy, ox = oy % bh, ox % bw
+        cy = (torch.arange(h) + oy) // bh  # [H] cell row of each pixel row
+        cx = (torch.arange(w) + ox) // bw  # [W]
+        ny, nx = int(cy[-1]) + 1, int(cx[-1]) + 1
+        k = int(round(float(ratios[i]) * ny * nx))
+        cells = torch.zeros(ny * nx, dtype=torch.bool)
+        cells[torch.randperm(ny * nx, generator=generator)[:k]] = True
+        out[i] = cells.view(ny, nx)[cy][:, cx]
+    return out.to(device) if device is not None else out
+
+
 def hidden_from_missing(missing: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Inference mask: ``missing [B, H, W]`` bool at any size -> ``hidden [B, gh * gw]`` bool.
 

@@ -29,7 +29,7 @@ from .data import open_dataset, resize_image, resize_label
 from .evaluate import evaluate
 from .io import atomic_write
 from .loss import BalancedCrossEntropy, cross_entropy
-from .masking import PAPER_MIX, hidden_to_pixels, mixed_masking
+from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE, NAMED_CONFIGS, LMAEConfig
 
 
@@ -57,6 +57,8 @@ class TrainConfig:
     mask_ratio: float = 0.5
     ratio_range: tuple[float, float] | None = None  # sample the ratio per sample in [lo, hi]
     mix: tuple[float, float, float] = PAPER_MIX
+    block_holes: float = 0.0  # share of samples whose holes are blocks off the patch grid (masking.block_holes)
+    block_range: tuple[int, int] = (8, 48)  # their side, in pixels at the model's size
     loss: str = "balanced"  # balanced (eq. 10-12) | ce
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
     flip: bool = True
@@ -227,7 +229,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     ignore_index=mcfg.ignore_index,
                     weights=cfg.mix,
                 )
-                pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)
+                pix = hidden_to_pixels(hidden, mcfg.grid, mcfg.patch_size)  # [B, H, W] missing pixels
+                if cfg.block_holes > 0:  # some samples get holes off the grid: their patches are partly known
+                    use = torch.rand(len(idx)) < cfg.block_holes
+                    if use.any():
+                        r = ratio[use] if isinstance(ratio, torch.Tensor) else ratio
+                        holes = block_holes(int(use.sum()), mcfg.size, r, cfg.block_range, device=device)
+                        pix[use.to(device)] = holes
+                        hidden[use.to(device)] = hidden_from_missing(holes, mcfg.grid)
                 # position in the schedule from the epoch: a resumed epoch reruns from its start
                 set_lr(opt, cfg, state["epoch"] * steps_per_epoch + s, cfg.epochs * steps_per_epoch)
                 rows_only = mcfg.refine_dim == 0  # the loss needs the hidden pixels only: skip the rest
@@ -236,9 +245,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
                     logits = ddp(img, known, hidden, hidden_only=rows_only)
                 if rows_only:  # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
+                    target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
                     logits, target, mask = (
                         logits.flatten(0, 1),
-                        model.patchify(lab.unsqueeze(1))[hidden].flatten(),
+                        model.patchify(target.unsqueeze(1))[hidden].flatten(),
                         None,
                     )
                 else:
@@ -344,6 +354,9 @@ _HELP = {
     "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
     "max_minutes": "wall-clock budget; stops cleanly (checkpointed); --resume continues",
     "schedule": "plateau (the paper's ReduceLROnPlateau on the epoch loss) | cosine (decays to 0 at --epochs)",
+    "block_holes": "share of samples (0-1) whose holes are blocks off the patch grid, as after resizing a "
+    "label of another size: patches then come out partly known (default 0: the paper's patch masking only)",
+    "block_range": "side range of those blocks in pixels at the model's size",
     "optimizer": "adam (the paper's; L2 weight decay) | adamw (decoupled weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
     "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
@@ -374,7 +387,7 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
         elif isinstance(default, tuple) or f.name == "ratio_range":
             n = 3 if f.name == "mix" else 2
-            ap.add_argument(flag, type=float, nargs=n, default=default, **kw)
+            ap.add_argument(flag, type=int if f.name == "block_range" else float, nargs=n, default=default, **kw)
         elif f.name in ("max_minutes",):
             ap.add_argument(flag, type=float, default=default, **kw)
         elif f.name in ("val_limit", "threads", "max_steps"):
