@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 from synth import TINY_MODEL, make_dataset
 
 from torch_label_mae.completer import LabelCompleter
@@ -153,3 +154,27 @@ def test_training_with_block_holes_off_the_patch_grid(tmp_path):
     out = tmp_path / "run"
     state = train(_cfg(data, out, epochs=1, block_holes=1.0, block_range=(3, 11), ratio_range=(0.3, 0.7), loss="ce"))
     assert state["step"] == 2 and _log(out)[-1]["loss"] > 0
+
+
+def test_fine_tuning_starts_from_the_init_weights(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    train(_cfg(data, tmp_path / "first", epochs=1))
+    start = LabelCompleter.from_pretrained(str(tmp_path / "first" / "last"))
+    out = tmp_path / "tuned"
+    train(_cfg(data, out, epochs=1, init=str(tmp_path / "first" / "last"), lr=0.0, val_split=""))
+    tuned = LabelCompleter.from_pretrained(str(out / "last"))
+    assert tuned.config == start.config
+    for (k, a), b in zip(start.state_dict().items(), tuned.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k  # lr 0: the weights it started from
+
+
+def test_fine_tuning_refuses_other_classes_and_shape_changes(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    train(_cfg(data, tmp_path / "first", epochs=1))
+    other = make_dataset(tmp_path / "other", num_classes=3)
+    with pytest.raises(ValueError, match="classes"):
+        train(_cfg(other, tmp_path / "x", epochs=1, init=str(tmp_path / "first" / "last")))
+    cfg = _cfg(data, tmp_path / "y", epochs=1, init=str(tmp_path / "first" / "last"))
+    cfg.model_overrides = {**cfg.model_overrides, "decoder_dim": 48}
+    with pytest.raises(ValueError, match="shapes"):
+        train(cfg)

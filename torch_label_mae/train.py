@@ -41,6 +41,7 @@ class TrainConfig:
     dataset_kind: str = "folder"  # folder | voc | cityscapes
     out: str = "runs/lmae"
     model: str = "tiny"  # a named config: paper | tiny | small
+    init: str | None = None  # fine-tune: start from these weights (name, repo id or folder); its config
     model_overrides: dict = field(default_factory=dict)
     epochs: int = 400
     max_steps: int | None = None  # stop after this many optimizer steps in total (tests, smoke runs)
@@ -104,6 +105,26 @@ def _model_method(model: LMAE):
     return method
 
 
+def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
+    """Fine-tuning: the model of ``cfg.init`` (a registered name, Hub repo id or local folder), loaded
+    strictly from safetensors, with its own config plus ``model_overrides`` that do not change the
+    weights' shapes (e.g. ``mask_ratio``). The dataset must have the model's classes."""
+    from .completer import LabelCompleter
+
+    start = LabelCompleter.from_pretrained(cfg.init, device="cpu")
+    if start.config.num_classes != from_data["num_classes"]:
+        raise ValueError(
+            f"--init {cfg.init} has {start.config.num_classes} classes but the data {from_data['num_classes']}"
+        )
+    mcfg = LMAEConfig.from_dict({**start.config.to_dict(), "mask_ratio": cfg.mask_ratio, **cfg.model_overrides})
+    model = LMAE(mcfg)
+    try:
+        model.load_state_dict(start.model.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"--set overrides change the shapes of the weights of --init {cfg.init}: {e}") from None
+    return model, mcfg
+
+
 def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total_steps: int) -> None:
     """Linear warmup over ``warmup_steps``; then the cosine decay to 0 at ``total_steps`` (``schedule="cosine"``)
     or the rate ReduceLROnPlateau keeps (``"plateau"``)."""
@@ -153,8 +174,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     unknown = sorted(set(cfg.model_overrides) - known)
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-    mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
-    model = LMAE(mcfg).to(device)
+    if cfg.init:
+        model, mcfg = init_model(cfg, from_data)
+        model = model.to(device)
+    else:
+        mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
+        model = LMAE(mcfg).to(device)
     criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
     params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -354,6 +379,8 @@ _HELP = {
     "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
     "max_minutes": "wall-clock budget; stops cleanly (checkpointed); --resume continues",
     "schedule": "plateau (the paper's ReduceLROnPlateau on the epoch loss) | cosine (decays to 0 at --epochs)",
+    "init": "fine-tune: start from this model's weights and config (registered name, Hub repo id or folder); "
+    "--model is then ignored",
     "block_holes": "share of samples (0-1) whose holes are blocks off the patch grid, as after resizing a "
     "label of another size: patches then come out partly known (default 0: the paper's patch masking only)",
     "block_range": "side range of those blocks in pixels at the model's size",
@@ -393,7 +420,8 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
         elif f.name in ("val_limit", "threads", "max_steps"):
             ap.add_argument(flag, type=int, default=default, **kw)
         else:
-            ap.add_argument(flag, type=type(default), default=default, required=f.name in ("data",), **kw)
+            kind = str if default is None else type(default)
+            ap.add_argument(flag, type=kind, default=default, required=f.name in ("data",), **kw)
     ap.add_argument(
         "--set",
         action="append",
