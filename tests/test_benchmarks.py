@@ -31,3 +31,16 @@ def test_bench_inference_writes_every_figure(tmp_path, precision):
     assert all(r["images_per_s"] > 0 and r["precision"] == precision for r in rows)
     assert res["roofline"]["cpu"]["dtype"] == precision and res["roofline"]["cpu"]["gflops"] > 0
     assert res["flops"]["32x32"]["gflop_per_image"] > 0
+
+
+def test_profile_inference_stages_are_the_real_computation(tmp_path, capsys):
+    import profile_inference
+
+    folder = tmp_path / "model"
+    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
+    out = tmp_path / "profile.json"
+    args = ["--model", str(folder), "--size", "32x32", "--batch", "2", "--runs", "1", "--threads", "1"]
+    assert profile_inference.main([*args, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["stages_ms"]) == set(profile_inference.STAGES) and res["ms_per_batch"] > 0
+    assert "prior" in capsys.readouterr().out
