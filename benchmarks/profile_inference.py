@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs  # noqa: E402
 
-from torch_label_mae.completer import LabelCompleter, complete_tensors  # noqa: E402
+from torch_label_mae.completer import LabelCompleter, class_and_probability, complete_tensors  # noqa: E402
 from torch_label_mae.data import resize_image, resize_label  # noqa: E402
 from torch_label_mae.fusion import normalize_image  # noqa: E402
 from torch_label_mae.masking import hidden_from_missing  # noqa: E402
@@ -53,8 +53,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         if prior is not None:
             rows = model.add_prior(rows, model.patchify(prior.unsqueeze(1))[hidden], inplace=True, dim=-1)
     with record_function("reduce"):
-        top, pred = rows.max(-1)
-        prob = torch.exp(top - rows.logsumexp(-1))
+        pred, prob = class_and_probability(rows, dim=-1)
     return pred, prob, hidden
 
 

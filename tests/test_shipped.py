@@ -82,7 +82,8 @@ def test_evaluate_cli_writes_json(tmp_path):
     assert "PA-mIoU" in r.stdout and "class3" in r.stdout
 
 
-@pytest.mark.parametrize(("name", "dataset", "limit"), [("camvid-m0.5", "camvid", 16), ("ccp-m0.5", "ccp", 8)])
+# whole val splits: with 59 classes a few images make a per-class mean too noisy to compare
+@pytest.mark.parametrize(("name", "dataset", "limit"), [("camvid-m0.5", "camvid", None), ("ccp-m0.5", "ccp", None)])
 def test_shipped_model_on_real_val_data_matches_or_beats_nearest_fill(name, dataset, limit):
     root = SHARED / dataset
     if not root.is_dir():

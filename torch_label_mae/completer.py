@@ -45,19 +45,24 @@ def complete_tensors(
             logits = model.add_prior(logits, model.label_prior_map(known_label), inplace=True)
         else:
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-    top, pred = logits.max(1)  # [B, H, W] each
-    prob = torch.exp(top - logits.logsumexp(1))  # softmax probability of the chosen class
+    pred, prob = class_and_probability(logits, dim=1)  # [B, H, W] each
     completed = torch.where(missing, pred, label)
     confidence = torch.where(missing, prob, torch.ones_like(prob))
     return completed, confidence
+
+
+def class_and_probability(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen class along ``dim`` and its softmax probability, ``1 / sum(exp(logits - max))``: three
+    passes over the logits, without the full softmax."""
+    top, pred = logits.max(dim)
+    return pred, torch.exp(logits - top.unsqueeze(dim)).sum(dim).reciprocal_()
 
 
 def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
     """:func:`complete_tensors` at the model's size: logits of the hidden patches only, reduced to the
     chosen class and its probability per pixel before anything is laid out at full size."""
     rows = model(x, lab, hidden, prior, hidden_only=True).float()  # [M, p*p, N]
-    top, pred = rows.max(-1)  # [M, p*p] each
-    prob = torch.exp(top - rows.logsumexp(-1))  # softmax probability of the chosen class
+    pred, prob = class_and_probability(rows, dim=-1)  # [M, p*p] each
     b, length = hidden.shape
     grid_pred = pred.new_zeros(b, length, pred.shape[-1])
     grid_prob = prob.new_ones(b, length, prob.shape[-1])
