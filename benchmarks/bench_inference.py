@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # baselines.py, also i
 
 from baselines import nearest_fill, random_walker  # noqa: E402
 
-from torch_label_mae.completer import LabelCompleter, complete_tensors  # noqa: E402
+from torch_label_mae.completer import PRECISIONS, LabelCompleter, complete_tensors  # noqa: E402
 from torch_label_mae.data import FolderDataset, degrade, resize_image, resize_label, seed_for  # noqa: E402
 from torch_label_mae.transforms import CompleteLabels  # noqa: E402
 
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=PRECISIONS,
         help="completer precision (auto: bfloat16 on CUDA and AMX CPUs, else float32)",
     )
     ap.add_argument("--json", help="write every number and the machine info here")

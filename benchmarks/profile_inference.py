@@ -23,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs  # noqa: E402
 
-from torch_label_mae.completer import LabelCompleter, class_and_probability, complete_tensors  # noqa: E402
+from torch_label_mae.completer import (  # noqa: E402
+    PRECISIONS,
+    LabelCompleter,
+    class_and_probability,
+    complete_tensors,
+)
 from torch_label_mae.data import resize_image, resize_label  # noqa: E402
 from torch_label_mae.fusion import normalize_image  # noqa: E402
 from torch_label_mae.masking import hidden_from_missing  # noqa: E402
@@ -63,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="dataset folder; synthetic inputs without it")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=parse_size, default=(224, 224), metavar="WxH")
-    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--runs", type=int, default=3, help="profiled batches (after one warm-up)")
     ap.add_argument("--rows", type=int, default=15, help="operators listed")

@@ -454,3 +454,15 @@ def test_hidden_rows_fast_path_equals_full_logits(seed, label_prior, frac):
     prob, pred = logits.softmax(1).max(1)
     assert torch.equal(completed, torch.where(missing, pred, label))
     torch.testing.assert_close(confidence, torch.where(missing, prob, torch.ones_like(prob)), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_precision_choices_are_the_completers():
+    import argparse
+
+    from torch_label_mae.cli import _add_model
+    from torch_label_mae.completer import PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    _add_model(parser)
+    (action,) = [a for a in parser._actions if a.dest == "precision"]
+    assert tuple(action.choices) == PRECISIONS

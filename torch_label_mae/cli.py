@@ -26,7 +26,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=["auto", "float32", "bfloat16"],  # completer.PRECISIONS; literal: --help stays free of torch
         help="auto: bfloat16 on CUDA and on CPUs with AMX, float32 elsewhere (default: auto)",
     )
 
