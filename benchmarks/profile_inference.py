@@ -46,7 +46,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         known = resize_label(known, cfg.size)
         hidden = hidden_from_missing(miss, cfg.grid)
     with record_function("prior"):
-        prior = model.label_prior_map(known) if cfg.label_prior else None
+        prior = model.label_prior_map(known, image=x) if cfg.label_prior else None
     with record_function("encoder"):
         patches = model.patchify(normalize_image(x))
         latent, ids, valid = model.forward_encoder(patches, known, hidden)

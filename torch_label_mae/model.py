@@ -25,6 +25,9 @@ from torch import nn
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
+from .propagation import random_walk
+
+PRIOR_KINDS = ("nearest", "random_walk")
 
 
 @dataclass
@@ -52,6 +55,9 @@ class LMAEConfig:
     label_prior: bool = False
     prior_stride: int = 1
     prior_scale: float | None = None  # initial weight of the prior in the logits; None: log(9 (N - 1))
+    prior_kind: str = "nearest"  # nearest: nearest-label fill | random_walk: image-guided (propagation.py)
+    prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
+    prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
     ignore_index: int = 255
@@ -82,6 +88,7 @@ class LMAEConfig:
             "decoder_dim",
             "decoder_heads",
             "refine_dim",
+            "prior_sweeps",
             "ignore_index",
         ]
         for name in ints:
@@ -101,6 +108,14 @@ class LMAEConfig:
                 bad(name, "must be >= 1")
         if self.refine_kind not in ("local", "unet"):
             bad("refine_kind", "must be 'local' or 'unet'")
+        if self.prior_kind not in PRIOR_KINDS:
+            bad("prior_kind", f"must be one of {PRIOR_KINDS}")
+        if not isinstance(self.prior_beta, (int, float)) or isinstance(self.prior_beta, bool) or self.prior_beta <= 0:
+            bad("prior_beta", "must be a positive number")
+        if self.prior_sweeps < 0:
+            bad("prior_sweeps", "must be >= 0")
+        if self.prior_kind == "random_walk" and self.prior_stride != 1:
+            bad("prior_stride", "must be 1 with prior_kind='random_walk'")
         if self.prior_stride < 1 or self.patch_size % self.prior_stride:
             bad("prior_stride", f"must be >= 1 and divide patch_size {self.patch_size}")
         if self.decoder_depth < 0 or self.refine_dim < 0:
@@ -413,7 +428,7 @@ class LMAE(nn.Module):
         if not c.label_prior:
             prior = None
         elif prior is None:
-            prior = self.label_prior_map(label)  # [B, H, W]
+            prior = self.label_prior_map(label, image=image)  # [B, H, W]
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         tokens = self.forward_decoder(latent, ids, valid, self.supplement(image_patches, prior, hidden), hidden)
         return tokens, prior
@@ -456,13 +471,32 @@ class LMAE(nn.Module):
             logits = self.add_prior(logits, self.patchify(prior.unsqueeze(1))[hidden], inplace=True, dim=-1)
         return logits
 
-    def label_prior_map(self, label: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-        """Nearest-label fill of the unknown pixels (default: every labelled pixel is known, including
-        the known parts of hidden patches), computed on a grid ``prior_stride`` times coarser (known
-        where the whole cell is known) and expanded back -> ``[B, H, W]``. Works at any size."""
+    def label_prior_map(
+        self, label: torch.Tensor, known: torch.Tensor | None = None, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The label prior of the unknown pixels -> ``[B, H, W]``, at any size. ``known`` defaults to
+        every labelled pixel (including the known parts of hidden patches). ``prior_kind="nearest"``:
+        nearest-label fill, on a grid ``prior_stride`` times coarser (known where the whole cell is)
+        and expanded back; ``"random_walk"``: image-guided random-walk propagation
+        (:mod:`torch_label_mae.propagation`), which needs ``image [B, 3, H, W]``."""
         c = self.config
         if known is None:
             known = (label != c.ignore_index) & (label >= 0) & (label < c.num_classes)
+        if c.prior_kind == "random_walk":
+            if image is None or tuple(image.shape[-2:]) != tuple(label.shape[-2:]):
+                got = None if image is None else tuple(image.shape)
+                raise ValueError(
+                    f"prior_kind='random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
+                )
+            return random_walk(
+                image,
+                label,
+                known,
+                num_classes=c.num_classes,
+                ignore_index=c.ignore_index,
+                beta=c.prior_beta,
+                sweeps=c.prior_sweeps,
+            )
         s = c.prior_stride
         if s > 1:
             known = -F.max_pool2d(-known.unsqueeze(1).float(), s).squeeze(1) > 0  # cell fully known

@@ -1,0 +1,198 @@
+"""Random-walk propagation (propagation.py): checked against an exact dense solve of the random walker's
+Dirichlet problem, against scikit-image where it is installed, and by property."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torch_label_mae.model import LMAE, LMAEConfig
+from torch_label_mae.prior import nearest_fill
+from torch_label_mae.propagation import edge_weights, present_classes, random_walk, random_walk_probabilities
+
+IGNORE = 255
+
+
+def exact_random_walker(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, beta: float) -> torch.Tensor:
+    """Probabilities ``[K, H, W]`` (K = sorted known classes) of one sample, by a dense solve of
+    ``L_uu x_u = -L_uk x_k`` in float64 (Grady 2006)."""
+    h, w = label.shape
+    wx, wy = (t[0, 0].double() for t in edge_weights(image[None], beta))
+    n = h * w
+    lap = torch.zeros(n, n, dtype=torch.float64)
+    idx = torch.arange(n).view(h, w)
+    for a, b, wt in ((idx[:, :-1], idx[:, 1:], wx), (idx[:-1, :], idx[1:, :], wy)):
+        a, b, wt = a.flatten(), b.flatten(), wt.flatten()
+        lap[a, b] -= wt
+        lap[b, a] -= wt
+        lap[a, a] += wt
+        lap[b, b] += wt
+    kn = known.flatten()
+    classes = sorted(set(label[known].tolist()))
+    xk = torch.stack([(label.flatten()[kn] == c).double() for c in classes], 1)  # [Nk, K]
+    xu = torch.linalg.solve(lap[~kn][:, ~kn], -lap[~kn][:, kn] @ xk)  # [Nu, K]
+    out = torch.zeros(n, len(classes), dtype=torch.float64)
+    out[kn], out[~kn] = xk, xu
+    return out.T.reshape(len(classes), h, w)
+
+
+def two_region_scene(h: int = 24, w: int = 32, edge: int = 8):
+    """Dark left part (class 0) and bright right part (class 1), the edge at column ``edge``; only the
+    first and last columns are known, so nearest fill splits the hole in the middle, not at the edge."""
+    image = torch.full((3, h, w), 0.9)
+    image[:, :, :edge] = 0.1
+    truth = torch.ones(h, w, dtype=torch.int64)
+    truth[:, :edge] = 0
+    known = torch.zeros(h, w, dtype=torch.bool)
+    known[:, 0] = known[:, -1] = True
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    return image, label, known, truth
+
+
+def test_converges_to_the_exact_random_walker():
+    g = torch.Generator().manual_seed(3)
+    h, w = 10, 12
+    image = torch.rand(3, h, w, generator=g)
+    truth = torch.randint(0, 3, (h, w), generator=g)
+    known = torch.rand(h, w, generator=g) < 0.3
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    exact = exact_random_walker(image, label, known, beta=30.0)
+    prob, cls = random_walk_probabilities(image[None], label[None], known[None], 3, beta=30.0, sweeps=3000)
+    assert cls[0].tolist()[: exact.shape[0]] == sorted(set(truth[known].tolist()))
+    torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-4, rtol=0)
+
+
+def test_follows_image_edges_where_nearest_fill_cannot():
+    image, label, known, truth = two_region_scene()
+    rw = random_walk(image[None], label[None], known[None], num_classes=2, sweeps=300)[0]
+    nf = nearest_fill(label[None], known[None])[0]
+    assert (rw == truth).float().mean() > 0.98
+    assert (nf == truth).float().mean() < 0.8
+
+
+def test_sweeps_zero_is_nearest_fill():
+    image, label, known, _ = two_region_scene()
+    rw = random_walk(image[None], label[None], known[None], num_classes=2, sweeps=0)
+    assert torch.equal(rw, nearest_fill(label[None], known[None]))
+
+
+def test_uint8_and_float_images_agree_and_inputs_are_not_modified():
+    image, label, known, _ = two_region_scene()
+    u8 = (image * 255).round().to(torch.uint8)
+    copies = [t.clone() for t in (u8, label, known)]
+    a = random_walk(u8[None], label[None], known[None], num_classes=2, sweeps=50)
+    b = random_walk(u8[None].float() / 255, label[None], known[None], num_classes=2, sweeps=50)
+    assert torch.equal(a, b)
+    for t, c in zip((u8, label, known), copies, strict=True):
+        assert torch.equal(t, c)
+
+
+def test_sample_without_known_pixels_is_all_ignore():
+    image = torch.rand(2, 3, 8, 8)
+    label = torch.full((2, 8, 8), IGNORE)
+    label[0, 0, 0] = 1
+    out = random_walk(image, label, num_classes=3, sweeps=10)
+    assert (out[0] == 1).all() and (out[1] == IGNORE).all()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_agrees_with_scikit_image_random_walker():
+    skimage = pytest.importorskip("skimage.segmentation", reason="scikit-image is a benchmark extra ([bench])")
+    g = torch.Generator().manual_seed(0)
+    h, w = 32, 32
+    image = torch.rand(3, h, w, generator=g) * 0.2
+    image[:, :, 12:] += 0.7
+    image[:, 20:, :] = image[:, 20:, :].flip(0)
+    truth = torch.zeros(h, w, dtype=torch.int64)
+    truth[:, 12:] = 1
+    truth[20:, :] = 2
+    known = torch.rand(h, w, generator=g) < 0.2
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    seeds = np.where(known.numpy(), truth.numpy() + 1, 0)
+    ref = skimage.random_walker(image.permute(1, 2, 0).double().numpy(), seeds, beta=2000, mode="bf", channel_axis=-1)
+    ours = random_walk(image[None], label[None], known[None], num_classes=3, sweeps=500)[0]
+    agree = (ours.numpy() == ref - 1)[~known.numpy()].mean()
+    assert agree > 0.97, f"agreement with scikit-image {agree:.3f}"
+
+
+@st.composite
+def scenes(draw):
+    b = draw(st.integers(1, 3))
+    h, w = draw(st.integers(2, 14)), draw(st.integers(2, 14))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 5))
+    truth = rng.integers(0, n, (b, h, w))
+    known = rng.random((b, h, w)) < draw(st.sampled_from([0.05, 0.3, 0.8]))
+    known[:, 0, 0] = True
+    label = np.where(known, truth, IGNORE)
+    image = rng.random((b, 3, h, w)).astype(np.float32)
+    return (torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), torch.from_numpy(known), n)
+
+
+@given(scenes(), st.integers(0, 30))
+def test_properties(scene, sweeps):
+    image, label, known, n = scene
+    out = random_walk(image, label, known, num_classes=n, sweeps=sweeps)
+    assert out.shape == label.shape and out.dtype == torch.int64
+    assert torch.equal(out[known], label[known]), "a known pixel changed"
+    for i in range(label.shape[0]):  # every filled pixel takes a class that sample's known pixels have
+        assert set(out[i].unique().tolist()) <= set(label[i][known[i]].tolist())
+    one_by_one = torch.cat(
+        [
+            random_walk(image[i : i + 1], label[i : i + 1], known[i : i + 1], num_classes=n, sweeps=sweeps)
+            for i in range(label.shape[0])
+        ]
+    )
+    assert torch.equal(out, one_by_one), "batched differs from one by one"
+
+
+@given(scenes(), st.integers(0, 20))
+def test_probabilities_stay_a_distribution(scene, sweeps):
+    image, label, known, n = scene
+    prob, cls = random_walk_probabilities(image, label, known, n, sweeps=sweeps)
+    _, valid = present_classes(label, known, n)
+    assert prob.min() >= -1e-5 and prob.max() <= 1 + 1e-5
+    torch.testing.assert_close(prob.sum(1), torch.ones_like(prob[:, 0]), atol=1e-4, rtol=0)
+    assert (prob * ~valid[:, :, None, None]).abs().max() == 0, "a padding class got probability"
+
+
+def test_model_with_random_walk_prior():
+    cfg = LMAEConfig.tiny(
+        img_size=32,
+        patch_size=8,
+        num_classes=3,
+        encoder_heads=4,
+        encoder_dim=32,
+        decoder_dim=32,
+        label_prior=True,
+        prior_kind="random_walk",
+        prior_sweeps=5,
+    )
+    model = LMAE(cfg).eval()
+    image = torch.rand(2, 3, 32, 32)
+    label = torch.randint(0, 3, (2, 32, 32))
+    hidden = torch.zeros(2, 16, dtype=torch.bool)
+    hidden[:, ::2] = True
+    with pytest.raises(ValueError, match="random_walk.*needs the image"):
+        model.label_prior_map(label)
+    prior = model.label_prior_map(label, image=image)
+    assert prior.shape == label.shape
+    torch.testing.assert_close(model(image, label, hidden), model(image, label, hidden, prior))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        (dict(prior_kind="geodesic"), "prior_kind"),
+        (dict(prior_beta=0), "prior_beta"),
+        (dict(prior_sweeps=-1), "prior_sweeps"),
+        (dict(prior_sweeps=2.5), "prior_sweeps"),
+        (dict(prior_kind="random_walk", prior_stride=2), "prior_stride"),
+    ],
+)
+def test_config_rejects_bad_prior_settings(override, field):
+    with pytest.raises(ValueError, match=f"LMAEConfig.{field}="):
+        LMAEConfig.tiny(**override)

@@ -1,0 +1,129 @@
+"""Random-walk label propagation: the image-guided label prior.
+
+Each unknown pixel takes the class whose known pixels a random walker starting there most likely
+reaches first (Grady, "Random walks for image segmentation", 2006), on the 4-connected pixel graph
+with scikit-image's edge weights ``exp(-beta * |I_i - I_j|^2 / (10 * std(I) * sqrt(3)))``. Where
+nearest fill (:mod:`torch_label_mae.prior`) draws straight borders through a hole, the random
+walker follows the image's edges.
+
+The Dirichlet problem (the combinatorial Laplace equation on the unknown pixels, known pixels fixed)
+is solved in torch, batched, on CPU or GPU, for the classes each sample's known pixels contain only:
+red-black successive over-relaxation started from the nearest fill. A few dozen sweeps do not reach
+the exact solution far inside large holes, where they stay near the nearest fill; near edges they
+settle first. On CamVid val that truncated walk scores higher than the exact one (70.1 PA-mIoU after
+40 sweeps, 70.5 after 100; scikit-image's exact ``random_walker(..., mode="bf")``: 69.9).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .prior import nearest_fill
+
+DEFAULT_BETA = 2000.0  # the best of 30..8000 for scikit-image's random walker on CamVid and CCP val
+DEFAULT_SWEEPS = 40  # from the nearest fill: 70.1 PA-mIoU on CamVid val (20: 69.1, 100: 70.5)
+
+
+def edge_weights(image: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image [B, C, H, W]`` float -> weights of the horizontal ``[B, 1, H, W-1]`` and vertical
+    ``[B, 1, H-1, W]`` edges, scaled per image by its standard deviation (as scikit-image does)."""
+    b, c = image.shape[:2]
+    std = image.flatten(1).std(1).clamp(min=1e-6).view(b, 1, 1, 1)
+    scale = -beta / (10 * std * math.sqrt(c))
+    dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).sum(1, keepdim=True)
+    dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).sum(1, keepdim=True)
+    return (dx * scale).exp_().add_(1e-10), (dy * scale).exp_().add_(1e-10)
+
+
+def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes among each sample's known pixels, padded to the longest list:
+    ``(classes [B, K] int64, valid [B, K] bool)``, ascending within a sample."""
+    b = label.shape[0]
+    flat = torch.where(known, label, torch.full_like(label, num_classes)).flatten(1).long()  # [B, HW]
+    seen = torch.zeros(b, num_classes + 1, dtype=torch.bool, device=label.device)
+    seen.scatter_(1, flat, True)
+    seen = seen[:, :num_classes]
+    k = max(int(seen.sum(1).max()), 1)
+    order = torch.argsort((~seen).to(torch.int8), dim=1, stable=True)[:, :k]  # present classes first
+    return order, seen.gather(1, order)
+
+
+def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float):
+    """Red-black SOR sweeps on ``L p = 0`` over the ``free`` pixels, in place. ``p [B, K, H, W]``."""
+    h, w = p.shape[-2:]
+    deg = torch.zeros_like(free)  # [B, 1, H, W]
+    deg[..., :, 1:] += wx
+    deg[..., :, :-1] += wx
+    deg[..., 1:, :] += wy
+    deg[..., :-1, :] += wy
+    ys = torch.arange(h, device=p.device).view(h, 1)
+    xs = torch.arange(w, device=p.device).view(1, w)
+    red = ((ys + xs) % 2 == 0).to(p.dtype)
+    step = free * omega / deg
+    steps = (step * red, step * (1 - red))
+    neg_deg = -deg
+    residual = torch.empty_like(p)
+    for _ in range(sweeps):
+        for s in steps:
+            torch.mul(p, neg_deg, out=residual)  # residual = sum_j w_ij p_j - deg_i p_i
+            residual[..., :, 1:].addcmul_(wx, p[..., :, :-1])
+            residual[..., :, :-1].addcmul_(wx, p[..., :, 1:])
+            residual[..., 1:, :].addcmul_(wy, p[..., :-1, :])
+            residual[..., :-1, :].addcmul_(wy, p[..., 1:, :])
+            p.addcmul_(residual, s)
+    return p
+
+
+@torch.no_grad()
+def random_walk_probabilities(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    known: torch.Tensor,
+    num_classes: int,
+    *,
+    beta: float = DEFAULT_BETA,
+    sweeps: int = DEFAULT_SWEEPS,
+    omega: float = 1.9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
+    :func:`present_classes`, returned with them), from ``sweeps`` red-black SOR sweeps started at the
+    nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
+    ``known [B, H, W]`` bool."""
+    img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    cls, valid = present_classes(label, known, num_classes)  # [B, K]
+    fill = nearest_fill(label, known)  # [B, H, W]
+    p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
+    if sweeps > 0:
+        wx, wy = edge_weights(img, beta)
+        _relax(p, (~known).unsqueeze(1).float(), wx, wy, sweeps, omega)
+        # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
+        # of the classes at a pixel, and so its class, is unchanged)
+        p.clamp_(min=0).div_(p.sum(1, keepdim=True).clamp_(min=1e-12))
+    return p, cls
+
+
+@torch.no_grad()
+def random_walk(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    known: torch.Tensor | None = None,
+    *,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    **kwargs,
+) -> torch.Tensor:
+    """Fill every unknown pixel with its random-walker class -> ``[B, H, W]`` int64; known pixels keep
+    their class. ``known`` defaults to ``label != ignore_index``; samples without a known pixel come
+    back as all ``ignore_index``. ``kwargs``: see :func:`random_walk_probabilities`. Inputs are not
+    modified."""
+    if known is None:
+        known = label != ignore_index
+    if num_classes is None:
+        num_classes = int(label[known].max()) + 1 if bool(known.any()) else 1
+    prob, cls = random_walk_probabilities(image, label, known, num_classes, **kwargs)
+    pred = cls.gather(1, prob.argmax(1).flatten(1)).view_as(label)
+    out = torch.where(known, label.long(), pred)
+    empty = ~known.flatten(1).any(1)
+    return out.masked_fill(empty[:, None, None], ignore_index)
