@@ -46,7 +46,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         known = resize_label(known, cfg.size)
         hidden = hidden_from_missing(miss, cfg.grid)
     with record_function("prior"):
-        prior = model.label_prior_map(known, image=x) if cfg.label_prior else None
+        prior = model.label_prior(known, image=x) if cfg.label_prior else None
     with record_function("encoder"):
         patches = model.patchify(normalize_image(x))
         latent, ids, valid = model.forward_encoder(patches, known, hidden)
@@ -56,7 +56,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         p, n = cfg.patch_size, cfg.num_classes
         rows = model.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()
         if prior is not None:
-            rows = model.add_prior(rows, model.patchify(prior.unsqueeze(1))[hidden], inplace=True, dim=-1)
+            rows = model.add_prior(rows, model.prior_rows(prior, hidden), inplace=True, dim=-1)
     with record_function("reduce"):
         pred, prob = class_and_probability(rows, dim=-1)
     return pred, prob, hidden

@@ -47,7 +47,14 @@ def no_background(tmp_path_factory) -> LabelCompleter:
     return _saved_and_loaded(tmp_path_factory, "nobg", 2)
 
 
-@pytest.fixture(scope="module", params=["plain", "with_prior"])
+@pytest.fixture(scope="module")
+def random_walk_prior(tmp_path_factory) -> LabelCompleter:
+    return _saved_and_loaded(
+        tmp_path_factory, "rw", 3, background_index=0, label_prior=True, prior_kind="random_walk", prior_sweeps=5
+    )
+
+
+@pytest.fixture(scope="module", params=["plain", "with_prior", "random_walk_prior"])
 def completer(request) -> LabelCompleter:
     return request.getfixturevalue(request.param)
 

@@ -218,8 +218,9 @@ def test_check_inputs_rejects_bad_inputs(bad):
         dict(),
         dict(ips=False, label_prior=True, refine_dim=8),
         dict(img_size=(32, 48), label_prior=True, prior_stride=1),
+        dict(img_size=(32, 48), label_prior=True, prior_kind="random_walk", prior_sweeps=5),
     ],
-    ids=["ips", "mask-token+prior+refine", "non-square+prior"],
+    ids=["ips", "mask-token+prior+refine", "non-square+prior", "random-walk-prior"],
 )
 def test_mixed_hidden_counts_batch_equals_one_by_one(overrides):
     cfg = small_config(**overrides)
@@ -315,8 +316,9 @@ def test_label_lookup_plus_image_linear_is_the_fuse_map_patch_embedding(n, p, gh
         dict(ips=False, refine_dim=8),
         dict(label_prior=True, refine_dim=8),
         dict(label_prior=True, prior_stride=1),
+        dict(label_prior=True, prior_kind="random_walk", prior_sweeps=5),
     ],
-    ids=["ips", "mask-token+refine", "prior+refine", "prior-stride1"],
+    ids=["ips", "mask-token+refine", "prior+refine", "prior-stride1", "random-walk-prior"],
 )
 def test_hidden_labels_never_reach_the_output(overrides):
     cfg = small_config(**overrides)
@@ -365,11 +367,11 @@ def test_unpatchify_places_each_head_output_at_its_pixel(b, gh, gw, p, n):
 @given(
     seed=st.integers(0, 2**31),
     ips=st.booleans(),
-    label_prior=st.booleans(),
+    prior=st.sampled_from([None, "nearest", "random_walk"]),
     counts=st.lists(st.integers(0, 16), min_size=1, max_size=3),
 )
-def test_forward_hidden_equals_forward_on_hidden_pixels(seed, ips, label_prior, counts):
-    cfg = small_config(ips=ips, label_prior=label_prior)
+def test_forward_hidden_equals_forward_on_hidden_pixels(seed, ips, prior, counts):
+    cfg = small_config(ips=ips, label_prior=prior is not None, prior_kind=prior or "nearest", prior_sweeps=5)
     model = build(cfg, seed=seed % 7)
     image, label, g = inputs(cfg, len(counts), seed=seed)
     hidden = torch.zeros(len(counts), cfg.num_patches, dtype=torch.bool)

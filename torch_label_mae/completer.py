@@ -28,7 +28,7 @@ def complete_tensors(
     if hidden is None:
         hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
-    prior = model.label_prior_map(lab, image=x) if cfg.label_prior else None  # [B, h, w]
+    prior = model.label_prior(lab, image=x) if cfg.label_prior else None
     if tuple(label.shape[-2:]) == size and model.refiner is None:
         pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
         if not bool((missing & ~pix).any()):  # every missing pixel lies in a hidden patch: predict those only
@@ -37,12 +37,12 @@ def complete_tensors(
     if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
         full = tuple(label.shape[-2:])
         if cfg.label_prior:
-            # keep the model's correction, but take the nearest-label prior at full resolution, where
+            # keep the model's correction, but take the label prior at full resolution, where
             # thin structures that the resize to the model grid loses are still there
             logits = model.add_prior(logits, prior, sign=-1.0, inplace=True)
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
             known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label)
-            logits = model.add_prior(logits, model.label_prior_map(known_label, image=image), inplace=True)
+            logits = model.add_prior(logits, model.label_prior(known_label, image=image), inplace=True)
         else:
             logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
     pred, prob = class_and_probability(logits, dim=1)  # [B, H, W] each

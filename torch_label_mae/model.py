@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,20 @@ from torch import nn
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
-from .propagation import random_walk
+from .propagation import random_walk_probabilities
 
 PRIOR_KINDS = ("nearest", "random_walk")
+
+
+class LabelPrior(NamedTuple):
+    """The label prior of a batch. ``classes [B, H, W]``: its class per pixel (``ignore_index`` where it
+    has none); IPS embeds it. ``prob``: for a soft prior (``prior_kind="random_walk"``), the probabilities
+    ``[B, K, H, W]`` of the classes ``index [B, K, 1, 1]``; they, scaled, are added to the logits. A hard
+    prior (``prob=None``, nearest fill) adds the scale at ``classes`` instead."""
+
+    classes: torch.Tensor
+    prob: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 @dataclass
@@ -403,7 +415,7 @@ class LMAE(nn.Module):
         else:
             sup = self.mask_token[0].expand(int(hidden.sum()), -1)
         if prior is not None:
-            sup = sup + self.prior_embed(self.patchify(prior.unsqueeze(1))[hidden].unsqueeze(0))[0]
+            sup = sup + self.prior_embed(self.patchify(prior.classes.unsqueeze(1))[hidden].unsqueeze(0))[0]
         return sup
 
     def forward_decoder(self, latent, ids, valid, supplement, hidden):
@@ -428,7 +440,9 @@ class LMAE(nn.Module):
         if not c.label_prior:
             prior = None
         elif prior is None:
-            prior = self.label_prior_map(label, image=image)  # [B, H, W]
+            prior = self.label_prior(label, image=image)
+        elif isinstance(prior, torch.Tensor):  # a class map [B, H, W]: a hard prior
+            prior = LabelPrior(prior)
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         tokens = self.forward_decoder(latent, ids, valid, self.supplement(image_patches, prior, hidden), hidden)
         return tokens, prior
@@ -438,12 +452,13 @@ class LMAE(nn.Module):
         image: torch.Tensor,
         label: torch.Tensor,
         hidden: torch.Tensor,
-        prior: torch.Tensor | None = None,
+        prior: LabelPrior | torch.Tensor | None = None,
         *,
         hidden_only: bool = False,
     ) -> torch.Tensor:
-        """Logits ``[B, N, H, W]`` for every pixel (channels-last memory). ``prior`` (``[B, H, W]``, with
-        ``label_prior``) may be passed when the caller already computed :meth:`label_prior_map` of ``label``.
+        """Logits ``[B, N, H, W]`` for every pixel (channels-last memory). ``prior`` (with ``label_prior``)
+        may be passed when the caller already computed :meth:`label_prior` of ``label`` (a class map
+        ``[B, H, W]`` counts as a hard prior).
         ``hidden_only=True``: the logits of the hidden patches only (see :meth:`forward_hidden`)."""
         if hidden_only:
             return self.forward_hidden(image, label, hidden, prior)
@@ -456,7 +471,11 @@ class LMAE(nn.Module):
         return logits
 
     def forward_hidden(
-        self, image: torch.Tensor, label: torch.Tensor, hidden: torch.Tensor, prior: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        hidden: torch.Tensor,
+        prior: LabelPrior | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the hidden patches only, ``[M, p * p, N]`` (``M = hidden.sum()``, rows in the order of
         ``hidden.nonzero()``, pixels row-major within a patch): equal to :meth:`forward` there, at about
@@ -468,17 +487,17 @@ class LMAE(nn.Module):
         tokens, prior = self.forward_features(image, label, hidden, prior)
         logits = self.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()  # [M, p*p, N]
         if prior is not None:
-            logits = self.add_prior(logits, self.patchify(prior.unsqueeze(1))[hidden], inplace=True, dim=-1)
+            logits = self.add_prior(logits, self.prior_rows(prior, hidden), inplace=True, dim=-1)
         return logits
 
-    def label_prior_map(
+    def label_prior(
         self, label: torch.Tensor, known: torch.Tensor | None = None, image: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The label prior of the unknown pixels -> ``[B, H, W]``, at any size. ``known`` defaults to
-        every labelled pixel (including the known parts of hidden patches). ``prior_kind="nearest"``:
-        nearest-label fill, on a grid ``prior_stride`` times coarser (known where the whole cell is)
-        and expanded back; ``"random_walk"``: image-guided random-walk propagation
-        (:mod:`torch_label_mae.propagation`), which needs ``image [B, 3, H, W]``."""
+    ) -> LabelPrior:
+        """The label prior of the unknown pixels, at any size. ``known`` defaults to every labelled
+        pixel (including the known parts of hidden patches). ``prior_kind="nearest"``: nearest-label
+        fill (hard), on a grid ``prior_stride`` times coarser (known where the whole cell is) and
+        expanded back; ``"random_walk"``: random-walk propagation (soft; see
+        :mod:`torch_label_mae.propagation`), which needs ``image [B, 3, H, W]``."""
         c = self.config
         if known is None:
             known = (label != c.ignore_index) & (label >= 0) & (label < c.num_classes)
@@ -488,15 +507,12 @@ class LMAE(nn.Module):
                 raise ValueError(
                     f"prior_kind='random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
                 )
-            return random_walk(
-                image,
-                label,
-                known,
-                num_classes=c.num_classes,
-                ignore_index=c.ignore_index,
-                beta=c.prior_beta,
-                sweeps=c.prior_sweeps,
-            )
+            prob, index = random_walk_probabilities(
+                image, label, known, c.num_classes, beta=c.prior_beta, sweeps=c.prior_sweeps
+            )  # [B, K, H, W], [B, K]
+            classes = index.gather(1, prob.argmax(1).flatten(1)).view_as(label)
+            classes = torch.where(known.flatten(1).any(1)[:, None, None], classes, c.ignore_index)
+            return LabelPrior(classes, prob, index[:, :, None, None])
         s = c.prior_stride
         if s > 1:
             known = -F.max_pool2d(-known.unsqueeze(1).float(), s).squeeze(1) > 0  # cell fully known
@@ -504,20 +520,52 @@ class LMAE(nn.Module):
         prior = nearest_fill(label, known, self.config.ignore_index)
         if s > 1:
             prior = prior.repeat_interleave(s, 1).repeat_interleave(s, 2)
-        return prior
+        return LabelPrior(prior)
+
+    def label_prior_map(
+        self, label: torch.Tensor, known: torch.Tensor | None = None, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The prior's class per pixel ``[B, H, W]`` (see :meth:`label_prior`)."""
+        return self.label_prior(label, known, image).classes
+
+    def prior_rows(self, prior: LabelPrior | torch.Tensor, hidden: torch.Tensor) -> LabelPrior:
+        """The prior of the hidden patches, laid out as :meth:`forward_hidden`'s rows: classes
+        ``[M, p * p]`` and, when soft, prob ``[M, p * p, K]`` with index ``[M, 1, K]``."""
+        if isinstance(prior, torch.Tensor):
+            prior = LabelPrior(prior)
+        classes = self.patchify(prior.classes.unsqueeze(1))[hidden]  # [M, p*p]
+        if prior.prob is None:
+            return LabelPrior(classes)
+        k = prior.prob.shape[1]
+        prob = self.patchify(prior.prob)[hidden].unflatten(-1, (k, -1)).transpose(1, 2)  # [M, p*p, K]
+        index = prior.index.view(-1, 1, k).expand(-1, hidden.shape[1], -1)[hidden].unsqueeze(1)  # [M, 1, K]
+        return LabelPrior(classes, prob, index)
 
     def add_prior(
-        self, logits: torch.Tensor, prior: torch.Tensor, sign: float = 1.0, inplace: bool = False, dim: int = 1
+        self,
+        logits: torch.Tensor,
+        prior: LabelPrior | torch.Tensor,
+        sign: float = 1.0,
+        inplace: bool = False,
+        dim: int = 1,
     ) -> torch.Tensor:
-        """``logits + sign * prior_scale * one_hot(prior)`` with classes along ``dim`` (``[B, N, H, W]``
-        and prior ``[B, H, W]`` by default), without building the one-hot: a scatter-add of the scale
-        at each pixel's prior class (nothing where it is unknown). ``inplace=True`` adds into
-        ``logits`` itself (for callers that own it)."""
+        """``logits + sign * prior_scale * P`` with classes along ``dim`` (``[B, N, H, W]`` by default),
+        where ``P`` is the one-hot of a hard prior's classes (nothing where it has none) or a soft
+        prior's probabilities, without building a dense ``P``: a scatter-add at the prior's classes.
+        ``prior`` laid out as ``logits`` less the class axis (a class map counts as a hard prior).
+        ``inplace=True`` adds into ``logits`` itself (for callers that own it)."""
+        if isinstance(prior, torch.Tensor):
+            prior = LabelPrior(prior)
+        scale = (sign * self.prior_scale).to(logits.dtype)
+        add = logits.scatter_add_ if inplace else logits.scatter_add
+        if prior.prob is not None:
+            prob = prior.prob.to(logits.dtype)
+            return add(dim, prior.index.expand_as(prob), scale * prob)
         n = self.config.num_classes
-        known = (prior >= 0) & (prior < n)  # [B, H, W]
-        idx = torch.where(known, prior, torch.zeros_like(prior)).long().unsqueeze(dim)  # [B, 1, H, W]
-        src = (sign * self.prior_scale).to(logits.dtype) * known.unsqueeze(dim).to(logits.dtype)
-        return logits.scatter_add_(dim, idx, src) if inplace else logits.scatter_add(dim, idx, src)
+        classes = prior.classes
+        known = (classes >= 0) & (classes < n)  # [B, H, W]
+        idx = torch.where(known, classes, torch.zeros_like(classes)).long().unsqueeze(dim)  # [B, 1, H, W]
+        return add(dim, idx, scale * known.unsqueeze(dim).to(logits.dtype))
 
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""

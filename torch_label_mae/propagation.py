@@ -30,7 +30,7 @@ def edge_weights(image: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.
     """``image [B, C, H, W]`` float -> weights of the horizontal ``[B, 1, H, W-1]`` and vertical
     ``[B, 1, H-1, W]`` edges, scaled per image by its standard deviation (as scikit-image does)."""
     b, c = image.shape[:2]
-    std = image.flatten(1).std(1).clamp(min=1e-6).view(b, 1, 1, 1)
+    std = image.flatten(1).std(1, correction=0).clamp(min=1e-6).view(b, 1, 1, 1)  # numpy's std, as scikit-image
     scale = -beta / (10 * std * math.sqrt(c))
     dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).sum(1, keepdim=True)
     dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).sum(1, keepdim=True)
@@ -61,7 +61,7 @@ def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tens
     ys = torch.arange(h, device=p.device).view(h, 1)
     xs = torch.arange(w, device=p.device).view(1, w)
     red = ((ys + xs) % 2 == 0).to(p.dtype)
-    step = free * omega / deg
+    step = free * omega / deg.clamp(min=1e-30)  # an isolated pixel (1 x 1 map) has no edges
     steps = (step * red, step * (1 - red))
     neg_deg = -deg
     residual = torch.empty_like(p)
