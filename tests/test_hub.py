@@ -352,8 +352,23 @@ def test_list_pretrained_is_the_registry():
 
 def test_names_for():
     assert hub.names_for("camvid-m0.5") == ["camvid-m0.5"]
-    assert hub.names_for("camvid") == [n for n, e in hub.REGISTRY.items() if e.dataset == "camvid"]
+    assert hub.names_for("camvid") == [n for n, e in hub.REGISTRY.items() if e.family == "camvid"]
     assert hub.names_for("nope") == []
+
+
+def test_families_route_separately(monkeypatch):
+    entries = [
+        hub._entry("toy", 0.3),
+        hub._entry("toy", 0.5),
+        hub._entry("toy", 0.5, "rw"),
+        hub._entry("toy", 0.7, "rw"),
+    ]
+    monkeypatch.setattr(hub, "REGISTRY", {e.name: e for e in entries})
+    assert [e.name for e in entries] == ["toy-m0.3", "toy-m0.5", "toy-rw-m0.5", "toy-rw-m0.7"]
+    assert entries[2].repo_id == "torch-label-mae/toy-rw-m0.5" and entries[2].family == "toy-rw"
+    assert hub.names_for("toy") == ["toy-m0.3", "toy-m0.5"]
+    assert hub.names_for("toy-rw") == ["toy-rw-m0.5", "toy-rw-m0.7"]
+    assert hub.names_for("toy-rw-m0.7") == ["toy-rw-m0.7"]
 
 
 @pytest.fixture

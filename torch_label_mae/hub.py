@@ -1,7 +1,8 @@
 """Pretrained names, where their files live, and downloads (the only module that touches the network).
 
-A name is ``<dataset>-m<ratio>`` (e.g. ``camvid-m0.5``); a bare ``<dataset>`` means every ratio of
-that dataset (for multi-ratio routing). Resolution order for a registered name: the copy bundled in
+A name is ``<family>-m<ratio>`` (e.g. ``camvid-m0.5``), where the family is the dataset, or the
+dataset and a variant (``camvid-rw``: the random-walk label prior); a bare ``<family>`` means every
+ratio of that family (for multi-ratio routing). Resolution order for a registered name: the copy bundled in
 the package (offline, no network), then the Hub repo at the registered revision via ``hf_hub_download``
 (which caches). Any other string is a local folder or a Hub repo id ``owner/name``.
 
@@ -21,18 +22,25 @@ HUB_ORG = "torch-label-mae"
 
 @dataclass(frozen=True)
 class Pretrained:
-    """A registered model: its name, Hub repo and revision, dataset and training mask ratio."""
+    """A registered model: its name, Hub repo and revision, dataset, training mask ratio and variant
+    (``""`` for the dataset's default family)."""
 
     name: str
     repo_id: str
     revision: str
     dataset: str
     ratio: float
+    variant: str = ""
+
+    @property
+    def family(self) -> str:
+        """``<dataset>`` or ``<dataset>-<variant>``: the name less its ratio."""
+        return f"{self.dataset}-{self.variant}" if self.variant else self.dataset
 
 
-def _entry(dataset: str, ratio: float, revision: str = "main") -> Pretrained:
-    name = f"{dataset}-m{ratio:g}"
-    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio)
+def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main") -> Pretrained:
+    name = f"{dataset}-{variant}-m{ratio:g}" if variant else f"{dataset}-m{ratio:g}"
+    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant)
 
 
 REGISTRY: dict[str, Pretrained] = {e.name: e for e in (_entry("camvid", 0.5), _entry("ccp", 0.5))}
@@ -80,19 +88,19 @@ def bundled_dir(name: str) -> Path | None:
 
 
 def names_for(name: str) -> list[str]:
-    """``"camvid"`` -> every registered ratio of camvid; a full name -> itself."""
+    """A family (``"camvid"``, ``"camvid-rw"``) -> every registered ratio of it; a full name -> itself."""
     if name in REGISTRY:
         return [name]
-    group = sorted((e for e in REGISTRY.values() if e.dataset == name), key=lambda e: e.ratio)
+    group = sorted((e for e in REGISTRY.values() if e.family == name), key=lambda e: e.ratio)
     return [e.name for e in group]
 
 
 def _unknown(name: str) -> UnknownModelError:
-    datasets = sorted({e.dataset for e in REGISTRY.values()})
+    families = sorted({e.family for e in REGISTRY.values()})
     return UnknownModelError(
         f"unknown model {name!r}: not a registered name, a local folder with {CONFIG_NAME} + "
         f"{WEIGHTS_NAME}, or a Hub repo id 'owner/name'. Registered: {sorted(REGISTRY)} "
-        f"(or a dataset name for all its ratios: {datasets})"
+        f"(or a family for all its ratios: {families})"
     )
 
 
