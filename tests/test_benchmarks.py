@@ -44,3 +44,17 @@ def test_profile_inference_stages_are_the_real_computation(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert set(res["stages_ms"]) == set(profile_inference.STAGES) and res["ms_per_batch"] > 0
     assert "prior" in capsys.readouterr().out
+
+
+def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
+    import baselines
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 3),))
+    out = tmp_path / "b.json"
+    for protocol in ("paper", "native"):
+        args = ["--data", str(data), "--methods", "nearest", "walk", "--sweeps", "5", "--protocol", protocol]
+        assert baselines.main([*args, "--json", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert set(res) == {"nearest fill", "random walk (torch) 5"}
+        assert all(0.0 <= r["pa_miou"] <= 1.0 and r["images"] == 3 for r in res.values())
