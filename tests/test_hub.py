@@ -344,7 +344,7 @@ def test_list_pretrained_is_the_registry():
     assert reg == hub.REGISTRY and reg is not hub.REGISTRY
     assert hub.DEFAULT_MODEL in reg
     for name, e in reg.items():
-        assert isinstance(e, hub.Pretrained) and e.name == name == f"{e.dataset}-m{e.ratio:g}"
+        assert isinstance(e, hub.Pretrained) and e.name == name == f"{e.family}-m{e.ratio:g}"
         assert e.repo_id == f"{hub.HUB_ORG}/{name}" and 0 < e.ratio < 1 and e.revision
     reg.clear()
     assert hub.DEFAULT_MODEL in list_pretrained()  # a copy: callers cannot break the registry

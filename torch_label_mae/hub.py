@@ -43,7 +43,9 @@ def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main"
     return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant)
 
 
-REGISTRY: dict[str, Pretrained] = {e.name: e for e in (_entry("camvid", 0.5), _entry("ccp", 0.5))}
+REGISTRY: dict[str, Pretrained] = {
+    e.name: e for e in (_entry("camvid", 0.5), _entry("camvid", 0.5, "rw"), _entry("ccp", 0.5))
+}
 DEFAULT_MODEL = "camvid-m0.5"
 
 
