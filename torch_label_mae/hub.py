@@ -44,7 +44,8 @@ def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main"
 
 
 REGISTRY: dict[str, Pretrained] = {
-    e.name: e for e in (_entry("camvid", 0.5), _entry("camvid", 0.5, "rw"), _entry("ccp", 0.5))
+    e.name: e
+    for e in (_entry("camvid", 0.5), _entry("camvid", 0.5, "rw"), _entry("ccp", 0.5), _entry("ccp", 0.5, "rw"))
 }
 DEFAULT_MODEL = "camvid-m0.5"
 
