@@ -683,3 +683,18 @@ def test_save_pretrained_round_trip(tmp_path, folders):
     c.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / hub.CONFIG_NAME).read_text()) == c.config.to_dict()
     assert_weights(LabelCompleter.from_pretrained(tmp_path / "again"), folders["v1"])
+
+
+def test_wheel_bundles_the_default_and_only_registered_folders():
+    tomllib = pytest.importorskip("tomllib", reason="Python < 3.11")
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    bundled = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    names = {Path(dst).name for dst in bundled.values()}
+    assert hub.DEFAULT_MODEL in names
+    assert names <= set(hub.REGISTRY), "a bundled folder that is not a registered name"
+    for src, dst in bundled.items():
+        assert Path(src).name == Path(dst).name and dst.startswith("torch_label_mae/_bundled/")
+        assert (root / src / hub.CONFIG_NAME).is_file() and (root / src / hub.WEIGHTS_NAME).is_file()
+    size = sum((root / src / hub.WEIGHTS_NAME).stat().st_size for src in bundled)
+    assert size < 45e6, f"bundled weights are {size / 1e6:.1f} MB; the wheel must stay under 50 MB"
