@@ -28,6 +28,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _prior(cfg) -> str:
+    if cfg.prior_kind == "random_walk":
+        return f"random walk, beta {cfg.prior_beta:g}, {cfg.prior_sweeps} sweeps, soft"
+    return "nearest-label fill"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True, help="registered name; the card goes to hub/<name>/README.md")
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
         "",
         f"L-MAE (`{n_params / 1e6:.2f}M` parameters): encoder {cfg.encoder_depth} x {cfg.encoder_dim}, decoder "
         f"{cfg.decoder_depth} x {cfg.decoder_dim}, {cfg.patch_size} px patches at {cfg.size[0]}x{cfg.size[1]}, "
-        f"IPS {'on' if cfg.ips else 'off'}, label prior (nearest-label fill) {'on' if cfg.label_prior else 'off'}, "
+        f"IPS {'on' if cfg.ips else 'off'}, label prior ({_prior(cfg)}) {'on' if cfg.label_prior else 'off'}, "
         f"refinement {cfg.refine_kind + ' ' + str(cfg.refine_dim) if cfg.refine_dim else 'off'}. "
         f"Trained for mask ratio {cfg.mask_ratio}. Weights stored as float16 safetensors (loaded as float32).",
         "",
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
         "- Trained on a few hundred images for under an hour on 2 CPU cores: far from the paper's 250M-parameter, "
         "400-epoch GPU models. Against the best classical baseline measured here it is " + "; ".join(standing) + ".",
         "- Works at 224x224 internally; thin structures lost by the resize are restored by taking the "
-        "nearest-label prior at full resolution, but predictions inside large holes are coarse.",
+        f"label prior ({_prior(cfg)}) at full resolution, but predictions inside large holes are coarse.",
         "- Only this dataset's classes; a label with ids outside them is refused.",
         "- Data: " + ds.info.name + " (research dataset; cite it; not redistributed here).",
     ]
