@@ -58,3 +58,23 @@ def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
         res = json.loads(out.read_text())
         assert set(res) == {"nearest fill", "random walk (torch) 5"}
         assert all(0.0 <= r["pa_miou"] <= 1.0 and r["images"] == 3 for r in res.values())
+
+
+def test_size_curve_prints_a_row_per_model(tmp_path):
+    import size_curve
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 3),), size=(32, 32))
+    folders = []
+    for i, dim in enumerate((32, 64)):
+        folder = tmp_path / f"m{i}"
+        cfg = {**TINY_MODEL, "num_classes": 4, "encoder_dim": dim, "label_prior": True}
+        LabelCompleter(LMAEConfig(**cfg)).save_pretrained(folder)
+        folders.append(str(folder))
+    out = tmp_path / "sizes.json"
+    args = ["--data", str(data), "--models", *folders, "--images", "2", "--batch", "2", "--repeats", "1"]
+    assert size_curve.main([*args, "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == folders
+    assert rows[0]["params_m"] < rows[1]["params_m"]
+    assert all(0.0 <= r["pa_miou"] <= 1.0 and r["images_per_s"] > 0 for r in rows)
