@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from synth import TINY_MODEL
 
 from torch_label_mae.model import LMAE, LMAEConfig
 from torch_label_mae.prior import nearest_fill
@@ -160,16 +161,8 @@ def test_probabilities_stay_a_distribution(scene, sweeps):
 
 
 def test_model_with_random_walk_prior():
-    cfg = LMAEConfig.tiny(
-        img_size=32,
-        patch_size=8,
-        num_classes=3,
-        encoder_heads=4,
-        encoder_dim=32,
-        decoder_dim=32,
-        label_prior=True,
-        prior_kind="random_walk",
-        prior_sweeps=5,
+    cfg = LMAEConfig(
+        **{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"}, prior_sweeps=5
     )
     model = LMAE(cfg).eval()
     image = torch.rand(2, 3, 32, 32)
