@@ -2,8 +2,8 @@
 
 For each model (a registered name or a folder with config.json + model.safetensors): parameters,
 validation PA-mIoU (paper protocol by default, the library's ``evaluate``) and images/s of
-``complete_batch`` at batch ``--batch`` on the same degraded val images (median of ``--repeats``,
-after a warm-up). Run::
+``complete_batch`` at batch ``--batch`` on val images resized to the model's size with half the
+patches hidden (``bench_inference.bench_api``: median of ``--repeats``, after a warm-up). Run::
 
     python benchmarks/size_curve.py --data ../shared/data/camvid \\
         --models runs/size-micro/last runs/size-tiny/last runs/size-small/last --json sizes.json
@@ -15,23 +15,17 @@ import argparse
 import json
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
-from torch_label_mae import LabelCompleter
-from torch_label_mae.data import FolderDataset
-from torch_label_mae.evaluate import degraded_samples, evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_inference import bench_api, read_samples, real_inputs  # noqa: E402
 
-def images_per_s(completer: LabelCompleter, images, labels, batch: int, repeats: int) -> float:
-    completer.complete_batch(images[:batch], labels[:batch], batch_size=batch)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        completer.complete_batch(images, labels, batch_size=batch)
-        times.append(time.perf_counter() - t)
-    return len(images) / statistics.median(times)
+from torch_label_mae import LabelCompleter  # noqa: E402
+from torch_label_mae.data import FolderDataset  # noqa: E402
+from torch_label_mae.evaluate import evaluate  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,9 +43,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     ds = FolderDataset(a.data, a.split)
-    samples = list(degraded_samples(ds, protocol=a.protocol, limit=a.images))
-    images = [(s[1] * 255).round().to(torch.uint8) for s in samples]
-    labels = [s[3] for s in samples]
+    _, samples = read_samples(a.data, a.split, a.images)
     rows = []
     print(f"{ds.info.name} [{a.split}] protocol {a.protocol}, speed at batch {a.batch}, {a.threads} threads")
     print(f"{'model':40s} {'params M':>9s} {'PA-mIoU':>8s} {'img/s':>8s}")
@@ -63,7 +55,8 @@ def main(argv=None) -> int:
             return completer.complete_batch(ims, labs, miss)
 
         acc = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, limit=a.limit)
-        speed = images_per_s(completer, images, labels, a.batch, a.repeats)
+        images, labels = real_inputs(samples, completer.config.size, 0.5, 0)  # paper-protocol holes
+        speed = len(images) / statistics.median(bench_api(completer, images, labels, a.batch, a.repeats, 1))
         rows.append(dict(model=name, params_m=params, pa_miou=acc["pa_miou"], images_per_s=speed))
         print(f"{name:40s} {params:9.2f} {100 * acc['pa_miou']:8.1f} {speed:8.1f}", flush=True)
     if a.json:

@@ -26,7 +26,7 @@ from torch import nn
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
-from .propagation import random_walk_probabilities
+from .propagation import most_likely_class, random_walk_probabilities
 
 PRIOR_KINDS = ("nearest", "random_walk")
 
@@ -40,6 +40,11 @@ class LabelPrior(NamedTuple):
     classes: torch.Tensor
     prob: torch.Tensor | None = None
     index: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, prior: LabelPrior | torch.Tensor) -> LabelPrior:
+        """``prior`` as a :class:`LabelPrior` (a class map ``[B, H, W]`` is a hard prior)."""
+        return cls(prior) if isinstance(prior, torch.Tensor) else prior
 
 
 @dataclass
@@ -441,8 +446,8 @@ class LMAE(nn.Module):
             prior = None
         elif prior is None:
             prior = self.label_prior(label, image=image)
-        elif isinstance(prior, torch.Tensor):  # a class map [B, H, W]: a hard prior
-            prior = LabelPrior(prior)
+        else:
+            prior = LabelPrior.of(prior)
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         tokens = self.forward_decoder(latent, ids, valid, self.supplement(image_patches, prior, hidden), hidden)
         return tokens, prior
@@ -510,8 +515,7 @@ class LMAE(nn.Module):
             prob, index = random_walk_probabilities(
                 image, label, known, c.num_classes, beta=c.prior_beta, sweeps=c.prior_sweeps
             )  # [B, K, H, W], [B, K]
-            classes = index.gather(1, prob.argmax(1).flatten(1)).view_as(label)
-            classes = torch.where(known.flatten(1).any(1)[:, None, None], classes, c.ignore_index)
+            classes = most_likely_class(prob, index, known, c.ignore_index)
             return LabelPrior(classes, prob, index[:, :, None, None])
         s = c.prior_stride
         if s > 1:
@@ -531,8 +535,7 @@ class LMAE(nn.Module):
     def prior_rows(self, prior: LabelPrior | torch.Tensor, hidden: torch.Tensor) -> LabelPrior:
         """The prior of the hidden patches, laid out as :meth:`forward_hidden`'s rows: classes
         ``[M, p * p]`` and, when soft, prob ``[M, p * p, K]`` with index ``[M, 1, K]``."""
-        if isinstance(prior, torch.Tensor):
-            prior = LabelPrior(prior)
+        prior = LabelPrior.of(prior)
         classes = self.patchify(prior.classes.unsqueeze(1))[hidden]  # [M, p*p]
         if prior.prob is None:
             return LabelPrior(classes)
@@ -554,8 +557,7 @@ class LMAE(nn.Module):
         prior's probabilities, without building a dense ``P``: a scatter-add at the prior's classes.
         ``prior`` laid out as ``logits`` less the class axis (a class map counts as a hard prior).
         ``inplace=True`` adds into ``logits`` itself (for callers that own it)."""
-        if isinstance(prior, torch.Tensor):
-            prior = LabelPrior(prior)
+        prior = LabelPrior.of(prior)
         scale = (sign * self.prior_scale).to(logits.dtype)
         add = logits.scatter_add_ if inplace else logits.scatter_add
         if prior.prob is not None:

@@ -129,7 +129,12 @@ def random_walk(
     if num_classes is None:
         num_classes = int(label[known].max()) + 1 if bool(known.any()) else 1
     prob, cls = random_walk_probabilities(image, label, known, num_classes, **kwargs)
-    pred = cls.gather(1, prob.argmax(1).flatten(1)).view_as(label)
-    out = torch.where(known, label.long(), pred)
+    return torch.where(known, label.long(), most_likely_class(prob, cls, known, ignore_index))
+
+
+def most_likely_class(prob: torch.Tensor, classes: torch.Tensor, known: torch.Tensor, ignore_index: int = 255):
+    """``prob [B, K, H, W]`` over ``classes [B, K]`` -> the most likely class per pixel ``[B, H, W]``
+    (int64); samples without a known pixel (``known [B, H, W]``) get ``ignore_index`` everywhere."""
+    pred = classes.gather(1, prob.argmax(1).flatten(1)).view(prob.shape[0], *prob.shape[2:])
     empty = ~known.flatten(1).any(1)
-    return out.masked_fill(empty[:, None, None], ignore_index)
+    return pred.masked_fill(empty[:, None, None], ignore_index)
