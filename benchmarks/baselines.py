@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["nearest", "rw"], choices=["nearest", "rw", "walk"])
     ap.add_argument("--betas", type=float, nargs="+", default=[130.0, 2000.0])
     ap.add_argument("--sweeps", type=int, default=40, help="walk: relaxation sweeps")
+    ap.add_argument("--walk-betas", type=float, nargs="+", default=[2000.0], help="walk: edge sensitivities")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
@@ -93,7 +94,9 @@ def main(argv=None) -> int:
     if "rw" in a.methods:
         runs += [(f"random walker beta {b:g}", random_walker(b)) for b in a.betas]
     if "walk" in a.methods:
-        runs.append((f"random walk (torch) {a.sweeps}", torch_random_walk(2000.0, a.sweeps)))
+        for b in a.walk_betas:  # the default beta keeps the short name
+            name = f"random walk (torch) {a.sweeps}" + ("" if b == 2000.0 else f" beta {b:g}")
+            runs.append((name, torch_random_walk(b, a.sweeps)))
     results = {}
     print(f"{ds.info.name} [{a.split}] protocol {a.protocol}, ratio {a.ratio}, seed {a.seed}")
     print(f"{'method':28s} {'PA-mIoU':>8s} {'mIoU':>7s} {'acc':>7s} {'img/s':>8s}")

@@ -58,6 +58,9 @@ def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
         res = json.loads(out.read_text())
         assert set(res) == {"nearest fill", "random walk (torch) 5"}
         assert all(0.0 <= r["pa_miou"] <= 1.0 and r["images"] == 3 for r in res.values())
+    args = ["--data", str(data), "--methods", "walk", "--sweeps", "5", "--walk-betas", "2000", "500"]
+    assert baselines.main([*args, "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"random walk (torch) 5", "random walk (torch) 5 beta 500"}
 
 
 def test_size_curve_prints_a_row_per_model(tmp_path):
