@@ -36,7 +36,8 @@ def _prior(cfg) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", required=True, help="registered name; the card goes to hub/<name>/README.md")
+    ap.add_argument("--name", required=True, help="registered name; the card goes to <hub>/<name>/README.md")
+    ap.add_argument("--hub", default=str(Path(__file__).resolve().parents[1] / "hub"), help="model folders' parent")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--baselines", required=True, help="baselines.py JSON, paper protocol")
@@ -44,12 +45,14 @@ def main(argv=None) -> int:
     ap.add_argument("--log", help="training log.jsonl")
     ap.add_argument("--recipe", required=True, help="the training command")
     ap.add_argument("--paper-figure", default="", help="a sentence on the paper-faithful configuration's figure")
+    ap.add_argument("--train-time", default="under an hour", help="total training time, all stages")
     ap.add_argument("--notes", default="", help="extra limits / notes (markdown)")
     a = ap.parse_args(argv)
 
-    folder = Path(__file__).resolve().parents[1] / "hub" / a.name
+    folder = Path(a.hub) / a.name
     completer = LabelCompleter.from_folder(folder, device="cpu")
     ds = FolderDataset(a.data, a.split)
+    n_train = len(FolderDataset(a.data, "train")) if (Path(a.data) / "train").is_dir() else "a few hundred"
 
     def method(images, labels, missing):
         return completer.complete_batch(images, labels, missing)
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
         "",
         "```python",
         "from torch_label_mae import LabelCompleter",
+        "",
         f'completer = LabelCompleter.from_pretrained("{a.name}")',
         "fixed = completer.complete(image, label)  # pixels == 255 are filled",
         "```",
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
     lines += [
         "## Limits",
         "",
-        "- Trained on a few hundred images for under an hour on 2 CPU cores: far from the paper's 250M-parameter, "
+        f"- Trained on {n_train} images for {a.train_time} on 2 CPU cores: far from the paper's 250M-parameter, "
         "400-epoch GPU models. Against the best classical baseline measured here it is " + "; ".join(standing) + ".",
         "- Works at 224x224 internally; thin structures lost by the resize are restored by taking the "
         f"label prior ({_prior(cfg)}) at full resolution, but predictions inside large holes are coarse.",

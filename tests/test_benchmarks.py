@@ -81,3 +81,19 @@ def test_size_curve_prints_a_row_per_model(tmp_path):
     assert [r["model"] for r in rows] == folders
     assert rows[0]["params_m"] < rows[1]["params_m"]
     assert all(0.0 <= r["pa_miou"] <= 1.0 and r["images_per_s"] > 0 for r in rows)
+
+
+def test_model_card_reports_model_and_baselines(tmp_path):
+    import model_card
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("train", 2), ("val", 3)), size=(32, 32))
+    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4})).save_pretrained(tmp_path / "hub" / "toy-m0.5")
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps({"nearest fill": {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9}}))
+    args = ["--name", "toy-m0.5", "--hub", str(tmp_path / "hub"), "--data", str(data), "--baselines", str(base)]
+    assert model_card.main([*args, "--recipe", "label-mae train ...", "--train-time", "2 minutes"]) == 0
+    card = (tmp_path / "hub" / "toy-m0.5" / "README.md").read_text()
+    assert "| paper | nearest fill | 50.0 | 60.0 | 90.0 |" in card
+    assert "| paper | **toy-m0.5** |" in card and "label-mae train ..." in card
+    assert "Trained on 2 images for 2 minutes" in card
