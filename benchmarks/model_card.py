@@ -45,14 +45,18 @@ def main(argv=None) -> int:
     ap.add_argument("--log", help="training log.jsonl")
     ap.add_argument("--recipe", required=True, help="the training command")
     ap.add_argument("--paper-figure", default="", help="a sentence on the paper-faithful configuration's figure")
-    ap.add_argument("--train-time", default="under an hour", help="total training time, all stages")
+    ap.add_argument("--train-time", help="total training time, all stages (e.g. 'about an hour')")
     ap.add_argument("--notes", default="", help="extra limits / notes (markdown)")
     a = ap.parse_args(argv)
 
     folder = Path(a.hub) / a.name
     completer = LabelCompleter.from_folder(folder, device="cpu")
     ds = FolderDataset(a.data, a.split)
-    n_train = len(FolderDataset(a.data, "train")) if (Path(a.data) / "train").is_dir() else "a few hundred"
+    trained = "Trained"
+    if (Path(a.data) / "train").is_dir():
+        trained += f" on {len(FolderDataset(a.data, 'train'))} images"
+    if a.train_time:
+        trained += f" for {a.train_time}"
 
     def method(images, labels, missing):
         return completer.complete_batch(images, labels, missing)
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
     lines += [
         "## Limits",
         "",
-        f"- Trained on {n_train} images for {a.train_time} on 2 CPU cores: far from the paper's 250M-parameter, "
+        f"- {trained} on 2 CPU cores: far from the paper's 250M-parameter, "
         "400-epoch GPU models. Against the best classical baseline measured here it is " + "; ".join(standing) + ".",
         "- Works at 224x224 internally; thin structures lost by the resize are restored by taking the "
         f"label prior ({_prior(cfg)}) at full resolution, but predictions inside large holes are coarse.",
