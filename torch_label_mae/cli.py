@@ -164,6 +164,27 @@ def cmd_complete(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_train_affinity(args) -> int:
+    from .affinity import train_affinity
+
+    rec = train_affinity(
+        args.init,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        sweeps=args.sweeps,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dim=args.dim,
+        seed=args.seed,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+    )
+    print(json.dumps(rec))
+    return 0
+
+
 def cmd_show(args) -> int:
     import numpy as np
     from PIL import Image
@@ -318,6 +339,27 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_show)
 
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
+
+    p = sub.add_parser(
+        "train-affinity",
+        help="fit a random-walk model's learned edge weights, the rest frozen (torch_label_mae.affinity)",
+        description="Fit the learned edge weights of the random-walk prior of --init (added if it has none) "
+        "through the walk itself, on --data's train split; the rest of the model is frozen. Writes the model "
+        "(config.json, model.safetensors) to --out every epoch; --resume continues from --out/checkpoint.pt.",
+    )
+    p.add_argument("--init", required=True, help="model to start from: registered name, Hub repo id or folder")
+    p.add_argument("--data", required=True, help="dataset root (dataset.json, train/images, train/labels)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--epochs", type=int, default=12, help="(default: %(default)s)")
+    p.add_argument("--sweeps", type=int, default=30, help="relaxation sweeps in training (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=112, help="training crop in px at the model size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--dim", type=int, default=16, help="width of a new affinity net (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.set_defaults(fn=cmd_train_affinity)
 
     p = sub.add_parser("list", help="list the registered pretrained models")
     p.set_defaults(fn=cmd_list)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .affinity import EdgeAffinity
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
@@ -75,6 +76,7 @@ class LMAEConfig:
     prior_kind: str = "nearest"  # nearest: nearest-label fill | random_walk: image-guided (propagation.py)
     prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
     prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill
+    prior_affinity_dim: int = 0  # random_walk: width of the learned edge weights (affinity.py); 0: scikit-image's
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
     ignore_index: int = 255
@@ -106,6 +108,7 @@ class LMAEConfig:
             "decoder_heads",
             "refine_dim",
             "prior_sweeps",
+            "prior_affinity_dim",
             "ignore_index",
         ]
         for name in ints:
@@ -131,6 +134,10 @@ class LMAEConfig:
             bad("prior_beta", "must be a positive number")
         if self.prior_sweeps < 0:
             bad("prior_sweeps", "must be >= 0")
+        if self.prior_affinity_dim < 0:
+            bad("prior_affinity_dim", "must be >= 0")
+        if self.prior_affinity_dim and self.prior_kind != "random_walk":
+            bad("prior_affinity_dim", "needs prior_kind='random_walk' (learned edge weights of the walk)")
         if self.prior_kind == "random_walk" and self.prior_stride != 1:
             bad("prior_stride", "must be 1 with prior_kind='random_walk'")
         if self.prior_stride < 1 or self.patch_size % self.prior_stride:
@@ -335,6 +342,7 @@ class LMAE(nn.Module):
             # default: start where the prior class gets probability 0.9; the head then learns corrections
             scale = c.prior_scale if c.prior_scale is not None else math.log(9.0 * max(n - 1, 1))
             self.prior_scale = nn.Parameter(torch.tensor(float(scale)))
+        self.affinity = EdgeAffinity(c.prior_beta, c.prior_affinity_dim) if c.prior_affinity_dim else None
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
@@ -512,8 +520,12 @@ class LMAE(nn.Module):
                 raise ValueError(
                     f"prior_kind='random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
                 )
+            weights = None
+            if self.affinity is not None and c.prior_sweeps > 0:
+                with torch.no_grad():  # trained by affinity.train_affinity, frozen here
+                    weights = self.affinity(image)
             prob, index = random_walk_probabilities(
-                image, label, known, c.num_classes, beta=c.prior_beta, sweeps=c.prior_sweeps
+                image, label, known, c.num_classes, beta=c.prior_beta, sweeps=c.prior_sweeps, weights=weights
             )  # [B, K, H, W], [B, K]
             classes = most_likely_class(prob, index, known, c.ignore_index)
             return LabelPrior(classes, prob, index[:, :, None, None])

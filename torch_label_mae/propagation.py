@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .prior import nearest_fill
 
@@ -76,7 +77,27 @@ def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tens
     return p
 
 
-@torch.no_grad()
+def relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float = 1.9):
+    """:func:`_relax` without in-place updates, so that gradients flow to ``p``, ``wx`` and ``wy``
+    (for training learned edge weights, :mod:`torch_label_mae.affinity`). Returns the new ``p``."""
+    h, w = p.shape[-2:]
+    deg = F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
+    ys = torch.arange(h, device=p.device).view(h, 1)
+    xs = torch.arange(w, device=p.device).view(1, w)
+    red = ((ys + xs) % 2 == 0).to(p.dtype)
+    step = free * omega / deg.clamp(min=1e-30)
+    for _ in range(sweeps):
+        for s in (step * red, step * (1 - red)):
+            pulled = (
+                F.pad(wx * p[..., :, :-1], (1, 0))
+                + F.pad(wx * p[..., :, 1:], (0, 1))
+                + F.pad(wy * p[..., :-1, :], (0, 0, 1, 0))
+                + F.pad(wy * p[..., 1:, :], (0, 0, 0, 1))
+            )
+            p = p + s * (pulled - deg * p)
+    return p
+
+
 def random_walk_probabilities(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -86,27 +107,36 @@ def random_walk_probabilities(
     beta: float = DEFAULT_BETA,
     sweeps: int = DEFAULT_SWEEPS,
     omega: float = 1.9,
+    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
     :func:`present_classes`, returned with them), from ``sweeps`` red-black SOR sweeps started at the
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
-    ``known [B, H, W]`` bool."""
-    img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    cls, valid = present_classes(label, known, num_classes)  # [B, K]
-    fill = nearest_fill(label, known)  # [B, H, W]
-    p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
-    if sweeps > 0:
-        wx, wy = edge_weights(img, beta)
-        free = (~known).unsqueeze(1).float()
-        if p.device.type == "cuda":  # one batched solve: few, large kernels
-            _relax(p, free, wx, wy, sweeps, omega)
-        else:  # one sample at a time, its own classes only: the working set stays in cache (2x faster)
-            for i, k in enumerate(valid.sum(1).tolist()):
-                if k > 1:  # one class (or none): nothing to propagate
-                    _relax(p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1], sweeps, omega)
-        # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
-        # of the classes at a pixel, and so its class, is unchanged)
-        p.clamp_(min=0).div_(p.sum(1, keepdim=True).clamp_(min=1e-12))
+    ``known [B, H, W]`` bool. ``weights``: the edge weights ``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``
+    to use instead of :func:`edge_weights` ``(image, beta)`` (e.g. learned ones,
+    :class:`torch_label_mae.affinity.EdgeAffinity`). ``differentiable=True`` keeps the graph from the
+    weights to the probabilities (slower, more memory); otherwise nothing is recorded."""
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        cls, valid = present_classes(label, known, num_classes)  # [B, K]
+        fill = nearest_fill(label, known)  # [B, H, W]
+        p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
+        if sweeps > 0:
+            wx, wy = edge_weights(img, beta) if weights is None else weights
+            free = (~known).unsqueeze(1).float()
+            if differentiable:
+                p = relax(p, free, wx, wy, sweeps, omega)
+            elif p.device.type == "cuda":  # one batched solve: few, large kernels
+                _relax(p, free, wx, wy, sweeps, omega)
+            else:  # one sample at a time, its own classes only: the working set stays in cache (2x faster)
+                for i, k in enumerate(valid.sum(1).tolist()):
+                    if k > 1:  # one class (or none): nothing to propagate
+                        _relax(p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1], sweeps, omega)
+            # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
+            # of the classes at a pixel, and so its class, is unchanged)
+            p = p.clamp(min=0)
+            p = p / p.sum(1, keepdim=True).clamp(min=1e-12)
     return p, cls
 
 

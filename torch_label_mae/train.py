@@ -181,7 +181,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
         model = LMAE(mcfg).to(device)
     criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
-    params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
+    if model.affinity is not None:  # learned edge weights are fitted by `label-mae train-affinity`, not here
+        model.affinity.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += list(criterion.parameters()) if criterion is not None else []
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
