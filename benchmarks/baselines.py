@@ -5,7 +5,8 @@
 - random walker: ``skimage.segmentation.random_walker(img, seeds, beta, mode="bf", channel_axis=-1)``
   with seeds = class + 1 on known pixels and 0 on missing ones, mapped back to class ids;
 - random walk (torch): the library's own batched propagation (``torch_label_mae.propagation``, the
-  label prior of the ``-rw`` models), ``--sweeps`` relaxation sweeps from the nearest fill.
+  label prior of the ``-rw`` models), ``--sweeps`` relaxation sweeps from the nearest fill;
+- ``--walk-model MODEL``: a model's random-walk prior alone (with its learned edge weights, if any).
 
 Run (benchmark-only dependencies: ``pip install -e ".[bench]"``)::
 
@@ -70,6 +71,26 @@ def torch_random_walk(beta: float = 2000.0, sweeps: int = 40):
     return method
 
 
+def model_walk(model: str):
+    """The random-walk prior of a model alone (its learned edge weights, if it has them, and its sweeps),
+    without the model's correction: what the learned weights are worth by themselves."""
+    from torch_label_mae import LabelCompleter
+
+    m = LabelCompleter.from_pretrained(model, device="cpu", precision="float32").model
+    if m.config.prior_kind != "random_walk":
+        raise SystemExit(f"--walk-model {model}: its prior is {m.config.prior_kind!r}, not a random walk")
+
+    @torch.inference_mode()
+    def method(images, labels, missing):
+        out = []
+        for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
+            known = (lab != 255) & ~miss
+            out.append(m.label_prior(torch.where(known, lab, 255)[None], known[None], img[None]).classes[0])
+        return out
+
+    return method
+
+
 def main(argv=None) -> int:
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
@@ -84,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--betas", type=float, nargs="+", default=[130.0, 2000.0])
     ap.add_argument("--sweeps", type=int, default=40, help="walk: relaxation sweeps")
     ap.add_argument("--walk-betas", type=float, nargs="+", default=[2000.0], help="walk: edge sensitivities")
+    ap.add_argument(
+        "--walk-model", nargs="+", default=[], metavar="MODEL", help="also: these models' random-walk priors alone"
+    )
     ap.add_argument("--limit", type=int)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
@@ -97,6 +121,7 @@ def main(argv=None) -> int:
         for b in a.walk_betas:  # the default beta keeps the short name
             name = f"random walk (torch) {a.sweeps}" + ("" if b == 2000.0 else f" beta {b:g}")
             runs.append((name, torch_random_walk(b, a.sweeps)))
+    runs += [(f"walk prior of {m}", model_walk(m)) for m in a.walk_model]
     results = {}
     print(f"{ds.info.name} [{a.split}] protocol {a.protocol}, ratio {a.ratio}, seed {a.seed}")
     print(f"{'method':28s} {'PA-mIoU':>8s} {'mIoU':>7s} {'acc':>7s} {'img/s':>8s}")

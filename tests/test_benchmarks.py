@@ -63,6 +63,26 @@ def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
     assert set(json.loads(out.read_text())) == {"random walk (torch) 5", "random walk (torch) 5 beta 500"}
 
 
+def test_baselines_walk_model_is_the_models_prior_alone(tmp_path):
+    import baselines
+    from synth import make_dataset
+
+    from torch_label_mae.completer import save_hub_files
+    from torch_label_mae.model import LMAE
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 3),))
+    cfg = LMAEConfig(
+        **TINY_MODEL, num_classes=4, label_prior=True, prior_kind="random_walk", prior_sweeps=5, prior_affinity_dim=4
+    )
+    save_hub_files(LMAE(cfg), tmp_path / "m")  # learned weights at their start: scikit-image's
+    out = tmp_path / "b.json"
+    args = ["--data", str(data), "--methods", "walk", "--sweeps", "5", "--walk-model", str(tmp_path / "m")]
+    assert baselines.main([*args, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    walk, prior = res["random walk (torch) 5"], res[f"walk prior of {tmp_path / 'm'}"]
+    assert prior["pa_miou"] == pytest.approx(walk["pa_miou"], abs=1e-6)
+
+
 def test_size_curve_prints_a_row_per_model(tmp_path):
     import size_curve
     from synth import make_dataset
