@@ -153,3 +153,15 @@ def test_train_affinity_refuses_a_nearest_fill_model(tmp_path):
     save_hub_files(LMAE(LMAEConfig(**{**RW_MODEL, "prior_kind": "nearest"})), tmp_path / "init")
     with pytest.raises(ValueError, match="prior_kind='random_walk'"):
         train_affinity(str(tmp_path / "init"), str(data), str(tmp_path / "out"), epochs=1, crop=16)
+
+
+def test_cli_train_affinity(tmp_path, capsys):
+    from torch_label_mae.cli import main
+
+    data = make_dataset(tmp_path / "data", splits=(("train", 2),), num_classes=4)
+    save_hub_files(LMAE(LMAEConfig(**RW_MODEL)), tmp_path / "init")
+    args = ["train-affinity", "--init", str(tmp_path / "init"), "--data", str(data), "--out", str(tmp_path / "out")]
+    assert main([*args, "--epochs", "1", "--sweeps", "2", "--crop", "16", "--batch-size", "2", "--dim", "4"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
+    assert main([*args, "--crop", "20"]) == 2  # not a multiple of the patch size: a clear error, exit code 2
+    assert "crop must be a multiple of patch_size 8" in capsys.readouterr().err
