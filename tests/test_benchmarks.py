@@ -83,6 +83,30 @@ def test_baselines_walk_model_is_the_models_prior_alone(tmp_path):
     assert prior["pa_miou"] == pytest.approx(walk["pa_miou"], abs=1e-6)
 
 
+def test_ensemble_of_one_model_twice_is_that_model(tmp_path, capsys):
+    import ensemble
+    from synth import make_dataset
+
+    from torch_label_mae.completer import save_hub_files
+    from torch_label_mae.data import FolderDataset
+    from torch_label_mae.evaluate import evaluate
+    from torch_label_mae.model import LMAE
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 2),))
+    cfg = LMAEConfig(**{**TINY_MODEL, "img_size": 224, "patch_size": 16}, num_classes=4, label_prior=True)
+    model = LMAE(cfg).eval()
+    ds = FolderDataset(data, "val")
+    one = evaluate(ensemble.ensemble_method([model]), ds, 4)
+    two = evaluate(ensemble.ensemble_method([model, model]), ds, 4)
+    assert one["pa_miou"] == pytest.approx(two["pa_miou"])
+    save_hub_files(model, tmp_path / "m")
+    assert ensemble.main(["--data", str(data), "--models", str(tmp_path / "m"), str(tmp_path / "m")]) == 0
+    assert "ensemble" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs 224 x 224"):
+        save_hub_files(LMAE(LMAEConfig(**TINY_MODEL, num_classes=4)), tmp_path / "small")
+        ensemble.main(["--data", str(data), "--models", str(tmp_path / "small")])
+
+
 def test_size_curve_prints_a_row_per_model(tmp_path):
     import size_curve
     from synth import make_dataset
