@@ -58,6 +58,15 @@ def test_weights_are_positive_at_most_one_and_uint8_agrees(seed, h, w):
     torch.testing.assert_close((wx, wy), (fx, fy))
 
 
+def test_weights_stay_float32_under_autocast():
+    image, _, _ = scene()
+    aff = perturb(EdgeAffinity(2000.0, dim=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        wx, wy = aff(image)
+    assert wx.dtype == wy.dtype == torch.float32
+    torch.testing.assert_close((wx, wy), aff(image))
+
+
 def test_differentiable_relax_matches_the_in_place_one():
     image, label, known = scene()
     wx, wy = edge_weights(image, 2000.0)

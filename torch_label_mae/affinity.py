@@ -50,6 +50,10 @@ class EdgeAffinity(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(image.device.type, enabled=False):  # the walk is solved in float32
+            return self._weights(image)
+
+    def _weights(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()  # img: [B, C, H, W]
         b, c = img.shape[:2]
         std = img.flatten(1).std(1, correction=0).clamp(min=1e-6).view(b, 1, 1, 1)  # numpy's std, as scikit-image
@@ -132,7 +136,9 @@ def train_affinity(
     if cfg.prior_affinity_dim == 0:
         cfg = LMAEConfig.from_dict({**cfg.to_dict(), "prior_affinity_dim": dim})
     model = LMAE(cfg)
-    model.load_state_dict(start.model.state_dict(), strict=False)  # the affinity may be new
+    missing, unexpected = model.load_state_dict(start.model.state_dict(), strict=False)  # the affinity may be new
+    if unexpected or any(not k.startswith("affinity.") for k in missing):
+        raise ValueError(f"{init}: weights do not fit its config (missing {missing}, unexpected {unexpected})")
     ds = FolderDataset(data, "train")
     if ds.info.num_classes != cfg.num_classes:
         raise ValueError(f"{init} has {cfg.num_classes} classes but {data} has {ds.info.num_classes}")
