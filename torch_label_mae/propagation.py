@@ -51,19 +51,21 @@ def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) 
     return order, seen.gather(1, order)
 
 
+def _sor_steps(free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, omega: float):
+    """The degree ``[B, 1, H, W]`` of each pixel and the red and black SOR step sizes (``omega / degree``
+    on the ``free`` pixels of each colour of the checkerboard, 0 elsewhere)."""
+    h, w = free.shape[-2:]
+    deg = F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
+    ys = torch.arange(h, device=free.device).view(h, 1)
+    xs = torch.arange(w, device=free.device).view(1, w)
+    red = ((ys + xs) % 2 == 0).to(free.dtype)
+    step = free * omega / deg.clamp(min=1e-30)  # an isolated pixel (1 x 1 map) has no edges
+    return deg, (step * red, step * (1 - red))
+
+
 def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float):
     """Red-black SOR sweeps on ``L p = 0`` over the ``free`` pixels, in place. ``p [B, K, H, W]``."""
-    h, w = p.shape[-2:]
-    deg = torch.zeros_like(free)  # [B, 1, H, W]
-    deg[..., :, 1:] += wx
-    deg[..., :, :-1] += wx
-    deg[..., 1:, :] += wy
-    deg[..., :-1, :] += wy
-    ys = torch.arange(h, device=p.device).view(h, 1)
-    xs = torch.arange(w, device=p.device).view(1, w)
-    red = ((ys + xs) % 2 == 0).to(p.dtype)
-    step = free * omega / deg.clamp(min=1e-30)  # an isolated pixel (1 x 1 map) has no edges
-    steps = (step * red, step * (1 - red))
+    deg, steps = _sor_steps(free, wx, wy, omega)
     neg_deg = -deg
     residual = torch.empty_like(p)
     for _ in range(sweeps):
@@ -80,14 +82,9 @@ def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tens
 def relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float = 1.9):
     """:func:`_relax` without in-place updates, so that gradients flow to ``p``, ``wx`` and ``wy``
     (for training learned edge weights, :mod:`torch_label_mae.affinity`). Returns the new ``p``."""
-    h, w = p.shape[-2:]
-    deg = F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
-    ys = torch.arange(h, device=p.device).view(h, 1)
-    xs = torch.arange(w, device=p.device).view(1, w)
-    red = ((ys + xs) % 2 == 0).to(p.dtype)
-    step = free * omega / deg.clamp(min=1e-30)
+    deg, steps = _sor_steps(free, wx, wy, omega)
     for _ in range(sweeps):
-        for s in (step * red, step * (1 - red)):
+        for s in steps:
             pulled = (
                 F.pad(wx * p[..., :, :-1], (1, 0))
                 + F.pad(wx * p[..., :, 1:], (0, 1))
