@@ -125,7 +125,7 @@ def train_affinity(
     line per epoch; ``out/checkpoint.pt`` (weights only, loaded with ``weights_only=True``) lets a run
     ``resume``. Returns the last log record."""
     from .completer import LabelCompleter, save_hub_files
-    from .data import FolderDataset
+    from .data import FolderDataset, resize_image, resize_label
     from .io import atomic_write
     from .model import LMAE, LMAEConfig
 
@@ -145,6 +145,9 @@ def train_affinity(
     size = cfg.size
     if crop % cfg.patch_size or not cfg.patch_size <= crop <= min(size):
         raise ValueError(f"crop must be a multiple of patch_size {cfg.patch_size} in [{cfg.patch_size}, {min(size)}]")
+    # every image and label resized to the model's size once, not every epoch
+    samples = (ds[i] for i in range(len(ds)))
+    pairs = [(resize_image(im[None], size)[0], resize_label(lab[None], size)[0]) for im, lab, _ in samples]
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     ckpt = outdir / "checkpoint.pt"
@@ -159,7 +162,7 @@ def train_affinity(
     rec: dict = {}
     t_start = time.time()
     while epoch < epochs:
-        order = list(range(len(ds)))
+        order = list(range(len(pairs)))
         random.Random(seed + epoch).shuffle(order)
         total, count, t0 = 0.0, 0, time.time()
         steps = len(order) // batch_size
@@ -167,7 +170,7 @@ def train_affinity(
             raise ValueError(f"{data}: {len(order)} training pairs is less than one batch of {batch_size}")
         for s in range(steps):
             image, label, known = _crops(
-                ds, order[s * batch_size : (s + 1) * batch_size], size, crop, cfg, ratio_range, rng
+                [pairs[i] for i in order[s * batch_size : (s + 1) * batch_size]], size, crop, cfg, ratio_range, rng
             )
             loss, n = walk_loss(model.affinity, image, label, known, cfg.num_classes, sweeps, cfg.ignore_index)
             if n == 0:
@@ -192,17 +195,14 @@ def train_affinity(
     return rec
 
 
-def _crops(ds, idx, size, crop, cfg, ratio_range, rng: random.Random):
-    """A training batch: ``crop`` px crops (on the patch grid) of the samples ``idx`` at the model's
-    size, randomly flipped, with p x p patches hidden -> ``(image, label, known)``."""
-    from .data import degrade, resize_image, resize_label
+def _crops(pairs, size, crop, cfg, ratio_range, rng: random.Random):
+    """A training batch: ``crop`` px crops (on the patch grid) of ``pairs`` of image and label at the
+    model's ``size``, randomly flipped, with p x p patches hidden -> ``(image, label, known)``."""
+    from .data import degrade
 
     images, labels, knowns = [], [], []
     p = cfg.patch_size
-    for i in idx:
-        image, label, _ = ds[i]
-        image = resize_image(image.unsqueeze(0), size)[0]
-        label = resize_label(label.unsqueeze(0), size)[0]
+    for image, label in pairs:
         y, x = rng.randrange(0, size[0] - crop + 1, p), rng.randrange(0, size[1] - crop + 1, p)
         image, label = image[:, y : y + crop, x : x + crop], label[y : y + crop, x : x + crop]
         if rng.random() < 0.5:
