@@ -30,7 +30,8 @@ def _pct(x: float) -> str:
 
 def _prior(cfg) -> str:
     if cfg.prior_kind == "random_walk":
-        return f"random walk, beta {cfg.prior_beta:g}, {cfg.prior_sweeps} sweeps, soft"
+        solve = "solved exactly" if cfg.prior_solver == "direct" else f"{cfg.prior_sweeps} sweeps"
+        return f"random walk, beta {cfg.prior_beta:g}, {solve}, soft"
     return "nearest-label fill"
 
 

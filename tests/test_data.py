@@ -109,3 +109,22 @@ def test_protocols_give_the_same_holes_to_every_method_and_count_only_hidden_pix
     assert evaluate(oracle, ds, 4, protocol=protocol)["pa_miou"] == pytest.approx(1.0)
     res = evaluate(keep_broken, ds, 4, protocol=protocol)
     assert res["pa_miou"] < 1.0 and res["miou"] > res["pa_miou"]
+
+
+def test_several_seeds_count_every_draw_and_report_each(tmp_path):
+    root = make_dataset(tmp_path / "d", splits=(("val", 3),), size=(40, 56))
+    ds = FolderDataset(root, "val")
+
+    def keep_broken(images, labels, missing):  # hidden pixels all class 0
+        return [torch.where(m, torch.zeros_like(lab), lab) for lab, m in zip(labels, missing, strict=True)]
+
+    singles = [evaluate(keep_broken, ds, 4, seed=s) for s in (0, 5)]
+    both = evaluate(keep_broken, ds, 4, seed=[0, 5])
+    assert both["images"] == 6 and "per_seed" not in singles[0]
+    assert [r["seed"] for r in both["per_seed"]] == [0, 5]
+    for single, draw in zip(singles, both["per_seed"], strict=True):
+        assert draw["pa_miou"] == pytest.approx(single["pa_miou"])
+    assert evaluate(keep_broken, ds, 4, seed=[5])["pa_miou"] == pytest.approx(singles[1]["pa_miou"])
+    for bad in ([], [0.5], True):
+        with pytest.raises(ValueError, match="seed must be"):
+            evaluate(keep_broken, ds, 4, seed=bad)

@@ -66,6 +66,37 @@ def test_converges_to_the_exact_random_walker():
     torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-4, rtol=0)
 
 
+@given(st.integers(2, 12), st.integers(2, 12), st.integers(1, 4), st.sampled_from([30.0, 2000.0]), st.integers(0, 99))
+def test_direct_solver_is_the_exact_random_walker(h, w, n, beta, seed):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, h, w, generator=g)
+    truth = torch.randint(0, n, (h, w), generator=g)
+    known = torch.rand(h, w, generator=g) < 0.3
+    known[0, 0] = True
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    exact = exact_random_walker(image, label, known, beta=beta)
+    prob, cls = random_walk_probabilities(image[None], label[None], known[None], n, beta=beta, solver="direct")
+    assert cls[0].tolist()[: exact.shape[0]] == sorted(set(truth[known].tolist()))
+    torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-5, rtol=0)
+
+
+def test_direct_solver_reaches_the_solution_that_sweeps_approach():
+    image, label, known, truth = two_region_scene(24, 64, edge=40)  # a wide hole: slow for the sweeps
+    exact, _ = random_walk_probabilities(image[None], label[None], known[None], 2, solver="direct")
+    few, _ = random_walk_probabilities(image[None], label[None], known[None], 2, sweeps=20)
+    many, _ = random_walk_probabilities(image[None], label[None], known[None], 2, sweeps=3000)
+    assert (exact - many).abs().max() < 1e-3 < (exact - few).abs().max()
+    assert (exact.argmax(1)[0] == truth).float().mean() > 0.98
+
+
+def test_solver_errors():
+    image, label, known, _ = two_region_scene()
+    with pytest.raises(ValueError, match="solver must be one of"):
+        random_walk(image[None], label[None], known[None], num_classes=2, solver="cg")
+    with pytest.raises(ValueError, match="not differentiable"):
+        random_walk_probabilities(image[None], label[None], known[None], 2, solver="direct", differentiable=True)
+
+
 def test_follows_image_edges_where_nearest_fill_cannot():
     image, label, known, truth = two_region_scene()
     rw = random_walk(image[None], label[None], known[None], num_classes=2, sweeps=300)[0]
@@ -176,6 +207,16 @@ def test_model_with_random_walk_prior():
     torch.testing.assert_close(model(image, label, hidden), model(image, label, hidden, prior))
 
 
+def test_model_with_the_direct_solver_uses_the_exact_walk():
+    cfg = LMAEConfig(**{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"})
+    model = LMAE(LMAEConfig.from_dict({**cfg.to_dict(), "prior_solver": "direct"})).eval()
+    image, label = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    known = torch.rand(2, 32, 32) < 0.4
+    prior = model.label_prior(label, known, image)
+    prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct")
+    torch.testing.assert_close(prior.prob, prob)
+
+
 @pytest.mark.parametrize(
     "override, field",
     [
@@ -184,8 +225,24 @@ def test_model_with_random_walk_prior():
         (dict(prior_sweeps=-1), "prior_sweeps"),
         (dict(prior_sweeps=2.5), "prior_sweeps"),
         (dict(prior_kind="random_walk", prior_stride=2), "prior_stride"),
+        (dict(prior_solver="cg"), "prior_solver"),
     ],
 )
 def test_config_rejects_bad_prior_settings(override, field):
     with pytest.raises(ValueError, match=f"LMAEConfig.{field}="):
         LMAEConfig.tiny(**override)
+
+
+@given(scenes())
+def test_direct_solver_properties(scene):
+    image, label, known, n = scene
+    copies = [t.clone() for t in (image, label, known)]
+    out = random_walk(image, label, known, num_classes=n, solver="direct")
+    assert out.dtype == torch.int64 and torch.equal(out[known], label[known]), "a known pixel changed"
+    one_by_one = [
+        random_walk(image[i : i + 1], label[i : i + 1], known[i : i + 1], num_classes=n, solver="direct")
+        for i in range(label.shape[0])
+    ]
+    assert torch.equal(out, torch.cat(one_by_one)), "batched differs from one by one"
+    for t, c in zip((image, label, known), copies, strict=True):
+        assert torch.equal(t, c), "an input was modified"

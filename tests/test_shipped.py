@@ -51,7 +51,8 @@ def test_demo_main_job_runs_and_writes_a_picture(tmp_path):
         assert im.width > 4 * 480 and im.height > 2 * 360  # 4 panels, 2 samples
 
 
-def test_evaluate_cli_writes_json(tmp_path):
+@pytest.mark.parametrize("seeds", [[], ["0", "3"]])
+def test_evaluate_cli_writes_json(tmp_path, seeds):
     data = make_dataset(tmp_path / "data", splits=(("val", 3),))
     model = tmp_path / "model"
     LabelCompleter(LMAEConfig.tiny(num_classes=4, img_size=32, patch_size=8, label_prior=True)).save_pretrained(model)
@@ -70,6 +71,7 @@ def test_evaluate_cli_writes_json(tmp_path):
             "val",
             "--json",
             str(js),
+            *(["--seed", *seeds] if seeds else []),
         ],
         env=ENV,
         capture_output=True,
@@ -78,8 +80,10 @@ def test_evaluate_cli_writes_json(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     res = json.loads(js.read_text())
-    assert res["images"] == 3 and 0.0 <= res["pa_miou"] <= 1.0 and len(res["pa_iou"]) == 4
+    assert res["images"] == 3 * max(len(seeds), 1) and 0.0 <= res["pa_miou"] <= 1.0 and len(res["pa_iou"]) == 4
     assert "PA-mIoU" in r.stdout and "class3" in r.stdout
+    assert res["seeds"] == ([int(s) for s in seeds] or [0])
+    assert ("PA-mIoU per draw: seed 0" in r.stdout) == bool(seeds)
 
 
 # whole val splits: with 59 classes a few images make a per-class mean too noisy to compare

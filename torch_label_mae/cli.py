@@ -101,10 +101,11 @@ def cmd_evaluate(args) -> int:
         completer.num_classes,
         protocol=args.protocol,
         ratio=args.ratio,
-        seed=args.seed,
+        seed=args.seed[0] if len(args.seed) == 1 else args.seed,
         batch_size=args.batch_size,
         limit=args.limit,
     )
+    res["seeds"] = args.seed
     res["model"], res["data"], res["split"], res["protocol"], res["ratio"] = (
         args.model or DEFAULT_MODEL,
         str(args.data),
@@ -274,7 +275,14 @@ def main(argv=None) -> int:
         default="paper",
         help="paper: 224x224, 16px patches; native: original size, 32px blocks",
     )
-    p.add_argument("--seed", type=int, default=0, help="degradation seed (holes are seeded per image id)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="degradation seed(s) (holes are seeded per image id); several: every image once per seed, "
+        "counted together, with each draw's PA-mIoU (e.g. --seed 0 1 2)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--json", help="also write the results as JSON here")

@@ -8,7 +8,10 @@ A *method* is a callable ``method(images, labels, missing) -> completed`` over l
   hidden.
 - ``native``: original resolution, ``ratio`` of 32 px blocks hidden.
 
-Holes are seeded per image id (:func:`torch_label_mae.data.seed_for`).
+Holes are seeded per image id (:func:`torch_label_mae.data.seed_for`). Which patches a draw hides moves
+PA-mIoU by several points on 100 images (CCP val, one model: 77.5, 77.3 and 73.2 for seeds 0, 1, 2),
+so compare methods on several seeds: ``evaluate(..., seed=[0, 1, 2])`` counts the hidden pixels of
+every draw together and also reports each draw's figure.
 """
 
 from __future__ import annotations
@@ -53,31 +56,45 @@ def evaluate(
     *,
     protocol: str = "paper",
     ratio: float = 0.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int = 16,
     limit: int | None = None,
 ) -> dict:
-    """Run ``method`` on the degraded samples and return metrics (fractions) and images/s."""
-    metrics = SegmentationMetrics(num_classes)
+    """Run ``method`` on the degraded samples and return metrics (fractions) and images/s. Several seeds:
+    every image is degraded once per seed and the metrics count all the draws together (``images`` counts
+    each draw); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seed must be an int or a non-empty sequence of ints, got {seed!r}")
+    metrics, per_seed = SegmentationMetrics(num_classes), {s: SegmentationMetrics(num_classes) for s in seeds}
     batch, seconds, count = [], 0.0, 0
 
     def flush():
         nonlocal seconds, count
-        _, images, labels, brokens, missings = zip(*batch, strict=True)
+        draws, samples = zip(*batch, strict=True)
+        _, images, labels, brokens, missings = zip(*samples, strict=True)
         t = time.perf_counter()
         preds = method(list(images), list(brokens), list(missings))
         seconds += time.perf_counter() - t
-        for pred, label, missing in zip(preds, labels, missings, strict=True):
+        for s, pred, label, missing in zip(draws, preds, labels, missings, strict=True):
             metrics.update(pred.cpu(), label, missing)
+            per_seed[s].update(pred.cpu(), label, missing)
         count += len(batch)
         batch.clear()
 
-    for sample in degraded_samples(dataset, protocol=protocol, ratio=ratio, seed=seed, limit=limit):
-        batch.append(sample)
-        if len(batch) == batch_size:
-            flush()
+    for s in seeds:
+        for sample in degraded_samples(dataset, protocol=protocol, ratio=ratio, seed=s, limit=limit):
+            batch.append((s, sample))
+            if len(batch) == batch_size:
+                flush()
     if batch:
         flush()
     out = metrics.compute()
     out.update(images=count, seconds=seconds, images_per_s=count / seconds if seconds else float("nan"))
+    if len(seeds) > 1:
+        out["per_seed"] = [{"seed": s, **_headline(m.compute())} for s, m in per_seed.items()]
     return out
+
+
+def _headline(res: dict) -> dict:
+    return {"pa_miou": res["pa_miou"], "miou": res["miou"]}

@@ -27,7 +27,7 @@ from .affinity import EdgeAffinity
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
-from .propagation import most_likely_class, random_walk_probabilities
+from .propagation import SOLVERS, most_likely_class, random_walk_probabilities
 
 PRIOR_KINDS = ("nearest", "random_walk")
 
@@ -75,7 +75,8 @@ class LMAEConfig:
     prior_scale: float | None = None  # initial weight of the prior in the logits; None: log(9 (N - 1))
     prior_kind: str = "nearest"  # nearest: nearest-label fill | random_walk: image-guided (propagation.py)
     prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
-    prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill
+    prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill (solver "sor")
+    prior_solver: str = "sor"  # random_walk: sor (prior_sweeps sweeps, truncated) | direct (exact, sparse LU)
     prior_affinity_dim: int = 0  # random_walk: width of the learned edge weights (affinity.py); 0: scikit-image's
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
@@ -134,6 +135,8 @@ class LMAEConfig:
             bad("prior_beta", "must be a positive number")
         if self.prior_sweeps < 0:
             bad("prior_sweeps", "must be >= 0")
+        if self.prior_solver not in SOLVERS:
+            bad("prior_solver", f"must be one of {SOLVERS}")
         if self.prior_affinity_dim < 0:
             bad("prior_affinity_dim", "must be >= 0")
         if self.prior_affinity_dim and self.prior_kind != "random_walk":
@@ -521,11 +524,18 @@ class LMAE(nn.Module):
                     f"prior_kind='random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
                 )
             weights = None
-            if self.affinity is not None and c.prior_sweeps > 0:
+            if self.affinity is not None and (c.prior_sweeps > 0 or c.prior_solver == "direct"):
                 with torch.no_grad():  # trained by affinity.train_affinity, frozen here
                     weights = self.affinity(image)
             prob, index = random_walk_probabilities(
-                image, label, known, c.num_classes, beta=c.prior_beta, sweeps=c.prior_sweeps, weights=weights
+                image,
+                label,
+                known,
+                c.num_classes,
+                beta=c.prior_beta,
+                sweeps=c.prior_sweeps,
+                weights=weights,
+                solver=c.prior_solver,
             )  # [B, K, H, W], [B, K]
             classes = most_likely_class(prob, index, known, c.ignore_index)
             return LabelPrior(classes, prob, index[:, :, None, None])

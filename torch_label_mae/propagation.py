@@ -12,18 +12,27 @@ red-black successive over-relaxation started from the nearest fill. A few dozen 
 the exact solution far inside large holes, where they stay near the nearest fill; near edges they
 settle first. On CamVid val that truncated walk scores higher than the exact one (70.1 PA-mIoU after
 40 sweeps, 70.5 after 100; scikit-image's exact ``random_walker(..., mode="bf")``: 69.9).
+
+``solver="direct"`` solves the same system exactly instead, with a sparse LU factorisation
+(:func:`scipy.sparse.linalg.splu`, one per sample, on the CPU): on CCP, where holes in large uniform
+regions leave the truncated walk far from the solution on some hole draws (val, seed 2: 72.6 after
+100 sweeps, 75.2 after 400, exact 75.5), and faster than 100 sweeps at 224 x 224.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 
 from .prior import nearest_fill
 
 DEFAULT_BETA = 2000.0  # the best of 30..8000 for scikit-image's random walker on CamVid and CCP val
+SOLVERS = ("sor", "direct")
 DEFAULT_SWEEPS = 40  # from the nearest fill: 70.1 PA-mIoU on CamVid val (20: 69.1, 100: 70.5)
 
 
@@ -51,11 +60,26 @@ def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) 
     return order, seen.gather(1, order)
 
 
+def _degree(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """The weighted degree ``[B, 1, H, W]`` of each pixel of the 4-connected grid."""
+    return F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
+
+
+def _pull(p: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_ij p_j`` over the 4 neighbours ``j`` of each pixel ``i``. ``p [B, K, H, W]``."""
+    return (
+        F.pad(wx * p[..., :, :-1], (1, 0))
+        + F.pad(wx * p[..., :, 1:], (0, 1))
+        + F.pad(wy * p[..., :-1, :], (0, 0, 1, 0))
+        + F.pad(wy * p[..., 1:, :], (0, 0, 0, 1))
+    )
+
+
 def _sor_steps(free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, omega: float):
     """The degree ``[B, 1, H, W]`` of each pixel and the red and black SOR step sizes (``omega / degree``
     on the ``free`` pixels of each colour of the checkerboard, 0 elsewhere)."""
     h, w = free.shape[-2:]
-    deg = F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
+    deg = _degree(wx, wy)
     ys = torch.arange(h, device=free.device).view(h, 1)
     xs = torch.arange(w, device=free.device).view(1, w)
     red = ((ys + xs) % 2 == 0).to(free.dtype)
@@ -85,13 +109,37 @@ def relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tenso
     deg, steps = _sor_steps(free, wx, wy, omega)
     for _ in range(sweeps):
         for s in steps:
-            pulled = (
-                F.pad(wx * p[..., :, :-1], (1, 0))
-                + F.pad(wx * p[..., :, 1:], (0, 1))
-                + F.pad(wy * p[..., :-1, :], (0, 0, 1, 0))
-                + F.pad(wy * p[..., 1:, :], (0, 0, 0, 1))
-            )
-            p = p + s * (pulled - deg * p)
+            p = p + s * (_pull(p, wx, wy) - deg * p)
+    return p
+
+
+def _solve_direct(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """The exact solution of ``L p = 0`` on the ``free`` pixels of one sample, known pixels fixed, in place:
+    ``L_ff x = sum_{j known} w_ij p_j`` by a sparse LU factorisation (float64, on the CPU), one
+    factorisation for all ``K`` classes. ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
+    f = free[0, 0].flatten().bool()
+    n = int(f.sum())
+    if n == 0:
+        return p
+    h, w = free.shape[-2:]
+    wx64, wy64 = wx.detach().cpu().double(), wy.detach().cpu().double()
+    fc = f.cpu().numpy()
+    index = np.full(h * w, -1, dtype=np.int64)
+    index[fc] = np.arange(n)
+    grid = np.arange(h * w).reshape(h, w)
+    rows, cols, vals = [np.arange(n)], [np.arange(n)], [_degree(wx64, wy64)[0, 0].flatten().numpy()[fc]]
+    for a, c, weight in ((grid[:, :-1], grid[:, 1:], wx64), (grid[:-1], grid[1:], wy64)):
+        a, c, weight = a.ravel(), c.ravel(), weight[0, 0].flatten().numpy()
+        both = fc[a] & fc[c]  # an edge between two free pixels: an off-diagonal entry, both ways
+        rows += [index[a[both]], index[c[both]]]
+        cols += [index[c[both]], index[a[both]]]
+        vals += [-weight[both], -weight[both]]
+    lap = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), (n, n))
+    fixed = p.detach().cpu().double() * (1 - free.cpu().double())  # the known pixels' values, 0 elsewhere
+    rhs = _pull(fixed, wx64, wy64)[0].flatten(1).numpy()[:, fc].T  # [n, K]
+    x = scipy.sparse.linalg.splu(lap).solve(np.ascontiguousarray(rhs))  # [n, K]
+    flat = p[0].view(p.shape[1], -1)  # [K, H*W], a view of p
+    flat[:, f] = torch.from_numpy(x.T).to(p.dtype).to(p.device)
     return p
 
 
@@ -106,6 +154,7 @@ def random_walk_probabilities(
     omega: float = 1.9,
     weights: tuple[torch.Tensor, torch.Tensor] | None = None,
     differentiable: bool = False,
+    solver: str = "sor",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
     :func:`present_classes`, returned with them), from ``sweeps`` red-black SOR sweeps started at the
@@ -113,16 +162,25 @@ def random_walk_probabilities(
     ``known [B, H, W]`` bool. ``weights``: the edge weights ``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``
     to use instead of :func:`edge_weights` ``(image, beta)`` (e.g. learned ones,
     :class:`torch_label_mae.affinity.EdgeAffinity`). ``differentiable=True`` keeps the graph from the
-    weights to the probabilities (slower, more memory); otherwise nothing is recorded."""
+    weights to the probabilities (slower, more memory); otherwise nothing is recorded.
+    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused; not differentiable)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "direct" and differentiable:
+        raise ValueError("solver='direct' is not differentiable; use solver='sor' to train edge weights")
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
         fill = nearest_fill(label, known)  # [B, H, W]
         p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
-        if sweeps > 0:
+        if sweeps > 0 or solver == "direct":
             wx, wy = edge_weights(img, beta) if weights is None else weights
             free = (~known).unsqueeze(1).float()
-            if differentiable:
+            if solver == "direct":
+                for i, k in enumerate(valid.sum(1).tolist()):
+                    if k > 1:
+                        _solve_direct(p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1])
+            elif differentiable:
                 p = relax(p, free, wx, wy, sweeps, omega)
             elif p.device.type == "cuda":  # one batched solve: few, large kernels
                 _relax(p, free, wx, wy, sweeps, omega)

@@ -17,8 +17,11 @@ def format_report(res: dict, class_names: list[str] | None = None) -> str:
         f"ratio {res.get('ratio', '')}: {res['images']} images, {res['images_per_s']:.1f} img/s",
         f"  PA-mIoU {_pct(res['pa_miou'])}   mIoU {_pct(res['miou'])}   pixel acc {_pct(res['pixel_acc'])}   "
         f"PA pixel acc {_pct(res['pa_pixel_acc'])}",
-        f"  {'class':20s} {'PA-IoU':>7s} {'IoU':>7s}",
     ]
+    if res.get("per_seed"):
+        each = ", ".join(f"seed {r['seed']} {_pct(r['pa_miou']).strip()}" for r in res["per_seed"])
+        lines.append(f"  hidden pixels of {len(res['per_seed'])} hole draws counted together; PA-mIoU per draw: {each}")
+    lines.append(f"  {'class':20s} {'PA-IoU':>7s} {'IoU':>7s}")
     names = class_names or [str(i) for i in range(len(res["iou"]))]
     for name, pa, iou in zip(names, res["pa_iou"], res["iou"], strict=False):
         lines.append(f"  {name:20s} {_pct(pa)} {_pct(iou)}")
