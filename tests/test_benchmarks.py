@@ -138,6 +138,25 @@ def test_model_card_reports_model_and_baselines(tmp_path):
     args = ["--name", "toy-m0.5", "--hub", str(tmp_path / "hub"), "--data", str(data), "--baselines", str(base)]
     assert model_card.main([*args, "--recipe", "label-mae train ...", "--train-time", "2 minutes"]) == 0
     card = (tmp_path / "hub" / "toy-m0.5" / "README.md").read_text()
-    assert "| paper | nearest fill | 50.0 | 60.0 | 90.0 |" in card
+    assert "| paper | nearest fill | 50.0 | 60.0 | 90.0 | 50.0 |" in card
     assert "| paper | **toy-m0.5** |" in card and "label-mae train ..." in card
-    assert "Trained on 2 images for 2 minutes" in card
+    assert "Trained on 2 images for 2 minutes" in card and "one draw of holes (seed 0)" in card
+
+
+def test_model_card_counts_several_hole_draws_and_refuses_baselines_of_other_draws(tmp_path):
+    import model_card
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 3),), size=(32, 32))
+    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4})).save_pretrained(tmp_path / "hub" / "toy-m0.5")
+    draws = [{"seed": 0, "pa_miou": 0.4, "miou": 0.5}, {"seed": 1, "pa_miou": 0.6, "miou": 0.7}]
+    nearest = {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9, "seeds": [0, 1], "per_seed": draws}
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps({"nearest fill": nearest}))
+    args = ["--name", "toy-m0.5", "--hub", str(tmp_path / "hub"), "--data", str(data), "--baselines", str(base)]
+    assert model_card.main([*args, "--recipe", "r", "--seed", "0", "1"]) == 0
+    card = (tmp_path / "hub" / "toy-m0.5" / "README.md").read_text()
+    assert "| paper | nearest fill | 50.0 | 60.0 | 90.0 | 40.0 / 60.0 |" in card
+    assert "degraded 2 times (hole seeds 0, 1)" in card and "--seed 0 1`" in card
+    with pytest.raises(SystemExit, match="measured on hole seeds \\[0, 1\\], not \\[0\\]"):
+        model_card.main([*args, "--recipe", "r"])

@@ -105,7 +105,6 @@ def cmd_evaluate(args) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
     )
-    res["seeds"] = args.seed
     res["model"], res["data"], res["split"], res["protocol"], res["ratio"] = (
         args.model or DEFAULT_MODEL,
         str(args.data),

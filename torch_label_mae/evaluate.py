@@ -62,7 +62,7 @@ def evaluate(
 ) -> dict:
     """Run ``method`` on the degraded samples and return metrics (fractions) and images/s. Several seeds:
     every image is degraded once per seed and the metrics count all the draws together (``images`` counts
-    each draw); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
+    each draw; ``seeds`` lists them); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
     seeds = [seed] if isinstance(seed, int) else list(seed)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seed must be an int or a non-empty sequence of ints, got {seed!r}")
@@ -90,7 +90,7 @@ def evaluate(
     if batch:
         flush()
     out = metrics.compute()
-    out.update(images=count, seconds=seconds, images_per_s=count / seconds if seconds else float("nan"))
+    out.update(images=count, seconds=seconds, images_per_s=count / seconds if seconds else float("nan"), seeds=seeds)
     if len(seeds) > 1:
         out["per_seed"] = [{"seed": s, **_headline(m.compute())} for s, m in per_seed.items()]
     return out
