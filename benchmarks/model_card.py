@@ -155,12 +155,13 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|",
     ]
 
-    def row(protocol, name, r):
+    def row(protocol, name, r, bold=False):
         each = " / ".join(_pct(d["pa_miou"]).strip() for d in r.get("per_seed", [])) or _pct(r["pa_miou"]).strip()
-        return f"| {protocol} | {name} | {_pct(r['pa_miou'])} | {_pct(r['miou'])} | {_pct(r['pixel_acc'])} | {each} |"
+        pa = f"**{_pct(r['pa_miou']).strip()}**" if bold else _pct(r["pa_miou"])
+        return f"| {protocol} | {name} | {pa} | {_pct(r['miou'])} | {_pct(r['pixel_acc'])} | {each} |"
 
     for protocol, ours, base in rows:
-        lines.append(row(protocol, f"**{a.name}**", ours))
+        lines.append(row(protocol, f"**{a.name}**", ours, bold=True))
         lines += [row(protocol, name, r) for name, r in base.items()]
     lines += ["", "Per-class PA-IoU (paper protocol):", "", "| class | PA-IoU |", "|---|---|"]
     ours = rows[0][1]
