@@ -125,6 +125,6 @@ def test_several_seeds_count_every_draw_and_report_each(tmp_path):
     for single, draw in zip(singles, both["per_seed"], strict=True):
         assert draw["pa_miou"] == pytest.approx(single["pa_miou"])
     assert evaluate(keep_broken, ds, 4, seed=[5])["pa_miou"] == pytest.approx(singles[1]["pa_miou"])
-    for bad in ([], [0.5], True):
+    for bad in ([], [0.5], True, [1, 1]):
         with pytest.raises(ValueError, match="seed must be"):
             evaluate(keep_broken, ds, 4, seed=bad)

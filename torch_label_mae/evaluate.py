@@ -64,8 +64,12 @@ def evaluate(
     every image is degraded once per seed and the metrics count all the draws together (``images`` counts
     each draw; ``seeds`` lists them); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seed must be an int or a non-empty sequence of ints, got {seed!r}")
+    if (
+        not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) < len(seeds)
+    ):
+        raise ValueError(f"seed must be an int or a non-empty sequence of distinct ints, got {seed!r}")
     metrics, per_seed = SegmentationMetrics(num_classes), {s: SegmentationMetrics(num_classes) for s in seeds}
     batch, seconds, count = [], 0.0, 0
 
