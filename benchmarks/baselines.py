@@ -95,6 +95,7 @@ def model_walk(model: str):
 def main(argv=None) -> int:
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
+    from torch_label_mae.propagation import SOLVERS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["nearest", "rw"], choices=["nearest", "rw", "walk"])
     ap.add_argument("--betas", type=float, nargs="+", default=[130.0, 2000.0])
     ap.add_argument("--sweeps", type=int, default=40, help="walk: relaxation sweeps")
-    ap.add_argument("--solver", default="sor", choices=["sor", "direct"], help="walk: sweeps or exact solve")
+    ap.add_argument("--solver", default="sor", choices=SOLVERS, help="walk: sweeps or exact solve")
     ap.add_argument("--walk-betas", type=float, nargs="+", default=[2000.0], help="walk: edge sensitivities")
     ap.add_argument(
         "--walk-model", nargs="+", default=[], metavar="MODEL", help="also: these models' random-walk priors alone"

@@ -76,11 +76,11 @@ def main(argv=None) -> int:
     for protocol, bpath, seeds in (("paper", a.baselines, a.seed), ("native", a.baselines_native, a.native_seed)):
         if protocol == "native" and not bpath:
             continue
-        ours = evaluate(method, ds, ds.info.num_classes, protocol=protocol, seed=seeds)
         base = json.loads(Path(bpath).read_text())
-        for name, r in base.items():
+        for name, r in base.items():  # before the model's (long) evaluation; the order is the table's
             if _seeds(r) != seeds:
-                raise SystemExit(f"{bpath}: {name!r} was measured on hole seeds {_seeds(r)}, not {seeds}")
+                raise SystemExit(f"{bpath}: {name!r} was measured on hole seeds {_seeds(r)}, not {seeds} (in order)")
+        ours = evaluate(method, ds, ds.info.num_classes, protocol=protocol, seed=seeds)
         print(f"{a.name} {protocol}: PA-mIoU {_pct(ours['pa_miou'])}", file=sys.stderr)
         rows.append((protocol, ours, base))
 

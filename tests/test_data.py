@@ -128,3 +128,14 @@ def test_several_seeds_count_every_draw_and_report_each(tmp_path):
     for bad in ([], [0.5], True, [1, 1]):
         with pytest.raises(ValueError, match="seed must be"):
             evaluate(keep_broken, ds, 4, seed=bad)
+
+
+def test_seeds_accept_numpy_integers(tmp_path):
+    root = make_dataset(tmp_path / "d", splits=(("val", 2),), size=(40, 56))
+    ds = FolderDataset(root, "val")
+
+    def keep(images, labels, missing):  # hidden pixels all class 0
+        return [torch.where(m, torch.zeros_like(lab), lab) for lab, m in zip(labels, missing, strict=True)]
+
+    assert evaluate(keep, ds, 4, seed=np.int64(3))["seeds"] == [3]
+    assert evaluate(keep, ds, 4, seed=[np.int64(0), 2])["seeds"] == [0, 2]

@@ -16,6 +16,7 @@ every draw together and also reports each draw's figure.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Sequence
 
@@ -63,13 +64,7 @@ def evaluate(
     """Run ``method`` on the degraded samples and return metrics (fractions) and images/s. Several seeds:
     every image is degraded once per seed and the metrics count all the draws together (``images`` counts
     each draw; ``seeds`` lists them); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
-    seeds = [seed] if isinstance(seed, int) else list(seed)
-    if (
-        not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-        or len(set(seeds)) < len(seeds)
-    ):
-        raise ValueError(f"seed must be an int or a non-empty sequence of distinct ints, got {seed!r}")
+    seeds = _seed_list(seed)
     metrics, per_seed = SegmentationMetrics(num_classes), {s: SegmentationMetrics(num_classes) for s in seeds}
     batch, seconds, count = [], 0.0, 0
 
@@ -81,8 +76,9 @@ def evaluate(
         preds = method(list(images), list(brokens), list(missings))
         seconds += time.perf_counter() - t
         for s, pred, label, missing in zip(draws, preds, labels, missings, strict=True):
-            metrics.update(pred.cpu(), label, missing)
-            per_seed[s].update(pred.cpu(), label, missing)
+            pred = pred.cpu()
+            metrics.update(pred, label, missing)
+            per_seed[s].update(pred, label, missing)
         count += len(batch)
         batch.clear()
 
@@ -100,5 +96,20 @@ def evaluate(
     return out
 
 
+def _seed_list(seed) -> list[int]:
+    """``seed`` (an int, or a non-empty sequence of distinct ints; numpy integers count) as a list."""
+    items = [seed] if not isinstance(seed, (list, tuple, range)) else list(seed)
+    try:
+        if not items or any(isinstance(s, (bool, float)) for s in items):
+            raise TypeError
+        seeds = [operator.index(s) for s in items]
+    except TypeError:
+        seeds = []
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"seed must be an int or a non-empty sequence of distinct ints, got {seed!r}")
+    return seeds
+
+
 def _headline(res: dict) -> dict:
+    """The headline figures of one draw."""
     return {"pa_miou": res["pa_miou"], "miou": res["miou"]}

@@ -77,7 +77,7 @@ class LMAEConfig:
     prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
     prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill (solver "sor")
     prior_solver: str = "sor"  # random_walk: sor (prior_sweeps sweeps, truncated) | direct (exact, sparse LU)
-    prior_affinity_dim: int = 0  # random_walk: width of the learned edge weights (affinity.py); 0: scikit-image's
+    prior_affinity_dim: int = 0  # random_walk: width of learned edge weights (affinity.py, fitted with "sor"); 0: none
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
     ignore_index: int = 255
