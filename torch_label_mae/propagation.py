@@ -176,18 +176,18 @@ def random_walk_probabilities(
         if sweeps > 0 or solver == "direct":
             wx, wy = edge_weights(img, beta) if weights is None else weights
             free = (~known).unsqueeze(1).float()
-            if solver == "direct":
-                for i, k in enumerate(valid.sum(1).tolist()):
-                    if k > 1:
-                        _solve_direct(p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1])
-            elif differentiable:
+            if differentiable:
                 p = relax(p, free, wx, wy, sweeps, omega)
-            elif p.device.type == "cuda":  # one batched solve: few, large kernels
+            elif solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
                 _relax(p, free, wx, wy, sweeps, omega)
-            else:  # one sample at a time, its own classes only: the working set stays in cache (2x faster)
+            else:  # one sample at a time, its own classes only (sor: the working set stays in cache, 2x faster)
                 for i, k in enumerate(valid.sum(1).tolist()):
                     if k > 1:  # one class (or none): nothing to propagate
-                        _relax(p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1], sweeps, omega)
+                        one = p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1]
+                        if solver == "direct":
+                            _solve_direct(*one)
+                        else:
+                            _relax(*one, sweeps, omega)
             # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
             # of the classes at a pixel, and so its class, is unchanged)
             p = p.clamp(min=0)
