@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
     from torch_label_mae.propagation import SOLVERS
+    from torch_label_mae.report import per_draw
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -127,14 +128,13 @@ def main(argv=None) -> int:
             runs.append((name, torch_random_walk(b, a.sweeps, a.solver)))
     runs += [(f"walk prior of {m}", model_walk(m)) for m in a.walk_model]
     results = {}
-    seed = a.seed[0] if len(a.seed) == 1 else a.seed
     print(f"{ds.info.name} [{a.split}] protocol {a.protocol}, ratio {a.ratio}, seed {' '.join(map(str, a.seed))}")
     per_seed = "  per seed" if len(a.seed) > 1 else ""
     print(f"{'method':28s} {'PA-mIoU':>8s} {'mIoU':>7s} {'acc':>7s} {'img/s':>8s}{per_seed}")
     for name, method in runs:
-        r = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, ratio=a.ratio, seed=seed, limit=a.limit)
+        r = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, ratio=a.ratio, seed=a.seed, limit=a.limit)
         results[name] = r
-        each = " ".join(f"{100 * d['pa_miou']:.1f}" for d in r.get("per_seed", []))
+        each = per_draw(r, " ")
         print(
             f"{name:28s} {100 * r['pa_miou']:8.1f} {100 * r['miou']:7.1f} {100 * r['pixel_acc']:7.1f} "
             f"{r['images_per_s']:8.1f}  {each}",

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from torch_label_mae import LabelCompleter
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
+    from torch_label_mae.report import per_draw
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -56,11 +57,10 @@ def main(argv=None) -> int:
                 f"{c.patch_size} px, {c.num_classes} classes"
             )
     runs = [(name, [m]) for name, m in zip(a.models, models, strict=True)] + [("ensemble", models)]
-    seed = a.seed[0] if len(a.seed) == 1 else a.seed
     print(f"{ds.info.name} [{a.split}] paper protocol, ratio {a.ratio}, seed {' '.join(map(str, a.seed))}")
     for name, members in runs:
-        r = evaluate(ensemble_method(members), ds, ds.info.num_classes, ratio=a.ratio, seed=seed, limit=a.limit)
-        each = " ".join(f"{100 * d['pa_miou']:.1f}" for d in r.get("per_seed", []))
+        r = evaluate(ensemble_method(members), ds, ds.info.num_classes, ratio=a.ratio, seed=a.seed, limit=a.limit)
+        each = per_draw(r, " ")
         print(f"{name:40s} PA-mIoU {100 * r['pa_miou']:5.1f}  {r['images_per_s']:6.1f} img/s  {each}", flush=True)
     return 0
 

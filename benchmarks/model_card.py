@@ -22,6 +22,7 @@ from torch_label_mae import LabelCompleter
 from torch_label_mae.data import FolderDataset
 from torch_label_mae.evaluate import evaluate
 from torch_label_mae.io import atomic_write
+from torch_label_mae.report import per_draw
 
 
 def _pct(x: float) -> str:
@@ -156,8 +157,8 @@ def main(argv=None) -> int:
     ]
 
     def row(protocol, name, r, bold=False):
-        each = " / ".join(_pct(d["pa_miou"]).strip() for d in r.get("per_seed", [])) or _pct(r["pa_miou"]).strip()
-        pa = f"**{_pct(r['pa_miou']).strip()}**" if bold else _pct(r["pa_miou"])
+        each = per_draw(r) or _pct(r["pa_miou"])
+        pa = f"**{_pct(r['pa_miou'])}**" if bold else _pct(r["pa_miou"])
         return f"| {protocol} | {name} | {pa} | {_pct(r['miou'])} | {_pct(r['pixel_acc'])} | {each} |"
 
     for protocol, ours, base in rows:

@@ -101,7 +101,7 @@ def cmd_evaluate(args) -> int:
         completer.num_classes,
         protocol=args.protocol,
         ratio=args.ratio,
-        seed=args.seed[0] if len(args.seed) == 1 else args.seed,
+        seed=args.seed,
         batch_size=args.batch_size,
         limit=args.limit,
     )

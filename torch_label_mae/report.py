@@ -9,6 +9,12 @@ def _pct(x) -> str:
     return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.1f}"
 
 
+def per_draw(res: dict, sep: str = " / ") -> str:
+    """PA-mIoU of each hole draw of an :func:`~torch_label_mae.evaluate.evaluate` result, in percent
+    (``"77.3 / 77.5 / 75.8"``); ``""`` for a single draw."""
+    return sep.join(_pct(d["pa_miou"]).strip() for d in res.get("per_seed", []))
+
+
 def format_report(res: dict, class_names: list[str] | None = None) -> str:
     """Headline figures and a per-class IoU table (hidden pixels = PA, whole image)."""
     lines = [
