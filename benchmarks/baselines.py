@@ -6,7 +6,8 @@
   with seeds = class + 1 on known pixels and 0 on missing ones, mapped back to class ids;
 - random walk (torch): the library's own batched propagation (``torch_label_mae.propagation``, the
   label prior of the ``-rw`` models), ``--sweeps`` relaxation sweeps from the nearest fill, or solved
-  exactly with ``--solver direct``;
+  exactly with ``--solver direct``; ``--connectivity 8 --color lab``: on the 8-connected graph with
+  colour steps in L*a*b* (the graph of ``ccp-rw-m0.5``);
 - ``--walk-model MODEL``: a model's random-walk prior alone (with its learned edge weights, if any).
 
 Run (benchmark-only dependencies: ``pip install -e ".[bench]"``)::
@@ -59,14 +60,15 @@ def random_walker(beta: float = 130.0):
     return method
 
 
-def torch_random_walk(beta: float = 2000.0, sweeps: int = 40, solver: str = "sor"):
+def torch_random_walk(beta: float = 2000.0, sweeps: int = 40, solver: str = "sor", connectivity: int = 4, color="rgb"):
     from torch_label_mae.propagation import random_walk
 
     def method(images, labels, missing):
         out = []
         for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
             known = (lab != 255) & ~miss
-            out.append(random_walk(img[None], lab[None], known[None], beta=beta, sweeps=sweeps, solver=solver)[0])
+            graph = dict(solver=solver, connectivity=connectivity, color=color)
+            out.append(random_walk(img[None], lab[None], known[None], beta=beta, sweeps=sweeps, **graph)[0])
         return out
 
     return method
@@ -95,7 +97,7 @@ def model_walk(model: str):
 def main(argv=None) -> int:
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
-    from torch_label_mae.propagation import SOLVERS
+    from torch_label_mae.propagation import COLORS, CONNECTIVITIES, SOLVERS
     from torch_label_mae.report import per_draw
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--betas", type=float, nargs="+", default=[130.0, 2000.0])
     ap.add_argument("--sweeps", type=int, default=40, help="walk: relaxation sweeps")
     ap.add_argument("--solver", default="sor", choices=SOLVERS, help="walk: sweeps or exact solve")
+    ap.add_argument("--connectivity", type=int, default=4, choices=CONNECTIVITIES, help="walk: pixel graph")
+    ap.add_argument("--color", default="rgb", choices=COLORS, help="walk: colour space of the edge weights")
     ap.add_argument("--walk-betas", type=float, nargs="+", default=[2000.0], help="walk: edge sensitivities")
     ap.add_argument(
         "--walk-model", nargs="+", default=[], metavar="MODEL", help="also: these models' random-walk priors alone"
@@ -124,8 +128,9 @@ def main(argv=None) -> int:
     if "walk" in a.methods:
         for b in a.walk_betas:  # the default beta keeps the short name
             solve = "exact" if a.solver == "direct" else str(a.sweeps)
-            name = f"random walk (torch) {solve}" + ("" if b == 2000.0 else f" beta {b:g}")
-            runs.append((name, torch_random_walk(b, a.sweeps, a.solver)))
+            graph = "" if (a.connectivity, a.color) == (4, "rgb") else f" {a.connectivity}-conn {a.color}"
+            name = f"random walk (torch) {solve}{graph}" + ("" if b == 2000.0 else f" beta {b:g}")
+            runs.append((name, torch_random_walk(b, a.sweeps, a.solver, a.connectivity, a.color)))
     runs += [(f"walk prior of {m}", model_walk(m)) for m in a.walk_model]
     results = {}
     print(f"{ds.info.name} [{a.split}] protocol {a.protocol}, ratio {a.ratio}, seed {' '.join(map(str, a.seed))}")

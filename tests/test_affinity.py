@@ -72,8 +72,8 @@ def test_differentiable_relax_matches_the_in_place_one():
     wx, wy = edge_weights(image, 2000.0)
     p0 = torch.rand(2, 3, 12, 16)
     free = (~known).unsqueeze(1).float()
-    fast = _relax(p0.clone(), free, wx, wy, 7, 1.9)
-    torch.testing.assert_close(relax(p0, free, wx, wy, 7), fast, atol=1e-5, rtol=1e-5)
+    fast = _relax(p0.clone(), free, (wx, wy), 7, 1.9)
+    torch.testing.assert_close(relax(p0, free, (wx, wy), 7), fast, atol=1e-5, rtol=1e-5)
 
 
 def test_given_weights_replace_the_colour_ones():

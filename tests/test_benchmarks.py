@@ -61,6 +61,10 @@ def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
     args = ["--data", str(data), "--methods", "walk", "--sweeps", "5", "--walk-betas", "2000", "500"]
     assert baselines.main([*args, "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())) == {"random walk (torch) 5", "random walk (torch) 5 beta 500"}
+    args = ["--data", str(data), "--methods", "walk", "--solver", "direct", "--connectivity", "8", "--color", "lab"]
+    assert baselines.main([*args, "--json", str(out)]) == 0
+    (res,) = json.loads(out.read_text()).items()
+    assert res[0] == "random walk (torch) exact 8-conn lab" and 0.0 <= res[1]["pa_miou"] <= 1.0
 
 
 def test_baselines_walk_model_is_the_models_prior_alone(tmp_path):

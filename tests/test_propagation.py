@@ -12,20 +12,32 @@ from synth import TINY_MODEL
 
 from torch_label_mae.model import LMAE, LMAEConfig
 from torch_label_mae.prior import nearest_fill
-from torch_label_mae.propagation import edge_weights, present_classes, random_walk, random_walk_probabilities
+from torch_label_mae.propagation import (
+    OFFSETS,
+    edge_weights,
+    present_classes,
+    random_walk,
+    random_walk_probabilities,
+    rgb_to_lab,
+)
 
 IGNORE = 255
 
 
-def exact_random_walker(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, beta: float) -> torch.Tensor:
+def exact_random_walker(
+    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, beta: float, **graph
+) -> torch.Tensor:
     """Probabilities ``[K, H, W]`` (K = sorted known classes) of one sample, by a dense solve of
-    ``L_uu x_u = -L_uk x_k`` in float64 (Grady 2006)."""
+    ``L_uu x_u = -L_uk x_k`` in float64 (Grady 2006). ``graph``: ``connectivity``, ``color``."""
     h, w = label.shape
-    wx, wy = (t[0, 0].double() for t in edge_weights(image[None], beta))
+    weights = [t[0, 0].double() for t in edge_weights(image[None], beta, **graph)]
     n = h * w
     lap = torch.zeros(n, n, dtype=torch.float64)
     idx = torch.arange(n).view(h, w)
-    for a, b, wt in ((idx[:, :-1], idx[:, 1:], wx), (idx[:-1, :], idx[1:, :], wy)):
+    # pixel (y, x) and its neighbour (y + dy, x + dx)
+    for (dy, dx), wt in zip(OFFSETS[: len(weights)], weights, strict=True):
+        a = idx[: h - dy, max(0, -dx) : w - max(0, dx)]
+        b = idx[dy:, max(0, dx) : w - max(0, -dx)]
         a, b, wt = a.flatten(), b.flatten(), wt.flatten()
         lap[a, b] -= wt
         lap[b, a] -= wt
@@ -78,6 +90,76 @@ def test_direct_solver_is_the_exact_random_walker(h, w, n, beta, seed):
     prob, cls = random_walk_probabilities(image[None], label[None], known[None], n, beta=beta, solver="direct")
     assert cls[0].tolist()[: exact.shape[0]] == sorted(set(truth[known].tolist()))
     torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-5, rtol=0)
+
+
+@given(
+    st.integers(2, 10),
+    st.integers(2, 10),
+    st.integers(1, 4),
+    st.sampled_from([4, 8]),
+    st.sampled_from(["rgb", "lab"]),
+    st.integers(0, 99),
+)
+def test_graph_options_solve_their_exact_random_walker(h, w, n, connectivity, color, seed):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, h, w, generator=g)
+    truth = torch.randint(0, n, (h, w), generator=g)
+    known = torch.rand(h, w, generator=g) < 0.3
+    known[0, 0] = True
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    graph = dict(connectivity=connectivity, color=color)
+    exact = exact_random_walker(image, label, known, 300.0, **graph)
+    prob, _ = random_walk_probabilities(image[None], label[None], known[None], n, beta=300.0, solver="direct", **graph)
+    torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-5, rtol=0)
+
+
+def test_eight_connected_sweeps_converge_to_the_direct_solve():
+    """The four-colour ordering of the 8-connected graph: sweeps reach the exact solution."""
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 3, 12, 15, generator=g)
+    truth = torch.randint(0, 3, (2, 12, 15), generator=g)
+    known = torch.rand(2, 12, 15, generator=g) < 0.25
+    known[:, 0, 0] = True
+    label = torch.where(known, truth, torch.full_like(truth, IGNORE))
+    kw = dict(beta=30.0, connectivity=8, color="lab")  # on noise, a larger beta leaves sweeps far from converged
+    exact, _ = random_walk_probabilities(image, label, known, 3, solver="direct", **kw)
+    swept, _ = random_walk_probabilities(image, label, known, 3, sweeps=2000, **kw)
+    torch.testing.assert_close(swept, exact, atol=1e-4, rtol=0)
+
+
+def test_diagonal_edges_weigh_their_length():
+    image = torch.zeros(1, 3, 3, 3)  # uniform: every colour step is 0, so every weight is 1 / length
+    wx, wy, d1, d2 = edge_weights(image, 2000.0, connectivity=8)
+    assert (wx.shape, wy.shape, d1.shape, d2.shape) == ((1, 1, 3, 2), (1, 1, 2, 3), (1, 1, 2, 2), (1, 1, 2, 2))
+    torch.testing.assert_close(d1, torch.full_like(d1, 2**-0.5 + 1e-10))
+    torch.testing.assert_close(wx, torch.ones_like(wx) + 1e-10)
+
+
+def test_rgb_to_lab_reference_colours():
+    colours = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # one per row
+    lab = rgb_to_lab(colours.T.reshape(1, 3, 1, 3))[0, :, 0, :].T  # an image of three pixels in a row
+    # white and black; sRGB red is L* 53.24, a* 80.09, b* 67.20 (D65)
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5324, 0.8009, 0.6720]])
+    torch.testing.assert_close(lab, expected, atol=2e-3, rtol=0)
+
+
+def test_rgb_to_lab_agrees_with_scikit_image():
+    color = pytest.importorskip("skimage.color", reason="scikit-image is a benchmark extra ([bench])")
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref = color.rgb2lab(image[0].permute(1, 2, 0).double().numpy()).transpose(2, 0, 1) / 100
+    torch.testing.assert_close(rgb_to_lab(image)[0].double(), torch.from_numpy(ref), atol=1e-4, rtol=0)
+
+
+def test_graph_option_errors():
+    image = torch.rand(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="connectivity must be one of"):
+        edge_weights(image, 2000.0, connectivity=6)
+    with pytest.raises(ValueError, match="color must be one of"):
+        edge_weights(image, 2000.0, color="hsv")
+    label, known = torch.zeros(1, 4, 4, dtype=torch.int64), torch.rand(1, 4, 4) < 0.5
+    wx, wy = edge_weights(image, 2000.0)
+    with pytest.raises(ValueError, match="2 maps .4-connected. or 4 .8-connected., got 3"):
+        random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy, wy))
 
 
 def test_direct_solver_reaches_the_solution_that_sweeps_approach():
@@ -217,6 +299,20 @@ def test_model_with_the_direct_solver_uses_the_exact_walk():
     torch.testing.assert_close(prior.prob, prob)
 
 
+def test_model_uses_its_graph_options():
+    cfg = LMAEConfig(
+        **{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"},
+        prior_solver="direct",
+        prior_connectivity=8,
+        prior_color="lab",
+    )
+    model = LMAE(LMAEConfig.from_dict(cfg.to_dict())).eval()  # the options survive config.json
+    image, label = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    known = torch.rand(2, 32, 32) < 0.4
+    prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=8, color="lab")
+    torch.testing.assert_close(model.label_prior(label, known, image).prob, prob)
+
+
 @pytest.mark.parametrize(
     "override, field",
     [
@@ -226,6 +322,9 @@ def test_model_with_the_direct_solver_uses_the_exact_walk():
         (dict(prior_sweeps=2.5), "prior_sweeps"),
         (dict(prior_kind="random_walk", prior_stride=2), "prior_stride"),
         (dict(prior_solver="cg"), "prior_solver"),
+        (dict(prior_connectivity=6), "prior_connectivity"),
+        (dict(prior_color="hsv"), "prior_color"),
+        (dict(prior_kind="random_walk", prior_affinity_dim=8, prior_connectivity=8), "prior_affinity_dim"),
     ],
 )
 def test_config_rejects_bad_prior_settings(override, field):

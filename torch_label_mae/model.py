@@ -27,7 +27,7 @@ from .affinity import EdgeAffinity
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
-from .propagation import SOLVERS, most_likely_class, random_walk_probabilities
+from .propagation import COLORS, CONNECTIVITIES, SOLVERS, most_likely_class, random_walk_probabilities
 
 PRIOR_KINDS = ("nearest", "random_walk")
 
@@ -77,6 +77,8 @@ class LMAEConfig:
     prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
     prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill (solver "sor")
     prior_solver: str = "sor"  # random_walk: sor (prior_sweeps sweeps, truncated) | direct (exact, sparse LU)
+    prior_connectivity: int = 4  # random_walk: 4 (scikit-image's graph) | 8 (adds the diagonal edges)
+    prior_color: str = "rgb"  # random_walk: colour space of the edge weights, rgb (scikit-image's) | lab
     prior_affinity_dim: int = 0  # random_walk: width of learned edge weights (affinity.py, fitted with "sor"); 0: none
     refine_dim: int = 0
     refine_kind: str = "local"  # local: 3 dilated convs at full resolution | unet: 3 scales from 1/2 resolution
@@ -137,6 +139,12 @@ class LMAEConfig:
             bad("prior_sweeps", "must be >= 0")
         if self.prior_solver not in SOLVERS:
             bad("prior_solver", f"must be one of {SOLVERS}")
+        if self.prior_connectivity not in CONNECTIVITIES:
+            bad("prior_connectivity", f"must be one of {CONNECTIVITIES}")
+        if self.prior_color not in COLORS:
+            bad("prior_color", f"must be one of {COLORS}")
+        if self.prior_affinity_dim and (self.prior_connectivity, self.prior_color) != (4, "rgb"):
+            bad("prior_affinity_dim", "learned edge weights are for the 4-connected RGB graph")
         if self.prior_affinity_dim < 0:
             bad("prior_affinity_dim", "must be >= 0")
         if self.prior_affinity_dim and self.prior_kind != "random_walk":
@@ -536,6 +544,8 @@ class LMAE(nn.Module):
                 sweeps=c.prior_sweeps,
                 weights=weights,
                 solver=c.prior_solver,
+                connectivity=c.prior_connectivity,
+                color=c.prior_color,
             )  # [B, K, H, W], [B, K]
             classes = most_likely_class(prob, index, known, c.ignore_index)
             return LabelPrior(classes, prob, index[:, :, None, None])

@@ -6,6 +6,12 @@ with scikit-image's edge weights ``exp(-beta * |I_i - I_j|^2 / (10 * std(I) * sq
 nearest fill (:mod:`torch_label_mae.prior`) draws straight borders through a hole, the random
 walker follows the image's edges.
 
+Two options go beyond scikit-image: ``connectivity=8`` adds the diagonal edges (weighted by
+``1 / sqrt(2)``, their inverse length), so that borders need not follow the pixel axes, and
+``color="lab"`` measures the colour step in CIE L*a*b* (divided by 100), where distances follow
+perceived differences rather than raw RGB. Together, on CCP val (three hole draws, exact solve), they
+move the walk alone from 76.1 to 78.1 PA-mIoU; on 120 train images from 68.6 to 69.8.
+
 The Dirichlet problem (the combinatorial Laplace equation on the unknown pixels, known pixels fixed)
 is solved in torch, batched, on CPU or GPU, for the classes each sample's known pixels contain only:
 red-black successive over-relaxation started from the nearest fill. A few dozen sweeps do not reach
@@ -34,17 +40,71 @@ from .prior import nearest_fill
 DEFAULT_BETA = 2000.0  # the best of 30..8000 for scikit-image's random walker on CamVid and CCP val
 DEFAULT_SWEEPS = 40  # from the nearest fill: 70.1 PA-mIoU on CamVid val (20: 69.1, 100: 70.5)
 SOLVERS = ("sor", "direct")  # red-black over-relaxation (truncated) | sparse LU (exact)
+CONNECTIVITIES = (4, 8)
+COLORS = ("rgb", "lab")
+# the offsets (dy, dx) from a pixel to its neighbours along each kind of edge: horizontal, vertical, and with
+# connectivity 8 the two diagonals; the weights of each kind are a map [B, 1, H - dy, W - |dx|]
+OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
-def edge_weights(image: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image [B, C, H, W]`` float -> weights of the horizontal ``[B, 1, H, W-1]`` and vertical
-    ``[B, 1, H-1, W]`` edges, scaled per image by its standard deviation (as scikit-image does)."""
-    b, c = image.shape[:2]
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """sRGB ``[B, 3, H, W]`` in [0, 1] -> CIE L*a*b* (D65 white) ``[B, 3, H, W]`` divided by 100 (L* in
+    [0, 1]; a*, b* about [-1, 1]), as :func:`skimage.color.rgb2lab` then ``/ 100``."""
+    lin = torch.where(image > 0.04045, ((image + 0.055) / 1.055).pow(2.4), image / 12.92)
+    m = image.new_tensor(
+        [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+    )
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin) / image.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856).pow(1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([1.16 * fy - 0.16, 5.0 * (fx - fy), 2.0 * (fy - fz)], 1)
+
+
+def _ends(dy: int, dx: int, h: int, w: int):
+    """The slices of the pixels at the two ends of the edges of offset ``(dy, dx)``: ``(a, b)``, each
+    ``(rows, cols)``, with pixel ``a + (dy, dx) = b``."""
+    a = (slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
+    b = (slice(dy, h), slice(max(0, dx), w - max(0, -dx)))
+    return a, b
+
+
+def _pads(dy: int, dx: int):
+    """``F.pad`` amounts that put a map over the ``a`` (resp. ``b``) ends of offset ``(dy, dx)`` at full size."""
+    return (max(0, -dx), max(0, dx), 0, dy), (max(0, dx), max(0, -dx), dy, 0)
+
+
+def _kinds(weights):
+    """``((dy, dx), weights)`` of each kind of edge in ``weights`` (2 maps: 4-connected, 4: 8-connected)."""
+    if len(weights) not in (2, 4):
+        raise ValueError(f"edge weights: 2 maps (4-connected) or 4 (8-connected), got {len(weights)}")
+    return zip(OFFSETS[: len(weights)], weights, strict=True)
+
+
+def edge_weights(
+    image: torch.Tensor, beta: float, connectivity: int = 4, color: str = "rgb"
+) -> tuple[torch.Tensor, ...]:
+    """``image [B, C, H, W]`` float -> the weights of each kind of edge (see ``OFFSETS``): horizontal
+    ``[B, 1, H, W-1]`` and vertical ``[B, 1, H-1, W]``, plus with ``connectivity=8`` the two diagonals
+    ``[B, 1, H-1, W-1]`` each (times ``1 / sqrt(2)``). Scaled per image by its standard deviation (as
+    scikit-image does), after the conversion to L*a*b* with ``color="lab"`` (``C`` must then be 3)."""
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    if color == "lab":
+        image = rgb_to_lab(image)
+    b, c, h, w = image.shape
     std = image.flatten(1).std(1, correction=0).clamp(min=1e-6).view(b, 1, 1, 1)  # numpy's std, as scikit-image
     scale = -beta / (10 * std * math.sqrt(c))
-    dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).sum(1, keepdim=True)
-    dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).sum(1, keepdim=True)
-    return (dx * scale).exp_().add_(1e-10), (dy * scale).exp_().add_(1e-10)
+    weights = []
+    for dy, dx in OFFSETS[: connectivity // 2]:
+        a, e = _ends(dy, dx, h, w)
+        d = (image[..., a[0], a[1]] - image[..., e[0], e[1]]).pow(2).sum(1, keepdim=True)
+        wt = (d * scale).exp_()
+        if dy and dx:
+            wt.mul_(1 / math.sqrt(2))
+        weights.append(wt.add_(1e-10))
+    return tuple(weights)
 
 
 def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,60 +120,68 @@ def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) 
     return order, seen.gather(1, order)
 
 
-def _degree(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
-    """The weighted degree ``[B, 1, H, W]`` of each pixel of the 4-connected grid."""
-    return F.pad(wx, (1, 0)) + F.pad(wx, (0, 1)) + F.pad(wy, (0, 0, 1, 0)) + F.pad(wy, (0, 0, 0, 1))
+def _degree(weights) -> torch.Tensor:
+    """The weighted degree ``[B, 1, H, W]`` of each pixel of the graph of ``weights`` (see :func:`edge_weights`)."""
+    deg = 0
+    for (dy, dx), wt in _kinds(weights):
+        pad_a, pad_b = _pads(dy, dx)
+        deg = deg + F.pad(wt, pad_a) + F.pad(wt, pad_b)
+    return deg
 
 
-def _pull(p: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_ij p_j`` over the 4 neighbours ``j`` of each pixel ``i``. ``p [B, K, H, W]``."""
-    return (
-        F.pad(wx * p[..., :, :-1], (1, 0))
-        + F.pad(wx * p[..., :, 1:], (0, 1))
-        + F.pad(wy * p[..., :-1, :], (0, 0, 1, 0))
-        + F.pad(wy * p[..., 1:, :], (0, 0, 0, 1))
-    )
+def _pull(p: torch.Tensor, weights) -> torch.Tensor:
+    """``sum_j w_ij p_j`` over the neighbours ``j`` of each pixel ``i``. ``p [B, K, H, W]``."""
+    h, w = p.shape[-2:]
+    out = 0
+    for (dy, dx), wt in _kinds(weights):
+        (ar, ac), (br, bc) = _ends(dy, dx, h, w)
+        pad_a, pad_b = _pads(dy, dx)
+        out = out + F.pad(wt * p[..., br, bc], pad_a) + F.pad(wt * p[..., ar, ac], pad_b)
+    return out
 
 
-def _sor_steps(free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, omega: float):
-    """The degree ``[B, 1, H, W]`` of each pixel and the red and black SOR step sizes (``omega / degree``
-    on the ``free`` pixels of each colour of the checkerboard, 0 elsewhere)."""
+def _sor_steps(free: torch.Tensor, weights, omega: float):
+    """The degree ``[B, 1, H, W]`` of each pixel and the SOR step sizes of each colour of the ordering
+    (``omega / degree`` on the ``free`` pixels of that colour, 0 elsewhere). No two pixels of a colour are
+    neighbours: red-black on the 4-connected grid, the four parities of ``(y, x)`` on the 8-connected one."""
     h, w = free.shape[-2:]
-    deg = _degree(wx, wy)
+    deg = _degree(weights)
     ys = torch.arange(h, device=free.device).view(h, 1)
     xs = torch.arange(w, device=free.device).view(1, w)
-    red = ((ys + xs) % 2 == 0).to(free.dtype)
+    colour = (ys + xs) % 2 if len(weights) == 2 else (ys % 2) * 2 + xs % 2
     step = free * omega / deg.clamp(min=1e-30)  # an isolated pixel (1 x 1 map) has no edges
-    return deg, (step * red, step * (1 - red))
+    return deg, tuple(step * (colour == k).to(free.dtype) for k in range(int(colour.max()) + 1))
 
 
-def _relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float):
-    """Red-black SOR sweeps on ``L p = 0`` over the ``free`` pixels, in place. ``p [B, K, H, W]``."""
-    deg, steps = _sor_steps(free, wx, wy, omega)
+def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: float):
+    """Over-relaxation sweeps (red-black / four-colour) on ``L p = 0`` over the ``free`` pixels, in place.
+    ``p [B, K, H, W]``."""
+    h, w = p.shape[-2:]
+    deg, steps = _sor_steps(free, weights, omega)
     neg_deg = -deg
+    edges = [(_ends(dy, dx, h, w), wt) for (dy, dx), wt in _kinds(weights)]
     residual = torch.empty_like(p)
     for _ in range(sweeps):
         for s in steps:
             torch.mul(p, neg_deg, out=residual)  # residual = sum_j w_ij p_j - deg_i p_i
-            residual[..., :, 1:].addcmul_(wx, p[..., :, :-1])
-            residual[..., :, :-1].addcmul_(wx, p[..., :, 1:])
-            residual[..., 1:, :].addcmul_(wy, p[..., :-1, :])
-            residual[..., :-1, :].addcmul_(wy, p[..., 1:, :])
+            for ((ar, ac), (br, bc)), wt in edges:
+                residual[..., ar, ac].addcmul_(wt, p[..., br, bc])
+                residual[..., br, bc].addcmul_(wt, p[..., ar, ac])
             p.addcmul_(residual, s)
     return p
 
 
-def relax(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, sweeps: int, omega: float = 1.9):
-    """:func:`_relax` without in-place updates, so that gradients flow to ``p``, ``wx`` and ``wy``
-    (for training learned edge weights, :mod:`torch_label_mae.affinity`). Returns the new ``p``."""
-    deg, steps = _sor_steps(free, wx, wy, omega)
+def relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: float = 1.9):
+    """:func:`_relax` without in-place updates, so that gradients flow to ``p`` and the ``weights`` (for
+    training learned edge weights, :mod:`torch_label_mae.affinity`). Returns the new ``p``."""
+    deg, steps = _sor_steps(free, weights, omega)
     for _ in range(sweeps):
         for s in steps:
-            p = p + s * (_pull(p, wx, wy) - deg * p)
+            p = p + s * (_pull(p, weights) - deg * p)
     return p
 
 
-def _solve_direct(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     """The exact solution of ``L p = 0`` on the ``free`` pixels of one sample, known pixels fixed, in place:
     ``L_ff x = sum_{j known} w_ij p_j`` by a sparse LU factorisation (float64, on the CPU), one
     factorisation for all ``K`` classes. ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
@@ -122,21 +190,22 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, wx: torch.Tensor, wy: tor
     if n == 0:
         return p
     h, w = free.shape[-2:]
-    wx64, wy64 = wx.detach().cpu().double(), wy.detach().cpu().double()
+    w64 = tuple(wt.detach().cpu().double() for wt in weights)
     fc = f.cpu().numpy()
     index = np.full(h * w, -1, dtype=np.int64)
     index[fc] = np.arange(n)
     grid = np.arange(h * w).reshape(h, w)
-    rows, cols, vals = [np.arange(n)], [np.arange(n)], [_degree(wx64, wy64)[0, 0].flatten().numpy()[fc]]
-    for a, c, weight in ((grid[:, :-1], grid[:, 1:], wx64), (grid[:-1], grid[1:], wy64)):
-        a, c, weight = a.ravel(), c.ravel(), weight[0, 0].flatten().numpy()
+    rows, cols, vals = [np.arange(n)], [np.arange(n)], [_degree(w64)[0, 0].flatten().numpy()[fc]]
+    for (dy, dx), weight in _kinds(w64):
+        (ar, ac), (br, bc) = _ends(dy, dx, h, w)
+        a, c, weight = grid[ar, ac].ravel(), grid[br, bc].ravel(), weight[0, 0].flatten().numpy()
         both = fc[a] & fc[c]  # an edge between two free pixels: an off-diagonal entry, both ways
         rows += [index[a[both]], index[c[both]]]
         cols += [index[c[both]], index[a[both]]]
         vals += [-weight[both], -weight[both]]
     lap = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), (n, n))
     fixed = p.detach().cpu().double() * (1 - free.cpu().double())  # the known pixels' values, 0 elsewhere
-    rhs = _pull(fixed, wx64, wy64)[0].flatten(1).numpy()[:, fc].T  # [n, K]
+    rhs = _pull(fixed, w64)[0].flatten(1).numpy()[:, fc].T  # [n, K]
     # L_ff is symmetric and diagonally dominant (positive definite): a symmetric ordering and no pivoting
     # (1.25x faster at 224 px than the defaults, 1.17x at CCP's native size; the same solution)
     lu = scipy.sparse.linalg.splu(
@@ -157,38 +226,43 @@ def random_walk_probabilities(
     beta: float = DEFAULT_BETA,
     sweeps: int = DEFAULT_SWEEPS,
     omega: float = 1.9,
-    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weights: tuple[torch.Tensor, ...] | None = None,
     differentiable: bool = False,
     solver: str = "sor",
+    connectivity: int = 4,
+    color: str = "rgb",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
-    :func:`present_classes`, returned with them), from ``sweeps`` red-black SOR sweeps started at the
+    :func:`present_classes`, returned with them), from ``sweeps`` over-relaxation sweeps started at the
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
-    ``known [B, H, W]`` bool. ``weights``: the edge weights ``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``
-    to use instead of :func:`edge_weights` ``(image, beta)`` (e.g. learned ones,
-    :class:`torch_label_mae.affinity.EdgeAffinity`). ``differentiable=True`` keeps the graph from the
-    weights to the probabilities (slower, more memory); otherwise nothing is recorded.
-    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused; not differentiable)."""
+    ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``,
+    or ``weights``, edge weights to use instead (``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``, plus the two
+    diagonals for an 8-connected graph; e.g. learned ones, :class:`torch_label_mae.affinity.EdgeAffinity`).
+    ``differentiable=True`` keeps the graph from the weights to the probabilities (slower, more memory);
+    otherwise nothing is recorded. ``solver="direct"``: the exact solution (:func:`_solve_direct`,
+    ``sweeps`` unused; not differentiable)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "direct" and differentiable:
         raise ValueError("solver='direct' is not differentiable; use solver='sor' to train edge weights")
+    if weights is not None:
+        _kinds(weights)  # checks their number
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
         fill = nearest_fill(label, known)  # [B, H, W]
         p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
         if sweeps > 0 or solver == "direct":
-            wx, wy = edge_weights(img, beta) if weights is None else weights
+            weights = edge_weights(img, beta, connectivity, color) if weights is None else tuple(weights)
             free = (~known).unsqueeze(1).float()
             if differentiable:
-                p = relax(p, free, wx, wy, sweeps, omega)
+                p = relax(p, free, weights, sweeps, omega)
             elif solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
-                _relax(p, free, wx, wy, sweeps, omega)
+                _relax(p, free, weights, sweeps, omega)
             else:  # one sample at a time, its own classes only (sor: the working set stays in cache, 2x faster)
                 for i, k in enumerate(valid.sum(1).tolist()):
                     if k > 1:  # one class (or none): nothing to propagate
-                        one = p[i : i + 1, :k], free[i : i + 1], wx[i : i + 1], wy[i : i + 1]
+                        one = p[i : i + 1, :k], free[i : i + 1], tuple(wt[i : i + 1] for wt in weights)
                         if solver == "direct":
                             _solve_direct(*one)
                         else:
