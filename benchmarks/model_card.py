@@ -32,7 +32,8 @@ def _pct(x: float) -> str:
 def _prior(cfg) -> str:
     if cfg.prior_kind == "random_walk":
         solve = "solved exactly" if cfg.prior_solver == "direct" else f"{cfg.prior_sweeps} sweeps"
-        return f"random walk, beta {cfg.prior_beta:g}, {solve}, soft"
+        graph = f"{cfg.prior_connectivity}-connected, {'L*a*b*' if cfg.prior_color == 'lab' else 'RGB'} edges"
+        return f"random walk, beta {cfg.prior_beta:g}, {graph}, {solve}, soft"
     return "nearest-label fill"
 
 

@@ -36,8 +36,8 @@ def exact_random_walker(
     idx = torch.arange(n).view(h, w)
     # pixel (y, x) and its neighbour (y + dy, x + dx)
     for (dy, dx), wt in zip(OFFSETS[: len(weights)], weights, strict=True):
-        a = idx[: h - dy, max(0, -dx) : w - max(0, dx)]
-        b = idx[dy:, max(0, dx) : w - max(0, -dx)]
+        a = idx[: max(h - dy, 0), max(0, -dx) : max(w - max(0, dx), 0)]
+        b = idx[min(dy, h) :, min(max(0, dx), w) : max(w - max(0, -dx), 0)]
         a, b, wt = a.flatten(), b.flatten(), wt.flatten()
         lap[a, b] -= wt
         lap[b, a] -= wt
@@ -96,7 +96,7 @@ def test_direct_solver_is_the_exact_random_walker(h, w, n, beta, seed):
     st.integers(2, 10),
     st.integers(2, 10),
     st.integers(1, 4),
-    st.sampled_from([4, 8]),
+    st.sampled_from([4, 8, 16]),
     st.sampled_from(["rgb", "lab"]),
     st.integers(0, 99),
 )
@@ -113,26 +113,28 @@ def test_graph_options_solve_their_exact_random_walker(h, w, n, connectivity, co
     torch.testing.assert_close(prob[0, : exact.shape[0]].double(), exact, atol=1e-5, rtol=0)
 
 
-def test_eight_connected_sweeps_converge_to_the_direct_solve():
-    """The four-colour ordering of the 8-connected graph: sweeps reach the exact solution."""
+@pytest.mark.parametrize("connectivity", [8, 16])
+def test_sweeps_converge_to_the_direct_solve_on_larger_neighbourhoods(connectivity):
+    """The orderings of the 8- and 16-connected graphs (4 and 9 colours): sweeps reach the exact solution."""
     g = torch.Generator().manual_seed(5)
     image = torch.rand(2, 3, 12, 15, generator=g)
     truth = torch.randint(0, 3, (2, 12, 15), generator=g)
     known = torch.rand(2, 12, 15, generator=g) < 0.25
     known[:, 0, 0] = True
     label = torch.where(known, truth, torch.full_like(truth, IGNORE))
-    kw = dict(beta=30.0, connectivity=8, color="lab")  # on noise, a larger beta leaves sweeps far from converged
+    kw = dict(beta=30.0, connectivity=connectivity, color="lab")  # on noise a larger beta leaves sweeps unconverged
     exact, _ = random_walk_probabilities(image, label, known, 3, solver="direct", **kw)
     swept, _ = random_walk_probabilities(image, label, known, 3, sweeps=2000, **kw)
     torch.testing.assert_close(swept, exact, atol=1e-4, rtol=0)
 
 
-def test_diagonal_edges_weigh_their_length():
-    image = torch.zeros(1, 3, 3, 3)  # uniform: every colour step is 0, so every weight is 1 / length
-    wx, wy, d1, d2 = edge_weights(image, 2000.0, connectivity=8)
-    assert (wx.shape, wy.shape, d1.shape, d2.shape) == ((1, 1, 3, 2), (1, 1, 2, 3), (1, 1, 2, 2), (1, 1, 2, 2))
-    torch.testing.assert_close(d1, torch.full_like(d1, 2**-0.5 + 1e-10))
-    torch.testing.assert_close(wx, torch.ones_like(wx) + 1e-10)
+def test_edges_weigh_their_inverse_length():
+    image = torch.zeros(1, 3, 4, 5)  # uniform: every colour step is 0, so every weight is 1 / length
+    weights = edge_weights(image, 2000.0, connectivity=16)
+    assert len(weights) == 8 and len(edge_weights(image, 2000.0, connectivity=8)) == 4
+    for (dy, dx), wt in zip(OFFSETS, weights, strict=True):
+        assert wt.shape == (1, 1, 4 - dy, 5 - abs(dx))
+        torch.testing.assert_close(wt, torch.full_like(wt, (dy * dy + dx * dx) ** -0.5 + 1e-10))
 
 
 def test_rgb_to_lab_reference_colours():
@@ -158,7 +160,7 @@ def test_graph_option_errors():
         edge_weights(image, 2000.0, color="hsv")
     label, known = torch.zeros(1, 4, 4, dtype=torch.int64), torch.rand(1, 4, 4) < 0.5
     wx, wy = edge_weights(image, 2000.0)
-    with pytest.raises(ValueError, match="2 maps .4-connected. or 4 .8-connected., got 3"):
+    with pytest.raises(ValueError, match="2, 4 or 8 maps .connectivity 4, 8 or 16., got 3"):
         random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy, wy))
 
 
@@ -303,13 +305,13 @@ def test_model_uses_its_graph_options():
     cfg = LMAEConfig(
         **{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"},
         prior_solver="direct",
-        prior_connectivity=8,
+        prior_connectivity=16,
         prior_color="lab",
     )
     model = LMAE(LMAEConfig.from_dict(cfg.to_dict())).eval()  # the options survive config.json
     image, label = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     known = torch.rand(2, 32, 32) < 0.4
-    prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=8, color="lab")
+    prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16, color="lab")
     torch.testing.assert_close(model.label_prior(label, known, image).prob, prob)
 
 
