@@ -67,14 +67,15 @@ def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
 def _ends(dy: int, dx: int, h: int, w: int):
     """The slices of the pixels at the two ends of the edges of offset ``(dy, dx)``: ``(a, b)``, each
     ``(rows, cols)``, with pixel ``a + (dy, dx) = b``."""
-    a = (slice(0, max(h - dy, 0)), slice(max(0, -dx), max(w - max(0, dx), 0)))
+    a = (slice(0, max(h - dy, 0)), slice(min(max(0, -dx), w), max(w - max(0, dx), 0)))
     b = (slice(min(dy, h), h), slice(min(max(0, dx), w), max(w - max(0, -dx), 0)))
     return a, b
 
 
-def _pads(dy: int, dx: int):
-    """``F.pad`` amounts that put a map over the ``a`` (resp. ``b``) ends of offset ``(dy, dx)`` at full size."""
-    return (max(0, -dx), max(0, dx), 0, dy), (max(0, dx), max(0, -dx), dy, 0)
+def _pads(dy: int, dx: int, h: int, w: int):
+    """``F.pad`` amounts that put a map over the ``a`` (resp. ``b``) ends of offset ``(dy, dx)`` back at
+    full size ``h x w`` (also where the image is smaller than the offset and the map empty)."""
+    return tuple((c.start, w - c.stop, r.start, h - r.stop) for r, c in _ends(dy, dx, h, w))
 
 
 def _kinds(weights):
@@ -124,9 +125,10 @@ def present_classes(label: torch.Tensor, known: torch.Tensor, num_classes: int) 
 
 def _degree(weights) -> torch.Tensor:
     """The weighted degree ``[B, 1, H, W]`` of each pixel of the graph of ``weights`` (see :func:`edge_weights`)."""
+    h, w = weights[0].shape[-2], weights[0].shape[-1] + 1  # from the horizontal edges [B, 1, H, W - 1]
     deg = 0
     for (dy, dx), wt in _kinds(weights):
-        pad_a, pad_b = _pads(dy, dx)
+        pad_a, pad_b = _pads(dy, dx, h, w)
         deg = deg + F.pad(wt, pad_a) + F.pad(wt, pad_b)
     return deg
 
@@ -137,7 +139,7 @@ def _pull(p: torch.Tensor, weights) -> torch.Tensor:
     out = 0
     for (dy, dx), wt in _kinds(weights):
         (ar, ac), (br, bc) = _ends(dy, dx, h, w)
-        pad_a, pad_b = _pads(dy, dx)
+        pad_a, pad_b = _pads(dy, dx, h, w)
         out = out + F.pad(wt * p[..., br, bc], pad_a) + F.pad(wt * p[..., ar, ac], pad_b)
     return out
 
