@@ -6,8 +6,8 @@
   with seeds = class + 1 on known pixels and 0 on missing ones, mapped back to class ids;
 - random walk (torch): the library's own batched propagation (``torch_label_mae.propagation``, the
   label prior of the ``-rw`` models), ``--sweeps`` relaxation sweeps from the nearest fill, or solved
-  exactly with ``--solver direct``; ``--connectivity 8 --color lab``: on the 8-connected graph with
-  colour steps in L*a*b* (the graph of ``ccp-rw-m0.5``);
+  exactly with ``--solver direct``; ``--connectivity 8|16 --color lab``: on the 8- or 16-connected
+  graph with colour steps in L*a*b* (16: the graph of ``ccp-rw-m0.5``);
 - ``--walk-model MODEL``: a model's random-walk prior alone (with its learned edge weights, if any).
 
 Run (benchmark-only dependencies: ``pip install -e ".[bench]"``)::
@@ -60,14 +60,17 @@ def random_walker(beta: float = 130.0):
     return method
 
 
-def torch_random_walk(beta: float = 2000.0, sweeps: int = 40, solver: str = "sor", connectivity: int = 4, color="rgb"):
+def torch_random_walk(
+    beta: float = 2000.0, sweeps: int = 40, solver: str = "sor", connectivity: int = 4, color: str = "rgb"
+):
     from torch_label_mae.propagation import random_walk
+
+    graph = dict(solver=solver, connectivity=connectivity, color=color)
 
     def method(images, labels, missing):
         out = []
         for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
             known = (lab != 255) & ~miss
-            graph = dict(solver=solver, connectivity=connectivity, color=color)
             out.append(random_walk(img[None], lab[None], known[None], beta=beta, sweeps=sweeps, **graph)[0])
         return out
 
