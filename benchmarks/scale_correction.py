@@ -6,8 +6,8 @@ classes as much as large ones, and cross-entropy does not: on CCP the model's co
 accuracy but erases thin, rare classes that the random walk keeps (bracelet, necklace, tie), so the
 model scores below its own prior. This script measures ``logits = s * head(tokens) + prior_scale * P``
 for each ``--scales`` value ``s`` on ``--split`` (a split the model was trained on, not the one it is
-reported on), and writes the model with the head's weights and bias times the best ``s`` (exactly that
-prediction; the config is unchanged). Run::
+reported on), and writes the model (float32) with the head's weights and bias times the best ``s``
+(exactly that prediction; the config is unchanged). Run::
 
     python benchmarks/scale_correction.py --model runs/ccp-rw16/last --data ../shared/data/ccp \\
         --split train --limit 120 --seed 0 1 2 --out runs/ccp-rw16-s
@@ -57,6 +57,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--scales must be >= 0, got {a.scales}")
     base = LabelCompleter.from_pretrained(a.model, device="cpu")
     cfg = base.config
+    if len(base.routes) > 1:
+        raise SystemExit(f"{a.model}: routes {len(base.routes)} models by mask ratio; give one model (a folder)")
     if not cfg.label_prior or cfg.refine_dim:
         raise SystemExit(f"{a.model}: needs a label prior and no refinement (the head's output is the correction)")
     ds = FolderDataset(a.data, a.split)

@@ -189,6 +189,6 @@ def test_scale_correction_writes_the_best_scale_and_scales_only_the_head(tmp_pat
     for k, v in before.items():
         expected = v * record["best"] if k.startswith("head.") else v
         torch.testing.assert_close(after[k], expected)
-    save_hub_files(LMAE(LMAEConfig(**TINY_MODEL, num_classes=4)), tmp_path / "plain")
+    save_hub_files(LMAE(LMAEConfig(**TINY_MODEL, num_classes=4)), tmp_path / "plain")  # no prior
     with pytest.raises(SystemExit, match="needs a label prior"):
         scale_correction.main(["--model", str(tmp_path / "plain"), "--data", str(data)])

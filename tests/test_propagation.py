@@ -150,6 +150,10 @@ def test_graph_option_errors():
     wx, wy = edge_weights(image, 2000.0)
     with pytest.raises(ValueError, match="2, 4 or 8 maps .connectivity 4, 8 or 16., got 3"):
         random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy, wy))
+    with pytest.raises(ValueError, match="make a 4-connected graph, not 8"):
+        random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy), connectivity=8)
+    with pytest.raises(ValueError, match="connectivity must be one of"):
+        edge_weights(image, 2000.0, connectivity=8.0)
 
 
 def test_direct_solver_reaches_the_solution_that_sweeps_approach():
@@ -314,6 +318,7 @@ def test_model_uses_its_graph_options():
         (dict(prior_kind="random_walk", prior_stride=2), "prior_stride"),
         (dict(prior_solver="cg"), "prior_solver"),
         (dict(prior_connectivity=6), "prior_connectivity"),
+        (dict(prior_connectivity=16.0), "prior_connectivity"),
         (dict(prior_color="hsv"), "prior_color"),
         (dict(prior_kind="random_walk", prior_affinity_dim=8, prior_connectivity=8), "prior_affinity_dim"),
     ],

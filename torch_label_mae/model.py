@@ -77,7 +77,7 @@ class LMAEConfig:
     prior_beta: float = 2000.0  # random_walk: edge sensitivity (scikit-image's beta)
     prior_sweeps: int = 40  # random_walk: relaxation sweeps from the nearest fill (solver "sor")
     prior_solver: str = "sor"  # random_walk: sor (prior_sweeps sweeps, truncated) | direct (exact, sparse LU)
-    prior_connectivity: int = 4  # random_walk: 4 (scikit-image's graph) | 8 (adds the diagonal edges)
+    prior_connectivity: int = 4  # random_walk: 4 (scikit-image's graph) | 8 (+ diagonals) | 16 (+ knight's moves)
     prior_color: str = "rgb"  # random_walk: colour space of the edge weights, rgb (scikit-image's) | lab
     prior_affinity_dim: int = 0  # random_walk: width of learned edge weights (affinity.py, fitted with "sor"); 0: none
     refine_dim: int = 0
@@ -111,6 +111,7 @@ class LMAEConfig:
             "decoder_heads",
             "refine_dim",
             "prior_sweeps",
+            "prior_connectivity",
             "prior_affinity_dim",
             "ignore_index",
         ]
@@ -143,10 +144,10 @@ class LMAEConfig:
             bad("prior_connectivity", f"must be one of {CONNECTIVITIES}")
         if self.prior_color not in COLORS:
             bad("prior_color", f"must be one of {COLORS}")
-        if self.prior_affinity_dim and (self.prior_connectivity, self.prior_color) != (4, "rgb"):
-            bad("prior_affinity_dim", "learned edge weights are for the 4-connected RGB graph")
         if self.prior_affinity_dim < 0:
             bad("prior_affinity_dim", "must be >= 0")
+        if self.prior_affinity_dim and (self.prior_connectivity, self.prior_color) != (4, "rgb"):
+            bad("prior_affinity_dim", "learned edge weights are for the 4-connected RGB graph")
         if self.prior_affinity_dim and self.prior_kind != "random_walk":
             bad("prior_affinity_dim", "needs prior_kind='random_walk' (learned edge weights of the walk)")
         if self.prior_kind == "random_walk" and self.prior_stride != 1:

@@ -7,17 +7,19 @@ nearest fill (:mod:`torch_label_mae.prior`) draws straight borders through a hol
 walker follows the image's edges.
 
 Two options go beyond scikit-image. ``connectivity`` 8 adds the diagonal edges and 16 also the
-knight's-move ones (offsets (1, 2) and (2, 1); Boykov & Kolmogorov, "Computing geodesics and minimal
-surfaces via graph cuts", 2003), each weighted by its inverse length, so that borders need not follow
-the pixel axes. ``color="lab"`` measures the colour step in CIE L*a*b* (divided by 100), where
-distances follow perceived differences rather than raw RGB. On CCP (paper protocol, three hole draws,
-exact solve, walk alone) they move val from 76.1 (4-connected RGB, = scikit-image) to 78.1 (8, L*a*b*)
-and 78.7 (16, L*a*b*), and 120 train images from 68.6 to 69.8 and 70.4; the 5 x 5 window (24
-neighbours) adds nothing more (val 78.8, train 70.4). On CamVid val they are neutral (69.6, 69.9, 69.8).
+knight's-move ones (offsets (1, 2) and (2, 1), the neighbourhoods of Boykov & Kolmogorov, "Computing
+geodesics and minimal surfaces via graph cuts", 2003), each weighted by its inverse length (a
+simplification of their angle-dependent weights), so that borders need not follow the pixel axes.
+``color="lab"`` measures the colour step in CIE L*a*b* (divided by 100), where distances follow
+perceived differences rather than raw RGB. On CCP (paper protocol, three hole draws, exact solve,
+walk alone) they move val from 76.1 (4-connected RGB, = scikit-image) to 78.1 (8, L*a*b*) and 78.7
+(16, L*a*b*), and 120 train images from 68.6 to 69.8 and 70.4; the 5 x 5 window (24 neighbours) adds
+nothing more (val 78.8, train 70.4). On CamVid val they are neutral (69.6, 69.9, 69.8).
 
 The Dirichlet problem (the combinatorial Laplace equation on the unknown pixels, known pixels fixed)
 is solved in torch, batched, on CPU or GPU, for the classes each sample's known pixels contain only:
-red-black successive over-relaxation started from the nearest fill. A few dozen sweeps do not reach
+successive over-relaxation started from the nearest fill (red-black on the 4-connected grid; 4 and 9
+colours on the 8- and 16-connected ones). A few dozen sweeps do not reach
 the exact solution far inside large holes, where they stay near the nearest fill; near edges they
 settle first. On CamVid val that truncated walk scores higher than the exact one (70.1 PA-mIoU after
 40 sweeps, 70.5 after 100; scikit-image's exact ``random_walker(..., mode="bf")``: 69.9).
@@ -93,7 +95,7 @@ def edge_weights(
     ``[B, 1, H-1, W-1]`` and with 16 the knight's moves, each times its inverse length. Scaled per image
     by its standard deviation (as scikit-image does), after the conversion to L*a*b* with ``color="lab"``
     (``C`` must then be 3)."""
-    if connectivity not in CONNECTIVITIES:
+    if connectivity not in CONNECTIVITIES or not isinstance(connectivity, int):
         raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
     if color not in COLORS:
         raise ValueError(f"color must be one of {COLORS}, got {color!r}")
@@ -160,7 +162,8 @@ def _sor_steps(free: torch.Tensor, weights, omega: float):
 
 
 def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: float):
-    """Over-relaxation sweeps (red-black / four-colour) on ``L p = 0`` over the ``free`` pixels, in place.
+    """Over-relaxation sweeps (2, 4 or 9 colours, see :func:`_sor_steps`) on ``L p = 0`` over the ``free``
+    pixels, in place.
     ``p [B, K, H, W]``."""
     h, w = p.shape[-2:]
     deg, steps = _sor_steps(free, weights, omega)
@@ -243,7 +246,8 @@ def random_walk_probabilities(
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
     ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``,
     or ``weights``, edge weights to use instead (``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``, plus the two
-    diagonals for an 8-connected graph; e.g. learned ones, :class:`torch_label_mae.affinity.EdgeAffinity`).
+    diagonals for an 8-connected graph and the knight's moves for a 16-connected one, ``connectivity / 2``
+    maps in all; e.g. learned ones, :class:`torch_label_mae.affinity.EdgeAffinity`).
     ``differentiable=True`` keeps the graph from the weights to the probabilities (slower, more memory);
     otherwise nothing is recorded. ``solver="direct"``: the exact solution (:func:`_solve_direct`,
     ``sweeps`` unused; not differentiable)."""
@@ -253,6 +257,10 @@ def random_walk_probabilities(
         raise ValueError("solver='direct' is not differentiable; use solver='sor' to train edge weights")
     if weights is not None:
         _kinds(weights)  # checks their number
+        if 2 * len(weights) != connectivity:
+            raise ValueError(
+                f"{len(weights)} edge weight maps make a {2 * len(weights)}-connected graph, not {connectivity}"
+            )
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
