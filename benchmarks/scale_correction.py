@@ -18,6 +18,7 @@ Prints PA-mIoU per scale; ``--out`` gets config.json, model.safetensors and scal
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,6 @@ import torch
 
 def scaled(completer, scale: float):
     """A copy of ``completer`` whose model's head (weights and bias) is multiplied by ``scale``."""
-    import copy
-
     out = copy.deepcopy(completer)
     with torch.no_grad():
         out.model.head.weight.mul_(scale)

@@ -163,8 +163,7 @@ def _sor_steps(free: torch.Tensor, weights, omega: float):
 
 def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: float):
     """Over-relaxation sweeps (2, 4 or 9 colours, see :func:`_sor_steps`) on ``L p = 0`` over the ``free``
-    pixels, in place.
-    ``p [B, K, H, W]``."""
+    pixels, in place. ``p [B, K, H, W]``."""
     h, w = p.shape[-2:]
     deg, steps = _sor_steps(free, weights, omega)
     neg_deg = -deg
