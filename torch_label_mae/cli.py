@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .hub import DEFAULT_MODEL
+from .outputs import check_outputs
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -89,6 +90,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .report import format_report
 
+    check_outputs([("--json", args.json)], [("--data", args.data)])
     completer = _load(args)
     ds = FolderDataset(args.data, args.split)
 
@@ -131,7 +133,7 @@ def cmd_degrade(args) -> int:
 
 
 def cmd_complete(args) -> int:
-    from .complete_dataset import CompletionError, complete_dataset
+    from .complete_dataset import CompletionError, Interrupted, OutputWriteError, complete_dataset
 
     if args.voc is not None and (args.images is not None or args.labels is not None):
         raise ValueError("--voc cannot be combined with --images / --labels")
@@ -156,10 +158,19 @@ def cmd_complete(args) -> int:
             progress=not args.quiet,
             voc_root=args.voc,
             image_set=args.image_set,
+            max_pixels=args.max_pixels,
+            max_batch_pixels=args.max_batch_pixels,
         )
     except CompletionError as e:
         print(f"label-mae complete: stopped at the first failure (--strict): {e}", file=sys.stderr)
         return 1
+    except OutputWriteError as e:  # the outputs cannot be written: what was done, and why it stopped
+        print(e.report.summary() if e.report is not None else f"label-mae complete: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:  # SIGINT / SIGTERM: the current files were finished, the report written
+        print(e.report.summary(), file=sys.stderr)
+        print(f"label-mae complete: {e}; rerun the same command to finish", file=sys.stderr)
+        return e.exit_code
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -202,6 +213,15 @@ def cmd_show(args) -> int:
         keys = keys[: args.limit]
     if not keys:
         raise ValueError(f"{completed}: no completed label PNGs to show")
+    check_outputs(
+        [("--out", args.out)],
+        [
+            ("--images", images),
+            ("--labels", labels),
+            ("--completed", completed),
+            ("--confidence-dir", args.confidence_dir),
+        ],
+    )
     rows = []
     for key in keys:
         found = [p for p in (images / f"{key}{e}" for e in IMAGE_EXTS) if p.is_file()]
@@ -318,6 +338,19 @@ def main(argv=None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes (default: %(default)s)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,  # complete_dataset.MAX_PIXELS; literal: --help stays free of torch
+        help="files with more pixels are reported as too large, not decoded (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-pixels",
+        type=int,
+        default=16 * 1024 * 1024,  # complete_dataset.MAX_BATCH_PIXELS
+        help="at most this many pixels per forward pass, with --batch-size images at most; one larger "
+        "image goes alone (default: %(default)s)",
+    )
     p.add_argument("--confidence-dir", help="also write confidence maps (8-bit grayscale PNGs, 255 = certain) here")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist and are valid")
     p.add_argument(
@@ -386,6 +419,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside a run that stops cleanly (e.g. while loading)
+        print(f"label-mae {args.cmd}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -35,9 +35,12 @@ pixels that were known).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -49,11 +52,25 @@ from PIL import Image
 
 from .data import IMAGE_EXTS, read_image, read_label
 from .hub import DEFAULT_MODEL
+from .interrupt import GracefulStop, Interrupted, die_with_parent
 from .io import atomic_write, save_label_png
+from .outputs import OutputLock, OutputLockedError, OutputWriteError, check_outputs, remove_stale_temp_files
 
 REPORT_NAME = "completion_report.json"
+MAX_PIXELS = 40_000_000  # per file (e.g. 8000 x 5000); larger files are reported, not decoded
+MAX_BATCH_PIXELS = 16 * 1024 * 1024  # per forward pass: sixteen 1024 x 1024 images
 
-__all__ = ["CompletionError", "Report", "complete_dataset", "complete_voc", "list_pairs", "shard"]
+__all__ = [
+    "CompletionError",
+    "Interrupted",
+    "OutputLockedError",
+    "OutputWriteError",
+    "Report",
+    "complete_dataset",
+    "complete_voc",
+    "list_pairs",
+    "shard",
+]
 
 
 class CompletionError(RuntimeError):
@@ -79,6 +96,7 @@ class Report:
     world_size: int = 1
     finished: bool = False
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     report_path: str | None = None
     out_dir: str | None = None
 
@@ -105,8 +123,8 @@ class Report:
             lines.append(f"  failed: {f}: {r}")
         if len(self.failed) > 10:
             lines.append(f"  ... and {len(self.failed) - 10} more")
-        if self.report_path:
-            lines.append(f"  report: {self.report_path}")
+        lines += [f"  error: {e}" for e in self.errors]
+        lines.append(f"  report: {self.report_path}" if self.report_path else "  report: could not be written anywhere")
         return "\n".join(lines)
 
 
@@ -198,12 +216,28 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
         if dist.is_available() and dist.is_initialized():
             r, w = dist.get_rank(), dist.get_world_size()
         else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            r, w = _env_rank()
         rank = r if rank is None else rank
         world_size = w if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
     return int(rank), int(world_size)
+
+
+def _env_rank() -> tuple[int, int]:
+    """``RANK`` / ``WORLD_SIZE`` from the environment: both or neither (one alone would silently do
+    a share of the files, or all of them in every process)."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if (rank is None) != (world is None):
+        have, lack = ("WORLD_SIZE", "RANK") if rank is None else ("RANK", "WORLD_SIZE")
+        raise ValueError(
+            f"{have}={os.environ[have]} is set but {lack} is not: set both (torchrun does) or neither, "
+            f"or pass rank= / world_size="
+        )
+    try:
+        return int(rank or 0), int(world or 1)
+    except ValueError:
+        raise ValueError(f"RANK={rank!r} / WORLD_SIZE={world!r}: both must be integers") from None
 
 
 def shard(items: list, rank: int, world_size: int) -> list:
@@ -248,33 +282,42 @@ def output_is_valid(
     return True
 
 
-def _clean_temp_files(folder: Path, names: set[str]) -> int:
-    """Remove ``folder/.<name>.<random>.tmp`` left by a killed run, for ``names`` only (other ranks'
-    temp files may be in use)."""
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for p in folder.iterdir():
-        n = p.name
-        if n.startswith(".") and n.endswith(".tmp") and n[1:-4].rpartition(".")[0] in names:
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 # ----------------------------------------------------------------------------------------------------
 # reading (in DataLoader workers)
 # ----------------------------------------------------------------------------------------------------
+def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
+    """Why ``path`` may not be decoded (over ``max_pixels``), read from its header alone; None if fine."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:  # lazy: the header only
+            w, h = im.size
+    if w * h > max_pixels:
+        return (
+            f"too large: {what} {path.name} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:.1f} (max_pixels, --max-pixels)"
+        )
+    return None
+
+
 class _Reader(torch.utils.data.Dataset):
     """Item -> a record dict: ``status`` is ``"todo"`` (with image, label, palette), ``"skip"``
     (a valid output exists) or ``"fail"`` (with ``reason``)."""
 
-    def __init__(self, items, out_dir, confidence_dir, num_classes, missing_index, overwrite):
+    def __init__(self, items, out_dir, confidence_dir, num_classes, missing_index, overwrite, max_pixels):
         self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
         self.n, self.missing_index, self.overwrite = num_classes, missing_index, overwrite
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _read_label(self, it: Item) -> tuple[torch.Tensor, list | None]:
+        problem = _too_large(it.label, "label", self.max_pixels)
+        if problem is not None:
+            raise _Skip(problem)
+        with Image.open(it.label) as im:
+            palette = im.getpalette() if im.mode == "P" else None
+        return read_label(it.label), palette
 
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
@@ -282,9 +325,9 @@ class _Reader(torch.utils.data.Dataset):
         if it.problem is not None:
             return {**rec, "reason": it.problem}
         try:
-            with Image.open(it.label) as im:
-                palette = im.getpalette() if im.mode == "P" else None
-            label = read_label(it.label)
+            label, palette = self._read_label(it)
+        except _Skip as e:
+            return {**rec, "reason": str(e)}
         except Exception as e:  # every unreadable file is a recorded failure
             return {**rec, "reason": _reason("cannot read label", e, it.label)}
         lab_np = label.numpy()
@@ -293,24 +336,36 @@ class _Reader(torch.utils.data.Dataset):
             if output_is_valid(self.out_dir / it.name, lab_np, self.n, self.missing_index, conf):
                 return {"name": it.name, "status": "skip"}
         try:
+            problem = _too_large(it.image, "image", self.max_pixels)
+            if problem is not None:
+                return {**rec, "reason": problem}
             image = read_image(it.image)
         except Exception as e:
             return {**rec, "reason": _reason("cannot read image", e, it.image)}
+        reason = self._check(it, image, label)
+        if reason is not None:
+            return {**rec, "reason": reason}
+        return {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
+
+    def _check(self, it: Item, image: torch.Tensor, label: torch.Tensor) -> str | None:
         if tuple(image.shape[-2:]) != tuple(label.shape):
-            return {
-                **rec,
-                "reason": f"size mismatch: image {it.image.name} is {image.shape[-1]}x{image.shape[-2]} but label "
-                f"{it.label.name} is {label.shape[-1]}x{label.shape[-2]} (W x H)",
-            }
+            return (
+                f"size mismatch: image {it.image.name} is {image.shape[-1]}x{image.shape[-2]} but label "
+                f"{it.label.name} is {label.shape[-1]}x{label.shape[-2]} (W x H)"
+            )
+        lab_np = label.numpy()
         bad = (lab_np != self.missing_index) & ((lab_np < 0) | (lab_np >= self.n))
         if bad.any():
             vals = sorted(np.unique(lab_np[bad]).tolist())[:5]
-            return {
-                **rec,
-                "reason": f"ids out of range: {int(bad.sum())} pixels have ids {vals} outside [0, {self.n}) "
-                f"that are not the missing index {self.missing_index}",
-            }
-        return {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
+            return (
+                f"ids out of range: {int(bad.sum())} pixels have ids {vals} outside [0, {self.n}) "
+                f"that are not the missing index {self.missing_index}"
+            )
+        return None
+
+
+class _Skip(Exception):
+    """A file the reader refuses before decoding it (the reason is the message)."""
 
 
 def _reason(what: str, e: Exception, path) -> str:
@@ -318,8 +373,8 @@ def _reason(what: str, e: Exception, path) -> str:
     return msg if msg.startswith(what) else f"{what}: {msg}"
 
 
-def _as_list(batch):
-    return batch
+def _pixels(rec: dict) -> int:
+    return int(rec["label"].numel())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,56 +388,73 @@ def _write(rec: dict, completed: torch.Tensor, conf: torch.Tensor | None, out_di
     save_label_png(completed, out_dir / rec["name"], rec["palette"])
 
 
-def _complete_and_write(completer, recs, *, batch_size, missing_index, out_dir, conf_dir, report, strict):
-    """Complete ``recs`` (all ``todo``) in one call; on an error, one by one so only the culprit fails."""
-    if not recs:
-        return
-    want_conf = conf_dir is not None
+class _Completion:
+    """Completes groups of records and writes them; records failures in the report. Writes that fail
+    ``MAX_WRITE_FAILURES`` times in a row (a full or read-only disk) stop the run with
+    :class:`OutputWriteError`."""
 
-    def run(rs):
+    MAX_WRITE_FAILURES = 3
+
+    def __init__(self, completer, report: Report, *, batch_size, missing_index, out_dir, conf_dir, strict):
+        self.completer, self.report, self.batch_size = completer, report, batch_size
+        self.missing_index, self.out_dir, self.conf_dir, self.strict = missing_index, out_dir, conf_dir, strict
+        self.write_failures = 0
+
+    def _run(self, rs: list[dict]):
+        want_conf = self.conf_dir is not None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = completer.complete_batch(
+            out = self.completer.complete_batch(
                 [r["image"] for r in rs],
                 [r["label"] for r in rs],
-                batch_size=batch_size,
-                missing_index=missing_index,
+                batch_size=self.batch_size,
+                missing_index=self.missing_index,
                 return_confidence=want_conf,
             )
         for w in caught:
             msg = str(w.message)
             hit = [r for i, r in enumerate(rs) if msg.startswith(f"labels[{i}] ")]  # attribute to the file
             if hit:
-                report.warnings.append((hit[0]["name"], msg.split(" ", 1)[1]))
+                self.report.warnings.append((hit[0]["name"], msg.split(" ", 1)[1]))
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out if want_conf else (out, [None] * len(rs))
 
-    def write(r, lab, conf):
+    def _write(self, r: dict, lab, conf) -> None:
         try:
-            _write(r, lab, conf, out_dir, conf_dir)
+            _write(r, lab, conf, self.out_dir, self.conf_dir)
         except OSError as e:
-            _fail(report, r["name"], f"cannot write output: {e}", strict)
+            self.write_failures += 1
+            _fail(self.report, r["name"], f"cannot write output: {e}", self.strict)
+            if self.write_failures >= self.MAX_WRITE_FAILURES:
+                raise OutputWriteError(
+                    f"{self.write_failures} outputs in a row could not be written, the last: {e}; stopped"
+                ) from None
             return
-        report.done += 1
+        self.write_failures = 0
+        self.report.done += 1
 
-    try:
-        labs, confs = run(recs)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception:  # isolate the failing file: one by one, each written before the next
-        for r in recs:
-            try:
-                (lab,), (conf,) = run([r])
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:
-                _fail(report, r["name"], f"completion failed: {e}", strict)
-                continue
-            write(r, lab, conf)
-        return
-    for r, lab, conf in zip(recs, labs, confs, strict=True):
-        write(r, lab, conf)
+    def __call__(self, recs: list[dict]) -> None:
+        """Complete ``recs`` (all ``todo``) in one call; on an error, one by one so only the culprit fails."""
+        if not recs:
+            return
+        try:
+            labs, confs = self._run(recs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:  # isolate the failing file: one by one, each written before the next
+            for r in recs:
+                try:
+                    (lab,), (conf,) = self._run([r])
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:
+                    _fail(self.report, r["name"], f"completion failed: {e}", self.strict)
+                    continue
+                self._write(r, lab, conf)
+            return
+        for r, lab, conf in zip(recs, labs, confs, strict=True):
+            self._write(r, lab, conf)
 
 
 def _fail(report: Report, name: str, reason: str, strict: bool) -> None:
@@ -391,18 +463,29 @@ def _fail(report: Report, name: str, reason: str, strict: bool) -> None:
         raise CompletionError(name, reason)
 
 
+def _save_report(report: Report, rpath: Path) -> None:
+    """Write the report at ``rpath``, else (read-only, full disk) in the working directory or the temp
+    directory; ``report.report_path`` says where it went (None when nowhere)."""
+    fallback = f"label-mae-report-{os.getpid()}.json"
+    for p in (rpath, Path.cwd() / fallback, Path(tempfile.gettempdir()) / fallback):
+        report.report_path = str(p)
+        text = json.dumps(report.to_dict(), indent=2)
+        try:
+            atomic_write(p, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+            return
+        except OSError as e:
+            report.errors.append(f"cannot write the report {p}: {e}")
+    report.report_path = None
+
+
 # ----------------------------------------------------------------------------------------------------
 # the entry point
 # ----------------------------------------------------------------------------------------------------
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
 def _report_path(report_path, out_dir: Path, rank: int, world_size: int) -> Path:
     p = Path(report_path) if report_path is not None else out_dir / REPORT_NAME
     if world_size > 1:
         p = p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
-    return p
+    return p.resolve()
 
 
 def _load_completer(model, device, precision="auto"):
@@ -413,6 +496,54 @@ def _load_completer(model, device, precision="auto"):
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per rank
     return LabelCompleter.from_pretrained(str(model), device=device, precision=precision)
+
+
+def _check_numbers(batch_size: int, num_workers: int, max_pixels: int, max_batch_pixels: int) -> None:
+    for what, v, low in (
+        ("batch_size", batch_size, 1),
+        ("num_workers", num_workers, 0),
+        ("max_pixels", max_pixels, 1),
+        ("max_batch_pixels", max_batch_pixels, 1),
+    ):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{what} must be an integer >= {low}, got {v!r}")
+
+
+def _items(images_dir, labels_dir, voc_root, image_set, year) -> tuple[Path, Path, list[Item], list]:
+    """``(images_dir, labels_dir, items, inputs)``; ``inputs`` are the ``(what, path)`` that no output
+    may be or lie inside."""
+    if voc_root is not None:
+        if images_dir is not None or labels_dir is not None:
+            raise ValueError("give either voc_root or images_dir / labels_dir, not both")
+        images_dir, labels_dir, items = voc_paths(voc_root, image_set, year)
+        extra = [("VOC image sets folder", Path(images_dir).parent / "ImageSets")]
+    else:
+        if images_dir is None or labels_dir is None:
+            raise ValueError("images_dir and labels_dir are required (or voc_root)")
+        items, extra = list_pairs(images_dir, labels_dir), []
+    images_dir, labels_dir = Path(images_dir).resolve(), Path(labels_dir).resolve()
+    return images_dir, labels_dir, items, [("images folder", images_dir), ("labels folder", labels_dir), *extra]
+
+
+def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, inputs, names, in_place: bool) -> None:
+    """Refuse outputs that could replace or mix with inputs, or with each other, before any work."""
+    labels_dir, images_dir = dict(inputs)["labels folder"], dict(inputs)["images folder"]
+    if (out_dir == labels_dir or labels_dir in out_dir.parents) and not in_place:
+        raise ValueError(
+            f"out_dir {out_dir} is the labels folder or inside it; outputs there could replace or mix with "
+            f"the input labels. Choose another folder, or pass in_place=True (--in-place) to do so on purpose"
+        )
+    if out_dir == images_dir:
+        raise ValueError(f"out_dir {out_dir} is the images folder; choose another folder")
+    if conf_dir is not None and conf_dir in (out_dir, labels_dir, images_dir):
+        raise ValueError(
+            f"confidence_dir {conf_dir} must differ from the out, labels and images folders "
+            f"(its files have the labels' names)"
+        )
+    allow = [("out_dir", "labels folder"), ("report", "labels folder")] if in_place else []
+    check_outputs([("out_dir", out_dir), ("confidence_dir", conf_dir), ("report", rpath)], inputs, allow)
+    if rpath.parent in (out_dir, conf_dir) and rpath.name in names or rpath.is_dir():
+        raise ValueError(f"report {rpath} would collide with an output file or folder of the same name")
 
 
 def complete_dataset(
@@ -437,6 +568,8 @@ def complete_dataset(
     voc_root: str | Path | None = None,
     image_set: str = "train",
     year: str = "2012",
+    max_pixels: int = MAX_PIXELS,
+    max_batch_pixels: int = MAX_BATCH_PIXELS,
 ) -> Report:
     """Complete every label of ``labels_dir`` (``<id>.png``, pixels equal to ``missing_index`` are
     missing) with its image ``images_dir/<id>.<ext>`` and write the results to ``out_dir``; see the
@@ -447,99 +580,106 @@ def complete_dataset(
     ``precision``: for a model loaded by name (see :attr:`LabelCompleter.precision`).
     ``voc_root`` (with ``image_set``, ``year``): a Pascal VOC root instead of ``images_dir`` /
     ``labels_dir`` (pass None for those); the files are those of torchvision's ``VOCSegmentation``.
-    Returns a :class:`Report`; raises :class:`CompletionError` with ``strict=True`` at the first failure
-    and ``ValueError`` / ``FileNotFoundError`` for arguments it cannot work with (before any output).
+    ``max_pixels``: files with more pixels are reported, not decoded; ``max_batch_pixels``: a forward
+    pass takes at most ``batch_size`` images and this many pixels (one larger image goes alone).
+    Returns a :class:`Report`. Raises :class:`CompletionError` with ``strict=True`` at the first failure,
+    ``ValueError`` / ``FileNotFoundError`` for arguments it cannot work with, :class:`OutputLockedError`
+    when another run writes to ``out_dir`` (all before any output); :class:`OutputWriteError` when the
+    outputs cannot be written, and :class:`Interrupted` after SIGINT / SIGTERM (the current files
+    finished); both carry the written report as ``.report``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if voc_root is not None:
-        if images_dir is not None or labels_dir is not None:
-            raise ValueError("give either voc_root or images_dir / labels_dir, not both")
-        images_dir, labels_dir, items = voc_paths(voc_root, image_set, year)
-    else:
-        if images_dir is None or labels_dir is None:
-            raise ValueError("images_dir and labels_dir are required (or voc_root)")
-        items = list_pairs(images_dir, labels_dir)
-    images_dir, labels_dir, out_dir = (Path(p).resolve() for p in (images_dir, labels_dir, out_dir))
-    if _inside(out_dir, labels_dir) and not in_place:
-        raise ValueError(
-            f"out_dir {out_dir} is the labels folder or inside it; outputs there could replace or mix with "
-            f"the input labels. Choose another folder, or pass in_place=True (--in-place) to do so on purpose"
-        )
-    if out_dir == images_dir:
-        raise ValueError(f"out_dir {out_dir} is the images folder; choose another folder")
+    _check_numbers(batch_size, num_workers, max_pixels, max_batch_pixels)
+    images_dir, labels_dir, items, inputs = _items(images_dir, labels_dir, voc_root, image_set, year)
+    out_dir = Path(out_dir).resolve()
     conf_dir = Path(confidence_dir).resolve() if confidence_dir is not None else None
-    if conf_dir is not None and conf_dir in (out_dir, labels_dir, images_dir):
-        raise ValueError(
-            f"confidence_dir {conf_dir} must differ from the out, labels and images folders "
-            f"(its files have the labels' names)"
-        )
     rank, world_size = resolve_rank(rank, world_size)
     mine = shard(items, rank, world_size)
-    completer = _load_completer(model, device, precision)
-    n = completer.num_classes
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     rpath = _report_path(report_path, out_dir, rank, world_size)
-    names = {it.name for it in mine} | {rpath.name}
-    for d in (out_dir, conf_dir):
-        if d is not None:
-            d.mkdir(parents=True, exist_ok=True)
-            _clean_temp_files(d, names)
+    names = {it.name for it in mine}
+    files = [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
+    _check_output_paths(out_dir, conf_dir, rpath, inputs + files, names, in_place)
+    completer = _load_completer(model, device, precision)
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
-    report.report_path = str(rpath)
-    reader = _Reader(mine, out_dir, conf_dir, n, missing_index, overwrite)
+    reader = _Reader(mine, out_dir, conf_dir, completer.num_classes, missing_index, overwrite, max_pixels)
+    complete = _Completion(
+        completer,
+        report,
+        batch_size=batch_size,
+        missing_index=missing_index,
+        out_dir=out_dir,
+        conf_dir=conf_dir,
+        strict=strict,
+    )
+    with contextlib.ExitStack() as stack:
+        for d in (out_dir, conf_dir):
+            if d is not None:
+                stack.enter_context(OutputLock(d, rank, world_size))
+                remove_stale_temp_files(d, names | {rpath.name})
+        stop = stack.enter_context(GracefulStop())
+        start = time.perf_counter()
+        try:
+            _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_workers, progress)
+        except OutputWriteError as e:
+            report.errors.append(str(e))
+            raise OutputWriteError(str(e), report) from None
+        finally:
+            report.seconds = time.perf_counter() - start
+            report.images_per_s = report.done / report.seconds if report.seconds > 0 else 0.0
+            _save_report(report, rpath)
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, report)
+    return report
+
+
+def _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_workers, progress) -> None:
+    """Read records in file order, group them by ``batch_size`` and ``max_batch_pixels``, complete and
+    write each group; stops after a group when ``stop`` caught a signal."""
     loader = torch.utils.data.DataLoader(
-        reader, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_as_list
+        reader,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if num_workers else None,
     )
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        desc = f"completing (rank {rank}/{world_size})" if world_size > 1 else "completing"
-        bar = tqdm(total=len(mine), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+        desc = f"completing (rank {report.rank}/{report.world_size})" if report.world_size > 1 else "completing"
+        bar = tqdm(total=len(reader), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+    todo: list[dict] = []
 
-    def flush(todo):
-        _complete_and_write(
-            completer,
-            todo,
-            batch_size=batch_size,
-            missing_index=missing_index,
-            out_dir=out_dir,
-            conf_dir=conf_dir,
-            report=report,
-            strict=strict,
-        )
+    def flush():
+        complete(todo)
+        if bar is not None:
+            bar.update(len(todo))
+            bar.set_postfix(done=report.done, skipped=report.skipped, failed=len(report.failed), refresh=False)
+        todo.clear()
 
-    start = time.perf_counter()
     try:
-        for batch in loader:
-            todo = []
-            for rec in batch:  # in file order: with strict, everything before the first failure is done
+        for rec in loader:  # in file order: with strict, everything before the first failure is done
+            if rec["status"] == "todo":
+                if todo and (len(todo) >= batch_size or sum(map(_pixels, todo)) + _pixels(rec) > max_batch_pixels):
+                    flush()
+                todo.append(rec)
+            else:
                 if rec["status"] == "skip":
                     report.skipped += 1
-                elif rec["status"] == "todo":
-                    todo.append(rec)
                 else:
-                    flush(todo)
-                    todo = []
-                    _fail(report, rec["name"], rec["reason"], strict)
-            flush(todo)
-            if bar is not None:
-                bar.update(len(batch))
-                bar.set_postfix(done=report.done, skipped=report.skipped, failed=len(report.failed), refresh=False)
-        report.finished = True
+                    flush()
+                    _fail(report, rec["name"], rec["reason"], complete.strict)
+                if bar is not None:
+                    bar.update(1)
+            if stop.signum is not None:
+                break
+        else:
+            flush()
+            report.finished = True
+        flush()  # after a signal: what was read is finished, then the run stops
     finally:
         if bar is not None:
             bar.close()
-        report.seconds = time.perf_counter() - start
-        report.images_per_s = report.done / report.seconds if report.seconds > 0 else 0.0
-        text = json.dumps(report.to_dict(), indent=2)
-        atomic_write(rpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return report
 
 
 def complete_voc(voc_root: str | Path, out_dir: str | Path, *, image_set: str = "train", **kwargs) -> Report:

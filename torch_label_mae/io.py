@@ -134,10 +134,11 @@ def confidence_like(conf: torch.Tensor, like):
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``. The temp
+    file is ``.<name>.<pid>.<random>.tmp``: the pid tells a dead run's leftovers from a live one's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -31,6 +31,7 @@ from .io import atomic_write
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE, NAMED_CONFIGS, LMAEConfig
+from .outputs import check_outputs
 
 
 @dataclass
@@ -149,6 +150,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    check_outputs([("out", out)], [("data", cfg.data)])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     rng = random.Random(cfg.seed * 1000 + rank)

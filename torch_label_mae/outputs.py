@@ -1,0 +1,184 @@
+"""Where a run may write, and who may write there: inputs are never written, one writer per folder.
+
+- :func:`check_outputs` refuses an output path (file or folder) that is, or lies inside, an input
+  file or folder, resolved through ``..`` and symlinks. Every command that writes uses it.
+- :class:`OutputLock` holds ``<folder>/.label-mae.lock`` (the owner's pid, host, rank) while a run
+  writes there: a second run on the same folder is refused with the owner named; a lock whose owner
+  died (``kill -9``) is stale and taken over. Ranks of one sharded run each hold their own lock.
+  Taking the lock is also the first write into the folder, so a read-only or full disk is found
+  before any work is done.
+- :func:`remove_stale_temp_files` removes the temp files that :func:`torch_label_mae.io.atomic_write`
+  leaves when its process is killed (``.<name>.<pid>.<random>.tmp``), only those of dead processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["OutputLock", "OutputLockedError", "OutputWriteError", "check_outputs", "remove_stale_temp_files"]
+
+LOCK_PREFIX = ".label-mae"
+
+
+class OutputWriteError(RuntimeError):
+    """An output folder or file cannot be written (read-only, full, no permission). ``report``: what
+    the run had done when it stopped, when there was a run."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class OutputLockedError(RuntimeError):
+    """Another live run holds the lock of an output folder."""
+
+
+def _resolved(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def check_outputs(
+    outputs: Iterable[tuple[str, str | os.PathLike | None]],
+    inputs: Iterable[tuple[str, str | os.PathLike | None]],
+    allow: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Raise ``ValueError`` when an output path is an input path or lies inside an input folder.
+
+    ``outputs`` / ``inputs``: ``(what, path)`` pairs (``what`` names the argument in the message;
+    ``None`` paths are ignored). Paths are compared after resolving ``..`` and symlinks. ``allow``:
+    ``(output what, input what)`` pairs let through on purpose (e.g. writing into the labels folder
+    in place).
+    """
+    inputs = [(w, _resolved(p)) for w, p in inputs if p is not None]
+    allowed = set(allow)
+    for what, path in outputs:
+        if path is None:
+            continue
+        out = _resolved(path)
+        for in_what, inp in inputs:
+            if (what, in_what) in allowed:
+                continue
+            if out == inp:
+                raise ValueError(f"{what} {out} is the {in_what} itself; outputs must not replace inputs")
+            if inp in out.parents and inp.is_dir():
+                raise ValueError(
+                    f"{what} {out} is inside the {in_what} {inp}; outputs there could replace or mix with "
+                    f"the inputs. Choose a path outside it"
+                )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _owner_alive(info: dict) -> bool:
+    """True unless the lock's owner surely died: same host and no such process."""
+    if info.get("host") != socket.gethostname():
+        return True  # another machine on a shared disk: cannot tell, so assume it lives
+    return _pid_alive(int(info.get("pid", -1)))
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # half-written by a run killed while taking it: stale
+    return info if isinstance(info, dict) else None
+
+
+class OutputLock:
+    """``with OutputLock(folder, rank, world_size):`` one writer per output folder.
+
+    The lock file is ``.label-mae.lock`` for a single process and ``.label-mae.rank<k>.lock`` for
+    rank ``k`` of a sharded run. Taking it fails with :class:`OutputLockedError` when a live process
+    holds the same lock, or any lock of a run sharded differently (another ``world_size``), and with
+    :class:`OutputWriteError` when the folder cannot be written.
+    """
+
+    def __init__(self, folder: str | os.PathLike, rank: int = 0, world_size: int = 1):
+        self.folder, self.rank, self.world_size = Path(folder), rank, world_size
+        name = f"{LOCK_PREFIX}.lock" if world_size == 1 else f"{LOCK_PREFIX}.rank{rank}.lock"
+        self.path = self.folder / name
+
+    def _check_others(self) -> None:
+        for p in sorted(self.folder.glob(f"{LOCK_PREFIX}*.lock")):
+            info = _read_lock(p)
+            if info is None or not _owner_alive(info):
+                p.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            if p == self.path or int(info.get("world_size", 1)) != self.world_size:
+                raise OutputLockedError(
+                    f"{self.folder}: another label-mae run writes here (pid {info.get('pid')} on "
+                    f"{info.get('host')}, started {info.get('started')}, lock {p}); wait for it to finish "
+                    f"or stop it. If no such run exists, delete {p}"
+                )
+
+    def __enter__(self) -> OutputLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._check_others()
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:  # another run took it between the check and now
+            self._check_others()
+            raise OutputLockedError(f"{self.folder}: another label-mae run took the lock {self.path}") from None
+        except OSError as e:
+            raise OutputWriteError(f"{self.folder}: cannot write here ({e.strerror or e})") from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(info))
+        except OSError as e:
+            self.path.unlink(missing_ok=True)
+            raise OutputWriteError(f"{self.folder}: cannot write here ({e.strerror or e})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        info = _read_lock(self.path)
+        if info is not None and info.get("pid") == os.getpid():
+            with contextlib.suppress(OSError):  # a folder that turned read-only: the lock goes stale
+                self.path.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, names: set[str]) -> int:
+    """Remove ``folder/.<name>.<pid>.<random>.tmp`` for ``names`` whose process is dead (a run killed
+    mid-write); live runs' temp files are left alone. Returns how many were removed."""
+    folder, removed = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.iterdir():
+        n = p.name
+        if not (n.startswith(".") and n.endswith(".tmp")):
+            continue
+        stem, pid = n[1:-4].rpartition(".")[0], None  # drop the random part
+        head, _, tail = stem.rpartition(".")
+        if tail.isdigit() and head in names:  # .<name>.<pid>.<random>.tmp
+            stem, pid = head, int(tail)
+        if stem in names and (pid is None or (pid != os.getpid() and not _pid_alive(pid))):
+            try:
+                p.unlink(missing_ok=True)
+                removed += 1
+            except OSError as e:
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+    return removed
