@@ -25,6 +25,8 @@ from synth import TINY_MODEL, make_dataset
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.cli import main
 from torch_label_mae.complete_dataset import (
+    MAX_BATCH_PIXELS,
+    MAX_PIXELS,
     Interrupted,
     OutputLockedError,
     OutputWriteError,
@@ -215,6 +217,13 @@ def test_batches_are_formed_by_pixel_count(tmp_path, model_dir, max_batch_pixels
         progress=False,
     )
     assert r.done == 5 and sizes == expected
+
+
+def test_the_cli_defaults_are_the_library_limits(capsys):
+    with pytest.raises(SystemExit):
+        main(["complete", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {MAX_PIXELS})" in text and f"(default: {MAX_BATCH_PIXELS})" in text
 
 
 def test_limits_are_validated(tmp_path, model_dir):

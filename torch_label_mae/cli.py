@@ -341,7 +341,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=40_000_000,  # complete_dataset.MAX_PIXELS; literal: --help stays free of torch
+        default=25_000_000,  # complete_dataset.MAX_PIXELS; literal: --help stays free of torch
         help="files with more pixels are reported as too large, not decoded (default: %(default)s)",
     )
     p.add_argument(

@@ -6,11 +6,23 @@
 Promises:
 
 - **Inputs are never modified.** ``out_dir`` equal to or inside ``labels_dir`` is refused unless
-  ``in_place=True``; ``out_dir`` / ``confidence_dir`` equal to ``images_dir`` is always refused.
+  ``in_place=True``; ``out_dir``, ``confidence_dir`` and the report are refused when they are or lie
+  inside any input file or folder (:func:`torch_label_mae.outputs.check_outputs`, through ``..`` and
+  symlinks), before anything is written.
+- **One writer per folder.** A run holds ``out_dir/.label-mae.lock`` (and one in ``confidence_dir``)
+  with its pid; a second run on the same folder gets :class:`OutputLockedError` naming the first; a
+  lock whose owner died is stale and taken over. Taking it is the first write, so a read-only or
+  full folder fails at once with :class:`OutputWriteError`.
+- **Bounded memory.** A file over ``max_pixels`` is reported as too large from its header, never
+  decoded; a forward pass takes at most ``batch_size`` images and ``max_batch_pixels`` pixels.
+- **Stops that lose nothing.** SIGINT / SIGTERM finish the files in hand, write the report with
+  ``finished: false`` and raise :class:`Interrupted` (the CLI exits 130 / 143); three failed writes
+  in a row (a full disk) stop the run with :class:`OutputWriteError`; the report goes to the working
+  or temp directory when its own place cannot be written. Reader processes die with the run.
 - **Atomic outputs.** Every file is written to a temp file beside its final name and renamed over it
   (:func:`torch_label_mae.io.atomic_write`), so a run killed at any moment (even ``kill -9``) leaves
-  either a complete file or none under a final name. Stray temp files (``.<name>.<random>.tmp``) of
-  this run's files are removed at the next start.
+  either a complete file or none under a final name. Stray temp files (``.<name>.<pid>.<random>.tmp``)
+  of this run's files whose process is dead are removed at the next start.
 - **Resumable.** A rerun skips every output that is complete and valid (a readable palette PNG of
   the label's size, ids in ``[0, N)``, equal to the label on every known pixel; and its confidence
   map, when asked for, a readable grayscale PNG of that size) unless ``overwrite=True``.
@@ -57,7 +69,7 @@ from .io import atomic_write, save_label_png
 from .outputs import OutputLock, OutputLockedError, OutputWriteError, check_outputs, remove_stale_temp_files
 
 REPORT_NAME = "completion_report.json"
-MAX_PIXELS = 40_000_000  # per file (e.g. 8000 x 5000); larger files are reported, not decoded
+MAX_PIXELS = 25_000_000  # per file (e.g. 6000 x 4000 photos fit); larger files are reported, not decoded
 MAX_BATCH_PIXELS = 16 * 1024 * 1024  # per forward pass: sixteen 1024 x 1024 images
 
 __all__ = [
