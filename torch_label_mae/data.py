@@ -58,17 +58,31 @@ class DatasetInfo:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """RGB image file -> ``uint8 [3, H, W]``; raises ``ValueError`` naming the file if unreadable."""
+    """Image file -> ``uint8 [3, H, W]`` (gray replicated to RGB; 16-bit gray scaled to 8 bits by
+    ``round(v / 257)``, see :func:`~torch_label_mae.io.gray_to_uint8`).
+
+    Raises ``ValueError`` naming the file if it is unreadable, empty (``H`` or ``W`` is 0) or holds
+    values that cannot be mapped to 8 bits (NaN in a float image, negative 32-bit values)."""
+    from .io import WIDE_GRAY_MODES, gray_to_uint8
+
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            im.load()
+            if im.mode in WIDE_GRAY_MODES:
+                wide, arr = im.copy(), None
+            else:
+                wide, arr = None, np.asarray(im.convert("RGB"))
     except Exception as e:  # PIL raises several types for corrupt files
         raise ValueError(f"{path}: cannot read image ({e})") from None
+    if wide is not None:
+        arr = np.repeat(gray_to_uint8(wide, str(path))[:, :, None], 3, axis=2)
+    _check_pixels(arr.shape[:2], path, "image")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def read_label(path: str | Path) -> torch.Tensor:
-    """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``."""
+    """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``; raises ``ValueError``
+    naming the file if it is unreadable, not a label mode or empty (``H`` or ``W`` is 0)."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
@@ -76,7 +90,13 @@ def read_label(path: str | Path) -> torch.Tensor:
             arr = np.asarray(im)
     except Exception as e:
         raise ValueError(f"{path}: cannot read label ({e})") from None
+    _check_pixels(arr.shape[:2], path, "label")
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def _check_pixels(hw: tuple[int, ...], path: str | Path, what: str) -> None:
+    if len(hw) < 2 or 0 in hw:
+        raise ValueError(f"{path}: empty {what} of (H, W) = {tuple(hw)}; it needs at least one pixel")
 
 
 def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:
