@@ -14,8 +14,9 @@ from synth import TINY_MODEL
 
 from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig
 from torch_label_mae import data as data_mod
-from torch_label_mae.data import read_image, read_label
-from torch_label_mae.io import image_to_tensor, label_to_tensor
+from torch_label_mae.cli import main
+from torch_label_mae.data import degrade, degrade_folder, read_image, read_label
+from torch_label_mae.io import default_palette, image_to_tensor, label_to_tensor
 
 
 def _tiny(num_classes: int, seed: int = 0) -> LabelCompleter:
@@ -205,3 +206,77 @@ def test_c_a_zero_width_png_file_is_refused_naming_the_file(tmp_path):
         read_image(path)
     with pytest.raises(ValueError, match=r"zero.png: cannot read label"):
         read_label(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# (d) impossible degradation settings
+# ----------------------------------------------------------------------------------------------------
+@given(block=st.integers(-5, 0))
+def test_d_degrade_refuses_blocks_below_one(block):
+    with pytest.raises(ValueError, match=rf"patch_size must be an integer >= 1 \(pixels\), got {block}"):
+        degrade(torch.zeros(8, 8, dtype=torch.long), 0.5, block, mode="blocks")
+
+
+@given(ratio=st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1 + 1e-9), st.just(float("nan"))))
+def test_d_degrade_refuses_ratios_outside_0_1(ratio):
+    with pytest.raises(ValueError, match=r"ratio must be a number in \[0, 1\]"):
+        degrade(torch.zeros(8, 8, dtype=torch.long), ratio, 4, mode="blocks")
+
+
+def test_d_degrade_refuses_non_integer_blocks_and_keeps_the_edges():
+    with pytest.raises(ValueError, match=r"patch_size must be an integer >= 1 \(pixels\), got 2.5"):
+        degrade(torch.zeros(8, 8, dtype=torch.long), 0.5, 2.5, mode="blocks")
+    label = torch.zeros(8, 8, dtype=torch.long)
+    assert not degrade(label, 0.0, 1, mode="blocks")[1].any() and degrade(label, 1.0, 1, mode="blocks")[1].all()
+
+
+def _label_folder(tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    im = Image.fromarray(np.zeros((8, 8), np.uint8), mode="P")
+    im.putpalette(default_palette())
+    im.save(folder / "a.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(block=0), r"block must be an integer >= 1 \(pixels\), got 0"),
+        (dict(ratio=1.5), r"ratio must be a number in \[0, 1\], got 1.5"),
+        (dict(missing_index=256), r"missing_index must be in 0..255"),
+    ],
+)
+def test_d_degrade_folder_refuses_before_writing(tmp_path, kwargs, message):
+    labels = _label_folder(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        degrade_folder(labels, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--block", "0", "argument --block: must be >= 1, got 0"),
+        ("--block", "-3", "argument --block: must be >= 1, got -3"),
+        ("--block", "2.5", "argument --block: expected an integer, got '2.5'"),
+        ("--ratio", "1.5", r"argument --ratio: must be in [0, 1], got 1.5"),
+        ("--ratio", "nan", r"argument --ratio: must be in [0, 1], got nan"),
+        ("--ratio", "half", r"argument --ratio: expected a number in [0, 1], got 'half'"),
+        ("--missing-index", "256", "argument --missing-index: must be in 0..255, got 256"),
+    ],
+)
+def test_d_degrade_cli_refuses_like_argparse_exit_2_no_traceback(tmp_path, capsys, flag, value, message):
+    labels = _label_folder(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["degrade", "--labels", str(labels), "--out", str(tmp_path / "out"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "label-mae degrade: error: " + message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_d_degrade_cli_still_writes_with_block_one(tmp_path, capsys):
+    labels = _label_folder(tmp_path)
+    assert main(["degrade", "--labels", str(labels), "--out", str(tmp_path / "out"), "--block", "1"]) == 0
+    assert (read_label(tmp_path / "out" / "a.png") == 255).sum() == 32
