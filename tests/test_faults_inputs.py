@@ -4,6 +4,8 @@ is refused with a message naming the input, read correctly, or warned about."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,12 @@ def _tiny(num_classes: int, seed: int = 0) -> LabelCompleter:
 def small() -> LabelCompleter:
     """5 classes: never narrow enough to warn about other datasets' labels."""
     return _tiny(5)
+
+
+@pytest.fixture(scope="module")
+def wide() -> LabelCompleter:
+    """59 classes, as the CCP model."""
+    return _tiny(59, seed=1)
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -280,3 +288,56 @@ def test_d_degrade_cli_still_writes_with_block_one(tmp_path, capsys):
     labels = _label_folder(tmp_path)
     assert main(["degrade", "--labels", str(labels), "--out", str(tmp_path / "out"), "--block", "1"]) == 0
     assert (read_label(tmp_path / "out" / "a.png") == 255).sum() == 32
+
+
+# ----------------------------------------------------------------------------------------------------
+# (e) labels of another (smaller) dataset
+# ----------------------------------------------------------------------------------------------------
+def _label_with_ids(ids, h: int = 16, w: int = 24) -> np.ndarray:
+    """Vertical stripes of every one of ``ids``, the top two rows missing."""
+    lab = np.asarray(ids, np.uint8)[np.arange(w) * len(ids) // w][None].repeat(h, 0)
+    assert set(np.unique(lab)) == set(ids)
+    lab[:2, :] = 255
+    return lab
+
+
+def test_e_labels_of_an_11_class_dataset_on_a_59_class_model_warn_per_label(wide):
+    labels = [_label_with_ids([0, 19, 41, 3]), _label_with_ids(list(range(11)), w=44)]
+    with pytest.warns(UserWarning) as caught:
+        wide.complete_batch([_rgb(16, 24), _rgb(16, 44)], labels)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    msg = messages[0]
+    assert msg.startswith("labels[1] uses only class ids ")  # complete_dataset files it under labels[1]
+    assert "ids 0-10," in msg and "59 classes" in msg and "wrong one" in msg
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [0, 19, 41],  # CCP-like: spread over the id range
+        [0, 3],  # VOC-like: an image holds few classes
+        [0, 1, 2],  # fewer than 4 distinct ids
+        [0, 2, 5, 9, 14],  # spread: 5 of 0..14
+        [0, 1, 2, 3, 15],  # 15 >= 59 / 4
+    ],
+)
+def test_e_labels_that_fit_the_model_do_not_warn(wide, ids):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide.complete(_rgb(16, 24), _label_with_ids(ids))
+
+
+def test_e_small_models_never_warn_about_the_class_range(small):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.complete(_rgb(16, 24), _label_with_ids([0, 1, 2, 3, 4]))
+
+
+def test_e_missing_pixels_do_not_count_as_ids(wide):
+    lab = _label_with_ids([0, 1, 2, 3])
+    with pytest.warns(UserWarning, match=r"labels\[0\] uses only class ids 0-3,"):
+        wide.complete(_rgb(16, 24), lab)
+    with warnings.catch_warnings():  # the same ids, but one of them only under the missing map
+        warnings.simplefilter("error")
+        wide.complete(_rgb(16, 24), lab, missing=lab == 3)
