@@ -122,6 +122,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1] (argparse prints the message and exits with status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _int_in(text: str, lo: int, hi: int | None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"must be {f'in {lo}..{hi}' if hi is not None else f'>= {lo}'}, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_in(text, 1, None)
+
+
+def _byte(text: str) -> int:
+    """argparse type: an integer in 0..255."""
+    return _int_in(text, 0, 255)
+
+
 def cmd_degrade(args) -> int:
     from .data import degrade_folder
 
@@ -310,10 +341,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("degrade", help="write a degraded copy of a label folder (holes = --missing-index)")
     p.add_argument("--labels", required=True, help="folder of label PNGs")
     p.add_argument("--out", required=True, help="output folder (must differ from --labels)")
-    p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--block", type=int, default=32, help="hole size in pixels")
+    p.add_argument("--ratio", type=_unit_float, default=0.5, help="fraction of blocks to hide, 0..1 (default: 0.5)")
+    p.add_argument("--block", type=_positive_int, default=32, help="hole size in pixels, >= 1 (default: 32)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--missing-index", type=int, default=255)
+    p.add_argument("--missing-index", type=_byte, default=255, help="id written into the holes, 0..255 (default: 255)")
     p.set_defaults(fn=cmd_degrade)
 
     p = sub.add_parser(

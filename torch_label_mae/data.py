@@ -58,17 +58,31 @@ class DatasetInfo:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """RGB image file -> ``uint8 [3, H, W]``; raises ``ValueError`` naming the file if unreadable."""
+    """Image file -> ``uint8 [3, H, W]`` (gray replicated to RGB; 16-bit gray scaled to 8 bits by
+    ``round(v / 257)``, see :func:`~torch_label_mae.io.gray_to_uint8`).
+
+    Raises ``ValueError`` naming the file if it is unreadable, empty (``H`` or ``W`` is 0) or holds
+    values that cannot be mapped to 8 bits (NaN in a float image, negative 32-bit values)."""
+    from .io import WIDE_GRAY_MODES, gray_to_uint8
+
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            im.load()
+            if im.mode in WIDE_GRAY_MODES:
+                wide, arr = im.copy(), None
+            else:
+                wide, arr = None, np.asarray(im.convert("RGB"))
     except Exception as e:  # PIL raises several types for corrupt files
         raise ValueError(f"{path}: cannot read image ({e})") from None
+    if wide is not None:
+        arr = np.repeat(gray_to_uint8(wide, str(path))[:, :, None], 3, axis=2)
+    _check_pixels(arr.shape[:2], path, "image")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def read_label(path: str | Path) -> torch.Tensor:
-    """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``."""
+    """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``; raises ``ValueError``
+    naming the file if it is unreadable, not a label mode or empty (``H`` or ``W`` is 0)."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
@@ -76,7 +90,13 @@ def read_label(path: str | Path) -> torch.Tensor:
             arr = np.asarray(im)
     except Exception as e:
         raise ValueError(f"{path}: cannot read label ({e})") from None
+    _check_pixels(arr.shape[:2], path, "label")
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def _check_pixels(hw: tuple[int, ...], path: str | Path, what: str) -> None:
+    if len(hw) < 2 or 0 in hw:
+        raise ValueError(f"{path}: empty {what} of (H, W) = {tuple(hw)}; it needs at least one pixel")
 
 
 def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:
@@ -264,8 +284,10 @@ def degrade(
     them. ``seed`` may be an int or an image id (hashed with :func:`seed_for`).
 
     Returns ``(broken [H, W], missing [H, W] bool)``: ``broken`` is a copy with missing pixels set to
-    ``ignore_index``; the input is never modified.
+    ``ignore_index``; the input is never modified. Raises ``ValueError`` for ``ratio`` outside [0, 1]
+    and ``patch_size`` below 1.
     """
+    check_degrade_args(ratio, patch_size)
     if label.ndim != 2:
         raise ValueError(f"label must be [H, W], got {tuple(label.shape)}")
     if mode not in ("patches", "blocks"):
@@ -279,6 +301,19 @@ def degrade(
     missing = hidden_to_pixels(hidden, (gh, gw), patch_size)[0, :h, :w].to(label.device)
     broken = torch.where(missing, torch.full_like(label, ignore_index), label)
     return broken, missing
+
+
+def check_degrade_args(ratio: float, patch_size: int, name: str = "patch_size") -> None:
+    """``ValueError`` unless ``0 <= ratio <= 1`` and ``patch_size`` is an integer >= 1 (``name`` is
+    what the caller calls it, e.g. ``block``)."""
+    try:
+        r = None if isinstance(ratio, (bool, str)) else float(ratio)
+    except (TypeError, ValueError):
+        r = None
+    if r is None or not 0.0 <= r <= 1.0:  # also refuses NaN
+        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (pixels), got {patch_size!r}")
 
 
 # -- resizing shared by training, evaluation and completion ------------------------------------------
@@ -301,9 +336,17 @@ def degrade_folder(
     labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0, missing_index: int = 255
 ) -> int:
     """Write a degraded copy of every label PNG in ``labels_dir`` to ``out_dir`` (palette kept, atomic
-    writes, inputs untouched). Holes are seeded per file id. Returns the number written."""
+    writes, inputs untouched). Holes are seeded per file id. Returns the number written.
+
+    Raises ``ValueError`` before writing anything for ``ratio`` outside [0, 1], ``block`` below 1 or
+    ``missing_index`` outside 0..255 (the palette PNGs hold 8-bit ids)."""
     from .io import save_label_png
 
+    check_degrade_args(ratio, block, "block")
+    if isinstance(missing_index, bool) or not isinstance(missing_index, (int, np.integer)):
+        raise ValueError(f"missing_index must be an integer in 0..255, got {missing_index!r}")
+    if not 0 <= missing_index <= 255:
+        raise ValueError(f"missing_index must be in 0..255 (8-bit palette PNG ids), got {missing_index}")
     src, dst = Path(labels_dir).resolve(), Path(out_dir).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder")

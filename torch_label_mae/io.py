@@ -1,9 +1,10 @@
 """Conversions between the caller's types and tensors, and palette PNG read / write.
 
-Accepted images: ``PIL.Image`` (RGB, or L which is replicated to RGB), ``numpy`` ``HxWx3`` uint8 (or
-``HxW`` gray), ``torch`` ``3xHxW`` uint8 / float in [0, 1], ``tv_tensors.Image``. Accepted labels:
-``PIL.Image`` (P / L / I), ``numpy`` ``HxW`` int, ``torch`` ``HxW`` (or ``1xHxW``) int, ``tv_tensors.Mask``.
-Outputs come back as the label's own type, size, dtype (and palette for a 'P' image).
+Accepted images: ``PIL.Image`` (RGB, or one-channel gray replicated to RGB: see :func:`gray_to_uint8`
+for 16-bit and float gray), ``numpy`` ``HxWx3`` uint8 (or ``HxW`` gray), ``torch`` ``3xHxW`` uint8 /
+float in [0, 1] (finite), ``tv_tensors.Image``. Accepted labels: ``PIL.Image`` (P / L / I), ``numpy``
+``HxW`` int, ``torch`` ``HxW`` (or ``1xHxW``) int, ``tv_tensors.Mask``. Images and labels must have at
+least one pixel. Outputs come back as the label's own type, size, dtype (and palette for a 'P' image).
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ _LABEL_MODES = ("P", "L", "I", "I;16")
 
 
 def image_to_tensor(image, name: str = "image") -> torch.Tensor:
-    """Any accepted image -> ``[3, H, W]`` (uint8, or float in [0, 1]) on the CPU."""
+    """Any accepted image -> ``[3, H, W]`` (uint8, or float in [0, 1]) on the CPU.
+
+    Raises ``ValueError`` naming ``name`` for an image without pixels (``H`` or ``W`` is 0), a float
+    image with NaN / inf values or values outside [0, 1], and a gray image :func:`gray_to_uint8` refuses.
+    """
     if isinstance(image, Image.Image):
-        if image.mode in ("L", "I;16", "I", "F"):
-            image = image.convert("L").convert("RGB")
+        if image.mode in WIDE_GRAY_MODES:
+            gray = torch.from_numpy(gray_to_uint8(image, name))
+            return _check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
+        if image.mode == "L":
+            image = image.convert("RGB")
         elif image.mode in ("RGBA", "LA", "CMYK", "PA"):
             raise ValueError(
                 f"{name}: PIL mode {image.mode!r} has {len(image.getbands())} channels; convert it "
@@ -31,7 +39,7 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
             )
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        return _check_not_empty(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1), name)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -54,10 +62,12 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         t = t.as_subclass(torch.Tensor)
     else:
         raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    _check_not_empty(t, name)
     if t.dtype == torch.uint8:
         return t
     if t.dtype.is_floating_point:
-        if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
+        _check_finite(t, name)
+        if float(t.min()) < 0.0 or float(t.max()) > 1.0:
             raise ValueError(
                 f"{name}: float images must be in [0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}];"
                 " pass uint8 for 0..255"
@@ -67,7 +77,13 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
 
 
 def label_to_tensor(label, name: str = "label") -> torch.Tensor:
-    """Any accepted label -> ``int64 [H, W]`` on the CPU (a copy; the input is never modified)."""
+    """Any accepted label -> ``int64 [H, W]`` on the CPU (a copy; the input is never modified).
+
+    Raises ``ValueError`` naming ``name`` for a label without pixels (``H`` or ``W`` is 0)."""
+    return _check_not_empty(_label_to_tensor(label, name), name, "label")
+
+
+def _label_to_tensor(label, name: str) -> torch.Tensor:
     if isinstance(label, Image.Image):
         if label.mode not in _LABEL_MODES:
             raise ValueError(f"{name}: PIL mode {label.mode!r} is not a label; expected one of {_LABEL_MODES}")
@@ -87,6 +103,60 @@ def label_to_tensor(label, name: str = "label") -> torch.Tensor:
             raise ValueError(f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}")
         return t.to(torch.int64, copy=True)
     raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(label).__name__}")
+
+
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
+
+
+def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
+    """A one-channel PIL image of more than 8 bits (:data:`WIDE_GRAY_MODES`) -> ``uint8 [H, W]``.
+
+    - ``I;16`` (16-bit, e.g. a 16-bit gray PNG): ``round(v / 257)``, the standard 16 -> 8 bit scaling
+      (0 -> 0, 65535 -> 255, ``257 * k`` -> ``k``), the same for every image: never by the image's own
+      range, so equal values read equally across a dataset.
+    - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
+      (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
+    - ``F`` (32-bit float): refused when a value is NaN / inf, else clipped to 0..255 (Pillow's
+      ``convert("L")``).
+
+    ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
+    naming ``name`` for values it cannot map.
+    """
+    if image.mode == "F":
+        _check_finite(torch.from_numpy(np.array(image, dtype=np.float32)).unsqueeze(0), name)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.mode not in WIDE_GRAY_MODES:
+        raise ValueError(f"{name}: PIL mode {image.mode!r} is not a wide gray mode {WIDE_GRAY_MODES}")
+    arr = np.asarray(image).astype(np.int64)
+    if image.mode == "I" and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"{name}: PIL mode 'I' image has values in [{lo}, {hi}]; expected 0..255 (8-bit) or 0..65535 (16-bit)"
+            )
+        if hi <= 255:
+            return arr.astype(np.uint8)
+    return ((arr + 128) // 257).astype(np.uint8)  # round(v / 257), exactly, in integers
+
+
+def _check_not_empty(t: torch.Tensor, name: str, what: str = "image") -> torch.Tensor:
+    """``t`` (``[..., H, W]``) unchanged; ``ValueError`` naming ``name`` when it has no pixels."""
+    if t.ndim < 2 or t.shape[-1] == 0 or t.shape[-2] == 0:
+        hw = tuple(t.shape[-2:])
+        raise ValueError(f"{name}: empty {what} of (H, W) = {hw}; it needs at least one pixel")
+    return t
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """``ValueError`` naming ``name``, the count of NaN / inf pixels and the first one's position."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        per_pixel = bad.reshape(-1, *t.shape[-2:]).any(0)
+        y, x = (int(v) for v in per_pixel.nonzero()[0])
+        raise ValueError(
+            f"{name}: {int(per_pixel.sum())} NaN / inf pixels (the first at (y, x) = ({y}, {x})); "
+            "float images must be finite, in [0, 1]"
+        )
 
 
 def missing_to_tensor(missing, shape, name: str = "missing") -> torch.Tensor:
