@@ -129,7 +129,7 @@ def test_report_and_confidence_maps_can_never_land_on_inputs(tmp_path, model_dir
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_show_and_evaluate_outputs_are_checked_too(tmp_path, model_dir, capsys):
+def test_show_evaluate_and_degrade_outputs_are_checked_too(tmp_path, model_dir, capsys):
     images, broken = make_data(tmp_path, n=2)
     out = tmp_path / "out"
     assert cli(images, broken, out, model_dir) == 0
@@ -146,6 +146,9 @@ def test_show_and_evaluate_outputs_are_checked_too(tmp_path, model_dir, capsys):
     data = tmp_path / "data"
     code = main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(data / "dataset.json")])
     assert code == 2 and "--json" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(broken)
+    code = main(["degrade", "--labels", str(broken), "--out", str(tmp_path / "link" / "more")])
+    assert code == 2 and "inside the labels folder" in capsys.readouterr().err
     assert hashes(images, broken, out) == before
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .masking import hidden_to_pixels, random_masking
+from .outputs import check_outputs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -350,8 +351,7 @@ def degrade_folder(
     src, dst = Path(labels_dir).resolve(), Path(out_dir).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder")
-    if dst == src or src in dst.parents:
-        raise ValueError(f"--out {dst} is the labels folder or inside it; choose another folder")
+    check_outputs([("out_dir", dst)], [("labels folder", src)])
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
     for p in files:
         with Image.open(p) as im:
