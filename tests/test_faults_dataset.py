@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +198,35 @@ def test_a_file_over_max_pixels_is_reported_without_decoding_and_the_rest_done(t
     report = json.loads((tmp_path / "out" / "completion_report.json").read_text())
     assert report["failed"][0]["file"] == "zz_big.png"
     assert cli(images, broken, tmp_path / "out2", model_dir, "--max-pixels", 10_000) == 1
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A palette PNG that claims ``width x height`` but holds almost no data (decoding it would fail):
+    what a reader that trusts the header before decoding sees, at no memory cost."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+        + chunk(b"PLTE", bytes(768))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_huge_files_at_default_limits_are_reported_and_the_run_goes_on(tmp_path, model_dir):
+    images, broken = make_data(tmp_path, n=2)
+    png_header_only(broken / "huge.png", 12000, 12000)  # the fault probe's 144-megapixel label
+    Image.new("RGB", (8, 8)).save(images / "huge.jpg")
+    png_header_only(broken / "bomb.png", 20000, 20000)  # over Pillow's own decompression-bomb limit
+    Image.new("RGB", (8, 8)).save(images / "bomb.jpg")
+    r = complete_dataset(images, broken, tmp_path / "out", model=str(model_dir), progress=False)
+    reasons = dict(r.failed)
+    assert r.done == 2 and sorted(reasons) == ["bomb.png", "huge.png"]
+    assert "too large" in reasons["huge.png"] and "12000x12000 = 144.0 megapixels" in reasons["huge.png"]
+    assert "cannot read label" in reasons["bomb.png"]
 
 
 @pytest.mark.parametrize(("max_batch_pixels", "expected"), [(3072 * 2, [2, 2, 1]), (3072, [1] * 5), (10**9, [4, 1])])
