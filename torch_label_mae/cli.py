@@ -209,6 +209,7 @@ def cmd_complete(args) -> int:
 def cmd_train_affinity(args) -> int:
     from .affinity import train_affinity
 
+    check_outputs([("--out", args.out)], [("--data", args.data)])
     rec = train_affinity(
         args.init,
         args.data,
