@@ -85,14 +85,14 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "ignore_index": (-MAX_INDEX - 1, MAX_INDEX),
 }
 """Inclusive ``[low, high]`` of every int field of :class:`LMAEConfig` (``img_size``: :data:`MAX_IMG_SIZE`)."""
-FLOAT_LIMITS: dict[str, tuple[float, float]] = {
-    "mlp_ratio": (0.0, MAX_MLP_RATIO),
-    "drop_path": (0.0, 1.0),
-    "mask_ratio": (0.0, 1.0),
-    "prior_beta": (0.0, MAX_PRIOR_BETA),
-    "prior_scale": (0.0, MAX_PRIOR_SCALE),
+FLOAT_LIMITS: dict[str, tuple[str, float, float, str]] = {
+    "mlp_ratio": ("(", 0.0, MAX_MLP_RATIO, "]"),
+    "drop_path": ("[", 0.0, 1.0, ")"),
+    "mask_ratio": ("(", 0.0, 1.0, ")"),
+    "prior_beta": ("(", 0.0, MAX_PRIOR_BETA, "]"),
+    "prior_scale": ("(", 0.0, MAX_PRIOR_SCALE, "]"),  # or None (the default scale)
 }
-"""Bounds of the float fields (each must also be finite; the open ends are checked separately)."""
+"""Interval of every float field of :class:`LMAEConfig` (``"("``: open end); each must also be finite."""
 
 
 class LabelPrior(NamedTuple):
@@ -204,20 +204,18 @@ class LMAEConfig:
                 self._bad(name, "must be a string")
 
     def _validate_ranges(self) -> None:
-        for name, (lo, hi) in {**SIZE_LIMITS, **FLOAT_LIMITS}.items():
-            v = getattr(self, name)
-            if v is not None and not lo <= v <= hi:
+        for name, (lo, hi) in SIZE_LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
                 self._bad(name, f"must be in [{lo}, {hi}]")
-        if self.mlp_ratio <= 0:
-            self._bad("mlp_ratio", f"must be in (0, {MAX_MLP_RATIO:g}]")
-        if not 0 <= self.drop_path < 1:
-            self._bad("drop_path", "must be in [0, 1)")
-        if not 0 < self.mask_ratio < 1:
-            self._bad("mask_ratio", "must be in (0, 1)")
-        if self.prior_beta <= 0:
-            self._bad("prior_beta", f"must be in (0, {MAX_PRIOR_BETA:g}]")
-        if self.prior_scale is not None and self.prior_scale <= 0:
-            self._bad("prior_scale", f"must be None or in (0, {MAX_PRIOR_SCALE:g}]")
+        for name, (left, lo, hi, right) in FLOAT_LIMITS.items():
+            v = getattr(self, name)
+            if v is None:  # prior_scale only (the types are checked)
+                continue
+            above = lo < v if left == "(" else lo <= v
+            below = v < hi if right == ")" else v <= hi
+            if not (above and below):
+                either = " or None" if name == "prior_scale" else ""
+                self._bad(name, f"must be in {left}{lo:g}, {hi:g}{right}{either}")
         h, w = self.size
         if not (1 <= h <= MAX_IMG_SIZE and 1 <= w <= MAX_IMG_SIZE):
             self._bad("img_size", f"each side must be in [1, {MAX_IMG_SIZE}]")
