@@ -428,6 +428,18 @@ class UNetRefiner(nn.Module):
         return logits + self.out(y0)
 
 
+class _SkipInPlace(torch.overrides.TorchFunctionMode):
+    """Skips in-place tensor ops (the initialisers ``normal_``, ``uniform_``, ``zero_`` ...): on the meta
+    device they do nothing but cost seconds on first use (they load decompositions)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("__"):
+            return args[0] if args else kwargs.get("tensor")  # torch.nn.init passes its tensor by keyword
+        return func(*args, **kwargs)
+
+
 class LMAE(nn.Module):
     """Label masked autoencoder.
 
@@ -485,7 +497,7 @@ class LMAE(nn.Module):
     def state_shapes(config: LMAEConfig) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every entry of the ``state_dict`` of ``LMAE(config)``, from a copy built on the
         meta device: nothing is allocated (for checking a weights file before the model is built)."""
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInPlace():
             model = LMAE(config)
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
