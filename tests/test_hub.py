@@ -530,7 +530,7 @@ def test_force_download_from_an_unreachable_endpoint(cache):
 
 def test_hub_down(server, cache, folders):
     server.status = 503
-    with pytest.raises(hub.OfflineError, match=REPO):
+    with pytest.raises(hub.HubServerError, match=f"{REPO}.*HTTP 503 \\(server error\\)"):  # not "offline"
         load(REPO, server, cache)
     server.status = None
     load(REPO, server, cache)

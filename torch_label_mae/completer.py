@@ -107,6 +107,43 @@ Fills missing pixels of semantic-segmentation labels from the image and the labe
 """
 
 
+def _load_weights(path: Path, config: LMAEConfig) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file ``path`` for a completer of ``config``, checked as
+    :meth:`LabelCompleter.from_folder` says: header first (dtypes, keys, shapes), then the values."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        header = hub.read_weights_header(path)
+    except OSError as e:
+        raise hub.CorruptWeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    want = {f"model.{k}": v for k, v in LMAE.state_shapes(config).items()}
+    missing, unexpected = sorted(set(want) - set(header)), sorted(set(header) - set(want))
+    if missing or unexpected:
+        raise hub.CorruptWeightsError(
+            f"{path} does not match its config: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+    for k, (_, shape) in header.items():
+        if shape != want[k]:
+            raise hub.CorruptWeightsError(
+                f"{path} does not match its config: tensor {k!r} has shape {list(shape)}, the config needs "
+                f"{list(want[k])}"
+            )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise hub.CorruptWeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    for k, t in state.items():
+        if not t.dtype.is_floating_point:  # pragma: no cover - the header said otherwise
+            raise hub.CorruptWeightsError(f"{path}: tensor {k!r} has dtype {t.dtype}; weights must be floating point")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise hub.CorruptWeightsError(
+                f"{path}: tensor {k!r} holds {bad} NaN or infinite value(s) of {t.numel()}; weights must be finite"
+            )
+    return state
+
+
 class LabelCompleter(
     nn.Module,
     PyTorchModelHubMixin,
@@ -178,65 +215,59 @@ class LabelCompleter(
         force_download: bool = False,
         endpoint: str | None = None,
         precision: str = "auto",
+        timeout: float | None = None,
         **kwargs,
     ) -> LabelCompleter:
         """Load a completer by registered name (``camvid-m0.5``), dataset (``camvid``: every ratio,
         routed per sample), local folder or Hub repo id. Loading is strict (missing or unexpected keys
-        are an error) and from safetensors only; the config is validated before the model is built.
-        ``precision``: see :attr:`precision`."""
+        are an error) and from safetensors only; the config and the weights file's header are checked
+        before the model is built. A folder counts only when it holds both files (an empty folder named
+        like a registered model does not shadow it). ``precision``: see :attr:`precision`. ``timeout``:
+        the deadline of each download in seconds (default: ``LABEL_MAE_HUB_TIMEOUT`` or
+        :data:`hub.DEFAULT_TIMEOUT`); failures are :class:`hub.HubError` subclasses."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        hub.hub_timeout(timeout)  # a bad timeout fails before anything is loaded
         name = str(pretrained_model_name_or_path)
-        group = hub.names_for(name) if not Path(name).is_dir() else [name]
-        if len(group) > 1 or (group and group[0] != name):
-            members = [
-                cls.from_pretrained(
-                    n,
-                    cache_dir=cache_dir,
-                    local_files_only=local_files_only,
-                    token=token,
-                    device=device,
-                    endpoint=endpoint,
-                    force_download=force_download,
-                    precision=precision,
-                )
-                for n in group
-            ]
-            return cls.routed(members)
-        folder = hub.resolve(
-            name,
-            revision=revision,
+        hub_kw = dict(
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
             endpoint=endpoint,
             force_download=force_download,
+            timeout=timeout,
         )
+        folder = hub.local_folder(name)
+        group = [name] if folder is not None else hub.names_for(name)
+        if len(group) > 1 or (group and group[0] != name):
+            members = [cls.from_pretrained(n, device=device, precision=precision, **hub_kw) for n in group]
+            return cls.routed(members)
+        if folder is None:
+            folder = hub.resolve(name, revision=revision, **hub_kw)
         return cls.from_folder(folder, device=device, precision=precision)
 
     @classmethod
     def from_folder(cls, folder, device=None, precision: str = "auto") -> LabelCompleter:
-        """Load ``config.json`` + ``model.safetensors`` from a local folder (strict)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        """Load ``config.json`` + ``model.safetensors`` from a local folder (strict).
 
+        Checked in this order, each failure a :class:`hub.CorruptWeightsError` naming the file: the config
+        (size, JSON, every field in range; :meth:`LMAEConfig.validate`), the weights file's header (every
+        tensor floating point, the keys and shapes the config implies; nothing allocated yet), the
+        tensors' values (finite: no NaN or inf); only then is the model built and loaded."""
         folder = Path(folder)
         try:
             config = LMAEConfig.from_json(folder / hub.CONFIG_NAME)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, RecursionError) as e:
             raise hub.CorruptWeightsError(f"{folder / hub.CONFIG_NAME}: invalid config ({e})") from None
+        state = _load_weights(folder / hub.WEIGHTS_NAME, config)
         completer = cls(config)
-        try:
-            state = load_file(str(folder / hub.WEIGHTS_NAME))
-        except (SafetensorError, OSError) as e:
-            raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
         try:
             missing, unexpected = completer.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches raise even when strict=False
             raise hub.CorruptWeightsError(f"{folder / hub.WEIGHTS_NAME} does not match its config: {e}") from None
-        if missing or unexpected:
+        if missing or unexpected:  # pragma: no cover - _load_weights compared the keys already
             raise hub.CorruptWeightsError(
                 f"{folder / hub.WEIGHTS_NAME} does not match its config: "
                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"

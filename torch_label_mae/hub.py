@@ -6,18 +6,37 @@ ratio of that family (for multi-ratio routing). Resolution order for a registere
 the package (offline, no network), then the Hub repo at the registered revision via ``hf_hub_download``
 (which caches). Any other string is a local folder or a Hub repo id ``owner/name``.
 
-Hub failures become one :class:`HubError` subclass each, with a message that says what to do.
+Hub failures become one :class:`HubError` subclass each, with a message that says what to do:
+:class:`ModelNotFoundError` (HTTP 404 / 401: no such repo, revision or file), :class:`HubServerError`
+(HTTP 5xx), :class:`HubUnreachableError` (connection refused, DNS, not a Hub), :class:`HubTimeoutError`
+(the call's deadline passed), :class:`OfflineError` (``local_files_only`` or ``HF_HUB_OFFLINE`` and not
+cached) and :class:`CorruptWeightsError` (a file arrived truncated, or is unreadable or invalid).
+
+Every Hub call has an overall deadline: ``timeout`` seconds (argument of :func:`resolve`,
+:func:`download` and ``LabelCompleter.from_pretrained``), else the ``LABEL_MAE_HUB_TIMEOUT`` environment
+variable, else :data:`DEFAULT_TIMEOUT`. It bounds the whole call, a server that never answers or one that
+trickles bytes included; a partial download stays in the cache and resumes on the next call.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HUB_ORG = "torch-label-mae"
+DEFAULT_TIMEOUT = 120.0  # seconds for a whole Hub call (both files), unless timeout= or LABEL_MAE_HUB_TIMEOUT
+TIMEOUT_ENV = "LABEL_MAE_HUB_TIMEOUT"
+REQUEST_TIMEOUT = 10.0  # seconds huggingface_hub waits for the answer to one metadata request (etag_timeout)
+MAX_HEADER_BYTES = 16 << 20  # the JSON header of a safetensors file (a 64-block model's is under 1 MB)
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtypes accepted for weights: bytes each
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,20 @@ class OfflineError(HubError):
 
 
 class HubUnreachableError(HubError):
-    """The Hub endpoint could not be reached."""
+    """The Hub endpoint could not be reached (connection refused, DNS), or it is not a Hub."""
+
+
+class HubServerError(HubError):
+    """The Hub answered with a server error (HTTP 5xx), after huggingface_hub's retries."""
+
+
+class HubTimeoutError(HubError, TimeoutError):
+    """The Hub call did not finish within its deadline (``timeout`` / ``LABEL_MAE_HUB_TIMEOUT``)."""
 
 
 class CorruptWeightsError(HubError):
-    """A weights or config file is truncated or unreadable."""
+    """A weights or config file is truncated, unreadable or invalid (a config out of range, weights
+    that are not floating point or not finite, or that do not match their config)."""
 
 
 def list_pretrained() -> dict[str, Pretrained]:
@@ -107,6 +135,50 @@ def _unknown(name: str) -> UnknownModelError:
     )
 
 
+def model_folder(path: str | os.PathLike) -> Path | None:
+    """``Path(path)`` when it is a folder holding both ``config.json`` and ``model.safetensors``, else None."""
+    p = Path(path)
+    return p if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file() else None
+
+
+def local_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The local model folder ``name_or_path`` means, or None when it means no folder.
+
+    A folder is a model only when it holds both files. An incomplete folder whose name is a registered
+    name or family (say an empty ``camvid-m0.5/`` in the working directory) does not shadow the registered
+    model: it is ignored with a warning (write ``./camvid-m0.5`` to mean the folder). Any other incomplete
+    folder is :class:`ModelNotFoundError` naming the file it lacks."""
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return None
+    if model_folder(p) is not None:
+        return p
+    missing = " and no ".join(f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (p / f).is_file())
+    name = str(name_or_path)
+    if names_for(name):
+        warnings.warn(f"the folder {p} holds no {missing}: using the registered model {name!r} instead", stacklevel=3)
+        return None
+    raise ModelNotFoundError(f"{p} is a folder but holds no {missing}")
+
+
+def hub_timeout(timeout: float | None = None) -> float:
+    """The deadline in seconds of one Hub call: ``timeout``, else ``LABEL_MAE_HUB_TIMEOUT``, else
+    :data:`DEFAULT_TIMEOUT`. ``ValueError`` unless it is a positive, finite number."""
+    source = "timeout"
+    if timeout is None:
+        env = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not env:
+            return DEFAULT_TIMEOUT
+        source = TIMEOUT_ENV
+        try:
+            timeout = float(env)
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV}={env!r}: must be a number of seconds") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout < math.inf):
+        raise ValueError(f"{source}={timeout!r}: must be a positive, finite number of seconds")
+    return float(timeout)
+
+
 def resolve(
     name_or_path: str | os.PathLike,
     *,
@@ -116,41 +188,94 @@ def resolve(
     token=None,
     endpoint: str | None = None,
     force_download: bool = False,
+    timeout: float | None = None,
 ) -> Path:
-    """Return a local folder holding ``config.json`` and ``model.safetensors`` for ``name_or_path``."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        for f in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (p / f).is_file():
-                raise ModelNotFoundError(f"{p} is a folder but holds no {f}")
-        return p
+    """Return a local folder holding ``config.json`` and ``model.safetensors`` for ``name_or_path``.
+
+    ``timeout``: the deadline of a download in seconds (see :func:`hub_timeout`)."""
+    folder = local_folder(name_or_path)
+    if folder is not None:
+        return folder
     name = str(name_or_path)
+    hub_kw = dict(
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+        endpoint=endpoint,
+        force_download=force_download,
+        timeout=timeout,
+    )
     entry = REGISTRY.get(name)
     if entry is not None:
         if revision in (None, entry.revision):
             local = bundled_dir(name)
             if local is not None:
                 return local
-        return download(
-            entry.repo_id,
-            revision=revision or entry.revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            endpoint=endpoint,
-            force_download=force_download,
-        )
-    if name.count("/") == 1 and not name.startswith((".", "/")) and not p.exists():
-        return download(
-            name,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            endpoint=endpoint,
-            force_download=force_download,
-        )
+        return download(entry.repo_id, revision=revision or entry.revision, **hub_kw)
+    if name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists():
+        return download(name, revision=revision, **hub_kw)
     raise _unknown(name)
+
+
+class _Cancelled(Exception):
+    """Raised inside the download thread once its deadline has passed."""
+
+
+class _Download:
+    """Both files of a repo, fetched by ``hf_hub_download`` in a thread that the caller waits for until the
+    deadline. Progress updates past the deadline raise :class:`_Cancelled`, so an abandoned transfer stops
+    at its next chunk (or at huggingface_hub's own socket timeouts) rather than running on."""
+
+    def __init__(self, repo_id: str, deadline: float, **kwargs):
+        self.repo_id, self.deadline, self.kwargs = repo_id, deadline, kwargs
+        self.filename = CONFIG_NAME  # the file being fetched
+        self.paths: list[str] = []
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        if self.cancelled.is_set() or time.monotonic() > self.deadline:
+            raise _Cancelled()
+
+    def progress_class(self):
+        """A huggingface_hub progress bar whose updates check the deadline (None: not supported)."""
+        import inspect
+
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import tqdm as hf_tqdm
+
+        if "tqdm_class" not in inspect.signature(hf_hub_download).parameters:  # pragma: no cover - old versions
+            return None
+        job = self
+
+        class DeadlineTqdm(hf_tqdm):
+            def update(self, n=1):
+                job.check()
+                return super().update(n)
+
+        return DeadlineTqdm
+
+    def run(self) -> None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            progress = self.progress_class()
+            extra = {"tqdm_class": progress} if progress is not None else {}
+            for filename in (CONFIG_NAME, WEIGHTS_NAME):
+                self.check()
+                self.filename = filename
+                etag_timeout = max(min(REQUEST_TIMEOUT, self.deadline - time.monotonic()), 0.1)
+                path = hf_hub_download(
+                    self.repo_id,
+                    filename,
+                    etag_timeout=etag_timeout,
+                    library_name="torch-label-mae",
+                    **self.kwargs,
+                    **extra,
+                )
+                self.paths.append(path)
+        except BaseException as e:  # handed to the waiting thread
+            self.error = e
 
 
 def download(
@@ -162,61 +287,163 @@ def download(
     token=None,
     endpoint: str | None = None,
     force_download: bool = False,
+    timeout: float | None = None,
 ) -> Path:
     """Fetch ``config.json`` and ``model.safetensors`` of a Hub repo (cached); returns their folder.
 
-    ``endpoint`` defaults to the ``HF_ENDPOINT`` environment variable read at call time.
+    ``endpoint`` defaults to the ``HF_ENDPOINT`` environment variable read at call time. ``timeout``: the
+    deadline of the whole call in seconds (see :func:`hub_timeout`); past it, :class:`HubTimeoutError`.
     """
-    from huggingface_hub import errors as hf_errors
-    from huggingface_hub import hf_hub_download
-
     if force_download and local_files_only:
         raise ValueError("force_download=True and local_files_only=True contradict each other")
+    seconds = hub_timeout(timeout)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     where = f"{repo_id}@{revision or 'main'}"
-    paths = []
-    for filename in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            paths.append(
-                hf_hub_download(
-                    repo_id,
-                    filename,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    local_files_only=local_files_only,
-                    token=token,
-                    endpoint=endpoint,
-                    force_download=force_download,
-                    library_name="torch-label-mae",
-                )
-            )
-        except hf_errors.RepositoryNotFoundError:
-            raise ModelNotFoundError(
-                f"{where}: repository not found on the Hub (or it is private: pass token=)"
-            ) from None
-        except hf_errors.RevisionNotFoundError:
-            raise ModelNotFoundError(f"{where}: revision {revision!r} not found") from None
-        except hf_errors.LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass of it
-            raise OfflineError(
-                f"{where}: {filename} is not in the local cache and the Hub cannot be used "
-                f"(offline, local_files_only=True, or the endpoint is unreachable: "
-                f"{endpoint or 'https://huggingface.co'})"
-            ) from None
-        except hf_errors.EntryNotFoundError:
-            raise ModelNotFoundError(f"{where}: the repo has no {filename}") from None
-        except Exception as e:  # the HTTP client's own errors differ between huggingface_hub versions
-            # size check failed after the transfer, or the connection dropped mid-body (httpx / requests)
-            if (isinstance(e, OSError) and "consistency" in str(e).lower()) or type(e).__name__ in (
-                "RemoteProtocolError",
-                "ChunkedEncodingError",
-            ):
-                raise CorruptWeightsError(
-                    f"{where}: {filename} arrived truncated ({e}); retry the download (force_download=True)"
-                ) from None
-            raise HubUnreachableError(
-                f"{where}: cannot fetch {filename} from {endpoint or 'the Hub'}: {type(e).__name__}: {e}"
-            ) from None
-    folder = Path(paths[0]).parent
-    if Path(paths[1]).parent != folder:  # pragma: no cover - hf_hub_download keeps one snapshot folder
+    host = endpoint or "https://huggingface.co"
+    job = _Download(
+        repo_id,
+        time.monotonic() + seconds,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+        endpoint=endpoint,
+        force_download=force_download,
+    )
+    worker = threading.Thread(target=job.run, name=f"label-mae download {where}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive() or isinstance(job.error, _Cancelled):
+        job.cancelled.set()
+        raise HubTimeoutError(
+            f"{where}: timed out after {seconds:g} s fetching {job.filename} from {host} (the server did not "
+            f"answer in time or sent too slowly); raise timeout= or {TIMEOUT_ENV}, a partial download resumes"
+        )
+    if job.error is not None:
+        raise hub_error(job.error, where, job.filename, host, local_files_only) from None
+    folder = Path(job.paths[0]).parent
+    if Path(job.paths[1]).parent != folder:  # pragma: no cover - hf_hub_download keeps one snapshot folder
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")
     return folder
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from (``__cause__`` / ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while e is not None and e not in chain and len(chain) < 16:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _kind_of(e: BaseException) -> str | None:
+    """``"timeout"``, ``"unreachable"`` or None, from the exception's class names (httpx and requests differ)."""
+    names = [c.__name__ for c in type(e).__mro__]
+    if isinstance(e, TimeoutError) or any("Timeout" in n for n in names):
+        return "timeout"
+    if isinstance(e, ConnectionError) or any(n in ("ConnectError", "ConnectionError", "NetworkError") for n in names):
+        return "unreachable"
+    return None
+
+
+def hub_error(e: BaseException, where: str, filename: str, host: str, local_files_only: bool) -> HubError:
+    """The :class:`HubError` subclass that says what went wrong in ``hf_hub_download`` (``e``)."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(e, hf_errors.RepositoryNotFoundError):
+        return ModelNotFoundError(f"{where}: repository not found on the Hub (or it is private: pass token=)")
+    if isinstance(e, hf_errors.RevisionNotFoundError):
+        return ModelNotFoundError(f"{where}: revision {where.rsplit('@', 1)[1]!r} not found")
+    if isinstance(e, hf_errors.EntryNotFoundError) and not isinstance(e, hf_errors.LocalEntryNotFoundError):
+        return ModelNotFoundError(f"{where}: the repo has no {filename} (not found)")
+    # size check failed after the transfer, or the connection dropped mid-body (httpx / requests)
+    if (isinstance(e, OSError) and "consistency" in str(e).lower()) or type(e).__name__ in (
+        "RemoteProtocolError",
+        "ChunkedEncodingError",
+    ):
+        return CorruptWeightsError(
+            f"{where}: {filename} arrived truncated ({e}); retry the download (force_download=True)"
+        )
+    chain = _causes(e)
+    offline = local_files_only or getattr(constants, "HF_HUB_OFFLINE", False)
+    if offline or any(isinstance(c, hf_errors.OfflineModeIsEnabled) for c in chain):
+        return OfflineError(
+            f"{where}: {filename} is not in the local cache and downloads are off (offline: "
+            f"local_files_only=True or HF_HUB_OFFLINE=1)"
+        )
+    for c in chain:
+        status = getattr(getattr(c, "response", None), "status_code", None)
+        if status in (401, 404):
+            return ModelNotFoundError(f"{where}: {filename} not found at {host} (HTTP {status})")
+        if isinstance(status, int) and status >= 500:
+            return HubServerError(f"{where}: {host} answered HTTP {status} (server error) for {filename}; try later")
+        if isinstance(c, getattr(hf_errors, "FileMetadataError", ())):
+            return HubUnreachableError(f"{where}: {host} answered, but not as a Hugging Face Hub; check HF_ENDPOINT")
+        kind = _kind_of(c)
+        if kind == "timeout":
+            return HubTimeoutError(f"{where}: {host} timed out fetching {filename} ({type(c).__name__}: {c})")
+        if kind == "unreachable":
+            return HubUnreachableError(
+                f"{where}: {host} is unreachable ({type(c).__name__}: {c}); check the network, proxy or HF_ENDPOINT"
+            )
+    return HubUnreachableError(f"{where}: cannot fetch {filename} from {host}: {type(e).__name__}: {e}")
+
+
+def read_weights_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> ``(dtype, shape)`` of every tensor of a safetensors file, from its header alone (nothing
+    else is read). :class:`CorruptWeightsError`, naming the file and the tensor, when the header is not
+    readable, a tensor is not floating point (:data:`FLOAT_DTYPES`) or its bytes lie outside the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise CorruptWeightsError(
+                f"{path}: unreadable safetensors file (header of {n} bytes in a file of {size}; "
+                f"at most {MAX_HEADER_BYTES})"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptWeightsError(f"{path}: unreadable safetensors file (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CorruptWeightsError(f"{path}: unreadable safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data = size - 8 - n
+    out = {}
+    for name, info in header.items():
+        out[name] = _tensor_entry(path, name, info, data)
+    return out
+
+
+def _tensor_entry(path: Path, name: str, info, data: int) -> tuple[str, tuple[int, ...]]:
+    """``(dtype, shape)`` of one header entry, checked against the ``data`` bytes after the header."""
+    if not isinstance(info, dict):
+        raise CorruptWeightsError(f"{path}: unreadable safetensors file (entry {name!r} is not an object)")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in FLOAT_DTYPES:
+        raise CorruptWeightsError(
+            f"{path}: tensor {name!r} has dtype {dtype!r}; weights must be floating point ({', '.join(FLOAT_DTYPES)})"
+        )
+
+    def ints(v, k: int | None = None) -> bool:
+        return (
+            isinstance(v, list)
+            and (k is None or len(v) == k)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+        )
+
+    if not ints(shape) or len(shape) > 8 or not ints(offsets, 2) or not offsets[0] <= offsets[1] <= data:
+        raise CorruptWeightsError(
+            f"{path}: unreadable safetensors file (tensor {name!r}: shape {shape!r}, bytes {offsets!r} "
+            f"of the {data} after the header)"
+        )
+    if math.prod(shape) * FLOAT_DTYPES[dtype] != offsets[1] - offsets[0]:
+        raise CorruptWeightsError(
+            f"{path}: unreadable safetensors file (tensor {name!r} of shape {shape} and dtype {dtype} "
+            f"does not fill its {offsets[1] - offsets[0]} bytes)"
+        )
+    return dtype, tuple(shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -23,13 +24,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .affinity import EdgeAffinity
+from .affinity import EMBED_DIM, EdgeAffinity
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import nearest_fill
 from .propagation import COLORS, CONNECTIVITIES, SOLVERS, most_likely_class, random_walk_probabilities
 
 PRIOR_KINDS = ("nearest", "random_walk")
+
+# Limits of every size in an LMAEConfig: far above the paper's largest model (ViT-L-like, about 250M
+# parameters: dim 1024, depth 24, decoder 512 x 8, 16 px patches at 224 px), low enough that a corrupt or
+# hostile config.json is refused before anything is allocated.
+MAX_DEPTH = 64  # encoder_depth, decoder_depth
+MAX_DIM = 8192  # encoder_dim, decoder_dim
+MAX_HEADS = 256  # encoder_heads, decoder_heads
+MAX_MLP_RATIO = 16.0  # mlp_ratio, in (0, 16]
+MAX_NUM_CLASSES = 4096  # num_classes (ADE20K-full has 3688)
+MAX_PATCH_SIZE = 64  # patch_size, prior_stride
+MAX_IMG_SIZE = 8192  # each side of img_size
+MAX_NUM_PATCHES = 65536  # (H / p) * (W / p), e.g. a 256 x 256 grid
+MAX_REFINE_DIM = 1024  # refine_dim
+MAX_AFFINITY_DIM = 1024  # prior_affinity_dim
+MAX_PRIOR_SWEEPS = 100_000  # prior_sweeps
+MAX_PRIOR_BETA = 1e6  # prior_beta, in (0, 1e6]
+MAX_PRIOR_SCALE = 1e4  # prior_scale, None or in (0, 1e4]
+MAX_INDEX = 2**31 - 1  # ignore_index in [-2^31, 2^31 - 1] (an int32 label value)
+MAX_CLASS_NAME_LENGTH = 256  # characters of each class name
+MAX_ELEMENTS = 2_000_000_000  # parameters + buffers of the whole model (8 GB in float32)
+MAX_CONFIG_BYTES = 1 << 20  # size of a config.json file
+
+_INT_FIELDS = (
+    "patch_size",
+    "prior_stride",
+    "num_classes",
+    "encoder_depth",
+    "encoder_dim",
+    "encoder_heads",
+    "decoder_depth",
+    "decoder_dim",
+    "decoder_heads",
+    "refine_dim",
+    "prior_sweeps",
+    "prior_connectivity",
+    "prior_affinity_dim",
+    "ignore_index",
+)
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "patch_size": (1, MAX_PATCH_SIZE),
+    "prior_stride": (1, MAX_PATCH_SIZE),
+    "num_classes": (1, MAX_NUM_CLASSES),
+    "encoder_depth": (1, MAX_DEPTH),
+    "encoder_dim": (1, MAX_DIM),
+    "encoder_heads": (1, MAX_HEADS),
+    "decoder_depth": (0, MAX_DEPTH),
+    "decoder_dim": (1, MAX_DIM),
+    "decoder_heads": (1, MAX_HEADS),
+    "refine_dim": (0, MAX_REFINE_DIM),
+    "prior_sweeps": (0, MAX_PRIOR_SWEEPS),
+    "prior_affinity_dim": (0, MAX_AFFINITY_DIM),
+    "ignore_index": (-MAX_INDEX - 1, MAX_INDEX),
+}
+"""Inclusive ``[low, high]`` of every int field of :class:`LMAEConfig` (``img_size``: :data:`MAX_IMG_SIZE`)."""
+FLOAT_LIMITS: dict[str, tuple[str, float, float, str]] = {
+    "mlp_ratio": ("(", 0.0, MAX_MLP_RATIO, "]"),
+    "drop_path": ("[", 0.0, 1.0, ")"),
+    "mask_ratio": ("(", 0.0, 1.0, ")"),
+    "prior_beta": ("(", 0.0, MAX_PRIOR_BETA, "]"),
+    "prior_scale": ("(", 0.0, MAX_PRIOR_SCALE, "]"),  # or None (the default scale)
+}
+"""Interval of every float field of :class:`LMAEConfig` (``"("``: open end); each must also be finite."""
 
 
 class LabelPrior(NamedTuple):
@@ -94,101 +157,138 @@ class LMAEConfig:
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field at fault."""
+        """Raise ``ValueError`` naming the field at fault and its allowed range.
 
-        def bad(name, why):
-            raise ValueError(f"LMAEConfig.{name}={getattr(self, name)!r}: {why}")
+        Every size is bounded (see the ``MAX_*`` constants of this module) and every float must be
+        finite, so a config that passes cannot ask for an absurd allocation: the model it describes
+        has at most :data:`MAX_ELEMENTS` parameters and buffers (checked by :meth:`num_elements`)."""
+        self._validate_types()
+        self._validate_ranges()
+        self._validate_choices()
+        n = self.num_elements()
+        if n > MAX_ELEMENTS:
+            raise ValueError(
+                f"LMAEConfig describes a model of {n:,} parameters and buffers, more than the limit of "
+                f"{MAX_ELEMENTS:,} (MAX_ELEMENTS); reduce the dims, depths, classes, patch or image size"
+            )
 
-        ints = [
-            "patch_size",
-            "prior_stride",
-            "num_classes",
-            "encoder_depth",
-            "encoder_dim",
-            "encoder_heads",
-            "decoder_depth",
-            "decoder_dim",
-            "decoder_heads",
-            "refine_dim",
-            "prior_sweeps",
-            "prior_connectivity",
-            "prior_affinity_dim",
-            "ignore_index",
-        ]
-        for name in ints:
+    def _bad(self, name: str, why: str):
+        raise ValueError(f"LMAEConfig.{name}={getattr(self, name)!r}: {why}")
+
+    def _validate_types(self) -> None:
+        for name in _INT_FIELDS:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
-                bad(name, "must be an int")
-        for name in [
-            "patch_size",
-            "num_classes",
-            "encoder_depth",
-            "encoder_dim",
-            "encoder_heads",
-            "decoder_dim",
-            "decoder_heads",
-        ]:
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
-        if self.refine_kind not in ("local", "unet"):
-            bad("refine_kind", "must be 'local' or 'unet'")
-        if self.prior_kind not in PRIOR_KINDS:
-            bad("prior_kind", f"must be one of {PRIOR_KINDS}")
-        if not isinstance(self.prior_beta, (int, float)) or isinstance(self.prior_beta, bool) or self.prior_beta <= 0:
-            bad("prior_beta", "must be a positive number")
-        if self.prior_sweeps < 0:
-            bad("prior_sweeps", "must be >= 0")
-        if self.prior_solver not in SOLVERS:
-            bad("prior_solver", f"must be one of {SOLVERS}")
-        if self.prior_connectivity not in CONNECTIVITIES:
-            bad("prior_connectivity", f"must be one of {CONNECTIVITIES}")
-        if self.prior_color not in COLORS:
-            bad("prior_color", f"must be one of {COLORS}")
-        if self.prior_affinity_dim < 0:
-            bad("prior_affinity_dim", "must be >= 0")
-        if self.prior_affinity_dim and (self.prior_connectivity, self.prior_color) != (4, "rgb"):
-            bad("prior_affinity_dim", "learned edge weights are for the 4-connected RGB graph")
-        if self.prior_affinity_dim and self.prior_kind != "random_walk":
-            bad("prior_affinity_dim", "needs prior_kind='random_walk' (learned edge weights of the walk)")
-        if self.prior_kind == "random_walk" and self.prior_stride != 1:
-            bad("prior_stride", "must be 1 with prior_kind='random_walk'")
-        if self.prior_stride < 1 or self.patch_size % self.prior_stride:
-            bad("prior_stride", f"must be >= 1 and divide patch_size {self.patch_size}")
-        if self.decoder_depth < 0 or self.refine_dim < 0:
-            bad("decoder_depth" if self.decoder_depth < 0 else "refine_dim", "must be >= 0")
-        h, w = self.size
-        if h < 1 or w < 1 or h % self.patch_size or w % self.patch_size:
-            bad("img_size", f"must be positive multiples of patch_size {self.patch_size}")
-        for d, hd in (("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")):
-            if getattr(self, d) % getattr(self, hd):
-                bad(d, f"must be divisible by {hd}={getattr(self, hd)}")
-            if getattr(self, d) % 4:
-                bad(d, "must be a multiple of 4 (2-D sin-cos positions)")
-        if self.prior_scale is not None and (
-            not isinstance(self.prior_scale, (int, float))
-            or isinstance(self.prior_scale, bool)
-            or self.prior_scale <= 0
-        ):
-            bad("prior_scale", "must be None or a positive number")
-        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
-            bad("mlp_ratio", "must be a positive number")
-        if not isinstance(self.drop_path, (int, float)) or not 0 <= self.drop_path < 1:
-            bad("drop_path", "must be in [0, 1)")
-        if not isinstance(self.mask_ratio, (int, float)) or not 0 < self.mask_ratio < 1:
-            bad("mask_ratio", "must be in (0, 1)")
+                self._bad(name, "must be an int")
         for name in ("ips", "label_prior"):
             if not isinstance(getattr(self, name), bool):
-                bad(name, "must be a bool")
+                self._bad(name, "must be a bool")
+        for name in ("mlp_ratio", "drop_path", "mask_ratio", "prior_beta", "prior_scale"):
+            v = getattr(self, name)
+            if v is None and name == "prior_scale":
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                self._bad(name, "must be a finite number" + (" or None" if name == "prior_scale" else ""))
+        s = self.img_size
+        if isinstance(s, bool) or not (
+            isinstance(s, int)
+            or (isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in s))
+        ):
+            self._bad("img_size", "must be an int or a pair of ints [H, W]")
+        if self.background_index is not None and (
+            not isinstance(self.background_index, int) or isinstance(self.background_index, bool)
+        ):
+            self._bad("background_index", "must be None or an int")
+        for name in ("refine_kind", "prior_kind", "prior_solver", "prior_color"):
+            if not isinstance(getattr(self, name), str):
+                self._bad(name, "must be a string")
+
+    def _validate_ranges(self) -> None:
+        for name, (lo, hi) in SIZE_LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
+                self._bad(name, f"must be in [{lo}, {hi}]")
+        for name, (left, lo, hi, right) in FLOAT_LIMITS.items():
+            v = getattr(self, name)
+            if v is None:  # prior_scale only (the types are checked)
+                continue
+            above = lo < v if left == "(" else lo <= v
+            below = v < hi if right == ")" else v <= hi
+            if not (above and below):
+                either = " or None" if name == "prior_scale" else ""
+                self._bad(name, f"must be in {left}{lo:g}, {hi:g}{right}{either}")
+        h, w = self.size
+        if not (1 <= h <= MAX_IMG_SIZE and 1 <= w <= MAX_IMG_SIZE):
+            self._bad("img_size", f"each side must be in [1, {MAX_IMG_SIZE}]")
+        if h % self.patch_size or w % self.patch_size:
+            self._bad("img_size", f"must be positive multiples of patch_size {self.patch_size}")
+        if self.num_patches > MAX_NUM_PATCHES:
+            self._bad("img_size", f"gives {self.num_patches} patches; at most {MAX_NUM_PATCHES} (MAX_NUM_PATCHES)")
         if 0 <= self.ignore_index < self.num_classes:
-            bad("ignore_index", f"must not be a class id in [0, {self.num_classes})")
-        if self.background_index is not None and not (
-            isinstance(self.background_index, int) and 0 <= self.background_index < self.num_classes
-        ):
-            bad("background_index", f"must be None or a class id in [0, {self.num_classes})")
+            self._bad("ignore_index", f"must not be a class id in [0, {self.num_classes})")
+        if self.background_index is not None and not 0 <= self.background_index < self.num_classes:
+            self._bad("background_index", f"must be None or a class id in [0, {self.num_classes})")
         if self.class_names is not None and (
-            not isinstance(self.class_names, list) or len(self.class_names) != self.num_classes
+            not isinstance(self.class_names, list)
+            or len(self.class_names) != self.num_classes
+            or not all(isinstance(c, str) and len(c) <= MAX_CLASS_NAME_LENGTH for c in self.class_names)
         ):
-            bad("class_names", f"must be a list of {self.num_classes} names")
+            limit = MAX_CLASS_NAME_LENGTH
+            self._bad("class_names", f"must be a list of {self.num_classes} strings of <= {limit} characters")
+
+    def _validate_choices(self) -> None:
+        if self.refine_kind not in ("local", "unet"):
+            self._bad("refine_kind", "must be 'local' or 'unet'")
+        if self.prior_kind not in PRIOR_KINDS:
+            self._bad("prior_kind", f"must be one of {PRIOR_KINDS}")
+        if self.prior_solver not in SOLVERS:
+            self._bad("prior_solver", f"must be one of {SOLVERS}")
+        if self.prior_connectivity not in CONNECTIVITIES:
+            self._bad("prior_connectivity", f"must be one of {CONNECTIVITIES}")
+        if self.prior_color not in COLORS:
+            self._bad("prior_color", f"must be one of {COLORS}")
+        if self.prior_affinity_dim and (self.prior_connectivity, self.prior_color) != (4, "rgb"):
+            self._bad("prior_affinity_dim", "learned edge weights are for the 4-connected RGB graph")
+        if self.prior_affinity_dim and self.prior_kind != "random_walk":
+            self._bad("prior_affinity_dim", "needs prior_kind='random_walk' (learned edge weights of the walk)")
+        if self.prior_kind == "random_walk" and self.prior_stride != 1:
+            self._bad("prior_stride", "must be 1 with prior_kind='random_walk'")
+        if self.patch_size % self.prior_stride:
+            self._bad("prior_stride", f"must divide patch_size {self.patch_size}")
+        for d, hd in (("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")):
+            if getattr(self, d) % getattr(self, hd):
+                self._bad(d, f"must be divisible by {hd}={getattr(self, hd)}")
+            if getattr(self, d) % 4:
+                self._bad(d, "must be a multiple of 4 (2-D sin-cos positions)")
+
+    def num_elements(self) -> int:
+        """Parameters plus buffers of the :class:`LMAE` this config describes (exact; no allocation)."""
+        p, n, de, dd, r = self.patch_size, self.num_classes, self.encoder_dim, self.decoder_dim, self.refine_dim
+        pp, length = p * p, self.num_patches
+
+        def linear(a: int, b: int) -> int:
+            return a * b + b
+
+        def block(d: int) -> int:
+            hidden = int(d * self.mlp_ratio)
+            return 4 * d + linear(d, 3 * d) + linear(d, d) + linear(d, hidden) + linear(hidden, d)
+
+        def conv(a: int, b: int, k: int = 3) -> int:
+            return a * b * k * k + b
+
+        total = (n * pp + 1) * de + linear(3 * pp, de) + self.encoder_depth * block(de) + 2 * de
+        total += linear(de, dd) + (linear(3 * pp, dd) if self.ips else dd)
+        total += ((n * pp + 1) * dd + 1) if self.label_prior else 0
+        total += self.decoder_depth * block(dd) + 2 * dd + linear(dd, pp * n) + length * (de + dd)
+        if r and self.refine_kind == "unet":
+            c = r
+            total += conv(3 + n, c) + conv(c, c) + conv(c, 2 * c) + conv(2 * c, 2 * c) + conv(2 * c, 4 * c)
+            total += 2 * conv(4 * c, 4 * c) + conv(6 * c, 2 * c) + conv(3 * c, c) + conv(c, n, 1)
+        elif r:
+            total += conv(3 + n, r) + 2 * conv(r, r) + conv(r, n, 1)
+        a = self.prior_affinity_dim
+        if a:
+            total += conv(3, a) + conv(a, a) + conv(a, 1, 1) + conv(a, EMBED_DIM, 1)
+        return total
 
     @property
     def size(self) -> tuple[int, int]:
@@ -226,14 +326,23 @@ class LMAEConfig:
 
     @classmethod
     def from_json(cls, path) -> LMAEConfig:
-        with open(path, encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        """Read and validate a ``config.json``. ``ValueError`` names the file and what is wrong: a file over
+        :data:`MAX_CONFIG_BYTES`, text that is not UTF-8 JSON (or nested too deeply to parse), a value that
+        is not an object, an unknown key or a field out of range."""
+        size = os.stat(path).st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes (MAX_CONFIG_BYTES)")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ValueError(f"{path}: not a config (JSON nested too deeply)") from None
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, or an int of too many digits
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
         try:
             return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"{path}: {e}") from None
 
     # -- named configurations ------------------------------------------------------------------
@@ -319,6 +428,18 @@ class UNetRefiner(nn.Module):
         return logits + self.out(y0)
 
 
+class _SkipInPlace(torch.overrides.TorchFunctionMode):
+    """Skips in-place tensor ops (the initialisers ``normal_``, ``uniform_``, ``zero_`` ...): on the meta
+    device they do nothing but cost seconds on first use (they load decompositions)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("__"):
+            return args[0] if args else kwargs.get("tensor")  # torch.nn.init passes its tensor by keyword
+        return func(*args, **kwargs)
+
+
 class LMAE(nn.Module):
     """Label masked autoencoder.
 
@@ -339,7 +460,9 @@ class LMAE(nn.Module):
         # fuse-map patch embedding = label part (lookup-and-sum) + image part (linear)
         self.label_embed = LabelPatchEmbed(n, p, de, c.ignore_index)
         self.image_embed = nn.Linear(3 * p * p, de)
-        self.register_buffer("pos_embed", sincos_pos_embed(de, c.grid), persistent=False)
+        meta = torch.empty(0).device.type == "meta"  # under torch.device("meta"): shapes only (state_shapes)
+        pos = torch.empty(c.num_patches, de) if meta else sincos_pos_embed(de, c.grid)
+        self.register_buffer("pos_embed", pos, persistent=False)
         dpr = [c.drop_path * i / max(c.encoder_depth - 1, 1) for i in range(c.encoder_depth)]
         self.blocks = nn.ModuleList([Block(de, c.encoder_heads, c.mlp_ratio, r) for r in dpr])
         self.norm = nn.LayerNorm(de, eps=1e-6)
@@ -355,7 +478,8 @@ class LMAE(nn.Module):
             scale = c.prior_scale if c.prior_scale is not None else math.log(9.0 * max(n - 1, 1))
             self.prior_scale = nn.Parameter(torch.tensor(float(scale)))
         self.affinity = EdgeAffinity(c.prior_beta, c.prior_affinity_dim) if c.prior_affinity_dim else None
-        self.register_buffer("decoder_pos_embed", sincos_pos_embed(dd, c.grid), persistent=False)
+        pos = torch.empty(c.num_patches, dd) if meta else sincos_pos_embed(dd, c.grid)
+        self.register_buffer("decoder_pos_embed", pos, persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
         self.head = nn.Linear(dd, p * p * n)
@@ -368,6 +492,14 @@ class LMAE(nn.Module):
             self.refiner.to(memory_format=torch.channels_last)  # conv weights in the layout the input uses
         if c.label_prior:  # start exactly at the prior; learning moves away from it where it helps
             nn.init.zeros_(self.head.weight)
+
+    @staticmethod
+    def state_shapes(config: LMAEConfig) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every entry of the ``state_dict`` of ``LMAE(config)``, from a copy built on the
+        meta device: nothing is allocated (for checking a weights file before the model is built)."""
+        with torch.device("meta"), _SkipInPlace():
+            model = LMAE(config)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
