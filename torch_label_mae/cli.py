@@ -49,12 +49,12 @@ def cmd_list(args) -> int:
 
 def cmd_demo(args) -> int:
     """Break the bundled sample labels, complete them, compare with nearest fill, write a picture."""
-    import torch
+    from PIL import Image
 
     from .data import degrade, pair_files, read_image, read_label
     from .metrics import SegmentationMetrics
     from .prior import nearest_fill
-    from .viz import save_grid, side_by_side
+    from .viz import Row, hole_accuracy, save_picture
 
     completer = _load(args)
     n = completer.num_classes
@@ -64,15 +64,21 @@ def cmd_demo(args) -> int:
         image, label = read_image(ip), read_label(lp)
         broken, missing = degrade(label, args.ratio, args.block, seed=key, mode="blocks")
         images.append(image), labels.append(label), brokens.append(broken), missings.append(missing)
+    with Image.open(pairs[0][2]) as im:
+        palette = im.getpalette() if im.mode == "P" else None
     filled, conf = completer.complete_batch(images, brokens, return_confidence=True)
     ours, near = SegmentationMetrics(n), SegmentationMetrics(n)
     rows = []
-    for image, label, broken, missing, f, c in zip(images, labels, brokens, missings, filled, conf, strict=True):
+    for (key, _, _), image, label, broken, missing, f, c in zip(
+        pairs, images, labels, brokens, missings, filled, conf, strict=True
+    ):
         nf = nearest_fill(broken.unsqueeze(0))[0]
         ours.update(f, label, missing)
         near.update(nf, label, missing)
-        rows.append(side_by_side(image, broken, f, c))
-    out = save_grid(rows, args.out)
+        acc, _ = hole_accuracy(nf, label, missing)
+        note = f"nearest fill {acc:.1%}" if acc is not None else ""
+        rows.append(Row(image, broken, f, c, truth=label, name=key, note=note, holes=missing & (label != 255)))
+    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.config.class_names)
     a, b = ours.compute(), near.compute()
     print(
         f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
@@ -80,8 +86,7 @@ def cmd_demo(args) -> int:
     )
     print(f"  PA-mIoU   L-MAE {100 * a['pa_miou']:5.1f}   nearest fill {100 * b['pa_miou']:5.1f}")
     print(f"  PA-acc    L-MAE {100 * a['pa_pixel_acc']:5.1f}   nearest fill {100 * b['pa_pixel_acc']:5.1f}")
-    print(f"  picture (image | broken | completed | confidence): {out}")
-    del torch
+    print(f"  picture (image | broken | completed | truth | error on holes | confidence): {out}")
     return 0
 
 
