@@ -391,12 +391,27 @@ def _columns(rows: Sequence[Row]) -> list[str]:
     return cols
 
 
-def _row_title(row: Row, m: dict[str, Any]) -> str:
+TITLE_SEP = "  ·  "
+
+
+def _row_title(row: Row, m: dict[str, Any]) -> list[str]:
+    """The parts of a row's title: name, share of holes, PA accuracy on holes, note."""
     parts = [row.name] if row.name else []
     parts.append(f"holes {m['holes'].mean():.0%} of pixels")
     if m["acc"] is not None:
         parts.append(f"PA accuracy on holes {m['acc']:.1%}")
-    return "  ·  ".join(parts + ([row.note] if row.note else []))
+    return parts + ([row.note] if row.note else [])
+
+
+def _wrap(font, parts: Sequence[str], width: int) -> list[str]:
+    """Join ``parts`` with ``TITLE_SEP`` into lines of at most ``width`` px (a part too long is cut)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and _text_width(font, lines[-1] + TITLE_SEP + part) <= width:
+            lines[-1] += TITLE_SEP + part
+        else:
+            lines.append(_fit(font, part, width))
+    return lines
 
 
 def render(
@@ -436,7 +451,9 @@ def render(
         else []
     )
     placed, legend_h = _legend_layout(entries, width - 2 * st.gap, st)
-    height = st.gap + line + sum(line + h + st.gap for h, _ in shapes) + (legend_h + st.gap if placed else 0)
+    titles = [_wrap(st.font, _row_title(r, m), width - 2 * st.gap) for r, m in zip(rows, maps, strict=True)]
+    height = st.gap + line + sum(len(t) * line + h + st.gap for t, (h, _) in zip(titles, shapes, strict=True))
+    height += legend_h + st.gap if placed else 0
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, col in enumerate(columns):
@@ -445,10 +462,10 @@ def render(
     layout: dict[str, Any] = {"columns": columns, "classes": classes, "boxes": [], "colorbars": [], "titles": []}
     layout["accuracy"] = [m["acc"] for m in maps]
     y = st.gap + line
-    for row, m, shape in zip(rows, maps, shapes, strict=True):
-        title = _fit(st.font, _row_title(row, m), width - 2 * st.gap)
-        _text_mid(draw, (st.gap, y + st.size // 2), title, st.font)
-        y += line
+    for row, m, shape, title in zip(rows, maps, shapes, titles, strict=True):
+        for text in title:
+            _text_mid(draw, (st.gap, y + st.size // 2), text, st.font)
+            y += line
         panels, boxes, bar = _row_panels(row, m, columns, shape, palette, (missing_index, void_index)), {}, None
         for i, col in enumerate(columns):
             if col in panels:
@@ -457,7 +474,7 @@ def render(
                 boxes[col] = (x, y, x + shape[1], y + shape[0])
         if "confidence" in boxes:
             bar = _draw_colorbar(canvas, draw, boxes["confidence"][2] + st.gap, y, shape[0], st)
-        layout["boxes"].append(boxes), layout["colorbars"].append(bar), layout["titles"].append(title)
+        layout["boxes"].append(boxes), layout["colorbars"].append(bar), layout["titles"].append(TITLE_SEP.join(title))
         y += shape[0] + st.gap
     layout["legend"] = _draw_legend(canvas, draw, placed, st.gap, y, st)
     return canvas, layout
