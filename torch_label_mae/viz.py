@@ -18,7 +18,7 @@ Drawing uses Pillow and numpy only; titles use a scalable TrueType font when Pil
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,6 @@ class _Style:
     gap: int
     bar: int = 0  # colour bar width (0: none)
     bar_text: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def colorbar_width(self) -> int:
@@ -258,6 +257,7 @@ def _style(panel_width: int, with_bar: bool) -> _Style:
 
 
 def _resize_nearest(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of any ``[H, W, ...]`` array (ids, masks) to ``shape`` (H, W)."""
     h, w = arr.shape[:2]
     ys = (np.arange(shape[0]) * h // shape[0]).clip(0, h - 1)
     xs = (np.arange(shape[1]) * w // shape[1]).clip(0, w - 1)
@@ -268,7 +268,7 @@ def _resize_smooth(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an RGB uint8 image or a float map to ``shape`` (H, W)."""
     if arr.shape[:2] == shape:
         return arr
-    im = Image.fromarray(arr) if arr.dtype == np.uint8 else Image.fromarray(arr.astype(np.float32), mode="F")
+    im = Image.fromarray(arr) if arr.dtype == np.uint8 else Image.fromarray(arr.astype(np.float32))  # mode F
     return np.asarray(im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
