@@ -49,12 +49,12 @@ def cmd_list(args) -> int:
 
 def cmd_demo(args) -> int:
     """Break the bundled sample labels, complete them, compare with nearest fill, write a picture."""
-    import torch
+    from PIL import Image
 
     from .data import degrade, pair_files, read_image, read_label
     from .metrics import SegmentationMetrics
     from .prior import nearest_fill
-    from .viz import save_grid, side_by_side
+    from .viz import Row, hole_accuracy, save_picture
 
     completer = _load(args)
     n = completer.num_classes
@@ -64,15 +64,21 @@ def cmd_demo(args) -> int:
         image, label = read_image(ip), read_label(lp)
         broken, missing = degrade(label, args.ratio, args.block, seed=key, mode="blocks")
         images.append(image), labels.append(label), brokens.append(broken), missings.append(missing)
+    with Image.open(pairs[0][2]) as im:
+        palette = im.getpalette() if im.mode == "P" else None
     filled, conf = completer.complete_batch(images, brokens, return_confidence=True)
     ours, near = SegmentationMetrics(n), SegmentationMetrics(n)
     rows = []
-    for image, label, broken, missing, f, c in zip(images, labels, brokens, missings, filled, conf, strict=True):
+    for (key, _, _), image, label, broken, missing, f, c in zip(
+        pairs, images, labels, brokens, missings, filled, conf, strict=True
+    ):
         nf = nearest_fill(broken.unsqueeze(0))[0]
         ours.update(f, label, missing)
         near.update(nf, label, missing)
-        rows.append(side_by_side(image, broken, f, c))
-    out = save_grid(rows, args.out)
+        acc, _ = hole_accuracy(nf, label, missing)
+        note = f"nearest fill {acc:.1%}" if acc is not None else ""
+        rows.append(Row(image, broken, f, c, truth=label, name=key, note=note, holes=missing & (label != 255)))
+    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.config.class_names)
     a, b = ours.compute(), near.compute()
     print(
         f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
@@ -80,8 +86,7 @@ def cmd_demo(args) -> int:
     )
     print(f"  PA-mIoU   L-MAE {100 * a['pa_miou']:5.1f}   nearest fill {100 * b['pa_miou']:5.1f}")
     print(f"  PA-acc    L-MAE {100 * a['pa_pixel_acc']:5.1f}   nearest fill {100 * b['pa_pixel_acc']:5.1f}")
-    print(f"  picture (image | broken | completed | confidence): {out}")
-    del torch
+    print(f"  picture (image | broken | completed | truth | error on holes | confidence): {out}")
     return 0
 
 
@@ -228,23 +233,58 @@ def cmd_train_affinity(args) -> int:
     return 0
 
 
+def _show_class_names(args) -> list[str] | None:
+    """Class names for the legend of `show`: from --classes (a dataset.json), else --model, else None."""
+    if args.classes:
+        try:
+            names = json.loads(Path(args.classes).read_text()).get("classes")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"--classes {args.classes}: cannot read a JSON object with 'classes' ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"--classes {args.classes}: 'classes' must be a list of names")
+        return names
+    if args.model:
+        from .completer import LabelCompleter
+
+        return LabelCompleter.from_pretrained(args.model, device="cpu").config.class_names
+    return None
+
+
+def _show_keys(args, labels: Path, completed: Path, truth: Path | None) -> list[str]:
+    """The ids `show` draws: --files, else --limit of the completed PNGs, spread evenly over the
+    sorted names or the worst (lowest PA accuracy on holes, needs --truth)."""
+    from .data import read_label
+    from .viz import hole_accuracy, hole_void_maps, pick_spread, pick_worst
+
+    if args.files:
+        return [Path(f).stem for f in args.files]
+    keys = sorted(p.stem for p in completed.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    pick = args.pick or ("worst" if truth is not None else "spread")
+    if pick == "spread":
+        return pick_spread(keys, args.limit)
+    if truth is None:
+        raise ValueError("--pick worst needs --truth (the labels to score against)")
+    scores = {}
+    for key in keys:
+        if (truth / f"{key}.png").is_file() and (labels / f"{key}.png").is_file():
+            t, done = read_label(truth / f"{key}.png"), read_label(completed / f"{key}.png")
+            holes, _ = hole_void_maps(read_label(labels / f"{key}.png"), t, args.missing_index)
+            scores[key] = hole_accuracy(done, t, holes)[0] if t.shape == done.shape == holes.shape else None
+    return pick_worst(scores, args.limit)
+
+
 def cmd_show(args) -> int:
     import numpy as np
     from PIL import Image
 
     from .data import IMAGE_EXTS, read_image, read_label
-    from .viz import save_grid, side_by_side
+    from .viz import Row, save_picture
 
     images, labels, completed = Path(args.images), Path(args.labels), Path(args.completed)
-    for d in (images, labels, completed):
-        if not d.is_dir():
+    truth = Path(args.truth) if args.truth else None
+    for d in (images, labels, completed, truth):
+        if d is not None and not d.is_dir():
             raise FileNotFoundError(f"{d}: no such folder")
-    keys = [Path(f).stem for f in args.files] if args.files else None
-    if keys is None:
-        keys = sorted(p.stem for p in completed.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-        keys = keys[: args.limit]
-    if not keys:
-        raise ValueError(f"{completed}: no completed label PNGs to show")
     check_outputs(
         [("--out", args.out)],
         [
@@ -252,23 +292,35 @@ def cmd_show(args) -> int:
             ("--labels", labels),
             ("--completed", completed),
             ("--confidence-dir", args.confidence_dir),
+            ("--truth", truth),
         ],
     )
-    rows = []
+    keys = _show_keys(args, labels, completed, truth)
+    if not keys:
+        raise ValueError(f"{completed}: no completed label PNGs to show")
+    names, rows, palette = _show_class_names(args), [], None
     for key in keys:
         found = [p for p in (images / f"{key}{e}" for e in IMAGE_EXTS) if p.is_file()]
         if not found:
             raise FileNotFoundError(f"{images}: no image for {key!r}")
         label_path, done_path = labels / f"{key}.png", completed / f"{key}.png"
         with Image.open(label_path) as im:
-            palette = im.getpalette() if im.mode == "P" else None
+            palette = palette or (im.getpalette() if im.mode == "P" else None)
         conf = None
         if args.confidence_dir:
             with Image.open(Path(args.confidence_dir) / f"{key}.png") as im:
                 conf = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-        rows.append(side_by_side(read_image(found[0]), read_label(label_path), read_label(done_path), conf, palette))
-    out = save_grid(rows, args.out)
-    print(f"wrote {out} ({len(rows)} rows: image | broken | completed{' | confidence' if conf is not None else ''})")
+        t = read_label(truth / f"{key}.png") if truth is not None else None
+        rows.append(Row(read_image(found[0]), read_label(label_path), read_label(done_path), conf, t, name=key))
+    out, layout = save_picture(
+        rows,
+        args.out,
+        palette=palette,
+        class_names=names,
+        missing_index=args.missing_index,
+        panel_width=args.panel_width,
+    )
+    print(f"wrote {out} ({len(rows)} rows: {' | '.join(layout['columns'])}): {' '.join(keys)}")
     return 0
 
 
@@ -298,6 +350,9 @@ examples:
   label-mae show --images data/images --labels data/broken --completed data/completed --out check.png
   label-mae show --images data/images --labels data/broken --completed data/completed \\
       --confidence-dir data/confidence --files 0001TP_006690 0001TP_006720 --out check.png
+  # the 6 worst completions, scored against the complete labels, with class names
+  label-mae show --images data/images --labels data/broken --completed data/completed \\
+      --truth data/labels --limit 6 --classes data/dataset.json --out worst.png
 """
 
 
@@ -395,9 +450,11 @@ def main(argv=None) -> int:
 
     p = sub.add_parser(
         "show",
-        help="side-by-side picture of completed labels (image | broken | completed | confidence)",
-        description="Write one picture with a row per file:\n"
-        "image | broken label | completed label (| confidence with --confidence-dir).",
+        help="picture of completed labels (image | input | completed | truth | error | confidence) with a legend",
+        description="Write one picture with a row per file: image | input label (holes hatched magenta,\n"
+        "void grey) | completed label (| ground truth | error on holes with --truth) (| confidence with\n"
+        "--confidence-dir), each row titled with its share of holes (and PA accuracy with --truth),\n"
+        "and a legend of the classes shown.",
         epilog=SHOW_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -405,9 +462,48 @@ def main(argv=None) -> int:
     p.add_argument("--labels", required=True, help="folder of the broken (input) label PNGs")
     p.add_argument("--completed", required=True, help="folder of completed label PNGs (label-mae complete --out)")
     p.add_argument("--confidence-dir", help="folder of confidence PNGs (label-mae complete --confidence-dir)")
+    p.add_argument(
+        "--truth",
+        metavar="DIR",
+        help="folder of the complete (ground truth) labels: adds the truth and error columns and the PA "
+        "accuracy on holes per row (default: none)",
+    )
     p.add_argument("--out", required=True, help="picture to write (PNG)")
-    p.add_argument("--files", nargs="+", metavar="ID", help="ids or file names to show (default: the first --limit)")
-    p.add_argument("--limit", type=int, default=4, help="rows when --files is not given (default: %(default)s)")
+    p.add_argument(
+        "--files", nargs="+", metavar="ID", help="ids or file names to show (default: --limit picked by --pick)"
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=4, help="rows when --files is not given (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pick",
+        choices=["spread", "worst"],
+        default=None,
+        help="which files when --files is not given: spread = evenly spaced over the sorted names (first "
+        "and last included), worst = lowest PA accuracy on holes (needs --truth) "
+        "(default: worst with --truth, else spread)",
+    )
+    p.add_argument(
+        "--missing-index",
+        type=_byte,
+        default=255,
+        help="value of the holes in --labels; when it is not 255, 255 is drawn as void (default: %(default)s)",
+    )
+    names = p.add_mutually_exclusive_group()
+    names.add_argument(
+        "--classes",
+        metavar="FILE",
+        help='class names for the legend from a JSON file with "classes" (e.g. dataset.json) '
+        "(default: none, ids shown)",
+    )
+    names.add_argument(
+        "--model",
+        help="class names for the legend from this model's config: registered name, folder or Hub repo id "
+        "(default: none, ids shown)",
+    )
+    p.add_argument(
+        "--panel-width", type=_positive_int, default=400, help="width of each panel in px (default: %(default)s)"
+    )
     p.set_defaults(fn=cmd_show)
 
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
