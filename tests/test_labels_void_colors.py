@@ -374,3 +374,113 @@ def test_transform_with_colors_pickles(camvid_completer):
 
     t = pickle.loads(pickle.dumps(CompleteLabels(Path("unused-folder"), colors="voc")))
     assert t.colors == BUILTIN["voc"] and t.colors.decode(np.array([[[224, 224, 192]]], np.uint8))[0, 0] == VOID_ID
+
+
+# ----------------------------------------------------------------------------------------------------
+# whole folders: complete_dataset and label-mae complete
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def camvid_dir(tmp_path_factory, camvid_completer) -> Path:
+    folder = tmp_path_factory.mktemp("camvid-model")
+    camvid_completer.save_pretrained(folder)
+    return folder
+
+
+def _folder(root: Path, labels: dict[str, Image.Image]) -> tuple[Path, Path]:
+    images, labs = root / "images", root / "labels"
+    images.mkdir(parents=True)
+    labs.mkdir()
+    for k, (name, lab) in enumerate(labels.items()):
+        Image.fromarray(_image(lab.height, lab.width, k)).save(images / f"{name}.jpg")
+        lab.save(labs / f"{name}.png")
+    return images, labs
+
+
+def _cli(images, labels, out, model, *extra) -> int:
+    from torch_label_mae.cli import main
+
+    args = ["complete", "--images", str(images), "--labels", str(labels), "--out", str(out), "--model", str(model)]
+    return main([*args, "--device", "cpu", "--quiet", *map(str, extra)])
+
+
+def test_cli_completes_rgb_labels_into_rgb_pngs(tmp_path, camvid_dir):
+    rgbs = {f"f{k}": _camvid_rgb(24 + 8 * k, 40, 10 + k) for k in range(3)}
+    images, labels = _folder(tmp_path, {k: Image.fromarray(rgb) for k, (rgb, _) in rgbs.items()})
+    out = tmp_path / "out"
+    assert _cli(images, labels, out, camvid_dir, "--colors", "camvid", "--confidence-dir", tmp_path / "conf") == 0
+    for name, (rgb, ids) in rgbs.items():
+        with Image.open(out / f"{name}.png") as im:
+            assert im.mode == "RGB" and im.format == "PNG"
+            got = np.array(im)
+        holes = ids == MISSING_ID
+        assert got[~holes].tobytes() == rgb[~holes].tobytes()
+        assert set(map(tuple, got[holes].tolist())) <= set(CAMVID.colors)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert _cli(images, labels, out, camvid_dir, "--colors", "camvid", "--confidence-dir", tmp_path / "conf") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamp  # resume: all valid, skipped
+    report = json.loads((out / "completion_report.json").read_text())
+    assert report["skipped"] == 3 and report["done"] == 0
+
+
+def test_rgb_folder_failures_name_the_colours(tmp_path, camvid_dir):
+    from torch_label_mae.complete_dataset import complete_dataset
+
+    good, _ = _camvid_rgb(16, 24, 20)
+    bad = good.copy()
+    bad[:3, :3] = (9, 9, 9)
+    images, labels = _folder(tmp_path, {"good": Image.fromarray(good), "bad": Image.fromarray(bad)})
+    report = complete_dataset(images, labels, tmp_path / "out", model=camvid_dir, colors="camvid", progress=False)
+    assert report.done == 1 and [f for f, _ in report.failed] == ["bad.png"]
+    assert "unknown colours: 9 pixels have 1 colours" in report.failed[0][1] and "(9, 9, 9) x 9" in report.failed[0][1]
+    plain = complete_dataset(images, labels, tmp_path / "out2", model=camvid_dir, progress=False)
+    assert plain.done == 0 and all("colors=" in r for _, r in plain.failed)
+
+
+def test_dataset_keeps_void_and_resumes(tmp_path, camvid_dir):
+    from torch_label_mae.complete_dataset import complete_dataset, output_is_valid
+
+    raws = {f"v{k}": np.where(_voc_label(24, 32, 30 + k) == 255, 255, _voc_label(24, 32, 30 + k)) for k in range(2)}
+    images, labels = _folder(tmp_path, {k: _pil_p(v) for k, v in raws.items()})
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="both 255"):
+        complete_dataset(images, labels, out, model=camvid_dir, void_index=255, progress=False)
+    with pytest.raises(ValueError, match=r"void_index must be an integer in 0..255"):
+        complete_dataset(images, labels, out, model=camvid_dir, void_index=300, missing_index=254, progress=False)
+    report = complete_dataset(images, labels, out, model=camvid_dir, void_index=255, missing_index=254, progress=False)
+    assert report.done == 2 and not report.failed
+    for name, raw in raws.items():
+        got = np.array(Image.open(out / f"{name}.png"))
+        np.testing.assert_array_equal(got[raw != 254], raw[raw != 254])
+        assert (raw == 255).any() and (got[raw == 254] < 11).all()
+        assert output_is_valid(out / f"{name}.png", raw.astype(np.int64), 11, 254, void_index=255)
+        assert not output_is_valid(out / f"{name}.png", raw.astype(np.int64), 11, 254)  # 255 is no class
+    again = complete_dataset(images, labels, out, model=camvid_dir, void_index=255, missing_index=254, progress=False)
+    assert again.skipped == 2 and again.done == 0
+    # without void_index, the 255 borders are out-of-range ids: a per-file failure, no silent fill
+    strict = complete_dataset(images, labels, tmp_path / "o2", model=camvid_dir, missing_index=254, progress=False)
+    assert strict.done == 0 and all("ids out of range" in r for _, r in strict.failed)
+
+
+def test_cli_void_index_and_bad_colors(tmp_path, camvid_dir, capsys):
+    raw = _voc_label(16, 16, 40)
+    images, labels = _folder(tmp_path, {"a": _pil_p(raw)})
+    assert _cli(images, labels, tmp_path / "o", camvid_dir, "--void-index", "255", "--missing-index", "254") == 0
+    got = np.array(Image.open(tmp_path / "o" / "a.png"))
+    np.testing.assert_array_equal(got[raw != 254], raw[raw != 254])
+    assert _cli(images, labels, tmp_path / "o2", camvid_dir, "--void-index", "255") == 2
+    assert "void_index and missing_index are both 255" in capsys.readouterr().err
+    (tmp_path / "t.json").write_text('{"colors": [[1, 2]]}')
+    assert _cli(images, labels, tmp_path / "o3", camvid_dir, "--colors", tmp_path / "t.json") == 2
+    assert "t.json: colors[0]: expected [r, g, b]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _cli(images, labels, tmp_path / "o4", camvid_dir, "--void-index", "256")
+    assert "must be in 0..255" in capsys.readouterr().err
+
+
+def test_dataset_flattened_labels_get_the_hint(tmp_path, camvid_dir):
+    from torch_label_mae.complete_dataset import complete_dataset
+
+    rgb, _ = _camvid_rgb(16, 24, 50)
+    images, labels = _folder(tmp_path, {"g": Image.fromarray(rgb).convert("L")})
+    report = complete_dataset(images, labels, tmp_path / "out", model=camvid_dir, progress=False)
+    assert "converted to grayscale" in report.failed[0][1] and "colors='camvid'" in report.failed[0][1]
