@@ -24,10 +24,13 @@ Promises:
   either a complete file or none under a final name. Stray temp files (``.<name>.<pid>.<random>.tmp``)
   of this run's files whose process is dead are removed at the next start.
 - **Resumable.** A rerun skips every output that is complete and valid (a readable palette PNG of
-  the label's size, ids in ``[0, N)``, equal to the label on every known pixel; and its confidence
-  map, when asked for, a readable grayscale PNG of that size) unless ``overwrite=True``.
+  the label's size, ids in ``[0, N)`` but on void pixels, equal to the label on every pixel that is
+  not missing, void included; for a colour label an RGB PNG equal to it on every pixel that is not
+  of the missing colour, with class colours on those; and its confidence map, when asked for, a
+  readable grayscale PNG of that size) unless ``overwrite=True``.
 - **Bad input does not stop the run.** An unreadable image or label, a label whose size differs from
-  its image, ids ``>= N`` that are not ``missing_index``, an image without label or a label without
+  its image, ids ``>= N`` that are neither ``missing_index`` nor ``void_index``, colours not in the
+  colour table (each named with its pixel count), an image without label or a label without
   image: the file is recorded with the reason and the rest go on. ``strict=True`` raises
   :class:`CompletionError` at the first failure instead (every file before it is done, none after).
 - **Sharding.** ``rank`` / ``world_size`` default to ``torch.distributed`` when a process group is
@@ -40,7 +43,8 @@ Promises:
   With ``report_path`` given, ranks write ``<stem>.rank<k><suffix>`` beside it.
 
 Outputs: ``out_dir/<label file name>``, a palette PNG of class ids (the input label's palette when it
-is a palette PNG, else :func:`torch_label_mae.io.default_palette`); with ``confidence_dir``, also
+is a palette PNG, else :func:`torch_label_mae.io.default_palette`), or an RGB PNG in the colour
+table's colours when the input label is an RGB PNG (read with ``colors``); with ``confidence_dir``, also
 ``confidence_dir/<label file name>``, an 8-bit grayscale PNG of ``round(255 * confidence)`` (255 on
 pixels that were known).
 """
@@ -685,6 +689,12 @@ def complete_dataset(
     """Complete every label of ``labels_dir`` (``<id>.png``, pixels equal to ``missing_index`` are
     missing) with its image ``images_dir/<id>.<ext>`` and write the results to ``out_dir``; see the
     module docstring for the guarantees.
+
+    ``void_index`` (0..255, not ``missing_index``): the dataset's own ignore label, kept as it is and
+    unknown to the model (e.g. 255 for Pascal VOC's borders, holes marked ``missing_index=254``).
+    ``colors``: a colour table (:mod:`torch_label_mae.colors`: a :class:`~torch_label_mae.colors.ColorTable`,
+    ``camvid``, ``cityscapes``, ``voc`` or a JSON file) for RGB label PNGs: its missing colour marks the
+    holes, its void colours are kept, and the outputs are RGB PNGs in its colours.
 
     ``model``: a registered name, dataset name, local folder or Hub repo id, or a
     :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
