@@ -484,3 +484,32 @@ def test_dataset_flattened_labels_get_the_hint(tmp_path, camvid_dir):
     images, labels = _folder(tmp_path, {"g": Image.fromarray(rgb).convert("L")})
     report = complete_dataset(images, labels, tmp_path / "out", model=camvid_dir, progress=False)
     assert "converted to grayscale" in report.failed[0][1] and "colors='camvid'" in report.failed[0][1]
+
+
+def test_opaque_rgba_labels_like_cityscapes_colour_pngs(tmp_path):
+    """Cityscapes' ``*_color.png`` are opaque RGBA: read, completed and written back as RGBA."""
+    from torch_label_mae.complete_dataset import complete_dataset
+
+    torch.manual_seed(0)
+    model = LabelCompleter(LMAEConfig.tiny(**TINY_MODEL, num_classes=19)).eval()
+    city = BUILTIN["cityscapes"]
+    ids = np.kron(np.random.default_rng(0).integers(0, 19, (3, 4)), np.ones((8, 8), np.int64))
+    ids[:4] = VOID_ID
+    ids[8:16, 8:24] = MISSING_ID
+    rgba = Image.fromarray(city.encode(ids)).convert("RGBA")
+    out = model.complete(_image(24, 32), rgba, colors="cityscapes")
+    assert out.mode == "RGBA" and (np.array(out)[..., 3] == 255).all()
+    keep = ids != MISSING_ID
+    assert np.array(out)[keep].tobytes() == np.array(rgba)[keep].tobytes()
+    images, labels = _folder(tmp_path, {"aachen_000000_000019_gtFine_color": rgba})
+    model.save_pretrained(tmp_path / "model")
+    report = complete_dataset(images, labels, tmp_path / "out", model=tmp_path / "model", colors="cityscapes")
+    assert report.done == 1, report.failed
+    with Image.open(tmp_path / "out" / "aachen_000000_000019_gtFine_color.png") as im:
+        assert im.mode == "RGBA" and np.array(im)[keep].tobytes() == np.array(rgba)[keep].tobytes()
+    again = complete_dataset(images, labels, tmp_path / "out", model=tmp_path / "model", colors="cityscapes")
+    assert again.skipped == 1
+    seen = np.array(rgba)
+    seen[0, 0, 3] = 0
+    with pytest.raises(ValueError, match=r"labels\[0\]: 1 pixels of this RGBA colour label are not opaque"):
+        model.complete(_image(24, 32), Image.fromarray(seen, mode="RGBA"), colors="cityscapes")

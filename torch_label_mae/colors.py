@@ -349,10 +349,10 @@ def load_colors(spec) -> ColorTable | None:
 
 
 def is_color_label(label) -> bool:
-    """Whether ``label`` is colour-coded: a PIL 'RGB' image, an ``HxWx3`` uint8 numpy array or a
-    ``3xHxW`` uint8 tensor."""
+    """Whether ``label`` is colour-coded: a PIL 'RGB' (or opaque 'RGBA', as Cityscapes' colour PNGs)
+    image, an ``HxWx3`` uint8 numpy array or a ``3xHxW`` uint8 tensor."""
     if isinstance(label, Image.Image):
-        return label.mode == "RGB"
+        return label.mode in ("RGB", "RGBA")
     if isinstance(label, np.ndarray):
         return label.ndim == 3 and label.shape[2] == 3 and label.dtype == np.uint8
     if isinstance(label, torch.Tensor):
@@ -360,10 +360,19 @@ def is_color_label(label) -> bool:
     return False
 
 
-def color_label_to_array(label) -> np.ndarray:
-    """A colour label (see :func:`is_color_label`) -> ``HxWx3`` uint8 numpy (a copy for tensors)."""
+def color_label_to_array(label, name: str = "label") -> np.ndarray:
+    """A colour label (see :func:`is_color_label`) -> ``HxWx3`` uint8 numpy (a copy for tensors).
+    Raises ``ValueError`` naming ``name`` for an 'RGBA' image with transparent pixels."""
     if isinstance(label, Image.Image):
-        return np.array(label)
+        arr = np.array(label)
+        if label.mode == "RGBA":
+            clear = int((arr[..., 3] != 255).sum())
+            if clear:
+                raise ValueError(
+                    f"{name}: {clear} pixels of this RGBA colour label are not opaque; a colour is a class"
+                )
+            arr = arr[..., :3].copy()
+        return arr
     if isinstance(label, torch.Tensor):
         return label.detach().cpu().permute(1, 2, 0).numpy().copy()
     return np.asarray(label)
@@ -373,7 +382,8 @@ def color_label_like(rgb: np.ndarray, like):
     """``HxWx3`` uint8 -> the type of the colour label ``like`` (PIL 'RGB', numpy ``HxWx3``, tensor
     ``3xHxW`` on ``like``'s device)."""
     if isinstance(like, Image.Image):
-        return Image.fromarray(rgb, mode="RGB")
+        out = Image.fromarray(rgb, mode="RGB")
+        return out.convert("RGBA") if like.mode == "RGBA" else out  # opaque, as it came
     if isinstance(like, torch.Tensor):
         out = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous().to(like.device)
         return type(like)(out) if type(like) is not torch.Tensor else out

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .colors import MISSING_ID, ColorTable, flattened_hint, load_colors
+from .colors import MISSING_ID, ColorTable, color_label_to_array, flattened_hint, load_colors
 from .data import IMAGE_EXTS, read_image, read_label
 from .hub import DEFAULT_MODEL
 from .interrupt import GracefulStop, Interrupted, die_with_parent
@@ -293,9 +293,10 @@ def output_is_valid(
     with ``label`` its ids decoded by ``colors``): an RGB PNG equal to ``rgb`` on every pixel that is not
     of the missing colour, and class colours of ``[0, num_classes)`` on those."""
     if rgb is not None:
-        arr = _read_png(out, ("RGB",))
-        if arr is None or arr.shape != rgb.shape:
+        arr = _read_png(out, ("RGB", "RGBA"))
+        if arr is None or arr.shape[:2] != rgb.shape[:2] or (arr.shape[2] == 4 and (arr[..., 3] != 255).any()):
             return False
+        arr = arr[..., :3]
         holes = label == MISSING_ID
         if not np.array_equal(arr[~holes], rgb[~holes]):
             return False
@@ -351,25 +352,27 @@ class _Reader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read_label(self, it: Item) -> tuple[torch.Tensor, list | None, np.ndarray | None]:
-        """``(ids, palette, rgb)``: a colour label's ids are decoded with the colour table (``rgb`` is
-        the label itself); other labels are read as ids (``rgb`` None)."""
+    def _read_label(self, it: Item) -> tuple[torch.Tensor, list | None, np.ndarray | None, str]:
+        """``(ids, palette, rgb, mode)``: a colour label's ids are decoded with the colour table (``rgb``
+        is the label itself, ``mode`` 'RGB' or opaque 'RGBA'); other labels are read as ids (``rgb`` None)."""
         problem = _too_large(it.label, "label", self.max_pixels)
         if problem is not None:
             raise _Skip(problem)
         with Image.open(it.label) as im:
             palette = im.getpalette() if im.mode == "P" else None
             if im.mode in ("RGB", "RGBA"):
-                if self.coding.colors is None or im.mode == "RGBA":
-                    how = "colors= (--colors NAME|FILE)" if im.mode == "RGB" else "an RGB PNG without alpha"
-                    raise _Skip(f"cannot read label: mode {im.mode!r} is a colour label; it needs {how}")
-                rgb = np.array(im.convert("RGB"))
+                if self.coding.colors is None:
+                    raise _Skip(
+                        f"cannot read label: mode {im.mode!r} is a colour label; pass colors= (--colors NAME|FILE)"
+                    )
                 try:
+                    rgb = color_label_to_array(im, "label")
                     ids = self.coding.colors.decode(rgb, "label")
                 except ValueError as e:
-                    raise _Skip(f"unknown colours: {str(e).removeprefix('label: ')}") from None
-                return torch.from_numpy(ids), None, rgb
-        return read_label(it.label), palette, None
+                    msg = str(e).removeprefix("label: ")
+                    raise _Skip(msg if "opaque" in msg else f"unknown colours: {msg}") from None
+                return torch.from_numpy(ids), None, rgb, im.mode
+        return read_label(it.label), palette, None, "P"
 
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
@@ -377,7 +380,7 @@ class _Reader(torch.utils.data.Dataset):
         if it.problem is not None:
             return {**rec, "reason": it.problem}
         try:
-            label, palette, rgb = self._read_label(it)
+            label, palette, rgb, mode = self._read_label(it)
         except _Skip as e:
             return {**rec, "reason": str(e)}
         except Exception as e:  # every unreadable file is a recorded failure
@@ -410,7 +413,7 @@ class _Reader(torch.utils.data.Dataset):
             return {**rec, "reason": reason}
         rec = {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
         if rgb is not None:  # as 3xHxW: the DataLoader turns numpy arrays into tensors anyway
-            rec["rgb"] = torch.from_numpy(rgb).permute(2, 0, 1)
+            rec["rgb"], rec["mode"] = torch.from_numpy(rgb).permute(2, 0, 1), mode
         return rec
 
     def _check(self, it: Item, image: torch.Tensor, label: torch.Tensor, colour: bool = False) -> str | None:
@@ -463,6 +466,7 @@ def _write(rec: dict, completed: torch.Tensor, conf: torch.Tensor | None, out_di
         atomic_write(conf_dir / rec["name"], lambda tmp: im.save(tmp, format="PNG"))
     if "rgb" in rec:  # a colour label: written back in its colours
         rgb = Image.fromarray(completed.permute(1, 2, 0).numpy(), mode="RGB")
+        rgb = rgb.convert("RGBA") if rec["mode"] == "RGBA" else rgb  # opaque, as the input
         atomic_write(out_dir / rec["name"], lambda tmp: rgb.save(tmp, format="PNG"))
     else:
         save_label_png(completed, out_dir / rec["name"], rec["palette"])

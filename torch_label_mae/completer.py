@@ -395,7 +395,7 @@ class LabelCompleter(
         img_t, name = image_to_tensor(image, f"images[{i}]"), f"labels[{i}]"
         rgb = None
         if table is not None and is_color_label(label):
-            rgb = color_label_to_array(label)
+            rgb = color_label_to_array(label, name)
             lab_t = torch.from_numpy(table.decode(rgb, name))
             miss_value, void_value, what = MISSING_ID, VOID_ID, f"the missing colour {table.missing}"
         else:
