@@ -182,6 +182,8 @@ def cmd_complete(args) -> int:
             args.out,
             model=args.model or DEFAULT_MODEL,
             missing_index=args.missing_index,
+            void_index=args.void_index,
+            colors=args.colors,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             device=args.device,
@@ -333,8 +335,11 @@ examples:
   label-mae complete --images data/images --labels data/labels --out data/completed \\
       --model runs/mine/best --confidence-dir data/confidence --num-workers 4 --device cuda
 
-  # Pascal VOC (torchvision layout: ROOT/VOCdevkit/VOC2012/...)
-  label-mae complete --voc ~/data --image-set train --out voc-completed
+  # Pascal VOC (torchvision layout: ROOT/VOCdevkit/VOC2012/...); holes marked 254, borders (255) kept
+  label-mae complete --voc ~/data --image-set train --out voc-completed --void-index 255 --missing-index 254
+
+  # colour-coded labels (RGB PNGs in CamVid's colours, white = missing): RGB PNGs out
+  label-mae complete --images data/images --labels data/colour-labels --out data/completed --colors camvid
 
   # several processes / GPUs: each rank takes every k-th file and writes completion_report.rank<k>.json
   torchrun --standalone --nproc-per-node 2 -m torch_label_mae complete --images I --labels L --out O
@@ -422,6 +427,19 @@ def main(argv=None) -> int:
     _add_model(p)
     p.add_argument(
         "--missing-index", type=int, default=255, help="label value of missing pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--void-index",
+        type=_byte,
+        default=None,
+        help="the dataset's own ignore label, 0..255, kept as it is (never filled); must differ from "
+        "--missing-index, e.g. --void-index 255 --missing-index 254 for Pascal VOC's borders (default: none)",
+    )
+    p.add_argument(
+        "--colors",
+        metavar="NAME|FILE",
+        help="colour table for RGB labels: camvid, cityscapes, voc or a JSON file (see torch_label_mae.colors); "
+        "RGB labels are read through it (white = missing unless the table says otherwise) and written as RGB PNGs",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes (default: %(default)s)")

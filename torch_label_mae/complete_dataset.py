@@ -24,10 +24,13 @@ Promises:
   either a complete file or none under a final name. Stray temp files (``.<name>.<pid>.<random>.tmp``)
   of this run's files whose process is dead are removed at the next start.
 - **Resumable.** A rerun skips every output that is complete and valid (a readable palette PNG of
-  the label's size, ids in ``[0, N)``, equal to the label on every known pixel; and its confidence
-  map, when asked for, a readable grayscale PNG of that size) unless ``overwrite=True``.
+  the label's size, ids in ``[0, N)`` but on void pixels, equal to the label on every pixel that is
+  not missing, void included; for a colour label an RGB PNG equal to it on every pixel that is not
+  of the missing colour, with class colours on those; and its confidence map, when asked for, a
+  readable grayscale PNG of that size) unless ``overwrite=True``.
 - **Bad input does not stop the run.** An unreadable image or label, a label whose size differs from
-  its image, ids ``>= N`` that are not ``missing_index``, an image without label or a label without
+  its image, ids ``>= N`` that are neither ``missing_index`` nor ``void_index``, colours not in the
+  colour table (each named with its pixel count), an image without label or a label without
   image: the file is recorded with the reason and the rest go on. ``strict=True`` raises
   :class:`CompletionError` at the first failure instead (every file before it is done, none after).
 - **Sharding.** ``rank`` / ``world_size`` default to ``torch.distributed`` when a process group is
@@ -40,7 +43,8 @@ Promises:
   With ``report_path`` given, ranks write ``<stem>.rank<k><suffix>`` beside it.
 
 Outputs: ``out_dir/<label file name>``, a palette PNG of class ids (the input label's palette when it
-is a palette PNG, else :func:`torch_label_mae.io.default_palette`); with ``confidence_dir``, also
+is a palette PNG, else :func:`torch_label_mae.io.default_palette`), or an RGB PNG in the colour
+table's colours when the input label is an RGB PNG (read with ``colors``); with ``confidence_dir``, also
 ``confidence_dir/<label file name>``, an 8-bit grayscale PNG of ``round(255 * confidence)`` (255 on
 pixels that were known).
 """
@@ -62,6 +66,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .colors import MISSING_ID, ColorTable, color_label_to_array, flattened_hint, load_colors
 from .data import IMAGE_EXTS, read_image, read_label
 from .hub import DEFAULT_MODEL
 from .interrupt import GracefulStop, Interrupted, die_with_parent
@@ -277,16 +282,40 @@ def output_is_valid(
     num_classes: int,
     missing_index: int = 255,
     confidence: Path | None = None,
+    *,
+    void_index: int | None = None,
+    colors: ColorTable | None = None,
+    rgb: np.ndarray | None = None,
 ) -> bool:
     """True when ``out`` is a complete palette PNG of ``label``'s size with ids in ``[0, num_classes)``
-    equal to ``label`` on its known pixels (and ``confidence``, when given, a grayscale PNG of that
-    size)."""
-    arr = _read_png(out, ("P",))
-    if arr is None or arr.shape != label.shape or arr.max(initial=0) >= num_classes:
-        return False
-    known = label != missing_index
-    if not np.array_equal(arr[known], label[known]):
-        return False
+    (or ``void_index`` where the label is void) equal to ``label`` on its known pixels (and
+    ``confidence``, when given, a grayscale PNG of that size). For a colour label (``rgb``, ``HxWx3``,
+    with ``label`` its ids decoded by ``colors``): an RGB PNG equal to ``rgb`` on every pixel that is not
+    of the missing colour, and class colours of ``[0, num_classes)`` on those."""
+    if rgb is not None:
+        arr = _read_png(out, ("RGB", "RGBA"))
+        if arr is None or arr.shape[:2] != rgb.shape[:2] or (arr.shape[2] == 4 and (arr[..., 3] != 255).any()):
+            return False
+        arr = arr[..., :3]
+        holes = label == MISSING_ID
+        if not np.array_equal(arr[~holes], rgb[~holes]):
+            return False
+        try:
+            filled = colors.decode(arr[holes][None], "output")
+        except ValueError:
+            return False
+        if ((filled < 0) | (filled >= num_classes)).any():
+            return False
+    else:
+        arr = _read_png(out, ("P",))
+        if arr is None or arr.shape != label.shape:
+            return False
+        void = label == void_index if void_index is not None else np.zeros(label.shape, bool)
+        if not (void | (arr < num_classes)).all():
+            return False
+        known = label != missing_index
+        if not np.array_equal(arr[known], label[known]):
+            return False
     if confidence is not None:
         c = _read_png(confidence, ("L",))
         if c is None or c.shape != label.shape:
@@ -315,21 +344,35 @@ class _Reader(torch.utils.data.Dataset):
     """Item -> a record dict: ``status`` is ``"todo"`` (with image, label, palette), ``"skip"``
     (a valid output exists) or ``"fail"`` (with ``reason``)."""
 
-    def __init__(self, items, out_dir, confidence_dir, num_classes, missing_index, overwrite, max_pixels):
+    def __init__(self, items, out_dir, confidence_dir, num_classes, coding: _Coding, overwrite, max_pixels):
         self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
-        self.n, self.missing_index, self.overwrite = num_classes, missing_index, overwrite
+        self.n, self.coding, self.overwrite = num_classes, coding, overwrite
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read_label(self, it: Item) -> tuple[torch.Tensor, list | None]:
+    def _read_label(self, it: Item) -> tuple[torch.Tensor, list | None, np.ndarray | None, str]:
+        """``(ids, palette, rgb, mode)``: a colour label's ids are decoded with the colour table (``rgb``
+        is the label itself, ``mode`` 'RGB' or opaque 'RGBA'); other labels are read as ids (``rgb`` None)."""
         problem = _too_large(it.label, "label", self.max_pixels)
         if problem is not None:
             raise _Skip(problem)
         with Image.open(it.label) as im:
             palette = im.getpalette() if im.mode == "P" else None
-        return read_label(it.label), palette
+            if im.mode in ("RGB", "RGBA"):
+                if self.coding.colors is None:
+                    raise _Skip(
+                        f"cannot read label: mode {im.mode!r} is a colour label; pass colors= (--colors NAME|FILE)"
+                    )
+                try:
+                    rgb = color_label_to_array(im, "label")
+                    ids = self.coding.colors.decode(rgb, "label")
+                except ValueError as e:
+                    msg = str(e).removeprefix("label: ")
+                    raise _Skip(msg if "opaque" in msg else f"unknown colours: {msg}") from None
+                return torch.from_numpy(ids), None, rgb, im.mode
+        return read_label(it.label), palette, None, "P"
 
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
@@ -337,7 +380,7 @@ class _Reader(torch.utils.data.Dataset):
         if it.problem is not None:
             return {**rec, "reason": it.problem}
         try:
-            label, palette = self._read_label(it)
+            label, palette, rgb, mode = self._read_label(it)
         except _Skip as e:
             return {**rec, "reason": str(e)}
         except Exception as e:  # every unreadable file is a recorded failure
@@ -345,7 +388,18 @@ class _Reader(torch.utils.data.Dataset):
         lab_np = label.numpy()
         if not self.overwrite:
             conf = self.confidence_dir / it.name if self.confidence_dir is not None else None
-            if output_is_valid(self.out_dir / it.name, lab_np, self.n, self.missing_index, conf):
+            c = self.coding
+            valid = output_is_valid(
+                self.out_dir / it.name,
+                lab_np,
+                self.n,
+                c.missing_index,
+                conf,
+                void_index=c.void_index,
+                colors=c.colors,
+                rgb=rgb,
+            )
+            if valid:
                 return {"name": it.name, "status": "skip"}
         try:
             problem = _too_large(it.image, "image", self.max_pixels)
@@ -354,24 +408,37 @@ class _Reader(torch.utils.data.Dataset):
             image = read_image(it.image)
         except Exception as e:
             return {**rec, "reason": _reason("cannot read image", e, it.image)}
-        reason = self._check(it, image, label)
+        reason = self._check(it, image, label, colour=rgb is not None)
         if reason is not None:
             return {**rec, "reason": reason}
-        return {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
+        rec = {"name": it.name, "status": "todo", "image": image, "label": label, "palette": palette}
+        if rgb is not None:  # as 3xHxW: the DataLoader turns numpy arrays into tensors anyway
+            rec["rgb"], rec["mode"] = torch.from_numpy(rgb).permute(2, 0, 1), mode
+        return rec
 
-    def _check(self, it: Item, image: torch.Tensor, label: torch.Tensor) -> str | None:
+    def _check(self, it: Item, image: torch.Tensor, label: torch.Tensor, colour: bool = False) -> str | None:
         if tuple(image.shape[-2:]) != tuple(label.shape):
             return (
                 f"size mismatch: image {it.image.name} is {image.shape[-1]}x{image.shape[-2]} but label "
                 f"{it.label.name} is {label.shape[-1]}x{label.shape[-2]} (W x H)"
             )
-        lab_np = label.numpy()
-        bad = (lab_np != self.missing_index) & ((lab_np < 0) | (lab_np >= self.n))
+        lab_np, c = label.numpy(), self.coding
+        if colour:  # decoded: MISSING_ID, VOID_ID or a colour's class id
+            bad = lab_np >= self.n
+            if bad.any():
+                vals = sorted(np.unique(lab_np[bad]).tolist())[:5]
+                return (
+                    f"ids out of range: {int(bad.sum())} pixels have colours of class ids {vals}, not in [0, {self.n})"
+                )
+            return None
+        allowed = (lab_np == c.missing_index) | (lab_np == c.void_index if c.void_index is not None else False)
+        bad = ~allowed & ((lab_np < 0) | (lab_np >= self.n))
         if bad.any():
-            vals = sorted(np.unique(lab_np[bad]).tolist())[:5]
+            vals = np.unique(lab_np[bad]).tolist()
+            void = f" or the void index {c.void_index}" if c.void_index is not None else ""
             return (
-                f"ids out of range: {int(bad.sum())} pixels have ids {vals} outside [0, {self.n}) "
-                f"that are not the missing index {self.missing_index}"
+                f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} outside [0, {self.n}) "
+                f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}"
             )
         return None
 
@@ -397,7 +464,12 @@ def _write(rec: dict, completed: torch.Tensor, conf: torch.Tensor | None, out_di
         c = (conf.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         im = Image.fromarray(c, mode="L")
         atomic_write(conf_dir / rec["name"], lambda tmp: im.save(tmp, format="PNG"))
-    save_label_png(completed, out_dir / rec["name"], rec["palette"])
+    if "rgb" in rec:  # a colour label: written back in its colours
+        rgb = Image.fromarray(completed.permute(1, 2, 0).numpy(), mode="RGB")
+        rgb = rgb.convert("RGBA") if rec["mode"] == "RGBA" else rgb  # opaque, as the input
+        atomic_write(out_dir / rec["name"], lambda tmp: rgb.save(tmp, format="PNG"))
+    else:
+        save_label_png(completed, out_dir / rec["name"], rec["palette"])
 
 
 class _Completion:
@@ -407,9 +479,9 @@ class _Completion:
 
     MAX_WRITE_FAILURES = 3
 
-    def __init__(self, completer, report: Report, *, batch_size, missing_index, out_dir, conf_dir, strict):
+    def __init__(self, completer, report: Report, *, batch_size, coding: _Coding, out_dir, conf_dir, strict):
         self.completer, self.report, self.batch_size = completer, report, batch_size
-        self.missing_index, self.out_dir, self.conf_dir, self.strict = missing_index, out_dir, conf_dir, strict
+        self.coding, self.out_dir, self.conf_dir, self.strict = coding, out_dir, conf_dir, strict
         self.write_failures = 0
 
     def _run(self, rs: list[dict]):
@@ -418,9 +490,11 @@ class _Completion:
             warnings.simplefilter("always")
             out = self.completer.complete_batch(
                 [r["image"] for r in rs],
-                [r["label"] for r in rs],
+                [r["rgb"] if "rgb" in r else r["label"] for r in rs],
                 batch_size=self.batch_size,
-                missing_index=self.missing_index,
+                missing_index=self.coding.missing_index,
+                void_index=self.coding.void_index,
+                colors=self.coding.colors,
                 return_confidence=want_conf,
             )
         for w in caught:
@@ -510,6 +584,37 @@ def _load_completer(model, device, precision="auto"):
     return LabelCompleter.from_pretrained(str(model), device=device, precision=precision)
 
 
+@dataclass(frozen=True)
+class _Coding:
+    """How labels mark holes and void: ``missing_index`` / ``void_index`` for labels of ids, the colour
+    table's missing and void colours for colour labels."""
+
+    missing_index: int
+    void_index: int | None
+    colors: ColorTable | None
+
+    def check(self, num_classes: int) -> None:
+        """Refuse conflicts (see :func:`~torch_label_mae.completer.check_indices`) and a colour table
+        with fewer class colours than the model has classes, before any work."""
+        from .completer import check_indices
+
+        check_indices(self.missing_index, self.void_index, num_classes)
+        if self.colors is not None and self.colors.num_classes < num_classes:
+            raise ValueError(
+                f"colour table {self.colors.name!r} has {self.colors.num_classes} class colours but the model has "
+                f"{num_classes} classes; every class needs a colour"
+            )
+
+
+def _check_void(void_index):
+    """``void_index``: None or an integer in 0..255 (outputs are palette PNGs)."""
+    if void_index is None:
+        return None
+    if isinstance(void_index, bool) or not isinstance(void_index, (int, np.integer)) or not 0 <= void_index <= 255:
+        raise ValueError(f"void_index must be an integer in 0..255 (palette PNG ids) or None, got {void_index!r}")
+    return int(void_index)
+
+
 def _check_numbers(batch_size: int, num_workers: int, max_pixels: int, max_batch_pixels: int) -> None:
     for what, v, low in (
         ("batch_size", batch_size, 1),
@@ -565,6 +670,8 @@ def complete_dataset(
     *,
     model=DEFAULT_MODEL,
     missing_index: int = 255,
+    void_index: int | None = None,
+    colors=None,
     batch_size: int = 16,
     num_workers: int = 0,
     device=None,
@@ -587,6 +694,12 @@ def complete_dataset(
     missing) with its image ``images_dir/<id>.<ext>`` and write the results to ``out_dir``; see the
     module docstring for the guarantees.
 
+    ``void_index`` (0..255, not ``missing_index``): the dataset's own ignore label, kept as it is and
+    unknown to the model (e.g. 255 for Pascal VOC's borders, holes marked ``missing_index=254``).
+    ``colors``: a colour table (:mod:`torch_label_mae.colors`: a :class:`~torch_label_mae.colors.ColorTable`,
+    ``camvid``, ``cityscapes``, ``voc`` or a JSON file) for RGB label PNGs: its missing colour marks the
+    holes, its void colours are kept, and the outputs are RGB PNGs in its colours.
+
     ``model``: a registered name, dataset name, local folder or Hub repo id, or a
     :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
     ``precision``: for a model loaded by name (see :attr:`LabelCompleter.precision`).
@@ -601,6 +714,7 @@ def complete_dataset(
     finished); both carry the written report as ``.report``.
     """
     _check_numbers(batch_size, num_workers, max_pixels, max_batch_pixels)
+    coding = _Coding(missing_index, _check_void(void_index), load_colors(colors))
     images_dir, labels_dir, items, inputs = _items(images_dir, labels_dir, voc_root, image_set, year)
     out_dir = Path(out_dir).resolve()
     conf_dir = Path(confidence_dir).resolve() if confidence_dir is not None else None
@@ -611,14 +725,15 @@ def complete_dataset(
     files = [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
     _check_output_paths(out_dir, conf_dir, rpath, inputs + files, names, in_place)
     completer = _load_completer(model, device, precision)
+    coding.check(completer.num_classes)
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
-    reader = _Reader(mine, out_dir, conf_dir, completer.num_classes, missing_index, overwrite, max_pixels)
+    reader = _Reader(mine, out_dir, conf_dir, completer.num_classes, coding, overwrite, max_pixels)
     complete = _Completion(
         completer,
         report,
         batch_size=batch_size,
-        missing_index=missing_index,
+        coding=coding,
         out_dir=out_dir,
         conf_dir=conf_dir,
         strict=strict,

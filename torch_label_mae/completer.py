@@ -81,12 +81,23 @@ import json  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 from huggingface_hub import PyTorchModelHubMixin  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import hub  # noqa: E402
+from .colors import (  # noqa: E402
+    MISSING_ID,
+    VOID_ID,
+    color_label_like,
+    color_label_to_array,
+    flattened_hint,
+    is_color_label,
+    load_colors,
+)
 from .io import confidence_like, image_to_tensor, label_like, label_to_tensor, missing_to_tensor  # noqa: E402
 from .masking import background_first_masking  # noqa: E402
 from .model import LMAEConfig  # noqa: E402
@@ -310,11 +321,27 @@ class LabelCompleter(
         )
 
     # -- completion --------------------------------------------------------------------------------
-    def complete(self, image, label, missing=None, *, missing_index: int = 255, return_confidence: bool = False):
+    def complete(
+        self,
+        image,
+        label,
+        missing=None,
+        *,
+        missing_index: int = 255,
+        void_index: int | None = None,
+        colors=None,
+        return_confidence: bool = False,
+    ):
         """Complete one label; see :meth:`complete_batch`."""
         maps = missing if missing is None or isinstance(missing, str) else [missing]  # "background-first" as is
         out = self.complete_batch(
-            [image], [label], maps, missing_index=missing_index, return_confidence=return_confidence
+            [image],
+            [label],
+            maps,
+            missing_index=missing_index,
+            void_index=void_index,
+            colors=colors,
+            return_confidence=return_confidence,
         )
         return (out[0][0], out[1][0]) if return_confidence else out[0]
 
@@ -326,15 +353,28 @@ class LabelCompleter(
         *,
         batch_size: int | None = None,
         missing_index: int = 255,
+        void_index: int | None = None,
+        colors=None,
         return_confidence: bool = False,
     ):
         """Complete a list of labels, ``batch_size`` at a time (default: 8 on the CPU, where small
         batches stay in cache and measured fastest, 64 on CUDA).
 
-        ``missing``: None (pixels equal to ``missing_index`` are missing), a list of boolean HxW maps,
-        or ``"background-first"`` (the paper's inference mode: hide, at the model's ratio, the patches
-        with the largest background share). Only missing pixels change; each output has its input
-        label's type, size and dtype. With ``return_confidence`` also returns, per label, the
+        ``missing``: None (pixels equal to ``missing_index`` are missing), a list of boolean HxW maps
+        (exactly those pixels are missing), or ``"background-first"`` (the paper's inference mode:
+        pixels equal to ``missing_index``, plus, at the model's ratio, the background pixels of the
+        patches with the largest background share). ``void_index``: the dataset's own ignore label
+        (e.g. 255, with holes marked ``missing_index=254`` or by a map): such pixels are never filled,
+        never taken for a class, and the model sees them as unknown. With a map, pixels equal to
+        ``missing_index`` outside it are kept and unknown too. ``colors`` (a :class:`ColorTable`, a
+        built-in name ``camvid`` / ``cityscapes`` / ``voc`` or a JSON file; see
+        :mod:`torch_label_mae.colors`): RGB labels (PIL 'RGB', ``HxWx3`` / ``3xHxW`` uint8) are read
+        through it, the table's missing colour marks holes, its void colours are void, and they come
+        back as RGB in the table's colours; other labels are class ids as usual.
+
+        Only missing pixels change: every other pixel comes back byte-identical, whatever its value;
+        every filled value is a class id in ``[0, N)`` (its colour for RGB labels). Each output has its
+        input label's type, size and dtype. With ``return_confidence`` also returns, per label, the
         probability of the chosen class per pixel (1 on pixels that were kept).
         """
         if len(images) != len(labels):
@@ -343,36 +383,27 @@ class LabelCompleter(
             batch_size = 64 if self.device.type == "cuda" else 8
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = self.config.num_classes
+        maps = isinstance(missing, (list, tuple, np.ndarray, torch.Tensor))  # one HxW map per label
+        if not maps and missing is not None and not (isinstance(missing, str) and missing == "background-first"):
+            raise ValueError(f"missing must be None, a list of HxW boolean maps or 'background-first', got {missing!r}")
+        if maps and len(missing) != len(labels):
+            raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
+        check_indices(missing_index, void_index, self.config.num_classes, uses_missing_index=not maps)
+        table = load_colors(colors)
+        if table is not None and table.num_classes < self.config.num_classes:
+            raise ValueError(
+                f"colour table {table.name!r} has {table.num_classes} class colours but the model has "
+                f"{self.config.num_classes} classes; every class needs a colour"
+            )
         samples = []
-        for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
-            img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
-            if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
-                raise ValueError(
-                    f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} "
-                    f"(H, W); they must match"
-                )
-            if isinstance(missing, (list, tuple, np.ndarray, torch.Tensor)):  # one HxW map per label
-                if len(missing) != len(labels):
-                    raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
-                miss = missing_to_tensor(missing[i], lab_t.shape, f"missing[{i}]") | (lab_t == missing_index)
-            elif missing is None or missing == "background-first":
-                miss = lab_t == missing_index
-            else:
-                raise ValueError(
-                    f"missing must be None, a list of HxW boolean maps or 'background-first', got {missing!r}"
-                )
-            _check_label_ids(f"labels[{i}]", lab_t, miss, n, missing_index)
-            lab_t = torch.where(miss, torch.full_like(lab_t, self.config.ignore_index), lab_t)
-            if bool(miss.all()):
-                warnings.warn(f"labels[{i}] has no known pixel: it is filled from the image alone", stacklevel=2)
-            samples.append((img_t, lab_t, miss))
+        for i, (im, lab) in enumerate(zip(images, labels, strict=True)):  # a loop: warnings' stacklevel
+            samples.append(self._prepare(i, im, lab, missing[i] if maps else None, missing_index, void_index, table))
         results: list = [None] * len(samples)
         groups: dict = {}
-        for i, (_, lab_t, miss) in enumerate(samples):
-            fraction = float(hidden_from_missing(miss.unsqueeze(0), self.config.grid)[0].float().mean())
+        for i, s in enumerate(samples):
+            fraction = float(hidden_from_missing(s.miss.unsqueeze(0), self.config.grid)[0].float().mean())
             member = self.route(fraction)
-            groups.setdefault((id(member), tuple(lab_t.shape)), (member, []))[1].append(i)
+            groups.setdefault((id(member), tuple(s.label.shape)), (member, []))[1].append(i)
         for member, idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
@@ -381,10 +412,46 @@ class LabelCompleter(
                 )
                 for i, r in zip(chunk, done, strict=True):
                     results[i] = r
-        outs = [label_like(c, lab) for (c, _), lab in zip(results, labels, strict=True)]
+        outs = [s.output(c, lab, table) for s, (c, _), lab in zip(samples, results, labels, strict=True)]
         if not return_confidence:
             return outs
-        return outs, [confidence_like(p, lab) for (_, p), lab in zip(results, labels, strict=True)]
+        likes = [
+            lab[0] if s.rgb is not None and isinstance(lab, torch.Tensor) else lab
+            for s, lab in zip(samples, labels, strict=True)
+        ]
+        return outs, [confidence_like(p, like) for (_, p), like in zip(results, likes, strict=True)]  # HxW each
+
+    def _prepare(self, i: int, image, label, given, missing_index: int, void_index: int | None, table) -> _Sample:
+        """One input pair -> a :class:`_Sample`, checked: sizes, ids, 8-bit indices, colours."""
+        img_t, name = image_to_tensor(image, f"images[{i}]"), f"labels[{i}]"
+        rgb = None
+        if table is not None and is_color_label(label):
+            rgb = color_label_to_array(label, name)
+            lab_t = torch.from_numpy(table.decode(rgb, name))
+            miss_value, void_value, what = MISSING_ID, VOID_ID, f"the missing colour {table.missing}"
+        else:
+            lab_t = label_to_tensor(label, name)
+            check_8bit_indices(name, label, missing_index if given is None else None, void_index)
+            miss_value, void_value, what = missing_index, void_index, f"the missing index {missing_index}"
+        if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
+            raise ValueError(
+                f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} (H, W); "
+                "they must match"
+            )
+        n = self.config.num_classes
+        miss = missing_to_tensor(given, lab_t.shape, f"missing[{i}]") if given is not None else lab_t == miss_value
+        context = ~miss & ((lab_t < 0) | (lab_t >= n))  # out-of-range values kept as they are: void, ...
+        allowed = lab_t == void_value if void_value is not None else torch.zeros_like(miss)
+        if given is not None:
+            allowed |= lab_t == miss_value  # ... and the missing value outside an explicit map
+        bad = context & ~allowed
+        if bad.any():
+            _refuse_ids(name, lab_t, bad, n, what, void_value if rgb is None else None, table)
+        _warn_narrow(name, lab_t, ~miss & ~context, n)
+        if bool((miss | context).all()):
+            warnings.warn(f"{name} has no known pixel: it is filled from the image alone", stacklevel=3)
+        lab_in = torch.where(miss | context, torch.full_like(lab_t, self.config.ignore_index), lab_t)
+        return _Sample(img_t, lab_in, miss, lab_t, context, rgb)
 
     def _complete_same_size(self, samples, background_first: bool = False):
         dev = self.device
@@ -448,8 +515,54 @@ NARROW_MIN_CLASSES = 20
 NARROW_MIN_IDS = 4
 
 
-def _check_label_ids(name: str, label: torch.Tensor, missing: torch.Tensor, n: int, missing_index: int) -> None:
-    """Refuse known ids outside ``[0, n)``; warn when the known ids look like another dataset's.
+def check_indices(missing_index: int, void_index: int | None, n: int, uses_missing_index: bool = True) -> None:
+    """Refuse a ``missing_index`` / ``void_index`` that is not an integer, a ``void_index`` that is a
+    class id in ``[0, n)``, and the two equal while ``missing_index`` marks the holes (the void pixels
+    would be filled)."""
+    for what, v in (("missing_index", missing_index), ("void_index", void_index)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise ValueError(f"{what} must be an integer, got {v!r}")
+    if missing_index is None:
+        raise ValueError("missing_index must be an integer, got None")
+    if void_index is None:
+        return
+    if 0 <= void_index < n:
+        raise ValueError(
+            f"void_index {void_index} is a class id of this model (0..{n - 1}); the void label must be a value "
+            "that is not a class, e.g. 255"
+        )
+    if uses_missing_index and void_index == missing_index:
+        raise ValueError(
+            f"void_index and missing_index are both {void_index}: void pixels would be filled. Mark the holes "
+            f"with another value (e.g. missing_index={254 if void_index == 255 else 255}) or pass missing maps"
+        )
+
+
+def check_8bit_indices(name: str, label, missing_index: int | None, void_index: int | None) -> None:
+    """For 8-bit labels (PIL 'P' / 'L', uint8 arrays and tensors): ``missing_index`` (when it marks the
+    holes) and ``void_index`` must be in 0..255, or they could never match a pixel."""
+    eight = isinstance(label, Image.Image) and label.mode in ("P", "L")
+    eight = eight or (isinstance(label, (np.ndarray, torch.Tensor)) and label.dtype in (np.uint8, torch.uint8))
+    if not eight:
+        return
+    for what, v in (("missing_index", missing_index), ("void_index", void_index)):
+        if v is not None and not 0 <= v <= 255:
+            raise ValueError(f"{name}: {what} {v} cannot occur in an 8-bit label (values 0..255)")
+
+
+def _refuse_ids(name: str, label: torch.Tensor, bad: torch.Tensor, n: int, what: str, void_index, table) -> None:
+    """``ValueError``: known ids outside ``[0, n)`` that are neither missing nor void (with a hint when
+    they look like a colour label flattened to grayscale)."""
+    values = label[bad].unique().tolist()
+    void = f" or the void index {void_index}" if void_index is not None else ""
+    raise ValueError(
+        f"{name}: {int(bad.sum())} pixels have ids {sorted(values)[:5]} outside [0, {n}) that are not {what}{void}; "
+        f"mark them missing or remap them{flattened_hint(values, table)}"
+    )
+
+
+def _warn_narrow(name: str, label: torch.Tensor, known: torch.Tensor, n: int) -> None:
+    """Warn when the known ids look like another dataset's.
 
     The warning (``"<name> ..."``, so that ``complete_dataset`` files it under the label) fires when a
     model of ``n >= NARROW_MIN_CLASSES`` classes gets a label whose known pixels use at least
@@ -457,23 +570,38 @@ def _check_label_ids(name: str, label: torch.Tensor, missing: torch.Tensor, n: i
     labels of a small dataset look like (e.g. CamVid's 11 classes on a 59-class model). Labels of the
     model's own dataset rarely do: one image holds few classes (VOC), or spreads them over the id range
     (ADE20K, CCP). Costs one ``bincount`` of the label, only on such models."""
-    bad = (label != missing_index) & ~missing & ((label < 0) | (label >= n))
-    if bad.any():
-        vals = sorted(set(label[bad].unique().tolist()))[:5]
-        raise ValueError(
-            f"{name}: {int(bad.sum())} pixels have ids {vals} outside [0, {n}) that are "
-            f"not the missing index {missing_index}; mark them missing or remap them"
-        )
     if n < NARROW_MIN_CLASSES:
         return
-    ids = torch.bincount(label[~missing].flatten(), minlength=n).nonzero().flatten().tolist()
+    ids = torch.bincount(label[known].flatten(), minlength=n).nonzero().flatten().tolist()
     if len(ids) >= NARROW_MIN_IDS and ids[-1] < n / 4 and 2 * len(ids) >= ids[-1] + 1:
         warnings.warn(
             f"{name} uses only class ids {_id_ranges(ids)}, all in the lowest quarter of this model's {n} "
             f"classes: the model may be the wrong one for these labels (of a dataset of about {ids[-1] + 1} "
             "classes?)",
-            stacklevel=3,
+            stacklevel=4,
         )
+
+
+class _Sample(NamedTuple):
+    """One prepared input: ``image [3, H, W]``, ``label`` as the model sees it (``ignore_index`` where
+    missing or unknown), ``miss`` (to fill), ``original`` ids, ``context`` (unknown pixels kept as they
+    are: void, ...) and, for a colour label, its ``rgb`` array."""
+
+    image: torch.Tensor
+    label: torch.Tensor
+    miss: torch.Tensor
+    original: torch.Tensor
+    context: torch.Tensor
+    rgb: np.ndarray | None
+
+    def output(self, completed: torch.Tensor, like, table):
+        """The completed ids -> ``like``'s type; every pixel that was not filled is the input's own."""
+        if self.rgb is None:
+            return label_like(torch.where(self.context, self.original, completed), like)
+        rgb = self.rgb.copy()
+        changed = ((completed != self.original) & ~self.context).numpy()
+        rgb[changed] = table.encode(completed.numpy()[changed])
+        return color_label_like(rgb, like)
 
 
 def _id_ranges(ids: list[int]) -> str:

@@ -3,7 +3,8 @@
 Accepted images: ``PIL.Image`` (RGB, or one-channel gray replicated to RGB: see :func:`gray_to_uint8`
 for 16-bit and float gray), ``numpy`` ``HxWx3`` uint8 (or ``HxW`` gray), ``torch`` ``3xHxW`` uint8 /
 float in [0, 1] (finite), ``tv_tensors.Image``. Accepted labels: ``PIL.Image`` (P / L / I), ``numpy``
-``HxW`` int, ``torch`` ``HxW`` (or ``1xHxW``) int, ``tv_tensors.Mask``. Images and labels must have at
+``HxW`` int, ``torch`` ``HxW`` (or ``1xHxW``) int, ``tv_tensors.Mask``; colour-coded labels (PIL 'RGB',
+``HxWx3`` / ``3xHxW`` uint8) with a colour table (:mod:`torch_label_mae.colors`). Images and labels must have at
 least one pixel. Outputs come back as the label's own type, size, dtype (and palette for a 'P' image).
 """
 
@@ -18,6 +19,10 @@ import torch
 from PIL import Image
 
 _LABEL_MODES = ("P", "L", "I", "I;16")
+COLOR_HINT = (
+    "a colour-coded label is read with a colour table: pass colors= (a ColorTable, 'camvid', 'cityscapes', "
+    "'voc' or a JSON table file; see torch_label_mae.colors), e.g. complete(image, label, colors='camvid')"
+)
 
 
 def image_to_tensor(image, name: str = "image") -> torch.Tensor:
@@ -86,21 +91,26 @@ def label_to_tensor(label, name: str = "label") -> torch.Tensor:
 def _label_to_tensor(label, name: str) -> torch.Tensor:
     if isinstance(label, Image.Image):
         if label.mode not in _LABEL_MODES:
-            raise ValueError(f"{name}: PIL mode {label.mode!r} is not a label; expected one of {_LABEL_MODES}")
+            colour = f"; {COLOR_HINT}" if label.mode in ("RGB", "RGBA") else ""
+            raise ValueError(f"{name}: PIL mode {label.mode!r} is not a label; expected one of {_LABEL_MODES}{colour}")
         return torch.from_numpy(np.array(label).astype(np.int64))
     if isinstance(label, np.ndarray):
         arr = label
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}")
+            colour = f"; {COLOR_HINT}" if arr.ndim == 3 and arr.shape[2] == 3 else ""
+            raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{colour}")
         return torch.from_numpy(arr.astype(np.int64))
     if isinstance(label, torch.Tensor):
         t = label.detach().cpu().as_subclass(torch.Tensor)
         if t.ndim == 3 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise ValueError(f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}")
+            colour = f"; {COLOR_HINT}" if t.ndim == 3 and t.shape[0] == 3 else ""
+            raise ValueError(
+                f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{colour}"
+            )
         return t.to(torch.int64, copy=True)
     raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(label).__name__}")
 

@@ -15,7 +15,13 @@ class CompleteLabels(nn.Module):
 
     Pixels of ``target`` equal to ``missing_index`` are filled by a :class:`LabelCompleter`; the image
     is returned untouched and the target keeps its type (PIL 'P' keeps its palette, ``tv_tensors.Mask``
-    stays a Mask). Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
+    stays a Mask). ``void_index``: the dataset's own ignore label, kept as it is (never filled, unknown
+    to the model); it must differ from ``missing_index``: for Pascal VOC, whose object borders are 255,
+    ``CompleteLabels(model, void_index=255, missing_index=254)`` with holes marked 254 (padding of a
+    ``RandomCrop(fill={Mask: 255})`` before it stays 255 too). ``colors``: a colour table for RGB targets
+    (see :mod:`torch_label_mae.colors`); they come back as RGB in the table's colours.
+
+    Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
     ``transforms.v2.Compose``, or on a dataset wrapped with ``wrap_dataset_for_transforms_v2``.
 
     ``completer`` is a registered name / folder / repo id (loaded lazily, on first use, in the process
@@ -23,9 +29,22 @@ class CompleteLabels(nn.Module):
     or a ready :class:`LabelCompleter`.
     """
 
-    def __init__(self, completer=DEFAULT_MODEL, missing_index: int = 255, device=None):
+    def __init__(
+        self,
+        completer=DEFAULT_MODEL,
+        missing_index: int = 255,
+        device=None,
+        *,
+        void_index: int | None = None,
+        colors=None,
+    ):
         super().__init__()
-        self.missing_index = missing_index
+        from .colors import load_colors
+        from .completer import check_indices
+
+        check_indices(missing_index, void_index, n=0)  # the class range is checked at the first call
+        self.missing_index, self.void_index = missing_index, void_index
+        self.colors = load_colors(colors)
         self.device = device
         if isinstance(completer, os.PathLike):  # a folder given as a Path
             completer = os.fspath(completer)
@@ -47,7 +66,9 @@ class CompleteLabels(nn.Module):
             return image, target
         if isinstance(target, dict):  # v2 wrapped datasets may carry a dict target
             raise TypeError("CompleteLabels expects the segmentation mask as target, got a dict")
-        return image, self.completer.complete(image, target, missing_index=self.missing_index)
+        return image, self.completer.complete(
+            image, target, missing_index=self.missing_index, void_index=self.void_index, colors=self.colors
+        )
 
     def __call__(self, image, target=None):  # torchvision calls transforms(image, target)
         with torch.no_grad():  # not inference_mode: later transforms may edit the target in place
@@ -62,4 +83,7 @@ class CompleteLabels(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"completer={self._spec or type(self._completer).__name__!r}, missing_index={self.missing_index}"
+        void = f", void_index={self.void_index}" if self.void_index is not None else ""
+        colors = f", colors={self.colors.name!r}" if self.colors is not None else ""
+        name = self._spec or type(self._completer).__name__
+        return f"completer={name!r}, missing_index={self.missing_index}{void}{colors}"
