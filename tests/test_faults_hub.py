@@ -472,6 +472,22 @@ def test_connection_refused_is_unreachable(tmp_path):
     assert took < DEADLINE + MARGIN
 
 
+@pytest.mark.parametrize(
+    "failure", [socket.gaierror(-2, "Name or service not known"), ConnectionRefusedError(111, "Connection refused")]
+)
+def test_no_network_fails_at_once_not_after_retries(tmp_path, monkeypatch, failure):
+    """A machine without network (unknown host name, nothing listening) gets its answer in well under
+    a second, not after huggingface_hub's five retries (23 s), even with a long deadline."""
+
+    def no_network(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    call = fetch("https://hub.example", tmp_path, timeout=60)
+    took = timed(call, hub.HubUnreachableError, "unreachable", failure.strerror, "not in the local cache")
+    assert took < 2
+
+
 def test_offline_is_offline(tmp_path, files, monkeypatch):
     from huggingface_hub import constants
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import threading
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +302,16 @@ def download(
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     where = f"{repo_id}@{revision or 'main'}"
     host = endpoint or "https://huggingface.co"
+    if not local_files_only and not _offline():
+        problem = _unreachable(host, min(seconds, REQUEST_TIMEOUT))
+        if problem is not None:  # no network: the cache, or an error now instead of after retries
+            try:
+                return download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True, timeout=seconds)
+            except OfflineError:
+                raise HubUnreachableError(
+                    f"{where}: {host} is unreachable ({problem}) and the files are not in the local cache; "
+                    f"check the network, proxy or HF_ENDPOINT"
+                ) from None
     job = _Download(
         repo_id,
         time.monotonic() + seconds,
@@ -325,6 +337,25 @@ def download(
     if Path(job.paths[1]).parent != folder:  # pragma: no cover - hf_hub_download keeps one snapshot folder
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")
     return folder
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _unreachable(url: str, seconds: float) -> str | None:
+    """Why no TCP connection to ``url``'s host can be opened (unknown name, refused, no route, no
+    answer within ``seconds``), or None. One cheap connection, so that a machine without network fails
+    at once instead of after huggingface_hub's retries (23 s)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=seconds):
+            return None
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def _causes(e: BaseException) -> list[BaseException]:
