@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def cmd_list(args) -> int:
     from .hub import bundled_dir, list_pretrained
 
     for name, e in list_pretrained().items():
-        where = "bundled" if bundled_dir(name) else "hub"
+        where = "bundled: works offline" if e.bundled else "Hub only: downloaded on first use"
+        local = bundled_dir(name)
+        if not e.bundled and local is not None:
+            where += f"; this source checkout reads {local}"
         print(f"{name:16s} {e.repo_id}@{e.revision}  ratio {e.ratio:g}  ({where})")
     return 0
 
@@ -168,6 +172,29 @@ def cmd_degrade(args) -> int:
     return 0
 
 
+# complete_dataset's argument names -> label-mae complete's flags, for its messages
+_FLAGS = {
+    "in_place=True": "--in-place",
+    "out_dir": "--out",
+    "confidence_dir": "--confidence-dir",
+    "batch_size": "--batch-size",
+    "num_workers": "--num-workers",
+    "max_pixels": "--max-pixels",
+    "max_batch_pixels": "--max-batch-pixels",
+    "missing_index": "--missing-index",
+    "void_index": "--void-index",
+    "voc_root": "--voc",
+    "images_dir": "--images",
+    "labels_dir": "--labels",
+}
+
+
+def _cli_words(message: str) -> str:
+    """A message of the Python API in the words of the command line (flags for argument names)."""
+    message = re.sub("|".join(rf"\b{re.escape(k)}(?![\w=])" for k in _FLAGS), lambda m: _FLAGS[m.group(0)], message)
+    return re.sub(r"^report ", "--report ", message)
+
+
 def cmd_complete(args) -> int:
     from .complete_dataset import CompletionError, Interrupted, OutputWriteError, complete_dataset
 
@@ -209,6 +236,8 @@ def cmd_complete(args) -> int:
         print(e.report.summary(), file=sys.stderr)
         print(f"label-mae complete: {e}; rerun the same command to finish", file=sys.stderr)
         return e.exit_code
+    except ValueError as e:  # an argument refused: say it with the command's flags
+        raise ValueError(_cli_words(str(e))) from None
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -362,12 +391,50 @@ examples:
 
 
 def main(argv=None) -> int:
+    ap = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser (also the entry point under torchrun)
+        from .train import main_train
+
+        main_train(argv[1:])
+        return 0
+    args = ap.parse_args(argv)
+    if not getattr(args, "fn", None):  # bare `label-mae`: usage and an error, as argparse does
+        ap.print_usage(sys.stderr)
+        print("label-mae: error: a command is required; `label-mae --help` lists them", file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # output piped into e.g. `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C outside a run that stops cleanly (e.g. while loading)
+        print(f"label-mae {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``label-mae`` parser with every command but ``train`` (which has its own)."""
     ap = argparse.ArgumentParser(
         prog="label-mae",
         description="Complete broken semantic-segmentation labels with L-MAE (label masked autoencoder).",
     )
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    _add_demo(sub)
+    _add_evaluate(sub)
+    _add_degrade(sub)
+    _add_complete(sub)
+    _add_show(sub)
+    sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
+    _add_train_affinity(sub)
+    _add_list(sub)
+    return ap
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="complete the bundled sample labels and write a side-by-side picture")
     _add_model(p)
     p.add_argument("--out", default="label-mae-demo.png", help="picture to write (default: %(default)s)")
@@ -375,16 +442,18 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, default=32, help="hole size in pixels (default: %(default)s)")
     p.set_defaults(fn=cmd_demo)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="PA-mIoU / mIoU / accuracy of a model on a dataset split")
     _add_model(p)
     p.add_argument("--data", required=True, help="dataset root (dataset.json, <split>/images, <split>/labels)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split folder under --data (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of patches hidden (default: %(default)s)")
     p.add_argument(
         "--protocol",
         choices=["paper", "native"],
         default="paper",
-        help="paper: 224x224, 16px patches; native: original size, 32px blocks",
+        help="paper: 224x224, 16px patches; native: original size, 32px blocks (default: %(default)s)",
     )
     p.add_argument(
         "--seed",
@@ -392,22 +461,32 @@ def main(argv=None) -> int:
         nargs="+",
         default=[0],
         help="degradation seed(s) (holes are seeded per image id); several: every image once per seed, "
-        "counted together, with each draw's PA-mIoU (e.g. --seed 0 1 2)",
+        "counted together, with each draw's PA-mIoU (e.g. --seed 0 1 2; default: 0)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(fn=cmd_evaluate)
 
+
+def _add_degrade(sub) -> None:
     p = sub.add_parser("degrade", help="write a degraded copy of a label folder (holes = --missing-index)")
     p.add_argument("--labels", required=True, help="folder of label PNGs")
     p.add_argument("--out", required=True, help="output folder (must differ from --labels)")
-    p.add_argument("--ratio", type=_unit_float, default=0.5, help="fraction of blocks to hide, 0..1 (default: 0.5)")
-    p.add_argument("--block", type=_positive_int, default=32, help="hole size in pixels, >= 1 (default: 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--missing-index", type=_byte, default=255, help="id written into the holes, 0..255 (default: 255)")
+    p.add_argument(
+        "--ratio", type=_unit_float, default=0.5, help="fraction of blocks to hide, 0..1 (default: %(default)s)"
+    )
+    p.add_argument("--block", type=_positive_int, default=32, help="hole size in pixels, >= 1 (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the holes, combined with each file's id (default: %(default)s)"
+    )
+    p.add_argument(
+        "--missing-index", type=_byte, default=255, help="id written into the holes, 0..255 (default: %(default)s)"
+    )
     p.set_defaults(fn=cmd_degrade)
 
+
+def _add_complete(sub) -> None:
     p = sub.add_parser(
         "complete",
         help="complete every label of a dataset folder (resumable, atomic, sharded under torchrun)",
@@ -466,6 +545,8 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_complete)
 
+
+def _add_show(sub) -> None:
     p = sub.add_parser(
         "show",
         help="picture of completed labels (image | input | completed | truth | error | confidence) with a legend",
@@ -524,8 +605,8 @@ def main(argv=None) -> int:
     )
     p.set_defaults(fn=cmd_show)
 
-    sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
 
+def _add_train_affinity(sub) -> None:
     p = sub.add_parser(
         "train-affinity",
         help="fit a random-walk model's learned edge weights, the rest frozen (torch_label_mae.affinity)",
@@ -542,35 +623,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--dim", type=int, default=16, help="width of a new affinity net (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.set_defaults(fn=cmd_train_affinity)
 
+
+def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list the registered pretrained models")
     p.set_defaults(fn=cmd_list)
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # its own parser (also the entry point under torchrun)
-        from .train import main_train
-
-        main_train(argv[1:])
-        return 0
-    args = ap.parse_args(argv)
-    if not getattr(args, "fn", None):
-        ap.print_help()
-        return 0
-    try:
-        return args.fn(args)
-    except BrokenPipeError:  # output piped into e.g. `head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:  # Ctrl-C outside a run that stops cleanly (e.g. while loading)
-        print(f"label-mae {args.cmd}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,7 +133,8 @@ class Report:
         who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
         lines = [
             f"{who}{self.done} completed, {self.skipped} already done (skipped), {len(self.failed)} failed "
-            f"of {self.total} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)"
+            f"of {self.total} in {self.seconds:.1f} s"
+            + (f" ({self.images_per_s:.1f} images/s)" if self.done else "")
             + ("" if self.finished else " [interrupted]")
         ]
         for f, r in self.failed[:10]:
@@ -207,9 +208,10 @@ def voc_paths(voc_root: str | Path, image_set: str = "train", year: str = "2012"
     try:
         ds = VOCSegmentation(str(voc_root), year=year, image_set=image_set, download=False)
     except (RuntimeError, FileNotFoundError) as e:
+        why = str(e).split(" You can use download=True")[0]  # torchvision's hint: no download from here
         raise FileNotFoundError(
             f"{voc_root}: not a Pascal VOC root (expected VOCdevkit/VOC{year}/JPEGImages, SegmentationClass "
-            f"and ImageSets/Segmentation/{image_set}.txt): {e}"
+            f"and ImageSets/Segmentation/{image_set}.txt): {why}"
         ) from None
     items = []
     for ip, lp in sorted(zip(ds.images, ds.masks, strict=True)):
@@ -648,7 +650,7 @@ def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, input
     if (out_dir == labels_dir or labels_dir in out_dir.parents) and not in_place:
         raise ValueError(
             f"out_dir {out_dir} is the labels folder or inside it; outputs there could replace or mix with "
-            f"the input labels. Choose another folder, or pass in_place=True (--in-place) to do so on purpose"
+            f"the input labels. Choose another folder, or pass in_place=True to do so on purpose"
         )
     if out_dir == images_dir:
         raise ValueError(f"out_dir {out_dir} is the images folder; choose another folder")

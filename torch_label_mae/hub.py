@@ -52,6 +52,7 @@ class Pretrained:
     dataset: str
     ratio: float
     variant: str = ""
+    bundled: bool = False  # shipped inside the wheel (pyproject's force-include), so it loads offline
 
     @property
     def family(self) -> str:
@@ -59,14 +60,19 @@ class Pretrained:
         return f"{self.dataset}-{self.variant}" if self.variant else self.dataset
 
 
-def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main") -> Pretrained:
+def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main", bundled: bool = False) -> Pretrained:
     name = f"{dataset}-{variant}-m{ratio:g}" if variant else f"{dataset}-m{ratio:g}"
-    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant)
+    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant, bundled)
 
 
 REGISTRY: dict[str, Pretrained] = {
     e.name: e
-    for e in (_entry("camvid", 0.5), _entry("camvid", 0.5, "rw"), _entry("ccp", 0.5), _entry("ccp", 0.5, "rw"))
+    for e in (
+        _entry("camvid", 0.5, bundled=True),
+        _entry("camvid", 0.5, "rw", bundled=True),
+        _entry("ccp", 0.5),
+        _entry("ccp", 0.5, "rw", bundled=True),
+    )
 }
 DEFAULT_MODEL = "camvid-m0.5"
 
