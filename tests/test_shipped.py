@@ -114,18 +114,49 @@ def test_shipped_model_on_real_val_data_beats_its_starting_point(name):
         assert ours["pa_miou"] > walk["pa_miou"], (ours["pa_miou"], walk["pa_miou"])
 
 
-def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Quick start") :]
-    code = section[section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)]
+def readme_code(heading: str, nth: int = 0) -> str:
+    """The ``nth`` Python block after ``heading`` in the README."""
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = section[section.index(heading) :]
+    for _ in range(nth + 1):
+        start = section.index("```python") + len("```python")
+        code, section = section[start : section.index("```", start)], section[section.index("```", start) + 3 :]
+    return code
+
+
+def test_readme_quick_start_runs_as_written_and_says_what_it_did(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    namespace: dict = {}
-    exec(compile(code, "README quick start", "exec"), namespace)  # noqa: S102
-    fixed = Image.open(tmp_path / "fixed.png")
-    assert fixed.mode == "P" and fixed.size == (480, 360)
-    assert not (np.asarray(fixed) == 255).any() or (np.asarray(namespace["label"]) == 255).any()
-    assert len(namespace["outs"]) == 4 and namespace["completed"].mode == "P"
+    ns: dict = {}
+    exec(compile(readme_code("## Quick start"), "README quick start", "exec"), ns)  # noqa: S102
+    fixed, broken, label = (np.array(x) for x in (Image.open(tmp_path / "fixed.png"), ns["broken"], ns["label"]))
+    assert Image.open(tmp_path / "fixed.png").mode == "P" and fixed.shape == (360, 480)
+    hole = broken == 255
+    assert np.array_equal(fixed[~hole], broken[~hole]) and fixed[hole].max() < 11  # only the hole changed
+    scored = hole & (label != 255)
+    agree = (fixed == label)[scored].mean()
+    assert agree > 0.5
+    printed = capsys.readouterr().out
+    assert f"filled {hole.sum()} pixels, {agree:.1%} as in the original label" in printed
+    assert ns["completed"].mode == "P" and np.array_equal(np.array(ns["completed"]), fixed)
+
+
+def test_readme_scoring_prints_percentages_and_fails_loudly_on_a_wrong_path(tmp_path, monkeypatch, capsys):
+    from torch_label_mae.data import degrade_folder
+
+    code = readme_code("## Your own dataset")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no label PNGs in"):
+        exec(compile(code, "README scoring", "exec"), {})  # noqa: S102
+    make_dataset(tmp_path / "d", splits=(("train", 3),), size=(32, 48), num_classes=11, seed=0)
+    (tmp_path / "my_data").mkdir()
+    (tmp_path / "d" / "train" / "labels").rename(tmp_path / "my_data" / "labels")
+    degrade_folder(tmp_path / "my_data" / "labels", tmp_path / "broken", ratio=0.5, block=8)
+    with pytest.raises(ValueError, match="completed"):  # a folder not made yet: the file is named
+        exec(compile(code, "README scoring", "exec"), {})  # noqa: S102
+    degrade_folder(tmp_path / "my_data" / "labels", tmp_path / "completed", ratio=0.0, block=8)  # a perfect fill
+    exec(compile(code, "README scoring", "exec"), {})  # noqa: S102
+    assert "3 labels: PA-mIoU 100.0%, mIoU 100.0%, accuracy on the filled pixels 100.0%" in capsys.readouterr().out
 
 
 def test_bfloat16_completion_agrees_with_float32():
