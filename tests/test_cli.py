@@ -67,6 +67,9 @@ def test_python_argument_names_become_flags_in_cli_messages():
         == "--max-batch-pixels must be >= 1; --max-pixels too"
     )
     assert _cli_words("the report is written") == "the report is written"  # only a leading 'report '
+    assert _cli_words("mark the holes with another value (e.g. missing_index=254)") == (
+        "mark the holes with another value (e.g. --missing-index 254)"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -468,7 +468,8 @@ def test_cli_void_index_and_bad_colors(tmp_path, camvid_dir, capsys):
     got = np.array(Image.open(tmp_path / "o" / "a.png"))
     np.testing.assert_array_equal(got[raw != 254], raw[raw != 254])
     assert _cli(images, labels, tmp_path / "o2", camvid_dir, "--void-index", "255") == 2
-    assert "void_index and missing_index are both 255" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--void-index and --missing-index are both 255" in err and "--missing-index 254" in err
     (tmp_path / "t.json").write_text('{"colors": [[1, 2]]}')
     assert _cli(images, labels, tmp_path / "o3", camvid_dir, "--colors", tmp_path / "t.json") == 2
     assert "t.json: colors[0]: expected [r, g, b]" in capsys.readouterr().err

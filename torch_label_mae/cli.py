@@ -191,7 +191,10 @@ _FLAGS = {
 
 def _cli_words(message: str) -> str:
     """A message of the Python API in the words of the command line (flags for argument names)."""
-    message = re.sub("|".join(rf"\b{re.escape(k)}(?![\w=])" for k in _FLAGS), lambda m: _FLAGS[m.group(0)], message)
+    names = "|".join(re.escape(k) for k in _FLAGS if "=" not in k)
+    message = message.replace("in_place=True", "--in-place")
+    message = re.sub(rf"\b({names})=(?=[\w.-])", lambda m: _FLAGS[m.group(1)] + " ", message)  # name=value
+    message = re.sub(rf"\b({names})\b(?!=)", lambda m: _FLAGS[m.group(1)], message)
     return re.sub(r"^report ", "--report ", message)
 
 
