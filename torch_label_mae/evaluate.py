@@ -8,9 +8,9 @@ A *method* is a callable ``method(images, labels, missing) -> completed`` over l
   hidden.
 - ``native``: original resolution, ``ratio`` of 32 px blocks hidden.
 
-Holes are seeded per image id (:func:`torch_label_mae.data.seed_for`). Which patches a draw hides moves
-PA-mIoU by several points on 100 images (CCP val, one model: 77.5, 77.3 and 73.2 for seeds 0, 1, 2),
-so compare methods on several seeds: ``evaluate(..., seed=[0, 1, 2])`` counts the hidden pixels of
+Holes are seeded per image id (:func:`torch_label_mae.data.seed_for`). Which patches a draw hides can
+move PA-mIoU by several points on a hundred images (``docs/training.md``), so compare methods on
+several seeds: ``evaluate(..., seed=[0, 1, 2])`` counts the hidden pixels of
 every draw together and also reports each draw's figure.
 """
 

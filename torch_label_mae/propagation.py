@@ -11,23 +11,17 @@ knight's-move ones (offsets (1, 2) and (2, 1), the neighbourhoods of Boykov & Ko
 geodesics and minimal surfaces via graph cuts", 2003), each weighted by its inverse length (a
 simplification of their angle-dependent weights), so that borders need not follow the pixel axes.
 ``color="lab"`` measures the colour step in CIE L*a*b* (divided by 100), where distances follow
-perceived differences rather than raw RGB. On CCP (paper protocol, three hole draws, exact solve,
-walk alone) they move val from 76.1 (4-connected RGB, = scikit-image) to 78.1 (8, L*a*b*) and 78.7
-(16, L*a*b*), and 120 train images from 68.6 to 69.8 and 70.4; the 5 x 5 window (24 neighbours) adds
-nothing more (val 78.8, train 70.4). On CamVid val they are neutral (69.6, 69.9, 69.8).
+perceived differences rather than raw RGB.
 
 The Dirichlet problem (the combinatorial Laplace equation on the unknown pixels, known pixels fixed)
 is solved in torch, batched, on CPU or GPU, for the classes each sample's known pixels contain only:
 successive over-relaxation started from the nearest fill (red-black on the 4-connected grid; 4 and 9
-colours on the 8- and 16-connected ones). A few dozen sweeps do not reach
-the exact solution far inside large holes, where they stay near the nearest fill; near edges they
-settle first. On CamVid val that truncated walk scores higher than the exact one (70.1 PA-mIoU after
-40 sweeps, 70.5 after 100; scikit-image's exact ``random_walker(..., mode="bf")``: 69.9).
+colours on the 8- and 16-connected ones). A few dozen sweeps do not reach the exact solution far
+inside large holes, where they stay near the nearest fill; near edges they settle first.
 
 ``solver="direct"`` solves the same system exactly instead, with a sparse LU factorisation
-(:func:`scipy.sparse.linalg.splu`, one per sample, on the CPU): on CCP, where holes in large uniform
-regions leave the truncated walk far from the solution on some hole draws (val, seed 2: 72.6 after
-100 sweeps, 75.2 after 400, exact 75.5), and faster than 100 sweeps at 224 x 224.
+(:func:`scipy.sparse.linalg.splu`, one per sample, on the CPU). What each option measured (graphs,
+colour spaces, sweeps against the exact solve) is in ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -42,8 +36,8 @@ import torch.nn.functional as F
 
 from .prior import nearest_fill
 
-DEFAULT_BETA = 2000.0  # the best of 30..8000 for scikit-image's random walker on CamVid and CCP val
-DEFAULT_SWEEPS = 40  # from the nearest fill: 70.1 PA-mIoU on CamVid val (20: 69.1, 100: 70.5)
+DEFAULT_BETA = 2000.0  # chosen for scikit-image's random walker over 30..8000 (docs/training.md)
+DEFAULT_SWEEPS = 40  # relaxation sweeps from the nearest fill (docs/training.md: sweeps against the exact solve)
 SOLVERS = ("sor", "direct")  # red-black over-relaxation (truncated) | sparse LU (exact)
 CONNECTIVITIES = (4, 8, 16)
 COLORS = ("rgb", "lab")
