@@ -27,12 +27,10 @@ import sys
 import numpy as np
 import torch
 
+from torch_label_mae.evaluate import nearest_fill_method as nearest_fill
+from torch_label_mae.evaluate import walk_method as torch_random_walk
 
-def nearest_fill(images, labels, missing):
-    """Nearest-label fill: the library's own implementation (``scipy.ndimage.distance_transform_edt``)."""
-    from torch_label_mae.prior import nearest_fill as fill
-
-    return [fill(lab[None], ((lab != 255) & ~miss)[None])[0] for lab, miss in zip(labels, missing, strict=True)]
+__all__ = ["model_walk", "nearest_fill", "random_walker", "torch_random_walk"]
 
 
 def random_walker(beta: float = 130.0):
@@ -55,23 +53,6 @@ def random_walker(beta: float = 130.0):
             x = img.permute(1, 2, 0).numpy().astype(np.float64)
             res = rw(x, seeds, beta=beta, mode="bf", channel_axis=-1)
             out.append(torch.from_numpy(present[res - 1].astype(np.int64)))
-        return out
-
-    return method
-
-
-def torch_random_walk(
-    beta: float = 2000.0, sweeps: int = 40, solver: str = "sor", connectivity: int = 4, color: str = "rgb"
-):
-    from torch_label_mae.propagation import random_walk
-
-    graph = dict(solver=solver, connectivity=connectivity, color=color)
-
-    def method(images, labels, missing):
-        out = []
-        for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
-            known = (lab != 255) & ~miss
-            out.append(random_walk(img[None], lab[None], known[None], beta=beta, sweeps=sweeps, **graph)[0])
         return out
 
     return method

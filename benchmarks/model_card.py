@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch_label_mae import LabelCompleter
 from torch_label_mae.data import FolderDataset
-from torch_label_mae.evaluate import evaluate
+from torch_label_mae.evaluate import completer_method, evaluate
 from torch_label_mae.io import atomic_write
 from torch_label_mae.report import per_draw
 
@@ -71,9 +71,7 @@ def main(argv=None) -> int:
     if a.train_time:
         trained += f" for {a.train_time}"
 
-    def method(images, labels, missing):
-        return completer.complete_batch(images, labels, missing)
-
+    method = completer_method(completer)
     rows = []
     for protocol, bpath, seeds in (("paper", a.baselines, a.seed), ("native", a.baselines_native, a.native_seed)):
         if protocol == "native" and not bpath:

@@ -25,7 +25,7 @@ from bench_inference import bench_api, read_samples, real_inputs  # noqa: E402
 
 from torch_label_mae import LabelCompleter  # noqa: E402
 from torch_label_mae.data import FolderDataset  # noqa: E402
-from torch_label_mae.evaluate import evaluate  # noqa: E402
+from torch_label_mae.evaluate import completer_method, evaluate  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -51,10 +51,7 @@ def main(argv=None) -> int:
         completer = LabelCompleter.from_pretrained(name, device="cpu")
         params = sum(p.numel() for p in completer.parameters()) / 1e6
 
-        def method(ims, labs, miss, completer=completer):
-            return completer.complete_batch(ims, labs, miss)
-
-        acc = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, limit=a.limit)
+        acc = evaluate(completer_method(completer), ds, ds.info.num_classes, protocol=a.protocol, limit=a.limit)
         images, labels = real_inputs(samples, completer.config.size, 0.5, 0)  # paper-protocol holes
         speed = len(images) / statistics.median(bench_api(completer, images, labels, a.batch, a.repeats, 1))
         rows.append(dict(model=name, params_m=params, pa_miou=acc["pa_miou"], images_per_s=speed))

@@ -17,10 +17,7 @@ from synth import make_dataset
 
 from torch_label_mae import LabelCompleter, LMAEConfig, list_pretrained
 from torch_label_mae.data import FolderDataset
-from torch_label_mae.evaluate import evaluate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import baselines  # noqa: E402
+from torch_label_mae.evaluate import completer_method, evaluate, nearest_fill_method, walk_method
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -99,17 +96,14 @@ def test_shipped_model_on_real_val_data_beats_its_starting_point(name):
     ds = FolderDataset(root, "val")
     completer = LabelCompleter.from_pretrained(name, device="cpu")
 
-    def model(images, labels, missing):
-        return completer.complete_batch(images, labels, missing)
-
     seeds = [0, 1, 2]
-    ours = evaluate(model, ds, ds.info.num_classes, seed=seeds)
-    base = evaluate(baselines.nearest_fill, ds, ds.info.num_classes, seed=seeds)
+    ours = evaluate(completer_method(completer), ds, ds.info.num_classes, seed=seeds)
+    base = evaluate(nearest_fill_method, ds, ds.info.num_classes, seed=seeds)
     assert ours["pa_miou"] >= base["pa_miou"] - 0.01, (ours["pa_miou"], base["pa_miou"])
     cfg = completer.config
     if cfg.label_prior and cfg.prior_kind == "random_walk":
         graph = (cfg.prior_solver, cfg.prior_connectivity, cfg.prior_color)
-        walk_alone = baselines.torch_random_walk(cfg.prior_beta, cfg.prior_sweeps, *graph)
+        walk_alone = walk_method(cfg.prior_beta, cfg.prior_sweeps, *graph)
         walk = evaluate(walk_alone, ds, ds.info.num_classes, seed=seeds)
         assert ours["pa_miou"] > walk["pa_miou"], (ours["pa_miou"], walk["pa_miou"])
 

@@ -96,18 +96,15 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import FolderDataset
-    from .evaluate import evaluate
+    from .evaluate import completer_method, evaluate
     from .report import format_report
 
     check_outputs([("--json", args.json)], [("--data", args.data)])
     completer = _load(args)
     ds = FolderDataset(args.data, args.split)
 
-    def method(images, labels, missing):
-        return completer.complete_batch(images, labels, missing, batch_size=args.batch_size)
-
     res = evaluate(
-        method,
+        completer_method(completer, args.batch_size),
         ds,
         completer.num_classes,
         protocol=args.protocol,

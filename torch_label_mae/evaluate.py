@@ -33,6 +33,40 @@ PROTOCOLS = {
 Method = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]], Sequence[torch.Tensor]]
 
 
+def completer_method(completer, batch_size: int | None = None) -> Method:
+    """A :class:`~torch_label_mae.LabelCompleter` as a method: ``completer.complete_batch`` on the lists."""
+
+    def method(images, labels, missing):
+        return completer.complete_batch(images, labels, missing, batch_size=batch_size)
+
+    return method
+
+
+def nearest_fill_method(images, labels, missing) -> list[torch.Tensor]:
+    """Nearest-label fill as a method (the library's :func:`torch_label_mae.prior.nearest_fill`)."""
+    from .prior import nearest_fill
+
+    return [nearest_fill(lab[None], ((lab != 255) & ~miss)[None])[0] for lab, miss in zip(labels, missing, strict=True)]
+
+
+def walk_method(
+    beta: float = 2000.0, sweeps: int = 40, solver: str = "sor", connectivity: int = 4, color: str = "rgb"
+) -> Method:
+    """The image-guided random walk alone (:func:`torch_label_mae.propagation.random_walk`) as a method."""
+    from .propagation import random_walk
+
+    graph = dict(solver=solver, connectivity=connectivity, color=color)
+
+    def method(images, labels, missing):
+        out = []
+        for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
+            known = (lab != 255) & ~miss
+            out.append(random_walk(img[None], lab[None], known[None], beta=beta, sweeps=sweeps, **graph)[0])
+        return out
+
+    return method
+
+
 def degraded_samples(dataset, *, protocol: str = "paper", ratio: float = 0.5, seed: int = 0, limit: int | None = None):
     """Yield ``(id, image float [3,H,W], label [H,W], broken [H,W], missing [H,W])`` under ``protocol``."""
     if protocol not in PROTOCOLS:
