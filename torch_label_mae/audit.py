@@ -51,10 +51,10 @@ from scipy import ndimage
 from .data import read_image, read_label, resize_image, resize_label
 from .io import atomic_write, default_palette, full_palette, save_label_png
 
-DEFAULT_THRESHOLD = 0.9  # chosen on CamVid train with seeded corruptions: benchmarks/audit_corruptions.py
+DEFAULT_THRESHOLD = 0.97  # chosen on CamVid train with seeded corruptions (docs/audit.md)
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
 DEFAULT_MASKS = 4
-DEFAULT_BLOCK = 2
+DEFAULT_BLOCK = 1
 REPORT_NAME = "audit_report.json"
 PICTURE_NAME = "worst.png"
 

@@ -598,7 +598,7 @@ def _add_audit(sub) -> None:
     p.add_argument(
         "--threshold",
         type=_unit_float,
-        default=0.9,  # audit.DEFAULT_THRESHOLD; literal: --help stays free of torch
+        default=0.97,  # audit.DEFAULT_THRESHOLD; literal: --help stays free of torch
         help="score (1 - probability of the given class) above which pixels are suspect (default: %(default)s)",
     )
     p.add_argument(
