@@ -652,6 +652,7 @@ def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, settings
 # pictures: image | label | suspect regions | proposed repair
 # ----------------------------------------------------------------------------------------------------
 SUSPECT_COLOR = (255, 0, 255)
+SHOWN_SCORE = 0.3  # the score is drawn where above this (the rest: the faded image)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -661,11 +662,12 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_width: int = 360) -> Image.Image:
     """One row per label: image | label | suspect regions (the score over the faded image, pale yellow
     = agrees .. dark red = surely wrong, suspect regions outlined in magenta) | proposed repair (the
-    label with the suspect regions replaced, outlined). ``rows``: dicts with ``image``, ``label``,
+    label with the suspect regions replaced, outlined). Scores below ``SHOWN_SCORE`` show the faded image.
+    ``rows``: dicts with ``image``, ``label``,
     ``result`` (an :class:`AuditResult`) and ``name``."""
     from . import viz
 
-    columns = ["image", "label", "suspect regions (score)", "proposed repair"]
+    columns = ["image", "label", "score (orange 0.3 .. dark red 1), suspects", "proposed repair"]
     st = viz._style(panel_width, False)
     line = st.size + st.gap
     shapes, titles, classes = [], [], set()
@@ -702,7 +704,7 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
         image = viz._resize_smooth(viz._image_rgb(r["image"]), shape)
         score = viz._resize_smooth(res.score.astype(np.float32), shape)
         none = np.zeros(shape, dtype=bool)
-        heat = viz.heatmap(1.0 - score, (score > 0.1) | flagged, image)
+        heat = viz.heatmap(1.0 - score, (score > SHOWN_SCORE) | flagged, image)
         ring = _outline(flagged)
         heat[ring] = SUSPECT_COLOR
         rep = viz.colorize(fixed, palette, holes=none, void=(fixed < 0) | (fixed >= 255))
