@@ -1,6 +1,6 @@
 """``label-mae``: thin command-line front end; every command calls the Python API.
 
-Commands: demo, complete, evaluate, train, degrade, show, list.
+Commands: demo, complete, audit, evaluate, train, degrade, show, list.
 """
 
 from __future__ import annotations
@@ -242,6 +242,37 @@ def cmd_complete(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_audit(args) -> int:
+    from .audit import audit_dataset
+    from .interrupt import Interrupted
+
+    try:
+        report = audit_dataset(
+            args.images,
+            args.labels,
+            args.out,
+            model=args.model or DEFAULT_MODEL,
+            threshold=args.threshold,
+            repair=args.repair,
+            min_area=args.min_area,
+            num_masks=args.masks,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            worst=args.worst,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except Interrupted as e:
+        print(e.report.summary(), file=sys.stderr)
+        print(f"label-mae audit: {e}; rerun the same command to finish", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:
+        raise ValueError(_cli_words(str(e))) from None
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def cmd_train_affinity(args) -> int:
     from .affinity import train_affinity
 
@@ -427,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_degrade(sub)
     _add_complete(sub)
+    _add_audit(sub)
     _add_show(sub)
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
     _add_train_affinity(sub)
@@ -544,6 +576,50 @@ def _add_complete(sub) -> None:
     p.add_argument("--report", help="JSON report path (default: OUT/completion_report.json; .rank<k> per rank)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_complete)
+
+
+def _add_audit(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="find the wrong labels of a dataset folder: scores, suspect regions, pictures, optional repair",
+        description="Predict every patch of every label from the image and the rest of the label while it\n"
+        "is hidden, and report where the label disagrees with its context: OUT/audit_report.json (worst\n"
+        "first), OUT/scores/<label name> (8-bit, 0 = agrees, 255 = surely wrong), OUT/worst.png and, with\n"
+        "--repair, OUT/repaired/<label name>. Inputs are never modified; a rerun resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="folder of images (<id>.jpg / .png / ...)")
+    p.add_argument("--labels", required=True, help="folder of label PNGs (<id>.png, class ids; other ids are void)")
+    p.add_argument("--out", required=True, help="output folder (not an input folder)")
+    _add_model(p)
+    p.add_argument(
+        "--threshold",
+        type=_unit_float,
+        default=0.97,  # audit.DEFAULT_THRESHOLD; literal: --help stays free of torch
+        help="score (1 - probability of the given class) above which pixels are suspect (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repair",
+        type=_unit_float,
+        default=None,
+        metavar="THRESHOLD",
+        help="also write repaired labels to OUT/repaired: suspect pixels above THRESHOLD take the predicted "
+        "class (default: no repair)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=_unit_float,
+        default=0.001,  # audit.DEFAULT_MIN_AREA
+        help="smallest suspect region, as a fraction of the image's pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--masks", type=int, choices=[2, 4], default=4, help="leave-out masks per label (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--worst", type=int, default=8, help="labels drawn in OUT/worst.png (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="redo labels whose outputs exist and are valid")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_audit)
 
 
 def _add_show(sub) -> None:

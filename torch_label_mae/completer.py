@@ -421,6 +421,20 @@ class LabelCompleter(
         ]
         return outs, [confidence_like(p, like) for (_, p), like in zip(results, likes, strict=True)]  # HxW each
 
+    def audit(self, image, label, *, threshold: float | None = None, **kwargs):
+        """Find the wrong pixels of one label: every patch is predicted from the image and the rest of
+        the label while hidden. Returns a :class:`torch_label_mae.audit.AuditResult` (``score`` per pixel,
+        ``1 - p(given class)``; suspect ``regions``; ``repaired`` label; ``image_score``). ``kwargs``:
+        see :func:`torch_label_mae.audit.audit_batch`."""
+        return self.audit_batch([image], [label], threshold=threshold, **kwargs)[0]
+
+    def audit_batch(self, images: Sequence, labels: Sequence, *, threshold: float | None = None, **kwargs):
+        """:meth:`audit` of a list of labels, batched; see :func:`torch_label_mae.audit.audit_batch`."""
+        from .audit import DEFAULT_THRESHOLD, audit_batch
+
+        t = DEFAULT_THRESHOLD if threshold is None else threshold
+        return audit_batch(self, images, labels, threshold=t, **kwargs)
+
     def _prepare(self, i: int, image, label, given, missing_index: int, void_index: int | None, table) -> _Sample:
         """One input pair -> a :class:`_Sample`, checked: sizes, ids, 8-bit indices, colours."""
         img_t, name = image_to_tensor(image, f"images[{i}]"), f"labels[{i}]"

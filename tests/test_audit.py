@@ -1,0 +1,240 @@
+"""The leave-out audit (``audit.py``, ``LabelCompleter.audit``, ``label-mae audit``): every patch predicted
+while hidden, no leak of the hidden pixels' classes, repair only on flagged pixels, inputs untouched,
+outputs, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from synth import TINY_MODEL, make_dataset
+
+from torch_label_mae import LabelCompleter, LMAEConfig
+from torch_label_mae.audit import (
+    audit_dataset,
+    finish,
+    leave_out_masks,
+    leave_out_probs,
+    patch_pixels,
+    repair_label,
+    score_from_probs,
+)
+from torch_label_mae.cli import main
+
+N = 4
+TINY = dict(TINY_MODEL, num_classes=N)
+
+
+@pytest.fixture(scope="module")
+def completer() -> LabelCompleter:
+    torch.manual_seed(0)
+    return LabelCompleter(LMAEConfig.tiny(**TINY, label_prior=True)).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, completer) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    completer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def data(tmp_path) -> tuple[Path, Path]:
+    make_dataset(tmp_path / "data", splits=(("train", 5),), size=(40, 56), num_classes=N)
+    return tmp_path / "data" / "train" / "images", tmp_path / "data" / "train" / "labels"
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# -- leave-out coverage ---------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    gh=st.integers(1, 20),
+    gw=st.integers(1, 20),
+    num_masks=st.sampled_from([1, 2, 4]),
+    block=st.integers(1, 4),
+    shifts=st.integers(1, 3),
+)
+def test_masks_cover_every_patch_once_per_shift(gh, gw, num_masks, block, shifts):
+    masks = leave_out_masks((gh, gw), num_masks, block, shifts)
+    assert masks.shape == (num_masks * shifts, gh * gw)
+    per_shift = masks.view(shifts, num_masks, gh * gw).sum(1)
+    assert bool((per_shift == 1).all())  # every patch hidden exactly once in each shift
+
+
+def test_hidden_blocks_keep_visible_neighbours():
+    masks = leave_out_masks((14, 14), 4, 2)
+    for m in masks:
+        g = m.view(14, 14)
+        ys, xs = torch.nonzero(g, as_tuple=True)
+        for y, x in zip(ys.tolist(), xs.tolist(), strict=True):
+            near = g[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3]
+            assert not bool(near.all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(3, 70), w=st.integers(3, 70), gh=st.integers(1, 6), gw=st.integers(1, 6))
+def test_every_pixel_predicted_while_hidden_without_its_class(h, w, gh, gw):
+    """At any size and grid, each pixel is predicted once, in a pass where it is hidden and its class is
+    unknown to the predictor (no leak)."""
+    gh, gw = min(gh, h), min(gw, w)
+    rng = np.random.default_rng(h * 100 + w)
+    label = torch.from_numpy(rng.integers(0, N, (2, h, w)))
+    image = torch.zeros(2, 3, h, w)
+    seen = torch.zeros(2, h, w)
+
+    def predict(img, lab, hidden, missing):
+        assert bool((lab[missing] == 255).all())  # the hidden pixels' classes never reach the predictor
+        assert torch.equal(missing, patch_pixels(hidden, (gh, gw), (h, w)))
+        seen.add_(missing.float())
+        return torch.full((2, N, h, w), 1.0 / N)
+
+    probs, count = leave_out_probs(predict, image, label, (gh, gw), N)
+    assert bool((count == 1).all()) and bool((seen == 1).all())
+    assert torch.allclose(probs.sum(1), torch.ones(2, h, w))
+
+
+def test_model_prior_sees_the_visible_label_only(completer):
+    """Changing the label inside a hidden patch leaves that patch's prediction unchanged."""
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.integers(0, 255, (1, 3, 32, 32), dtype=np.uint8))
+    lab = torch.from_numpy(rng.integers(0, N, (1, 32, 32)))
+    from torch_label_mae.audit import model_predictor
+
+    predict = model_predictor(completer)
+    hidden = leave_out_masks(completer.config.grid, 4, 1)[:1]
+    missing = patch_pixels(hidden, completer.config.grid, (32, 32))
+    a = predict(img, torch.where(missing, 255, lab), hidden, missing)
+    other = torch.where(missing, (lab + 1) % N, lab)
+    b = predict(img, torch.where(missing, 255, other), hidden, missing)
+    assert torch.allclose(a, b)
+
+
+# -- scores, regions, repair ----------------------------------------------------------------------
+def test_score_is_one_minus_probability_of_given_class():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]).T.reshape(1, 3, 1, 2)
+    label = torch.tensor([[[0, 255]]])
+    score, pred = score_from_probs(probs, label)
+    assert torch.allclose(score, torch.tensor([[[0.3, 0.0]]]))  # void is never suspect
+    assert pred.tolist() == [[[0, 2]]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    h=st.integers(4, 40),
+    w=st.integers(4, 40),
+    threshold=st.floats(0.0, 0.99),
+    min_area=st.floats(0.0, 0.2),
+)
+def test_repair_changes_only_flagged_pixels(seed, h, w, threshold, min_area):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, N, (h, w))
+    label[rng.random((h, w)) < 0.1] = 255  # void: never changed
+    predicted = rng.integers(0, N, (h, w))
+    score = np.where(label == 255, 0.0, rng.random((h, w)))
+    res = finish(score, predicted, label, N, threshold, min_area)
+    changed = res.repaired != label
+    assert not (changed & ~res.flagged).any()
+    assert (res.repaired[label == 255] == 255).all()
+    assert (res.repaired[res.flagged] == predicted[res.flagged]).all()
+    assert not (res.flagged & (score <= threshold)).any()
+    assert res.changed == int(changed.sum())
+    assert sum(r["area"] for r in res.regions) == int(res.flagged.sum())
+    assert np.array_equal(repair_label(label, predicted, np.zeros_like(res.flagged), N), label)
+
+
+def test_audit_api_finds_a_swapped_region(completer):
+    """With a predictor that knows the truth, the swapped square is the one suspect region, and the repair
+    restores it."""
+    truth = np.zeros((32, 32), dtype=np.int64)
+    truth[:, 16:] = 1
+    label = truth.copy()
+    label[8:16, 4:12] = 2
+
+    def oracle(img, lab, hidden, missing):
+        return torch.nn.functional.one_hot(torch.from_numpy(truth), N).permute(2, 0, 1)[None].float() * 0.97 + 0.01
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    res = completer.audit(image, label, predictor=oracle)
+    assert len(res.regions) == 1 and res.regions[0]["area"] == 64
+    assert res.regions[0]["given_class"] == 2 and res.regions[0]["predicted_class"] == 0
+    assert np.array_equal(res.repaired, truth) and res.changed == 64
+    assert res.score_png().dtype == np.uint8 and res.score_png().shape == (32, 32)
+
+
+def test_audit_api_runs_on_the_model(completer):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    labels = [rng.integers(0, N, (40, 56)).astype(np.uint8) for _ in range(3)]
+    before = [lab.copy() for lab in labels]
+    out = completer.audit_batch(images, labels, batch_size=2)
+    assert len(out) == 3
+    for res, lab, old in zip(out, labels, before, strict=True):
+        assert np.array_equal(lab, old)  # inputs untouched
+        assert res.score.shape == (40, 56) and res.score.min() >= 0 and res.score.max() <= 1
+        assert not ((res.repaired != lab) & ~res.flagged).any()
+
+
+# -- folders --------------------------------------------------------------------------------------
+def test_audit_dataset_outputs_and_inputs_untouched(tmp_path, data, model_dir):
+    images, labels = data
+    before = _digest(images), _digest(labels)
+    out = tmp_path / "audit"
+    rep = audit_dataset(images, labels, out, model=model_dir, repair=0.5, threshold=0.5, progress=False, worst=3)
+    assert rep.ok and rep.done == 5 and rep.skipped == 0
+    assert (_digest(images), _digest(labels)) == before
+    report = json.loads((out / "audit_report.json").read_text())
+    scores = [r["image_score"] for r in report["images"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    for p in sorted(labels.iterdir()):
+        with Image.open(out / "scores" / p.name) as s, Image.open(p) as lab, Image.open(out / "repaired" / p.name) as r:
+            assert s.mode == "L" and s.size == lab.size
+            assert r.mode == "P" and r.size == lab.size and r.getpalette() == lab.getpalette()
+            changed = np.array(r) != np.array(lab)
+        rec = next(x for x in report["images"] if x["file"] == p.name)
+        assert rec["changed_pixels"] == int(changed.sum())
+    with Image.open(out / "worst.png") as pic:
+        assert pic.width > 3 * 300
+
+
+def test_audit_dataset_resumes(tmp_path, data, model_dir):
+    images, labels = data
+    out = tmp_path / "audit"
+    audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0)
+    (out / "scores" / "train_002.png").unlink()
+    (out / "records" / "train_003.json").write_text("{")  # a record cut short
+    rep = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0)
+    assert (rep.done, rep.skipped) == (2, 3) and len(rep.images) == 5
+    rep = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0, threshold=0.5)
+    assert (rep.done, rep.skipped) == (5, 0)  # other settings: redone
+
+
+def test_audit_refuses_outputs_on_inputs(data, model_dir):
+    images, labels = data
+    with pytest.raises(ValueError, match="input"):
+        audit_dataset(images, labels, labels, model=model_dir, progress=False)
+    with pytest.raises(ValueError, match="inside"):
+        audit_dataset(images, labels, labels / "sub", model=model_dir, progress=False)
+
+
+def test_cli_audit(tmp_path, data, model_dir, capsys):
+    images, labels = data
+    out = tmp_path / "cli"
+    rc = main(
+        ["audit", "--images", str(images), "--labels", str(labels), "--out", str(out), "--model", str(model_dir)]
+        + ["--repair", "0.6", "--quiet", "--worst", "2", "--device", "cpu"]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "5 audited" in text and "audit_report.json" in text
+    assert len(list((out / "repaired").glob("*.png"))) == 5
