@@ -88,7 +88,7 @@ class TrainConfig:
     val_limit: int | None = None
     seed: int = 0
     threads: int | None = None  # torch threads of the training process; None: the cores left by the workers
-    workers: int | None = None  # DataLoader workers; None: auto (cores - 1, at most 8); 0: in the training process
+    workers: int | None = None  # DataLoader workers; None: auto (worker_count); 0: in the training process
     compile: bool = False  # torch.compile the model (CUDA mostly; the first steps compile)
 
 
@@ -128,10 +128,16 @@ def _cores() -> int:
 
 
 def worker_count(cfg: TrainConfig, world: int = 1) -> int:
-    """DataLoader workers per rank: ``cfg.workers``, or the cores of this rank less one (at most 8)."""
+    """DataLoader workers per rank: ``cfg.workers``; by default on CUDA the cores of this rank less one (at
+    most 8); on the CPU none up to 4 cores, else a quarter of them (at most 4). On the CPU the model's own
+    step is about 80% of the time (tiny model, 2 cores: host work 9.6 ms of a 44 ms per-sample step), so a
+    core given to a worker costs the step more than the worker saves until there are several cores."""
     if cfg.workers is not None:
         return cfg.workers
-    return max(0, min(8, _cores() // max(world, 1) - 1))
+    cores = _cores() // max(world, 1)
+    if torch.cuda.is_available():
+        return max(0, min(8, cores - 1))
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 def load_pairs(ds, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -167,10 +173,11 @@ class TrainSamples(Dataset):
 
     STAGES = ("augment", "mask", "prior")
 
-    def __init__(self, pairs, cfg: TrainConfig, mcfg: LMAEConfig, seed: int = 0):
+    def __init__(self, pairs, cfg: TrainConfig, mcfg: LMAEConfig, seed: int = 0, with_prior: bool = True):
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
         self.rng = random.Random(seed)
-        self.with_prior = prior_in_workers(mcfg)
+        # without workers the model computes the prior of the whole batch, spread over its threads
+        self.with_prior = with_prior and prior_in_workers(mcfg)
         self.timings = dict.fromkeys(self.STAGES, 0.0)
 
     def __len__(self) -> int:
@@ -411,7 +418,8 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
-    samples = TrainSamples(load_pairs(train_ds), cfg, mcfg, seed=cfg.seed * 1000 + rank + 7919 * state["epoch"])
+    seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
+    samples = TrainSamples(load_pairs(train_ds), cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
     loader = make_loader(samples, cfg, rank, world, device)
     val_ds = open_dataset(cfg.data, cfg.val_split, cfg.dataset_kind) if rank == 0 and cfg.val_split else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
@@ -648,7 +656,8 @@ _HELP = {
     "val_split": "split evaluated every epoch ('' to skip)",
     "val_limit": "evaluate the first N validation images only",
     "threads": "torch threads of the training process (default: the cores the workers leave)",
-    "workers": "DataLoader workers doing augmentation, masking and the prior (default: cores - 1, at most 8)",
+    "workers": "DataLoader workers doing augmentation, masking and the prior (default: on CUDA cores - 1, at most "
+    "8; on the CPU 0 up to 4 cores, else cores / 4)",
     "compile": "torch.compile the model (mostly for CUDA)",
 }
 _INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers")
