@@ -290,3 +290,12 @@ def test_cuda_training_with_bf16_autocast(tmp_path, compile_):
     state = train(_cfg(data, out, epochs=1, workers=2, compile=compile_))
     log = _log(out)
     assert state["step"] == 2 and math.isfinite(log[-1]["loss"]) and 0 <= log[-1]["val_pa_miou"] <= 1
+
+
+def test_a_spent_budget_validates_and_exports_the_last_weights(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=5, max_steps=3))  # 2 steps per epoch: stops in the second
+    last = _log(out)[-1]
+    assert state["step"] == 3 and last["partial"] is True and "val_pa_miou" in last
+    assert (out / "last" / "model.safetensors").is_file()

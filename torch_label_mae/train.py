@@ -346,6 +346,7 @@ class Run:
     log: object = None
     t_start: float = field(default_factory=time.time)
     stop: bool = False
+    budget_spent: bool = False  # the stop came from --max-steps / --max-minutes (not SIGTERM)
 
 
 def _setup_process(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -473,10 +474,10 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
 
 def _should_stop(run: Run) -> bool:
     cfg = run.cfg
-    if cfg.max_steps and run.state["step"] >= cfg.max_steps:
-        run.stop = True
-    if cfg.max_minutes and time.time() - run.t_start > cfg.max_minutes * 60:
-        run.stop = True
+    if (cfg.max_steps and run.state["step"] >= cfg.max_steps) or (
+        cfg.max_minutes and time.time() - run.t_start > cfg.max_minutes * 60
+    ):
+        run.stop = run.budget_spent = True
     if run.world > 1:  # every rank stops at the same step, or the collectives would hang
         flag = torch.tensor([float(run.stop)], device=run.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -559,9 +560,10 @@ def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
         state["epoch"] += 1
     rec = {"epoch": state["epoch"], "step": state["step"], "loss": epoch_loss, "lr": run.opt.param_groups[0]["lr"],
            "seconds": time.time() - t0, "partial": not complete}  # fmt: skip
-    if run.rank == 0 and run.val_ds is not None and complete:
+    final = complete or run.budget_spent  # a spent budget ends the run: its weights are measured and kept
+    if run.rank == 0 and run.val_ds is not None and final:
         _validate(run, rec)
-    if run.rank == 0 and complete:
+    if run.rank == 0 and final:
         save_hub_files(run.model, run.out / "last")
     if run.world > 1:
         rec["ranks_in_sync"] = ranks_in_sync(run.model)
