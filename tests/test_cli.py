@@ -43,6 +43,15 @@ def test_every_option_has_a_help_text_that_shows_its_default(command):
     assert "(default: )" not in text
 
 
+def test_train_options_have_help_texts_and_no_empty_default():
+    from torch_label_mae.train import build_parser as train_parser
+
+    parser = train_parser()
+    for a in options(parser):
+        assert a.help, f"train {a.option_strings[0]}: no help text"
+    assert "(default: )" not in parser.format_help()
+
+
 def test_bare_invocation_is_an_error_with_usage(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err

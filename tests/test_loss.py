@@ -165,3 +165,20 @@ def test_loss_on_hidden_rows_equals_loss_on_the_full_map(balanced):
     rows = model(image, known, hidden, hidden_only=True).flatten(0, 1)
     target = model.patchify(label.unsqueeze(1))[hidden].flatten()
     torch.testing.assert_close(loss_fn(rows, target, None), full, rtol=1e-5, atol=1e-6)
+
+
+def test_background_pixels_count_neither_in_the_loss_nor_in_the_shares():
+    # section III-E: the indicator 1{y_n != y^_n} leaves the background class out of the loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 7, generator=g)
+    target = torch.randint(0, 4, (2, 6, 7), generator=g)
+    crit = BalancedCrossEntropy(4, background_index=0)
+    as_void = torch.where(target == 0, torch.full_like(target, IGNORE), target)
+    base = crit(logits, target)
+    torch.testing.assert_close(base, crit(logits, as_void))
+    noisy = torch.where((target == 0).unsqueeze(1), torch.randn(logits.shape, generator=g) * 10, logits)
+    torch.testing.assert_close(crit(noisy, target), base)
+    # E(x), V(x) over the three counted classes: the weights equal those of a 3-class loss on classes 1..3
+    w = crit.class_weights(target)[1:]
+    w3 = BalancedCrossEntropy(3).class_weights(torch.where(as_void == IGNORE, as_void, as_void - 1))
+    torch.testing.assert_close(w, w3)

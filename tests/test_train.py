@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ TINY = dict(TINY_MODEL, label_prior=True)
 
 
 def _cfg(data, out, **kw):
+    kw = {"workers": 0, **kw}  # in-process pipeline: no worker start-up in the short tests
     return TrainConfig(
         data=str(data), out=str(out), model="tiny", model_overrides=TINY, batch_size=4, warmup_steps=1, threads=1, **kw
     )
@@ -34,14 +36,15 @@ def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
     out = tmp_path / "run"
     train(_cfg(data, out, epochs=1))
     first = _log(out)
-    assert [r["epoch"] for r in first] == [1]
-    assert {"loss", "lr", "val_pa_miou"} <= set(first[0])
-    assert 0.0 <= first[0]["val_pa_miou"] <= 1.0
+    assert [r["epoch"] for r in first] == [0, 1]  # epoch 0: the prior alone on val
+    assert 0.0 <= first[0]["prior_pa_miou"] <= 1.0 and first[0]["prior"] == "nearest"
+    assert {"loss", "lr", "val_pa_miou", "prior_pa_miou"} <= set(first[1])
+    assert 0.0 <= first[1]["val_pa_miou"] <= 1.0
     assert (out / "checkpoint.pt").is_file()
     completer = LabelCompleter.from_pretrained(str(out / "last"))  # exported Hub folder loads strictly
     assert completer.config.num_classes == 4 and not completer.training
     state = train(_cfg(data, out, epochs=2), resume=True)
-    assert [r["epoch"] for r in _log(out)] == [1, 2]
+    assert [r["epoch"] for r in _log(out)] == [0, 1, 2]  # the prior is measured once per run folder
     assert state["step"] == 4  # 8 images / batch 4 = 2 steps per epoch, continued rather than restarted
 
 
@@ -178,3 +181,121 @@ def test_fine_tuning_refuses_other_classes_and_shape_changes(tmp_path):
     cfg.model_overrides = {**cfg.model_overrides, "decoder_dim": 48}
     with pytest.raises(ValueError, match="shapes"):
         train(cfg)
+
+
+def test_defaults_are_the_recipe_that_beats_the_prior():
+    from torch_label_mae.train import scaled_lr
+
+    cfg = TrainConfig()
+    assert (cfg.loss, cfg.label_prior, cfg.optimizer, cfg.schedule) == ("ce", True, "adamw", "cosine")
+    assert cfg.lr is None and scaled_lr(16) == pytest.approx(1e-3) and scaled_lr(64) == pytest.approx(2e-3)
+
+
+def test_guard_warns_when_the_model_is_below_its_prior(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    no_prior = {k: v for k, v in TINY.items() if k != "label_prior"}
+    cfg = _cfg(data, out, epochs=1, label_prior=False)
+    cfg.model_overrides = no_prior
+    with pytest.warns(RuntimeWarning, match="below the label prior alone"):
+        state = train(cfg)  # an untrained model without a prior is far below nearest fill
+    log = _log(out)
+    assert log[0]["prior"].startswith("nearest") and log[1]["val_pa_miou"] < log[1]["prior_pa_miou"]
+    assert state["best_metrics"]["prior_pa_miou"] == log[0]["prior_pa_miou"]
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_prior_from_the_workers_equals_the_models_own(tmp_path, soft):
+    from torch_label_mae.model import LMAE, LMAEConfig
+    from torch_label_mae.train import TrainSamples, collate
+
+    kind = dict(prior_kind="random_walk", prior_sweeps=3) if soft else {}
+    mcfg = LMAEConfig.tiny(**{**TINY, **kind, "num_classes": 4})
+    torch.manual_seed(0)
+    model = LMAE(mcfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+              torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(3)]  # fmt: skip
+    pairs[1][1][:, :30] = 2  # fewer classes in one sample: a soft prior's K differs per sample
+    batch = collate([TrainSamples(pairs, TrainConfig(), mcfg)[i] for i in range(3)])
+    img, known, hidden = batch["image"], batch["known"].long(), batch["hidden"]
+    from torch_label_mae.train import LabelPrior
+
+    index = batch["prior_index"][:, :, None, None] if soft else None
+    prior = LabelPrior(batch["prior_classes"].long(), batch.get("prior_prob"), index)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img, known, hidden, prior), model(img, known, hidden))
+
+
+def test_workers_feed_training(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    state = train(_cfg(data, tmp_path / "run", epochs=1, workers=2, val_split="", ratio_range=(0.3, 0.7)))
+    assert state["step"] == 2
+
+
+def test_training_errors_are_one_line(tmp_path, capsys):
+    from torch_label_mae.train import main_train
+
+    data = make_dataset(tmp_path / "data")
+    (tmp_path / "nojson").mkdir()
+    train(_cfg(data, tmp_path / "first", epochs=1, val_split=""))
+    other = make_dataset(tmp_path / "other", num_classes=3)
+    capsys.readouterr()
+    cases = [
+        (["--data", str(tmp_path / "nojson")], "dataset.json"),
+        (["--data", str(other), "--init", str(tmp_path / "first" / "last")], "classes"),
+        (["--data", str(data), "--set", "label_priors=true"], "unknown model config key"),
+    ]
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as e:
+            main_train([*args, "--out", str(tmp_path / "x"), "--threads", "1", "--workers", "0"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("label-mae train: error:") and needle in lines[0], err
+
+
+def test_gpu_check_script_dry_run_lists_valid_commands():
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run", "DATA"], capture_output=True,
+                       text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cmds = [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")]
+    assert [c[1:3] for c in cmds] == [["-m", "pytest"], ["benchmarks/bench_train.py", "--data"],
+                                       ["benchmarks/bench_train.py", "--data"], ["-m", "torch_label_mae"],
+                                       ["-m", "torch_label_mae"]]  # fmt: skip
+    from torch_label_mae.train import parse_train_args
+
+    cfg, _ = parse_train_args(cmds[3][4:])  # the named recipe's flags are valid training flags
+    assert (cfg.model, cfg.batch_size, cfg.max_minutes, cfg.loss, cfg.label_prior) == ("small", 64, 3.0, "ce", True)
+    sys.path.insert(0, str(root / "benchmarks"))
+    import bench_train
+
+    bench_train.build_parser().parse_args(cmds[1][2:])
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("compile_", [False, True])
+def test_cuda_training_with_bf16_autocast(tmp_path, compile_):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=1, workers=2, compile=compile_))
+    log = _log(out)
+    assert state["step"] == 2 and math.isfinite(log[-1]["loss"]) and 0 <= log[-1]["val_pa_miou"] <= 1
+
+
+def test_a_spent_budget_validates_and_exports_the_last_weights(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=5, max_steps=3))  # 2 steps per epoch: stops in the second
+    last = _log(out)[-1]
+    assert state["step"] == 3 and last["partial"] is True and "val_pa_miou" in last
+    assert (out / "last" / "model.safetensors").is_file()
