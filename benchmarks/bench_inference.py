@@ -43,8 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # baselines.py, also i
 
 from baselines import nearest_fill, random_walker  # noqa: E402
 
-from torch_label_mae.completer import PRECISIONS, LabelCompleter, complete_tensors  # noqa: E402
-from torch_label_mae.data import FolderDataset, degrade, resize_image, resize_label, seed_for  # noqa: E402
+from torch_label_mae.completer import PRECISIONS, LabelCompleter  # noqa: E402
+from torch_label_mae.data import FolderDataset, degrade, seed_for  # noqa: E402
+from torch_label_mae.inference import complete_tensors  # noqa: E402
+from torch_label_mae.io import resize_image, resize_label  # noqa: E402
 from torch_label_mae.transforms import CompleteLabels  # noqa: E402
 
 MISSING = 255

@@ -10,6 +10,7 @@ import pytest
 from synth import TINY_MODEL
 
 from torch_label_mae import LabelCompleter, LMAEConfig
+from torch_label_mae.config import NearestPrior, RandomWalkPrior
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_inference  # noqa: E402
@@ -18,7 +19,7 @@ import bench_inference  # noqa: E402
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_bench_inference_writes_every_figure(tmp_path, precision):
     folder = tmp_path / "model"
-    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
+    LabelCompleter(LMAEConfig.from_dict({**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
     out = tmp_path / "bench.json"
     args = ["--model", str(folder), "--sizes", "32x32", "48x40", "--batch-sizes", "1", "2", "--images", "2"]
     args += ["--repeats", "1", "--no-baselines", "--no-transform", "--roofline-n", "64", "--threads", "1"]
@@ -37,7 +38,7 @@ def test_profile_inference_stages_are_the_real_computation(tmp_path, capsys):
     import profile_inference
 
     folder = tmp_path / "model"
-    LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
+    LabelCompleter(LMAEConfig.from_dict({**TINY_MODEL, "num_classes": 4, "label_prior": True})).save_pretrained(folder)
     out = tmp_path / "profile.json"
     args = ["--model", str(folder), "--size", "32x32", "--batch", "2", "--runs", "1", "--threads", "1"]
     assert profile_inference.main([*args, "--json", str(out)]) == 0
@@ -71,14 +72,12 @@ def test_baselines_walk_model_is_the_models_prior_alone(tmp_path):
     import baselines
     from synth import make_dataset
 
-    from torch_label_mae.completer import save_hub_files
+    from torch_label_mae.hub import save_hub_files
     from torch_label_mae.model import LMAE
 
     data = make_dataset(tmp_path / "data", splits=(("val", 3),))
-    cfg = LMAEConfig(
-        **TINY_MODEL, num_classes=4, label_prior=True, prior_kind="random_walk", prior_sweeps=5, prior_affinity_dim=4
-    )
-    save_hub_files(LMAE(cfg), tmp_path / "m")  # learned weights at their start: scikit-image's
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=RandomWalkPrior(sweeps=5))
+    save_hub_files(LMAE(cfg), tmp_path / "m")
     out = tmp_path / "b.json"
     args = ["--data", str(data), "--methods", "walk", "--sweeps", "5", "--walk-model", str(tmp_path / "m")]
     assert baselines.main([*args, "--json", str(out)]) == 0
@@ -91,13 +90,13 @@ def test_ensemble_of_one_model_twice_is_that_model(tmp_path, capsys):
     import ensemble
     from synth import make_dataset
 
-    from torch_label_mae.completer import save_hub_files
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
+    from torch_label_mae.hub import save_hub_files
     from torch_label_mae.model import LMAE
 
     data = make_dataset(tmp_path / "data", splits=(("val", 2),))
-    cfg = LMAEConfig(**{**TINY_MODEL, "img_size": 224, "patch_size": 16}, num_classes=4, label_prior=True)
+    cfg = LMAEConfig(**{**TINY_MODEL, "img_size": 224, "patch_size": 16}, num_classes=4, prior=NearestPrior())
     model = LMAE(cfg).eval()
     ds = FolderDataset(data, "val")
     one = evaluate(ensemble.ensemble_method([model]), ds, 4)
@@ -120,7 +119,7 @@ def test_size_curve_prints_a_row_per_model(tmp_path):
     for i, dim in enumerate((32, 64)):
         folder = tmp_path / f"m{i}"
         cfg = {**TINY_MODEL, "num_classes": 4, "encoder_dim": dim, "label_prior": True}
-        LabelCompleter(LMAEConfig(**cfg)).save_pretrained(folder)
+        LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(folder)
         folders.append(str(folder))
     out = tmp_path / "sizes.json"
     args = ["--data", str(data), "--models", *folders, "--images", "2", "--batch", "2", "--repeats", "1"]
@@ -171,11 +170,11 @@ def test_scale_correction_writes_the_best_scale_and_scales_only_the_head(tmp_pat
     import torch
     from synth import make_dataset
 
-    from torch_label_mae.completer import save_hub_files
+    from torch_label_mae.hub import save_hub_files
     from torch_label_mae.model import LMAE
 
     data = make_dataset(tmp_path / "data", splits=(("train", 3),))
-    model = LMAE(LMAEConfig(**TINY_MODEL, num_classes=4, label_prior=True))
+    model = LMAE(LMAEConfig(**TINY_MODEL, num_classes=4, prior=NearestPrior()))
     torch.nn.init.normal_(model.head.weight, std=0.5)  # a correction that moves away from the prior
     save_hub_files(model, tmp_path / "m")
     args = ["--model", str(tmp_path / "m"), "--data", str(data), "--scales", "0", "0.5", "1", "--seed", "0"]

@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         class_names=info.classes,
         mask_ratio=cfg.mask_ratio,
     )
-    known = {f.name for f in dataclasses.fields(LMAEConfig)}
+    known = LMAEConfig.keys()
     unknown = sorted(set(cfg.model_overrides) - known)
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
@@ -183,8 +183,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, **cfg.model_overrides})
         model = LMAE(mcfg).to(device)
     criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index) if cfg.loss == "balanced" else None
-    if model.affinity is not None:  # learned edge weights are fitted by `label-mae train-affinity`, not here
-        model.affinity.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(criterion.parameters()) if criterion is not None else []
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -269,7 +267,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                         hidden[use.to(device)] = hidden_from_missing(holes, mcfg.grid)
                 # position in the schedule from the epoch: a resumed epoch reruns from its start
                 set_lr(opt, cfg, state["epoch"] * steps_per_epoch + s, cfg.epochs * steps_per_epoch)
-                rows_only = mcfg.refine_dim == 0  # the loss needs the hidden pixels only: skip the rest
+                rows_only = True  # the loss needs the hidden pixels only: skip the rest
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     # the model must not see the labels it is asked to reconstruct
                     known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
@@ -432,7 +430,7 @@ def main_train(argv=None) -> None:  # pragma: no cover - exercised through the C
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="model config override, e.g. --set label_prior=true --set refine_dim=16",
+        help="model config override, e.g. --set label_prior=true --set prior_kind=random_walk",
     )
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     a = vars(ap.parse_args(argv))
