@@ -24,38 +24,13 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import torch
+from common import random_walker
 
 from torch_label_mae.evaluate import nearest_fill_method as nearest_fill
 from torch_label_mae.evaluate import walk_method as torch_random_walk
 
 __all__ = ["model_walk", "nearest_fill", "random_walker", "torch_random_walk"]
-
-
-def random_walker(beta: float = 130.0):
-    from skimage.segmentation import random_walker as rw
-
-    def method(images, labels, missing):
-        out = []
-        for img, lab, miss in zip(images, labels, missing, strict=True):
-            arr = lab.numpy()
-            known = ~miss.numpy() & (arr != 255)
-            present = np.unique(arr[known])
-            if len(present) == 0:
-                out.append(torch.zeros_like(lab))
-                continue
-            if len(present) == 1:
-                out.append(torch.full_like(lab, int(present[0])))
-                continue
-            seeds = np.zeros(arr.shape, dtype=np.int32)
-            seeds[known] = np.searchsorted(present, arr[known]) + 1
-            x = img.permute(1, 2, 0).numpy().astype(np.float64)
-            res = rw(x, seeds, beta=beta, mode="bf", channel_axis=-1)
-            out.append(torch.from_numpy(present[res - 1].astype(np.int64)))
-        return out
-
-    return method
 
 
 def model_walk(model: str):

@@ -17,17 +17,14 @@ import time
 from pathlib import Path
 
 import torch
+from common import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_inference import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs  # noqa: E402
-
-from torch_label_mae.completer import PRECISIONS, LabelCompleter  # noqa: E402
-from torch_label_mae.fusion import normalize_image  # noqa: E402
-from torch_label_mae.inference import class_and_probability, complete_tensors  # noqa: E402
-from torch_label_mae.io import resize_image, resize_label  # noqa: E402
-from torch_label_mae.masking import hidden_from_missing  # noqa: E402
+from torch_label_mae.completer import PRECISIONS, LabelCompleter
+from torch_label_mae.fusion import normalize_image
+from torch_label_mae.inference import class_and_probability, complete_tensors
+from torch_label_mae.io import resize_image, resize_label
+from torch_label_mae.masking import hidden_from_missing
 
 STAGES = ("resize", "prior", "encoder", "decoder", "head", "reduce")
 

@@ -9,7 +9,7 @@ for each ``--scales`` value ``s`` on ``--split`` (a split the model was trained 
 reported on), and writes the model (float32) with the head's weights and bias times the best ``s``
 (exactly that prediction; the config is unchanged). Run::
 
-    python benchmarks/scale_correction.py --model runs/ccp-rw16/last --data ../shared/data/ccp \\
+    python tools/scale_correction.py --model runs/ccp-rw16/last --data ../shared/data/ccp \\
         --split train --limit 120 --seed 0 1 2 --out runs/ccp-rw16-s
 
 Prints PA-mIoU per scale; ``--out`` gets config.json, model.safetensors and scales.json.
