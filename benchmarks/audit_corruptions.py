@@ -250,7 +250,8 @@ def cleanlab_mask(labels, probs) -> list[np.ndarray]:
 def main(argv=None) -> int:
     from torch_label_mae import LabelCompleter
     from torch_label_mae.audit import DEFAULT_MIN_AREA, DEFAULT_THRESHOLD, model_predictor, random_walk_predictor
-    from torch_label_mae.data import FolderDataset, resize_image, resize_label
+    from torch_label_mae.data import FolderDataset
+    from torch_label_mae.io import resize_image, resize_label
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)

@@ -1,7 +1,7 @@
 """Classical label-completion baselines, evaluated by the library's own protocol code.
 
 - nearest fill: every missing pixel takes the class of the nearest known pixel
-  (``torch_label_mae.prior.nearest_fill``: ``scipy.ndimage.distance_transform_edt(..., return_indices=True)``);
+  (``torch_label_mae.propagation.nearest_fill``: ``scipy.ndimage.distance_transform_edt(..., return_indices=True)``);
 - random walker: ``skimage.segmentation.random_walker(img, seeds, beta, mode="bf", channel_axis=-1)``
   with seeds = class + 1 on known pixels and 0 on missing ones, mapped back to class ids;
 - random walk (torch): the library's own batched propagation (``torch_label_mae.propagation``, the
@@ -24,38 +24,13 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import torch
+from common import random_walker
 
 from torch_label_mae.evaluate import nearest_fill_method as nearest_fill
 from torch_label_mae.evaluate import walk_method as torch_random_walk
 
 __all__ = ["model_walk", "nearest_fill", "random_walker", "torch_random_walk"]
-
-
-def random_walker(beta: float = 130.0):
-    from skimage.segmentation import random_walker as rw
-
-    def method(images, labels, missing):
-        out = []
-        for img, lab, miss in zip(images, labels, missing, strict=True):
-            arr = lab.numpy()
-            known = ~miss.numpy() & (arr != 255)
-            present = np.unique(arr[known])
-            if len(present) == 0:
-                out.append(torch.zeros_like(lab))
-                continue
-            if len(present) == 1:
-                out.append(torch.full_like(lab, int(present[0])))
-                continue
-            seeds = np.zeros(arr.shape, dtype=np.int32)
-            seeds[known] = np.searchsorted(present, arr[known]) + 1
-            x = img.permute(1, 2, 0).numpy().astype(np.float64)
-            res = rw(x, seeds, beta=beta, mode="bf", channel_axis=-1)
-            out.append(torch.from_numpy(present[res - 1].astype(np.int64)))
-        return out
-
-    return method
 
 
 def model_walk(model: str):
@@ -64,15 +39,16 @@ def model_walk(model: str):
     from torch_label_mae import LabelCompleter
 
     m = LabelCompleter.from_pretrained(model, device="cpu", precision="float32").model
-    if m.config.prior_kind != "random_walk":
-        raise SystemExit(f"--walk-model {model}: its prior is {m.config.prior_kind!r}, not a random walk")
+    kind = m.config.prior.kind if m.config.prior is not None else None
+    if kind != "random_walk":
+        raise SystemExit(f"--walk-model {model}: its prior is {kind!r}, not a random walk")
 
     @torch.inference_mode()
     def method(images, labels, missing):
         out = []
         for img, lab, miss in zip(images, labels, missing, strict=True):  # sizes may differ (native)
             known = (lab != 255) & ~miss
-            out.append(m.label_prior(torch.where(known, lab, 255)[None], known[None], img[None]).classes[0])
+            out.append(m.prior(torch.where(known, lab, 255)[None], known[None], img[None]).classes[0])
         return out
 
     return method

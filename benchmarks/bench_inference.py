@@ -4,7 +4,7 @@ Measures images/s of
 
 - ``api``: the public path, ``completer.complete_batch(images, labels, batch_size=b)`` on lists of
   uint8 ``[3, H, W]`` image tensors and int64 ``[H, W]`` labels (255 = missing), results back on the CPU;
-- ``raw``: ``torch_label_mae.completer.complete_tensors`` on batches stacked and moved to the device
+- ``raw``: ``torch_label_mae.inference.complete_tensors`` on batches stacked and moved to the device
   beforehand, under ``torch.inference_mode`` (and bf16 autocast on CUDA, as the API does), so the
   API's overhead (checks, conversions, stacking, transfers, copies back) is the difference;
 - ``api-compiled`` / ``raw-compiled`` with ``--compile`` (the model wrapped in ``torch.compile``);
@@ -33,87 +33,31 @@ import platform
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    MISSING,
+    bench_api,
+    nearest_fill,
+    parse_size,
+    random_walker,
+    read_samples,
+    real_inputs,
+    size_name,
+    synthetic_inputs,
+    time_it,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # baselines.py, also in spawned DataLoader workers
+from torch_label_mae.completer import PRECISIONS, LabelCompleter
+from torch_label_mae.inference import complete_tensors
+from torch_label_mae.transforms import CompleteLabels
 
-from baselines import nearest_fill, random_walker  # noqa: E402
-
-from torch_label_mae.completer import PRECISIONS, LabelCompleter, complete_tensors  # noqa: E402
-from torch_label_mae.data import FolderDataset, degrade, resize_image, resize_label, seed_for  # noqa: E402
-from torch_label_mae.transforms import CompleteLabels  # noqa: E402
-
-MISSING = 255
 RW_BETA = 2000.0
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-def parse_size(s: str) -> tuple[int, int]:
-    """``"480x360"`` (W x H, as image sizes are written) -> ``(H, W)``."""
-    try:
-        w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 480x360, got {s!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {s!r}")
-    return h, w
-
-
-def size_name(hw: tuple[int, int]) -> str:
-    return f"{hw[1]}x{hw[0]}"
-
-
-def read_samples(root: str, split: str, n: int):
-    """The first ``n`` samples of a dataset folder (cycled when it has fewer), as ``(image, label, key)``."""
-    ds = FolderDataset(root, split)
-    if len(ds) == 0:
-        raise SystemExit(f"{root}/{split}: no images")
-    out = []
-    for i in range(n):
-        image, label, key = ds[i % len(ds)]
-        out.append((image, label, key if i < len(ds) else f"{key}#{i // len(ds)}"))
-    return ds.info, out
-
-
-def real_inputs(samples, hw, ratio: float, seed: int):
-    """Images at their own size get 32 px blocks hidden (native protocol); images resized to ``hw`` get
-    16 px patches hidden (paper protocol). Returns uint8 images, broken labels (255 = missing)."""
-    images, labels = [], []
-    for image, label, key in samples:
-        if tuple(image.shape[-2:]) == hw:
-            broken, _ = degrade(label, ratio, 32, seed=seed_for(key, seed), mode="blocks")
-        else:
-            image = (resize_image(image.unsqueeze(0), hw)[0] * 255).round().to(torch.uint8)
-            label = resize_label(label.unsqueeze(0), hw)[0]
-            mode = "patches" if hw[0] % 16 == 0 and hw[1] % 16 == 0 else "blocks"
-            broken, _ = degrade(label, ratio, 16, seed=seed_for(key, seed), mode=mode)
-        images.append(image.contiguous())
-        labels.append(broken)
-    return images, labels
-
-
-def synthetic_inputs(n: int, hw, num_classes: int, model_size, ratio: float, seed: int):
-    """Random images; piecewise-constant random labels (an 8 x 8 grid of classes, upsampled); ``ratio``
-    of the 16 px patches hidden at the model's size, of 32 px blocks at any other size."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = hw
-    images, labels = [], []
-    for i in range(n):
-        images.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g))
-        coarse = torch.randint(0, num_classes, (1, 8, 8), generator=g)
-        label = resize_label(coarse, hw)[0]
-        if tuple(hw) == tuple(model_size) and h % 16 == 0 and w % 16 == 0:
-            broken, _ = degrade(label, ratio, 16, seed=seed * 100003 + i, mode="patches")
-        else:
-            broken, _ = degrade(label, ratio, 32, seed=seed * 100003 + i, mode="blocks")
-        labels.append(broken)
-    return images, labels
-
-
 class Pairs(torch.utils.data.Dataset):
     """``(image, label)`` pairs, passed through a joint ``transforms(image, label)``."""
 
@@ -131,26 +75,6 @@ class Pairs(torch.utils.data.Dataset):
 
 
 # -- timing helpers ---------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_it(fn, repeats: int, warmup, device: torch.device) -> list[float]:
-    """Run ``warmup()`` (not timed), then ``fn()`` ``repeats`` times; seconds per run."""
-    if warmup is not None:
-        warmup()
-        sync(device)
-    out = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def rss_mib() -> float:
     """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -287,19 +211,6 @@ def try_compile(completer: LabelCompleter, image, label):
         return compiled, None
     except Exception as e:  # no compiler, unsupported op, ...
         return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-
-
-def bench_api(completer, images, labels, b, repeats, warmup):
-    dev = completer.device
-
-    def run():
-        completer.complete_batch(images, labels, batch_size=b)
-
-    def warm():
-        for _ in range(warmup):
-            completer.complete_batch(images[:b], labels[:b], batch_size=b)
-
-    return time_it(run, repeats, warm if warmup else None, dev)
 
 
 def bench_raw(model, device, amp, images, labels, b, repeats, warmup):

@@ -30,10 +30,11 @@ def _pct(x: float) -> str:
 
 
 def _prior(cfg) -> str:
-    if cfg.prior_kind == "random_walk":
-        solve = "solved exactly" if cfg.prior_solver == "direct" else f"{cfg.prior_sweeps} sweeps"
-        graph = f"{cfg.prior_connectivity}-connected, {'L*a*b*' if cfg.prior_color == 'lab' else 'RGB'} edges"
-        return f"random walk, beta {cfg.prior_beta:g}, {graph}, {solve}, soft"
+    walk = cfg.prior
+    if walk is not None and walk.kind == "random_walk":
+        solve = "solved exactly" if walk.solver == "direct" else f"{walk.sweeps} sweeps"
+        graph = f"{walk.connectivity}-connected, {'L*a*b*' if walk.color == 'lab' else 'RGB'} edges"
+        return f"random walk, beta {walk.beta:g}, {graph}, {solve}, soft"
     return "nearest-label fill"
 
 
@@ -111,8 +112,8 @@ def main(argv=None) -> int:
         "",
         f"L-MAE (`{n_params / 1e6:.2f}M` parameters): encoder {cfg.encoder_depth} x {cfg.encoder_dim}, decoder "
         f"{cfg.decoder_depth} x {cfg.decoder_dim}, {cfg.patch_size} px patches at {cfg.size[0]}x{cfg.size[1]}, "
-        f"IPS {'on' if cfg.ips else 'off'}, label prior ({_prior(cfg)}) {'on' if cfg.label_prior else 'off'}, "
-        f"refinement {cfg.refine_kind + ' ' + str(cfg.refine_dim) if cfg.refine_dim else 'off'}. "
+        f"IPS {'on' if cfg.ips else 'off'}, label prior ({_prior(cfg)}) {'on' if cfg.prior is not None else 'off'}, "
+        "refinement off. "
         f"Trained for mask ratio {cfg.mask_ratio}. Weights stored as float16 safetensors (loaded as float32).",
         "",
         "## Training recipe",

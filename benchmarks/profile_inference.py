@@ -17,21 +17,14 @@ import time
 from pathlib import Path
 
 import torch
+from common import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_inference import MISSING, parse_size, read_samples, real_inputs, synthetic_inputs  # noqa: E402
-
-from torch_label_mae.completer import (  # noqa: E402
-    PRECISIONS,
-    LabelCompleter,
-    class_and_probability,
-    complete_tensors,
-)
-from torch_label_mae.data import resize_image, resize_label  # noqa: E402
-from torch_label_mae.fusion import normalize_image  # noqa: E402
-from torch_label_mae.masking import hidden_from_missing  # noqa: E402
+from torch_label_mae.completer import PRECISIONS, LabelCompleter
+from torch_label_mae.fusion import normalize_image
+from torch_label_mae.inference import class_and_probability, complete_tensors
+from torch_label_mae.io import resize_image, resize_label
+from torch_label_mae.masking import hidden_from_missing
 
 STAGES = ("resize", "prior", "encoder", "decoder", "head", "reduce")
 
@@ -46,7 +39,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         known = resize_label(known, cfg.size)
         hidden = hidden_from_missing(miss, cfg.grid)
     with record_function("prior"):
-        prior = model.label_prior(known, image=x) if cfg.label_prior else None
+        prior = model.prior(known, image=x) if model.prior is not None else None
     with record_function("encoder"):
         patches = model.patchify(normalize_image(x))
         latent, ids, valid = model.forward_encoder(patches, known, hidden)
@@ -56,7 +49,7 @@ def staged_complete(completer: LabelCompleter, img, lab, miss):
         p, n = cfg.patch_size, cfg.num_classes
         rows = model.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()
         if prior is not None:
-            rows = model.add_prior(rows, model.prior_rows(prior, hidden), inplace=True, dim=-1)
+            rows = prior.rows(hidden, model.patchify).add_to(rows, model.prior_scale, inplace=True, dim=-1)
     with record_function("reduce"):
         pred, prob = class_and_probability(rows, dim=-1)
     return pred, prob, hidden

@@ -15,17 +15,13 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
+from common import bench_api, read_samples, real_inputs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_inference import bench_api, read_samples, real_inputs  # noqa: E402
-
-from torch_label_mae import LabelCompleter  # noqa: E402
-from torch_label_mae.data import FolderDataset  # noqa: E402
-from torch_label_mae.evaluate import completer_method, evaluate  # noqa: E402
+from torch_label_mae import LabelCompleter
+from torch_label_mae.data import FolderDataset
+from torch_label_mae.evaluate import completer_method, evaluate
 
 
 def main(argv=None) -> int:

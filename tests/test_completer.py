@@ -39,7 +39,7 @@ def plain(tmp_path_factory) -> LabelCompleter:
 
 @pytest.fixture(scope="module")
 def with_prior(tmp_path_factory) -> LabelCompleter:
-    return _saved_and_loaded(tmp_path_factory, "prior", 1, background_index=0, label_prior=True, refine_dim=4)
+    return _saved_and_loaded(tmp_path_factory, "prior", 1, background_index=0, label_prior=True)
 
 
 @pytest.fixture(scope="module")
@@ -441,11 +441,11 @@ def test_background_first_needs_a_background_class(no_background):
 
 @given(seed=st.integers(0, 2**31), label_prior=st.booleans(), frac=st.floats(0.0, 1.0))
 def test_hidden_rows_fast_path_equals_full_logits(seed, label_prior, frac):
-    from torch_label_mae.completer import complete_tensors
+    from torch_label_mae.inference import complete_tensors
     from torch_label_mae.masking import hidden_from_missing
     from torch_label_mae.model import LMAE
 
-    cfg = LMAEConfig(**{**TINY_MODEL, "num_classes": 4, "label_prior": label_prior})
+    cfg = LMAEConfig.from_dict({**TINY_MODEL, "num_classes": 4, "label_prior": label_prior})
     torch.manual_seed(seed % 5)
     model = LMAE(cfg).eval()
     torch.nn.init.normal_(model.head.weight, std=0.2)

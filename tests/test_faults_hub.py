@@ -23,9 +23,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from test_hub import REPO, HubServer, closed_port, make_folder, read_files
 
+import torch_label_mae.config as config_module
 import torch_label_mae.model as model_module
 from torch_label_mae import HubError, LabelCompleter, LMAEConfig, hub
-from torch_label_mae.model import FLOAT_LIMITS, LMAE, MAX_CONFIG_BYTES, MAX_ELEMENTS, MAX_IMG_SIZE, SIZE_LIMITS
+from torch_label_mae.config import FLOAT_LIMITS, MAX_CONFIG_BYTES, MAX_ELEMENTS, MAX_IMG_SIZE, SIZE_LIMITS, NearestPrior
+from torch_label_mae.model import LMAE
 
 DEADLINE = 2.0  # seconds: the deadline of the Hub tests
 MARGIN = 2.5  # seconds a call may take past its deadline (a busy, shared machine)
@@ -228,8 +230,15 @@ def refused(folder: Path, *words: str) -> str:
     ],
 )
 def test_observed_configs_are_refused(tmp_path, good, no_model, field, value, allowed):
-    cfg = {**json.loads((good / hub.CONFIG_NAME).read_text()), field: value}
-    refused(config_dir(tmp_path / "m", cfg), f"LMAEConfig.{field}=", allowed)
+    cfg = {**json.loads((good / hub.CONFIG_NAME).read_text()), field: value}  # prior_*: version 1's flat keys
+    refused(config_dir(tmp_path / "m", cfg), f"LMAEConfig.{field.replace('prior_', 'prior.')}=", allowed)
+
+
+def with_field(cfg: dict, field: str, value) -> dict:
+    """``cfg`` with ``field`` set to ``value``; ``prior.<name>`` goes into a random-walk prior section."""
+    if field.startswith("prior."):
+        return {**cfg, "prior": {"kind": "random_walk", field.removeprefix("prior."): value}}
+    return {**cfg, field: value}
 
 
 _SETTINGS = settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -240,7 +249,7 @@ _SETTINGS = settings(max_examples=60, suppress_health_check=[HealthCheck.functio
 def test_any_size_out_of_range_is_refused_before_allocation(tmp_path_factory, good, no_model, field, data):
     lo, hi = SIZE_LIMITS[field]
     value = data.draw(st.one_of(st.integers(max_value=lo - 1), st.integers(min_value=hi + 1, max_value=10**30)))
-    cfg = {**json.loads((good / hub.CONFIG_NAME).read_text()), field: value}
+    cfg = with_field(json.loads((good / hub.CONFIG_NAME).read_text()), field, value)
     refused(config_dir(tmp_path_factory.mktemp("cfg"), cfg), f"LMAEConfig.{field}=", f"[{lo}, {hi}]")
 
 
@@ -254,7 +263,7 @@ def test_any_size_out_of_range_is_refused_before_allocation(tmp_path_factory, go
     ),
 )
 def test_any_float_not_finite_or_out_of_range_is_refused(tmp_path_factory, good, no_model, field, value):
-    cfg = {**json.loads((good / hub.CONFIG_NAME).read_text()), field: value}
+    cfg = with_field(json.loads((good / hub.CONFIG_NAME).read_text()), field, value)
     msg = refused(config_dir(tmp_path_factory.mktemp("cfg"), cfg), f"LMAEConfig.{field}=")
     assert "finite" in msg or "must be in" in msg or "None or" in msg
 
@@ -301,7 +310,7 @@ def test_unparsable_configs(tmp_path, no_model, text, words):
 def test_config_file_size_is_bounded_before_parsing(tmp_path, good, no_model, monkeypatch):
     cfg = json.loads((good / hub.CONFIG_NAME).read_text())
     d = config_dir(tmp_path / "m", json.dumps(cfg) + " " * MAX_CONFIG_BYTES)
-    monkeypatch.setattr(model_module.json, "loads", lambda *a, **k: pytest.fail("a too-large config was parsed"))
+    monkeypatch.setattr(config_module.json, "loads", lambda *a, **k: pytest.fail("a too-large config was parsed"))
     refused(d, f"at most {MAX_CONFIG_BYTES} bytes")
 
 
@@ -312,11 +321,8 @@ def test_config_file_size_is_bounded_before_parsing(tmp_path, good, no_model, mo
     mlp_ratio=st.floats(0.25, 4.0),
     ips=st.booleans(),
     label_prior=st.booleans(),
-    refine=st.sampled_from([(0, "local"), (4, "local"), (4, "unet")]),
-    affinity=st.sampled_from([0, 4]),
 )
-def test_num_elements_is_exact(dims, depths, mlp_ratio, ips, label_prior, refine, affinity):
-    walk = dict(prior_kind="random_walk", prior_affinity_dim=affinity) if affinity else {}
+def test_num_elements_is_exact(dims, depths, mlp_ratio, ips, label_prior):
     cfg = LMAEConfig(
         img_size=(16, 24),
         patch_size=8,
@@ -329,10 +335,7 @@ def test_num_elements_is_exact(dims, depths, mlp_ratio, ips, label_prior, refine
         decoder_depth=depths[1],
         mlp_ratio=mlp_ratio,
         ips=ips,
-        label_prior=label_prior,
-        refine_dim=refine[0],
-        refine_kind=refine[1],
-        **walk,
+        prior=NearestPrior() if label_prior else None,
     )
     m = LMAE(cfg)
     assert cfg.num_elements() == sum(t.numel() for t in [*m.parameters(), *m.buffers()])

@@ -30,18 +30,15 @@ def small_config(**overrides) -> LMAEConfig:
         decoder_dim=24,
         decoder_heads=2,
     )
-    return LMAEConfig(**{**base, **overrides})
+    return LMAEConfig.from_dict({**base, **overrides})
 
 
 def build(cfg: LMAEConfig, seed: int = 0) -> LMAE:
     torch.manual_seed(seed)
     model = LMAE(cfg).eval()
-    # zero-initialised layers (the refiner's output conv; the head when the model starts at the label prior)
-    # block every gradient and every effect upstream of them: give them random weights, as after training
+    # a zero-initialised head (when the model starts at the label prior) blocks every gradient and every
+    # effect upstream of it: give it random weights, as after training
     with torch.no_grad():
-        if model.refiner is not None:
-            model.refiner.out.weight.normal_(0, 0.1)
-            model.refiner.out.bias.normal_(0, 0.1)
         if not model.head.weight.any():
             torch.nn.init.xavier_uniform_(model.head.weight)
     return model
@@ -68,7 +65,6 @@ def inputs(cfg: LMAEConfig, batch: int, seed: int = 0, void: float = 0.1):
         (dict(decoder_dim=100, decoder_heads=16), "decoder_dim"),
         (dict(num_classes=21, ignore_index=5), "ignore_index"),
         (dict(num_classes=21, ignore_index=0), "ignore_index"),
-        (dict(patch_size=16, prior_stride=3), "prior_stride"),
         (dict(mask_ratio=1.0), "mask_ratio"),
         (dict(background_index=21), "background_index"),
         (dict(class_names=["a", "b"]), "class_names"),
@@ -99,7 +95,7 @@ def test_config_from_dict_rejects_unknown_keys():
     "cfg",
     [
         LMAEConfig.paper(),
-        LMAEConfig.tiny(img_size=(32, 48), patch_size=8, background_index=0, label_prior=True, refine_dim=8),
+        LMAEConfig.tiny(img_size=(32, 48), patch_size=8, background_index=0, label_prior=True),
         small_config(num_classes=3, class_names=["sky", "road", "car"], ignore_index=-1, mask_ratio=0.3, ips=False),
     ],
 )
@@ -150,20 +146,16 @@ def test_table_iv_params_and_macs(overrides, params_m, macs_g):
     batch=st.integers(1, 2),
     ips=st.booleans(),
     label_prior=st.booleans(),
-    refine_dim=st.sampled_from([0, 4]),
-    stride=st.sampled_from([1, 2]),
     density=st.sampled_from([0.0, 0.3, 1.0]),
     seed=st.integers(0, 2**31),
 )
-def test_output_shape(p, gh, gw, n, batch, ips, label_prior, refine_dim, stride, density, seed):
+def test_output_shape(p, gh, gw, n, batch, ips, label_prior, density, seed):
     cfg = small_config(
         img_size=(gh * p, gw * p),
         patch_size=p,
         num_classes=n,
         ips=ips,
         label_prior=label_prior,
-        refine_dim=refine_dim,
-        prior_stride=stride,
         decoder_depth=1,
         encoder_depth=1,
     )
@@ -216,11 +208,11 @@ def test_check_inputs_rejects_bad_inputs(bad):
     "overrides",
     [
         dict(),
-        dict(ips=False, label_prior=True, refine_dim=8),
-        dict(img_size=(32, 48), label_prior=True, prior_stride=1),
+        dict(ips=False, label_prior=True),
+        dict(img_size=(32, 48), label_prior=True),
         dict(img_size=(32, 48), label_prior=True, prior_kind="random_walk", prior_sweeps=5),
     ],
-    ids=["ips", "mask-token+prior+refine", "non-square+prior", "random-walk-prior"],
+    ids=["ips", "mask-token+prior", "non-square+prior", "random-walk-prior"],
 )
 def test_mixed_hidden_counts_batch_equals_one_by_one(overrides):
     cfg = small_config(**overrides)
@@ -249,9 +241,8 @@ def test_whole_batch_hidden_runs():
 
 @pytest.mark.parametrize("ips", [True, False])
 @pytest.mark.parametrize("label_prior", [True, False])
-@pytest.mark.parametrize("refine_dim", [0, 8])
-def test_gradients_reach_every_parameter(ips, label_prior, refine_dim):
-    cfg = small_config(ips=ips, label_prior=label_prior, refine_dim=refine_dim)
+def test_gradients_reach_every_parameter(ips, label_prior):
+    cfg = small_config(ips=ips, label_prior=label_prior)
     model = build(cfg).train()
     image, label, g = inputs(cfg, 2)
     hidden = random_masking(2, cfg.num_patches, 0.5, generator=g)
@@ -313,12 +304,11 @@ def test_label_lookup_plus_image_linear_is_the_fuse_map_patch_embedding(n, p, gh
     "overrides",
     [
         dict(),
-        dict(ips=False, refine_dim=8),
-        dict(label_prior=True, refine_dim=8),
-        dict(label_prior=True, prior_stride=1),
+        dict(ips=False),
+        dict(label_prior=True),
         dict(label_prior=True, prior_kind="random_walk", prior_sweeps=5),
     ],
-    ids=["ips", "mask-token+refine", "prior+refine", "prior-stride1", "random-walk-prior"],
+    ids=["ips", "mask-token", "prior", "random-walk-prior"],
 )
 def test_hidden_labels_never_reach_the_output(overrides):
     cfg = small_config(**overrides)
@@ -335,7 +325,7 @@ def test_hidden_labels_never_reach_the_output(overrides):
         changed_hidden = model(image, relabel_hidden, hidden)
         changed_visible = model(image, relabel_visible, hidden)
     assert (changed_visible - base).abs().max() > 1e-4  # visible labels matter
-    if not cfg.label_prior:
+    if cfg.prior is None:
         torch.testing.assert_close(changed_hidden, base, atol=1e-6, rtol=0, msg="hidden labels leaked")
     # the encoder never sees hidden patches; (the label prior, by contract, reads every labelled
     # pixel: callers set unknown pixels to ignore_index, as training and completion do)
@@ -385,13 +375,6 @@ def test_forward_hidden_equals_forward_on_hidden_pixels(seed, ips, prior, counts
     expected = model.patchify(full)  # [B, L, N*p*p], channel-major
     expected = expected[hidden].view(-1, n, p * p).transpose(1, 2)  # [M, p*p, N]
     torch.testing.assert_close(rows, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_forward_hidden_refuses_a_refiner():
-    model = build(small_config(label_prior=True, refine_dim=4))
-    image, label, _ = inputs(model.config, 1)
-    with pytest.raises(ValueError, match="refiner"):
-        model.forward_hidden(image, label, torch.ones(1, model.config.num_patches, dtype=torch.bool))
 
 
 @given(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from torch_label_mae.prior import nearest_fill, nearest_source
+from torch_label_mae.propagation import nearest_fill, nearest_source
 
 IGNORE = 255
 

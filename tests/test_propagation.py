@@ -10,11 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from synth import TINY_MODEL
 
-from torch_label_mae.model import LMAE, LMAEConfig
-from torch_label_mae.prior import nearest_fill
+from torch_label_mae.config import LMAEConfig, RandomWalkPrior
+from torch_label_mae.model import LMAE
 from torch_label_mae.propagation import (
     OFFSETS,
     edge_weights,
+    nearest_fill,
     present_classes,
     random_walk,
     random_walk_probabilities,
@@ -146,12 +147,6 @@ def test_graph_option_errors():
         edge_weights(image, 2000.0, connectivity=6)
     with pytest.raises(ValueError, match="color must be one of"):
         edge_weights(image, 2000.0, color="hsv")
-    label, known = torch.zeros(1, 4, 4, dtype=torch.int64), torch.rand(1, 4, 4) < 0.5
-    wx, wy = edge_weights(image, 2000.0)
-    with pytest.raises(ValueError, match="2, 4 or 8 maps .connectivity 4, 8 or 16., got 3"):
-        random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy, wy))
-    with pytest.raises(ValueError, match="make a 4-connected graph, not 8"):
-        random_walk_probabilities(image, label, known, 2, sweeps=3, weights=(wx, wy), connectivity=8)
     with pytest.raises(ValueError, match="connectivity must be one of"):
         edge_weights(image, 2000.0, connectivity=8.0)
 
@@ -169,8 +164,6 @@ def test_solver_errors():
     image, label, known, _ = two_region_scene()
     with pytest.raises(ValueError, match="solver must be one of"):
         random_walk(image[None], label[None], known[None], num_classes=2, solver="cg")
-    with pytest.raises(ValueError, match="not differentiable"):
-        random_walk_probabilities(image[None], label[None], known[None], 2, solver="direct", differentiable=True)
 
 
 def test_follows_image_edges_where_nearest_fill_cannot():
@@ -269,43 +262,37 @@ def test_probabilities_stay_a_distribution(scene, sweeps):
 
 
 def test_model_with_random_walk_prior():
-    cfg = LMAEConfig(
-        **{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"}, prior_sweeps=5
-    )
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=3, prior=RandomWalkPrior(sweeps=5))
     model = LMAE(cfg).eval()
     image = torch.rand(2, 3, 32, 32)
     label = torch.randint(0, 3, (2, 32, 32))
     hidden = torch.zeros(2, 16, dtype=torch.bool)
     hidden[:, ::2] = True
     with pytest.raises(ValueError, match="random_walk.*needs the image"):
-        model.label_prior_map(label)
-    prior = model.label_prior_map(label, image=image)
+        model.prior(label)
+    prior = model.prior(label, image=image).classes
     assert prior.shape == label.shape
     torch.testing.assert_close(model(image, label, hidden), model(image, label, hidden, prior))
 
 
 def test_model_with_the_direct_solver_uses_the_exact_walk():
-    cfg = LMAEConfig(**{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"})
-    model = LMAE(LMAEConfig.from_dict({**cfg.to_dict(), "prior_solver": "direct"})).eval()
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=3, prior=RandomWalkPrior())
+    model = LMAE(LMAEConfig.from_dict({**cfg.to_dict(), "prior_solver": "direct"})).eval()  # a flat override
     image, label = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     known = torch.rand(2, 32, 32) < 0.4
-    prior = model.label_prior(label, known, image)
+    prior = model.prior(label, known, image)
     prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct")
     torch.testing.assert_close(prior.prob, prob)
 
 
 def test_model_uses_its_graph_options():
-    cfg = LMAEConfig(
-        **{**TINY_MODEL, "num_classes": 3, "label_prior": True, "prior_kind": "random_walk"},
-        prior_solver="direct",
-        prior_connectivity=16,
-        prior_color="lab",
-    )
+    walk = RandomWalkPrior(solver="direct", connectivity=16, color="lab")
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=3, prior=walk)
     model = LMAE(LMAEConfig.from_dict(cfg.to_dict())).eval()  # the options survive config.json
     image, label = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     known = torch.rand(2, 32, 32) < 0.4
     prob, _ = random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16, color="lab")
-    torch.testing.assert_close(model.label_prior(label, known, image).prob, prob)
+    torch.testing.assert_close(model.prior(label, known, image).prob, prob)
 
 
 @pytest.mark.parametrize(
@@ -315,16 +302,15 @@ def test_model_uses_its_graph_options():
         (dict(prior_beta=0), "prior_beta"),
         (dict(prior_sweeps=-1), "prior_sweeps"),
         (dict(prior_sweeps=2.5), "prior_sweeps"),
-        (dict(prior_kind="random_walk", prior_stride=2), "prior_stride"),
         (dict(prior_solver="cg"), "prior_solver"),
         (dict(prior_connectivity=6), "prior_connectivity"),
         (dict(prior_connectivity=16.0), "prior_connectivity"),
         (dict(prior_color="hsv"), "prior_color"),
-        (dict(prior_kind="random_walk", prior_affinity_dim=8, prior_connectivity=8), "prior_affinity_dim"),
     ],
 )
 def test_config_rejects_bad_prior_settings(override, field):
-    with pytest.raises(ValueError, match=f"LMAEConfig.{field}="):
+    field = "prior." + field.removeprefix("prior_")
+    with pytest.raises(ValueError, match=rf"LMAEConfig\.{field}="):
         LMAEConfig.tiny(**override)
 
 

@@ -101,9 +101,9 @@ def test_shipped_model_on_real_val_data_beats_its_starting_point(name):
     base = evaluate(nearest_fill_method, ds, ds.info.num_classes, seed=seeds)
     assert ours["pa_miou"] >= base["pa_miou"] - 0.01, (ours["pa_miou"], base["pa_miou"])
     cfg = completer.config
-    if cfg.label_prior and cfg.prior_kind == "random_walk":
-        graph = (cfg.prior_solver, cfg.prior_connectivity, cfg.prior_color)
-        walk_alone = walk_method(cfg.prior_beta, cfg.prior_sweeps, *graph)
+    walk = cfg.prior
+    if walk is not None and walk.kind == "random_walk":
+        walk_alone = walk_method(walk.beta, walk.sweeps, walk.solver, walk.connectivity, walk.color)
         walk = evaluate(walk_alone, ds, ds.info.num_classes, seed=seeds)
         assert ours["pa_miou"] > walk["pa_miou"], (ours["pa_miou"], walk["pa_miou"])
 

@@ -44,12 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from .data import read_image, read_label, resize_image, resize_label
-from .io import atomic_write, default_palette, full_palette, save_label_png
+from .data import read_image, read_label
+from .io import atomic_write, default_palette, full_palette, resize_image, resize_label, save_label_png
 
 DEFAULT_THRESHOLD = 0.97  # chosen on CamVid train with seeded corruptions (docs/audit.md)
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
@@ -149,7 +148,7 @@ def leave_out_probs(
 def model_predictor(completer) -> Predictor:
     """Leave-out probabilities of a :class:`~torch_label_mae.LabelCompleter`'s model (its precision and
     device). At another size than the model's, the model's correction is resized and the label prior
-    is taken again at full size from the visible label, as :func:`~torch_label_mae.completer.complete_tensors`
+    is taken again at full size from the visible label, as :func:`~torch_label_mae.inference.complete_tensors`
     does."""
     model = completer.model
     cfg = model.config
@@ -163,16 +162,10 @@ def model_predictor(completer) -> Predictor:
         amp = completer.autocast_dtype()
         dev = image.device.type
         with torch.autocast(dev, dtype=amp or torch.float32, enabled=amp is not None):
-            prior = model.label_prior(lab, image=x) if cfg.label_prior else None
+            prior = model.prior(lab, image=x) if model.prior is not None else None
             logits = model(x, lab, hidden, prior).float()
-            full = tuple(label.shape[-2:])
-            if full != tuple(size):
-                if cfg.label_prior:
-                    logits = model.add_prior(logits, prior, sign=-1.0, inplace=True)
-                    logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-                    logits = model.add_prior(logits, model.label_prior(label, image=image), inplace=True)
-                else:
-                    logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
+            if tuple(label.shape[-2:]) != tuple(size):
+                logits = model.resize_logits(logits, prior, image, label)
         return logits.float().softmax(1)
 
     return predict

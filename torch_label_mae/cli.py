@@ -57,7 +57,7 @@ def cmd_demo(args) -> int:
 
     from .data import degrade, pair_files, read_image, read_label
     from .metrics import SegmentationMetrics
-    from .prior import nearest_fill
+    from .propagation import nearest_fill
     from .viz import Row, hole_accuracy, save_picture
 
     completer = _load(args)
@@ -273,28 +273,6 @@ def cmd_audit(args) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_train_affinity(args) -> int:
-    from .affinity import train_affinity
-
-    check_outputs([("--out", args.out)], [("--data", args.data)])
-    rec = train_affinity(
-        args.init,
-        args.data,
-        args.out,
-        epochs=args.epochs,
-        sweeps=args.sweeps,
-        crop=args.crop,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        dim=args.dim,
-        seed=args.seed,
-        resume=args.resume,
-        max_minutes=args.max_minutes,
-    )
-    print(json.dumps(rec))
-    return 0
-
-
 def _show_class_names(args) -> list[str] | None:
     """Class names for the legend of `show`: from --classes (a dataset.json), else --model, else None."""
     if args.classes:
@@ -461,7 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(sub)
     _add_show(sub)
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
-    _add_train_affinity(sub)
     _add_list(sub)
     return ap
 
@@ -680,29 +657,6 @@ def _add_show(sub) -> None:
         "--panel-width", type=_positive_int, default=400, help="width of each panel in px (default: %(default)s)"
     )
     p.set_defaults(fn=cmd_show)
-
-
-def _add_train_affinity(sub) -> None:
-    p = sub.add_parser(
-        "train-affinity",
-        help="fit a random-walk model's learned edge weights, the rest frozen (torch_label_mae.affinity)",
-        description="Fit the learned edge weights of the random-walk prior of --init (added if it has none) "
-        "through the walk itself, on --data's train split; the rest of the model is frozen. Writes the model "
-        "(config.json, model.safetensors) to --out every epoch; --resume continues from --out/checkpoint.pt.",
-    )
-    p.add_argument("--init", required=True, help="model to start from: registered name, Hub repo id or folder")
-    p.add_argument("--data", required=True, help="dataset root (dataset.json, train/images, train/labels)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=12, help="(default: %(default)s)")
-    p.add_argument("--sweeps", type=int, default=30, help="relaxation sweeps in training (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=112, help="training crop in px at the model size (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--dim", type=int, default=16, help="width of a new affinity net (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.set_defaults(fn=cmd_train_affinity)
 
 
 def _add_list(sub) -> None:

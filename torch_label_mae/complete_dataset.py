@@ -596,9 +596,9 @@ class _Coding:
     colors: ColorTable | None
 
     def check(self, num_classes: int) -> None:
-        """Refuse conflicts (see :func:`~torch_label_mae.completer.check_indices`) and a colour table
+        """Refuse conflicts (see :func:`~torch_label_mae.inputs.check_indices`) and a colour table
         with fewer class colours than the model has classes, before any work."""
-        from .completer import check_indices
+        from .inputs import check_indices
 
         check_indices(self.missing_index, self.void_index, num_classes)
         if self.colors is not None and self.colors.num_classes < num_classes:
@@ -663,6 +663,30 @@ def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, input
     check_outputs([("out_dir", out_dir), ("confidence_dir", conf_dir), ("report", rpath)], inputs, allow)
     if rpath.parent in (out_dir, conf_dir) and rpath.name in names or rpath.is_dir():
         raise ValueError(f"report {rpath} would collide with an output file or folder of the same name")
+
+
+def _run(report: Report, locks, rank: int, world_size: int, rpath: Path, loop) -> Report:
+    """Run ``loop(stop)`` holding the output folders' locks (``locks``: ``(folder, own file names)``; stale
+    temp files removed), time it and write ``report`` at ``rpath`` whatever happens. :class:`Interrupted`
+    after SIGINT / SIGTERM, :class:`OutputWriteError` (carrying the report) when outputs fail."""
+    with contextlib.ExitStack() as stack:
+        for d, own in locks:
+            stack.enter_context(OutputLock(d, rank, world_size))
+            remove_stale_temp_files(d, own)
+        stop = stack.enter_context(GracefulStop())
+        start = time.perf_counter()
+        try:
+            loop(stop)
+        except OutputWriteError as e:
+            report.errors.append(str(e))
+            raise OutputWriteError(str(e), report) from None
+        finally:
+            report.seconds = time.perf_counter() - start
+            report.images_per_s = report.done / report.seconds if report.seconds > 0 else 0.0
+            _save_report(report, rpath)
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, report)
+    return report
 
 
 def complete_dataset(
@@ -731,6 +755,7 @@ def complete_dataset(
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
     reader = _Reader(mine, out_dir, conf_dir, completer.num_classes, coding, overwrite, max_pixels)
+    loop_args = (batch_size, max_batch_pixels, num_workers, progress)
     complete = _Completion(
         completer,
         report,
@@ -740,25 +765,8 @@ def complete_dataset(
         conf_dir=conf_dir,
         strict=strict,
     )
-    with contextlib.ExitStack() as stack:
-        for d in (out_dir, conf_dir):
-            if d is not None:
-                stack.enter_context(OutputLock(d, rank, world_size))
-                remove_stale_temp_files(d, names | {rpath.name})
-        stop = stack.enter_context(GracefulStop())
-        start = time.perf_counter()
-        try:
-            _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_workers, progress)
-        except OutputWriteError as e:
-            report.errors.append(str(e))
-            raise OutputWriteError(str(e), report) from None
-        finally:
-            report.seconds = time.perf_counter() - start
-            report.images_per_s = report.done / report.seconds if report.seconds > 0 else 0.0
-            _save_report(report, rpath)
-    if stop.signum is not None:
-        raise Interrupted(stop.signum, report)
-    return report
+    locks = [(d, names | {rpath.name}) for d in (out_dir, conf_dir) if d is not None]
+    return _run(report, locks, rank, world_size, rpath, lambda stop: _loop(reader, complete, stop, report, *loop_args))
 
 
 def _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_workers, progress) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .masking import hidden_to_pixels, random_masking
@@ -318,21 +317,6 @@ def check_degrade_args(ratio: float, patch_size: int, name: str = "patch_size") 
 
 
 # -- resizing shared by training, evaluation and completion ------------------------------------------
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``uint8 [B, 3, H, W]`` -> ``float [B, 3, h, w]`` in [0, 1], bilinear with antialias."""
-    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-
-
-def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[B, H, W]`` int -> ``[B, h, w]`` nearest."""
-    if tuple(label.shape[-2:]) == tuple(size):
-        return label
-    return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)
-
-
 def degrade_folder(
     labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0, missing_index: int = 255
 ) -> int:

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .data import degrade, resize_image, resize_label, seed_for
+from .data import degrade, seed_for
+from .io import resize_image, resize_label
 from .metrics import SegmentationMetrics
 
 PROTOCOLS = {
@@ -43,8 +44,8 @@ def completer_method(completer, batch_size: int | None = None) -> Method:
 
 
 def nearest_fill_method(images, labels, missing) -> list[torch.Tensor]:
-    """Nearest-label fill as a method (the library's :func:`torch_label_mae.prior.nearest_fill`)."""
-    from .prior import nearest_fill
+    """Nearest-label fill as a method (the library's :func:`torch_label_mae.propagation.nearest_fill`)."""
+    from .propagation import nearest_fill
 
     return [nearest_fill(lab[None], ((lab != 255) & ~miss)[None])[0] for lab, miss in zip(labels, missing, strict=True)]
 

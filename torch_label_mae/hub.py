@@ -484,3 +484,78 @@ def _tensor_entry(path: Path, name: str, info, data: int) -> tuple[str, tuple[in
             f"does not fill its {offsets[1] - offsets[0]} bytes)"
         )
     return dtype, tuple(shape)
+
+
+# -- the two files of a model folder ------------------------------------------------------------
+def save_hub_files(model, folder, dtype=None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` of an :class:`~torch_label_mae.model.LMAE` (keys
+    ``model.*``, as :class:`~torch_label_mae.completer.LabelCompleter` loads them) atomically.
+    ``dtype=torch.float16`` halves the file; loading casts back to float32."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_write
+
+    folder = Path(folder)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[f"model.{k}"] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(model.config.to_dict(), indent=2)
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def load_weights(path: Path, shapes):
+    """The tensors of the weights file ``path`` (keys ``model.*``), checked against ``shapes()`` (name ->
+    shape of the model's state, e.g. ``LMAE.state_shapes(config)``; called only once the header has
+    passed): header first (dtypes, keys, shapes), then the values (finite). Every failure is a
+    :class:`CorruptWeightsError` naming the file."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        header = read_weights_header(path)
+    except OSError as e:
+        raise CorruptWeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    want = {f"model.{k}": v for k, v in shapes().items()}
+    missing, unexpected = sorted(set(want) - set(header)), sorted(set(header) - set(want))
+    if missing or unexpected:
+        raise CorruptWeightsError(
+            f"{path} does not match its config: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+    for k, (_, shape) in header.items():
+        if shape != want[k]:
+            raise CorruptWeightsError(
+                f"{path} does not match its config: tensor {k!r} has shape {list(shape)}, the config needs "
+                f"{list(want[k])}"
+            )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CorruptWeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    for k, t in state.items():
+        if not t.dtype.is_floating_point:  # pragma: no cover - the header said otherwise
+            raise CorruptWeightsError(f"{path}: tensor {k!r} has dtype {t.dtype}; weights must be floating point")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise CorruptWeightsError(
+                f"{path}: tensor {k!r} holds {bad} NaN or infinite value(s) of {t.numel()}; weights must be finite"
+            )
+    return state
+
+
+def load_folder(folder):
+    """``(config, state)`` of a model folder (``config.json`` + ``model.safetensors``), checked in this
+    order, each failure a :class:`CorruptWeightsError` naming the file: the config (size, JSON, every
+    field in range), the weights file's header (every tensor floating point, the keys and shapes the
+    config implies; nothing allocated yet), the tensors' values (finite: no NaN or inf)."""
+    from .config import LMAEConfig
+    from .model import LMAE
+
+    folder = Path(folder)
+    try:
+        config = LMAEConfig.from_json(folder / CONFIG_NAME)
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        raise CorruptWeightsError(f"{folder / CONFIG_NAME}: invalid config ({e})") from None
+    return config, load_weights(folder / WEIGHTS_NAME, lambda: LMAE.state_shapes(config))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 _LABEL_MODES = ("P", "L", "I", "I;16")
@@ -211,6 +212,21 @@ def confidence_like(conf: torch.Tensor, like):
     if isinstance(like, torch.Tensor):
         return conf.reshape(like.shape).to(like.device).as_subclass(torch.Tensor)
     return conf.numpy().astype(np.float32)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``uint8 [B, 3, H, W]`` -> ``float [B, 3, h, w]`` in [0, 1], bilinear with antialias."""
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W]`` int -> ``[B, h, w]`` nearest."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .io import resize_label
+
 STRATEGIES = ("random", "label_first", "background_first")
 PAPER_MIX = (1.0, 2.0, 2.0)  # Random : Label-First : Background-First
 
@@ -157,3 +159,28 @@ def hidden_to_pixels(hidden: torch.Tensor, grid: tuple[int, int], patch_size: in
     gh, gw = grid
     h = hidden.view(-1, gh, gw)
     return h.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+
+
+def background_first_inference(
+    label: torch.Tensor,
+    missing: torch.Tensor,
+    size: tuple[int, int],
+    patch_size: int,
+    ratio: float,
+    background_index: int,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's Background-First inference mode for ``label [B, H, W]`` (any size) with holes
+    ``missing [B, H, W]``, completed by a model working at ``size`` with ``patch_size`` patches:
+    missing pixels count as background (the paper encodes missing areas as background); at ``ratio`` the
+    patches with the largest background share are hidden, plus every patch that touches a hole. Returns
+    ``(hidden [B, L], missing)``, ``missing`` grown by the background pixels of the chosen patches (those
+    are re-predicted; object pixels are kept)."""
+    as_bg = torch.where(missing, torch.full_like(label, background_index), label)
+    extra = background_first_masking(
+        resize_label(as_bg, size), patch_size, ratio, background_index=background_index, ignore_index=ignore_index
+    )
+    grid = (size[0] // patch_size, size[1] // patch_size)
+    hidden = extra | hidden_from_missing(missing, grid)
+    chosen = resize_label(hidden_to_pixels(extra, grid, patch_size).to(torch.uint8), tuple(label.shape[-2:])).bool()
+    return hidden, missing | (chosen & (label == background_index))

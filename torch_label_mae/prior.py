@@ -1,55 +1,113 @@
-"""Label prior: nearest-label fill of the unknown pixels.
+"""The label prior, behind one interface: what an L-MAE with ``config.prior`` starts from on the
+unknown pixels, and how it enters the logits.
 
-Each unknown pixel takes the class of the nearest known pixel (Euclidean), the classical "nearest
-fill" baseline. Models built with ``label_prior=True`` start from it and learn what it gets wrong.
-The exact Euclidean distance transform comes from ``scipy.ndimage.distance_transform_edt`` (C code,
-about 2 ms per 224 x 224 map on one core; it releases the GIL, so the maps of a batch are spread over
-as many threads as torch uses); maps are moved to the CPU for it.
+``make_prior(config)`` gives a callable, :class:`NearestFill` (hard: nearest-label fill) or
+:class:`RandomWalk` (soft: the random walker's class probabilities); calling it on a label (and the
+image) gives a :class:`LabelPrior`, which the model embeds into the hidden tokens beside IPS and adds,
+times its learned scale, to the logits (:meth:`LabelPrior.add_to`). The algorithms are in
+:mod:`torch_label_mae.propagation`; the options in :mod:`torch_label_mae.config`.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
-import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+
+from .config import LMAEConfig, RandomWalkPrior
+from .propagation import most_likely_class, nearest_fill, random_walk_probabilities
 
 
-@torch.no_grad()
-def nearest_source(known: torch.Tensor) -> torch.Tensor:
-    """``known [B, H, W]`` bool -> flat index ``[B, H, W]`` int64 of the nearest known pixel
-    (-1 where a sample has no known pixel)."""
-    b, h, w = known.shape
-    k = known.detach().cpu().numpy()
-    out = np.full((b, h, w), -1, dtype=np.int64)
+class LabelPrior(NamedTuple):
+    """The label prior of a batch. ``classes [B, H, W]``: its class per pixel (``ignore_index`` where it
+    has none); IPS embeds it. ``prob``: for a soft prior (random walk), the probabilities ``[B, K, H, W]``
+    of the classes ``index [B, K, 1, 1]``; they, scaled, are added to the logits. A hard prior
+    (``prob=None``, nearest fill) adds the scale at ``classes`` instead."""
 
-    def one(i: int) -> None:
-        if k[i].any():
-            idx = np.empty((2, h, w), dtype=np.int32)
-            distance_transform_edt(~k[i], return_distances=False, return_indices=True, indices=idx)
-            out[i] = idx[0].astype(np.int64) * w + idx[1]
+    classes: torch.Tensor
+    prob: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
-    workers = min(b, torch.get_num_threads())
-    if workers > 1:  # scipy's transform releases the GIL: one map per thread
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, range(b)))
-    else:
-        for i in range(b):
-            one(i)
-    return torch.from_numpy(out).to(known.device)
+    @classmethod
+    def of(cls, prior: LabelPrior | torch.Tensor) -> LabelPrior:
+        """``prior`` as a :class:`LabelPrior` (a class map ``[B, H, W]`` is a hard prior)."""
+        return cls(prior) if isinstance(prior, torch.Tensor) else prior
+
+    def rows(self, hidden: torch.Tensor, patchify) -> LabelPrior:
+        """The prior of the hidden patches, laid out as the model's hidden rows: classes ``[M, p * p]`` and,
+        when soft, prob ``[M, p * p, K]`` with index ``[M, 1, K]``. ``patchify``: the model's."""
+        classes = patchify(self.classes.unsqueeze(1))[hidden]  # [M, p*p]
+        if self.prob is None:
+            return LabelPrior(classes)
+        k = self.prob.shape[1]
+        prob = patchify(self.prob)[hidden].unflatten(-1, (k, -1)).transpose(1, 2)  # [M, p*p, K]
+        index = self.index.view(-1, 1, k).expand(-1, hidden.shape[1], -1)[hidden].unsqueeze(1)  # [M, 1, K]
+        return LabelPrior(classes, prob, index)
+
+    def add_to(self, logits: torch.Tensor, scale: torch.Tensor, inplace: bool = False, dim: int = 1) -> torch.Tensor:
+        """``logits + scale * P`` with classes along ``dim`` (``[B, N, H, W]`` by default), where ``P`` is
+        the one-hot of a hard prior's classes (nothing where it has none) or a soft prior's probabilities,
+        without building a dense ``P``: a scatter-add at the prior's classes. The prior is laid out as
+        ``logits`` less the class axis. ``inplace=True`` adds into ``logits`` itself (for callers that own it)."""
+        scale = scale.to(logits.dtype)
+        add = logits.scatter_add_ if inplace else logits.scatter_add
+        if self.prob is not None:
+            prob = self.prob.to(logits.dtype)
+            return add(dim, self.index.expand_as(prob), scale * prob)
+        n = logits.shape[dim]
+        known = (self.classes >= 0) & (self.classes < n)  # [B, H, W]
+        idx = torch.where(known, self.classes, torch.zeros_like(self.classes)).long().unsqueeze(dim)  # [B, 1, H, W]
+        return add(dim, idx, scale * known.unsqueeze(dim).to(logits.dtype))
 
 
-@torch.no_grad()
-def nearest_fill(label: torch.Tensor, known: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
-    """Fill every pixel with the class of the nearest known pixel.
+class NearestFill:
+    """Hard prior: every unknown pixel takes the class of the nearest known pixel."""
 
-    ``label [B, H, W]`` int; ``known`` defaults to ``label != ignore_index``. Samples without any
-    known pixel come back as all ``ignore_index``. The input is not modified.
-    """
-    if known is None:
-        known = label != ignore_index
-    src = nearest_source(known)
-    flat = label.flatten(1)
-    out = flat.gather(1, src.clamp(min=0).flatten(1)).view_as(label)
-    return torch.where(src >= 0, out, torch.full_like(out, ignore_index))
+    def __init__(self, config: LMAEConfig):
+        self.config = config  # its prior section is read at each call
+
+    def known(self, label: torch.Tensor) -> torch.Tensor:
+        """Every labelled pixel: a class id, not ``ignore_index``."""
+        c = self.config
+        return (label != c.ignore_index) & (label >= 0) & (label < c.num_classes)
+
+    def __call__(self, label: torch.Tensor, known=None, image=None) -> LabelPrior:
+        """The prior of ``label [B, H, W]``'s unknown pixels, at any size. ``known`` defaults to every
+        labelled pixel (including the known parts of hidden patches); ``image`` is not used."""
+        known = self.known(label) if known is None else known
+        return LabelPrior(nearest_fill(label, known, self.config.ignore_index))
+
+
+class RandomWalk(NearestFill):
+    """Soft prior: the random walker's class probabilities (:mod:`torch_label_mae.propagation`), with
+    the graph and solver of its config section. Needs the image at the label's size."""
+
+    def __call__(self, label: torch.Tensor, known=None, image=None) -> LabelPrior:
+        if image is None or tuple(image.shape[-2:]) != tuple(label.shape[-2:]):
+            got = None if image is None else tuple(image.shape)
+            raise ValueError(
+                f"prior kind 'random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
+            )
+        known = self.known(label) if known is None else known
+        s = self.config.prior
+        prob, index = random_walk_probabilities(
+            image,
+            label,
+            known,
+            self.config.num_classes,
+            beta=s.beta,
+            sweeps=s.sweeps,
+            solver=s.solver,
+            connectivity=s.connectivity,
+            color=s.color,
+        )  # [B, K, H, W], [B, K]
+        classes = most_likely_class(prob, index, known, self.config.ignore_index)
+        return LabelPrior(classes, prob, index[:, :, None, None])
+
+
+def make_prior(config: LMAEConfig) -> NearestFill | None:
+    """The prior ``config.prior`` describes (None: no prior). It reads its section at each call, so a
+    completer's ``config.prior`` may be replaced (e.g. fewer sweeps) without rebuilding the model."""
+    if config.prior is None:
+        return None
+    return (RandomWalk if isinstance(config.prior, RandomWalkPrior) else NearestFill)(config)

@@ -1,9 +1,13 @@
-"""Random-walk label propagation: the image-guided label prior.
+"""Label propagation: nearest-label fill and the random walk, the two label priors' algorithms.
 
-Each unknown pixel takes the class whose known pixels a random walker starting there most likely
+**Nearest fill.** Each unknown pixel takes the class of the nearest known pixel (Euclidean), the
+classical baseline, from ``scipy.ndimage.distance_transform_edt`` (exact; C code that releases the GIL,
+so the maps of a batch are spread over as many threads as torch uses; maps are moved to the CPU for it).
+
+**Random walk.** Each unknown pixel takes the class whose known pixels a random walker starting there most likely
 reaches first (Grady, "Random walks for image segmentation", 2006), on the 4-connected pixel graph
 with scikit-image's edge weights ``exp(-beta * |I_i - I_j|^2 / (10 * std(I) * sqrt(3)))``. Where
-nearest fill (:mod:`torch_label_mae.prior`) draws straight borders through a hole, the random
+nearest fill draws straight borders through a hole, the random
 walker follows the image's edges.
 
 Two options go beyond scikit-image. ``connectivity`` 8 adds the diagonal edges and 16 also the
@@ -27,14 +31,14 @@ colour spaces, sweeps against the exact solve) is in ``docs/training.md``.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
-
-from .prior import nearest_fill
+from scipy.ndimage import distance_transform_edt
 
 DEFAULT_BETA = 2000.0  # chosen for scikit-image's random walker over 30..8000 (docs/training.md)
 DEFAULT_SWEEPS = 40  # relaxation sweeps from the nearest fill (docs/training.md: sweeps against the exact solve)
@@ -45,6 +49,45 @@ COLORS = ("rgb", "lab")
 # connectivity 8 the two diagonals, with 16 the four knight's moves; the first connectivity / 2 kinds make
 # the graph. The weights of each kind are a map [B, 1, H - dy, W - |dx|].
 OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1), (1, 2), (2, 1), (1, -2), (2, -1))
+
+
+@torch.no_grad()
+def nearest_source(known: torch.Tensor) -> torch.Tensor:
+    """``known [B, H, W]`` bool -> flat index ``[B, H, W]`` int64 of the nearest known pixel
+    (-1 where a sample has no known pixel)."""
+    b, h, w = known.shape
+    k = known.detach().cpu().numpy()
+    out = np.full((b, h, w), -1, dtype=np.int64)
+
+    def one(i: int) -> None:
+        if k[i].any():
+            idx = np.empty((2, h, w), dtype=np.int32)
+            distance_transform_edt(~k[i], return_distances=False, return_indices=True, indices=idx)
+            out[i] = idx[0].astype(np.int64) * w + idx[1]
+
+    workers = min(b, torch.get_num_threads())
+    if workers > 1:  # scipy's transform releases the GIL: one map per thread
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, range(b)))
+    else:
+        for i in range(b):
+            one(i)
+    return torch.from_numpy(out).to(known.device)
+
+
+@torch.no_grad()
+def nearest_fill(label: torch.Tensor, known: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
+    """Fill every pixel with the class of the nearest known pixel.
+
+    ``label [B, H, W]`` int; ``known`` defaults to ``label != ignore_index``. Samples without any
+    known pixel come back as all ``ignore_index``. The input is not modified.
+    """
+    if known is None:
+        known = label != ignore_index
+    src = nearest_source(known)
+    flat = label.flatten(1)
+    out = flat.gather(1, src.clamp(min=0).flatten(1)).view_as(label)
+    return torch.where(src >= 0, out, torch.full_like(out, ignore_index))
 
 
 def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
@@ -173,16 +216,6 @@ def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: flo
     return p
 
 
-def relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: float = 1.9):
-    """:func:`_relax` without in-place updates, so that gradients flow to ``p`` and the ``weights`` (for
-    training learned edge weights, :mod:`torch_label_mae.affinity`). Returns the new ``p``."""
-    deg, steps = _sor_steps(free, weights, omega)
-    for _ in range(sweeps):
-        for s in steps:
-            p = p + s * (_pull(p, weights) - deg * p)
-    return p
-
-
 def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     """The exact solution of ``L p = 0`` on the ``free`` pixels of one sample, known pixels fixed, in place:
     ``L_ff x = sum_{j known} w_ij p_j`` by a sparse LU factorisation (float64, on the CPU), one
@@ -228,8 +261,6 @@ def random_walk_probabilities(
     beta: float = DEFAULT_BETA,
     sweeps: int = DEFAULT_SWEEPS,
     omega: float = 1.9,
-    weights: tuple[torch.Tensor, ...] | None = None,
-    differentiable: bool = False,
     solver: str = "sor",
     connectivity: int = 4,
     color: str = "rgb",
@@ -237,34 +268,19 @@ def random_walk_probabilities(
     """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
     :func:`present_classes`, returned with them), from ``sweeps`` over-relaxation sweeps started at the
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
-    ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``,
-    or ``weights``, edge weights to use instead (``(wx [B, 1, H, W-1], wy [B, 1, H-1, W])``, plus the two
-    diagonals for an 8-connected graph and the knight's moves for a 16-connected one, ``connectivity / 2``
-    maps in all; e.g. learned ones, :class:`torch_label_mae.affinity.EdgeAffinity`).
-    ``differentiable=True`` keeps the graph from the weights to the probabilities (slower, more memory);
-    otherwise nothing is recorded. ``solver="direct"``: the exact solution (:func:`_solve_direct`,
-    ``sweeps`` unused; not differentiable)."""
+    ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``.
+    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused). No gradients."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if solver == "direct" and differentiable:
-        raise ValueError("solver='direct' is not differentiable; use solver='sor' to train edge weights")
-    if weights is not None:
-        _kinds(weights)  # checks their number
-        if 2 * len(weights) != connectivity:
-            raise ValueError(
-                f"{len(weights)} edge weight maps make a {2 * len(weights)}-connected graph, not {connectivity}"
-            )
-    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+    with torch.no_grad():
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
         fill = nearest_fill(label, known)  # [B, H, W]
         p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
         if sweeps > 0 or solver == "direct":
-            weights = edge_weights(img, beta, connectivity, color) if weights is None else tuple(weights)
+            weights = edge_weights(img, beta, connectivity, color)
             free = (~known).unsqueeze(1).float()
-            if differentiable:
-                p = relax(p, free, weights, sweeps, omega)
-            elif solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
+            if solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
                 _relax(p, free, weights, sweeps, omega)
             else:  # one sample at a time, its own classes only (sor: the working set stays in cache, 2x faster)
                 for i, k in enumerate(valid.sum(1).tolist()):

@@ -27,22 +27,23 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .completer import complete_tensors, save_hub_files
-from .data import open_dataset, resize_image, resize_label
+from .data import open_dataset
 from .evaluate import evaluate
-from .io import atomic_write
+from .hub import save_hub_files
+from .inference import complete_tensors
+from .io import atomic_write, resize_image, resize_label
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
-from .model import LMAE, NAMED_CONFIGS, LabelPrior, LMAEConfig
+from .model import LMAE, NAMED_CONFIGS, LMAEConfig
 from .outputs import check_outputs
-from .prior import nearest_fill
+from .prior import LabelPrior, make_prior
+from .propagation import nearest_fill
 
 BASE_LR, BASE_BATCH = 1e-3, 16  # the lr rule: BASE_LR * sqrt(batch_size / BASE_BATCH)
 CHOICES = {
@@ -104,7 +105,7 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be one of {list(options)}, got {getattr(cfg, name)!r}")
     if cfg.model not in NAMED_CONFIGS:
         raise ValueError(f"unknown model config {cfg.model!r}; choose from {sorted(NAMED_CONFIGS)}")
-    known = {f.name for f in dataclasses.fields(LMAEConfig)}
+    known = LMAEConfig.keys()
     unknown = sorted(set(cfg.model_overrides) - known)
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
@@ -162,7 +163,7 @@ def augment(image: torch.Tensor, label: torch.Tensor, size, scale, flip: bool, r
 def prior_in_workers(mcfg: LMAEConfig) -> bool:
     """Whether the label prior can be computed by the workers: it depends on the config alone (not on
     learned edge weights, which live in the model)."""
-    return mcfg.label_prior and not mcfg.prior_affinity_dim
+    return mcfg.prior is not None
 
 
 class TrainSamples(Dataset):
@@ -210,10 +211,9 @@ class TrainSamples(Dataset):
 
 
 def sample_prior(mcfg: LMAEConfig, known: torch.Tensor, image: torch.Tensor) -> dict:
-    """The label prior of one sample, as :meth:`LMAE.label_prior` computes it (the same code, run on the
+    """The label prior of one sample, as :attr:`LMAE.prior` computes it (the same code, built from the
     config alone): ``prior_classes`` and, for a soft prior, ``prior_prob [K, H, W]`` / ``prior_index [K]``."""
-    holder = SimpleNamespace(config=mcfg, affinity=None)  # label_prior needs only these two attributes
-    p = LMAE.label_prior(holder, known[None].long(), image=image[None])
+    p = make_prior(mcfg)(known[None].long(), image=image[None])
     out = {"prior_classes": p.classes[0].to(torch.uint8)}
     if p.prob is not None:
         out.update(prior_prob=p.prob[0], prior_index=p.index[0].flatten())
@@ -282,8 +282,8 @@ def _prior_method(model: LMAE):
         out = []
         for img, lab, miss in zip(images, labels, missing, strict=True):
             lab = lab[None].to(device)
-            if model.config.label_prior:
-                fill = model.label_prior(lab, image=img[None].to(device)).classes
+            if model.prior is not None:
+                fill = model.prior(lab, image=img[None].to(device)).classes
             else:
                 fill = nearest_fill(lab, ignore_index=model.config.ignore_index)
             out.append(torch.where(miss.to(device), fill[0], lab[0]).cpu())
@@ -379,8 +379,6 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
     else:
         mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, "label_prior": cfg.label_prior, **cfg.model_overrides})
         model = LMAE(mcfg)
-    if model.affinity is not None:  # learned edge weights are fitted by `label-mae train-affinity`, not here
-        model.affinity.requires_grad_(False)
     return model.to(device), mcfg
 
 
@@ -447,15 +445,11 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     cfg, mcfg, model = run.cfg, run.mcfg, run.model
     img, lab, known, pix, hidden, prior = _to_device(batch, run)
     set_lr(run.opt, cfg, step_in_schedule, total_steps)
-    rows_only = mcfg.refine_dim == 0  # the loss needs the hidden pixels only: skip the rest
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        logits = run.net(img, known, hidden, prior, hidden_only=rows_only)
-    if rows_only:  # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
-        target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
-        logits, target, mask = logits.flatten(0, 1), model.patchify(target.unsqueeze(1))[hidden].flatten(), None
-    else:
-        target, mask = lab, pix
-    logits = logits.float()
+        logits = run.net(img, known, hidden, prior, hidden_only=True)  # the loss needs the hidden pixels only
+    target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
+    # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
+    logits, target, mask = logits.flatten(0, 1).float(), model.patchify(target.unsqueeze(1))[hidden].flatten(), None
     if run.criterion is not None:
         loss = run.criterion(logits, target, mask)
     else:
@@ -524,7 +518,7 @@ def prior_baseline(run: Run) -> None:
         return
     m = evaluate(_prior_method(run.model), run.val_ds, run.mcfg.num_classes, limit=run.cfg.val_limit)
     run.state["prior_pa_miou"] = m["pa_miou"]
-    kind = run.mcfg.prior_kind if run.mcfg.label_prior else "nearest (the model has no prior)"
+    kind = run.mcfg.prior.kind if run.mcfg.prior is not None else "nearest (the model has no prior)"
     _write_log(run, {"epoch": 0, "step": run.state["step"], "prior": kind, "prior_pa_miou": m["pa_miou"]})
 
 
@@ -708,7 +702,7 @@ def build_parser():
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="model config override, e.g. --set refine_dim=16 --set prior_kind='\"random_walk\"'",
+        help="model config override, e.g. --set label_prior=true --set prior_kind='\"random_walk\"'",
     )
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     return ap

@@ -40,7 +40,7 @@ class CompleteLabels(nn.Module):
     ):
         super().__init__()
         from .colors import load_colors
-        from .completer import check_indices
+        from .inputs import check_indices
 
         check_indices(missing_index, void_index, n=0)  # the class range is checked at the first call
         self.missing_index, self.void_index = missing_index, void_index

@@ -9,7 +9,7 @@ for each ``--scales`` value ``s`` on ``--split`` (a split the model was trained 
 reported on), and writes the model (float32) with the head's weights and bias times the best ``s``
 (exactly that prediction; the config is unchanged). Run::
 
-    python benchmarks/scale_correction.py --model runs/ccp-rw16/last --data ../shared/data/ccp \\
+    python tools/scale_correction.py --model runs/ccp-rw16/last --data ../shared/data/ccp \\
         --split train --limit 120 --seed 0 1 2 --out runs/ccp-rw16-s
 
 Prints PA-mIoU per scale; ``--out`` gets config.json, model.safetensors and scales.json.
@@ -37,9 +37,9 @@ def scaled(completer, scale: float):
 
 def main(argv=None) -> int:
     from torch_label_mae import LabelCompleter
-    from torch_label_mae.completer import save_hub_files
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
+    from torch_label_mae.hub import save_hub_files
     from torch_label_mae.io import atomic_write
     from torch_label_mae.report import per_draw
 
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     cfg = base.config
     if len(base.routes) > 1:
         raise SystemExit(f"{a.model}: routes {len(base.routes)} models by mask ratio; give one model (a folder)")
-    if not cfg.label_prior or cfg.refine_dim:
-        raise SystemExit(f"{a.model}: needs a label prior and no refinement (the head's output is the correction)")
+    if cfg.prior is None:
+        raise SystemExit(f"{a.model}: needs a label prior (the head's output is the correction)")
     ds = FolderDataset(a.data, a.split)
     if ds.info.num_classes != cfg.num_classes:
         raise SystemExit(f"{a.model} has {cfg.num_classes} classes, {a.data} {ds.info.num_classes}")

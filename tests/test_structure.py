@@ -1,0 +1,66 @@
+"""The house stays easy to read: no import circles inside the package, and units a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "torch_label_mae"
+MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 250
+EXEMPT = {"train.py"}  # being split by its own issue
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package modules ``path`` imports (``from .x import``, ``from . import x``), at any depth."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch_label_mae."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {p.stem: imports_of(p) for p in PACKAGE.glob("*.py")}
+    state: dict[str, str] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(graph.get(m, ())):
+            if n not in graph:
+                continue
+            assert state.get(n) != "open", "import circle: " + " -> ".join([*path, m, n])
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_every_module_imports():
+    import importlib
+
+    for p in sorted(PACKAGE.glob("*.py")):
+        if p.stem != "__main__":  # runs the CLI
+            importlib.import_module(f"torch_label_mae.{p.stem}")
+
+
+def test_no_unit_is_too_long():
+    long = []
+    for p in sorted(PACKAGE.glob("*.py")):
+        if p.name in EXEMPT:
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    long.append(f"{p.name}:{node.lineno} {node.name} ({n} lines > {limit})")
+    assert not long, long

@@ -1,0 +1,118 @@
+"""Completion of one same-size batch with a trained L-MAE: resize to the model grid, hide the patches
+that touch a missing pixel, predict, bring the logits back to the label's size, fill only the missing
+pixels. At the model's own size only the hidden patches' logits are computed (the fast path)."""
+
+from __future__ import annotations
+
+import torch
+
+from .io import resize_image, resize_label
+from .masking import background_first_inference, hidden_from_missing, hidden_to_pixels
+from .model import LMAE
+
+
+@torch.inference_mode()
+def complete_tensors(
+    model: LMAE, image: torch.Tensor, label: torch.Tensor, missing: torch.Tensor, hidden: torch.Tensor | None = None
+):
+    """Complete one same-size batch.
+
+    ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int64, ``missing [B, H, W]``
+    bool, all on the model's device; ``hidden`` (default: every patch that touches a missing pixel).
+    Returns ``(completed [B, H, W] int64, confidence [B, H, W] float)``; pixels outside ``missing`` are
+    returned unchanged (confidence 1).
+    """
+    cfg = model.config
+    size = cfg.size
+    x = resize_image(image, size)
+    lab = resize_label(label, size)
+    if hidden is None:
+        hidden = hidden_from_missing(missing, cfg.grid)
+    lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
+    prior = model.prior(lab, image=x) if model.prior is not None else None
+    if tuple(label.shape[-2:]) == size:
+        pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
+        if not bool((missing & ~pix).any()):  # every missing pixel lies in a hidden patch: predict those only
+            return _complete_hidden_rows(model, x, lab, label, missing, hidden, prior)
+    logits = model(x, lab, hidden, prior).float()  # [B, N, h, w]
+    if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
+        known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label)
+        logits = model.resize_logits(logits, prior, image, known_label)
+    pred, prob = class_and_probability(logits, dim=1)  # [B, H, W] each
+    completed = torch.where(missing, pred, label)
+    confidence = torch.where(missing, prob, torch.ones_like(prob))
+    return completed, confidence
+
+
+def class_and_probability(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen class along ``dim`` and its softmax probability, ``1 / sum(exp(logits - max))``: three
+    passes over the logits, without the full softmax."""
+    top, pred = logits.max(dim)
+    return pred, torch.exp(logits - top.unsqueeze(dim)).sum(dim).reciprocal_()
+
+
+def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
+    """:func:`complete_tensors` at the model's size: logits of the hidden patches only, reduced to the
+    chosen class and its probability per pixel before anything is laid out at full size."""
+    rows = model(x, lab, hidden, prior, hidden_only=True).float()  # [M, p*p, N]
+    pred, prob = class_and_probability(rows, dim=-1)  # [M, p*p] each
+    b, length = hidden.shape
+    grid_pred = pred.new_zeros(b, length, pred.shape[-1])
+    grid_prob = prob.new_ones(b, length, prob.shape[-1])
+    grid_pred[hidden], grid_prob[hidden] = pred, prob
+    pred_map = model.unpatchify(grid_pred, channels=1)[:, 0]  # [B, H, W]
+    prob_map = model.unpatchify(grid_prob, channels=1)[:, 0]
+    completed = torch.where(missing, pred_map, label)
+    confidence = torch.where(missing, prob_map, torch.ones_like(prob_map))
+    return completed, confidence
+
+
+def complete_samples(model: LMAE, samples, device: torch.device, amp: torch.dtype | None, background_first: bool):
+    """Complete prepared samples of one size (:class:`torch_label_mae.inputs.Sample`) on ``device`` under
+    autocast ``amp`` (None: float32) -> ``[(completed [H, W], confidence [H, W]), ...]`` on the CPU.
+    ``background_first``: the paper's Background-First inference mode (:mod:`torch_label_mae.masking`)."""
+    non_blocking = device.type == "cuda"
+    images = [s.image for s in samples]
+    dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in images) else torch.float32
+    img = torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in images])
+    lab = torch.stack([s.label for s in samples])
+    miss = torch.stack([s.miss for s in samples])
+    if non_blocking:
+        img, lab, miss = (t.pin_memory() for t in (img, lab, miss))
+    img, lab, miss = (t.to(device, non_blocking=non_blocking) for t in (img, lab, miss))
+    hidden = None
+    if background_first:
+        c = model.config
+        if c.background_index is None:
+            raise ValueError(
+                "missing='background-first' needs a model with a background class (config.background_index is None)"
+            )
+        hidden, miss = background_first_inference(
+            lab, miss, c.size, c.patch_size, c.mask_ratio, c.background_index, c.ignore_index
+        )
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        completed, conf = complete_tensors(model, img, lab, miss, hidden)
+    completed, conf = completed.cpu(), conf.float().cpu()
+    if completed.is_inference():  # out of inference mode, so callers may edit the results in place
+        completed, conf = completed.clone(), conf.clone()
+    return list(zip(completed, conf, strict=True))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``precision`` (``"auto"``, ``"float32"``, ``"bfloat16"``) resolves to on
+    ``device`` (None: float32): bfloat16 on CUDA and on CPUs with native bfloat16 matrix units."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16" or device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matmul() else None
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AMX tiles): there, bfloat16 autocast is
+    several times faster than float32; elsewhere it is emulated and slower."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
