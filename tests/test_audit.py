@@ -18,7 +18,7 @@ from synth import TINY_MODEL, make_dataset
 
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.audit import (
-    audit_dataset,
+    audit_batch,
     finish,
     leave_out_masks,
     leave_out_probs,
@@ -26,6 +26,7 @@ from torch_label_mae.audit import (
     repair_label,
     score_from_probs,
 )
+from torch_label_mae.audit_dataset import audit_dataset
 from torch_label_mae.cli import main
 
 N = 4
@@ -177,7 +178,7 @@ def test_audit_api_runs_on_the_model(completer):
     images = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
     labels = [rng.integers(0, N, (40, 56)).astype(np.uint8) for _ in range(3)]
     before = [lab.copy() for lab in labels]
-    out = completer.audit_batch(images, labels, batch_size=2)
+    out = audit_batch(completer, images, labels, batch_size=2)
     assert len(out) == 3
     for res, lab, old in zip(out, labels, before, strict=True):
         assert np.array_equal(lab, old)  # inputs untouched

@@ -243,7 +243,7 @@ def cmd_complete(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import audit_dataset
+    from .audit_dataset import audit_dataset
     from .interrupt import Interrupted
 
     try:

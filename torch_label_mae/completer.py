@@ -264,19 +264,12 @@ class LabelCompleter(
         ]
         return outs, [confidence_like(p, like) for (_, p), like in zip(results, likes, strict=True)]  # HxW each
 
-    def audit(self, image, label, *, threshold: float | None = None, **kwargs):
-        """Find the wrong pixels of one label: every patch is predicted from the image and the rest of
-        the label while hidden. Returns a :class:`torch_label_mae.audit.AuditResult` (``score`` per pixel,
-        ``1 - p(given class)``; suspect ``regions``; ``repaired`` label; ``image_score``). ``kwargs``:
-        see :func:`torch_label_mae.audit.audit_batch`."""
-        return self.audit_batch([image], [label], threshold=threshold, **kwargs)[0]
+    def audit(self, image, label, **kwargs):
+        """Find the wrong pixels of one label (each patch predicted while hidden): an
+        :class:`~torch_label_mae.audit.AuditResult`. Several: :func:`torch_label_mae.audit.audit_batch`."""
+        from .audit import audit_batch
 
-    def audit_batch(self, images: Sequence, labels: Sequence, *, threshold: float | None = None, **kwargs):
-        """:meth:`audit` of a list of labels, batched; see :func:`torch_label_mae.audit.audit_batch`."""
-        from .audit import DEFAULT_THRESHOLD, audit_batch
-
-        t = DEFAULT_THRESHOLD if threshold is None else threshold
-        return audit_batch(self, images, labels, threshold=t, **kwargs)
+        return audit_batch(self, [image], [label], **kwargs)[0]
 
     def _complete_same_size(self, samples, background_first: bool = False):
         return complete_samples(self.model, samples, self.device, self.autocast_dtype(), background_first)

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from .config import NAMED_CONFIGS, LMAEConfig
 from .data import open_dataset
 from .evaluate import evaluate
 from .hub import save_hub_files
@@ -40,7 +41,7 @@ from .inference import complete_tensors
 from .io import atomic_write, resize_image, resize_label
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
-from .model import LMAE, NAMED_CONFIGS, LMAEConfig
+from .model import LMAE
 from .outputs import check_outputs
 from .prior import LabelPrior, make_prior
 from .propagation import nearest_fill

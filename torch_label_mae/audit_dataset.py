@@ -1,0 +1,442 @@
+"""Auditing a whole dataset folder with :func:`torch_label_mae.audit.audit_batch`: the report ranked worst
+first, score maps, repaired labels and a picture of the worst labels; resumable and safe like
+:mod:`torch_label_mae.complete_dataset` (inputs never written, one writer per folder, atomic outputs)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from .audit import (
+    DEFAULT_BLOCK,
+    DEFAULT_MASKS,
+    DEFAULT_MIN_AREA,
+    DEFAULT_THRESHOLD,
+    AuditResult,
+    _check_threshold,
+    audit_batch,
+    finish,
+)
+from .data import read_image, read_label
+from .io import atomic_write, default_palette, full_palette, save_label_png
+
+REPORT_NAME = "audit_report.json"
+PICTURE_NAME = "worst.png"
+
+__all__ = ["AuditReport", "audit_dataset", "render_audit"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# whole folders
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class AuditReport:
+    """What :func:`audit_dataset` did: ``images`` (one summary per label, worst first), ``failed``
+    ``(file, reason)`` pairs, counts and where things went."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    model: str = ""
+    settings: dict = field(default_factory=dict)
+    images: list[dict] = field(default_factory=list)
+    picture: str | None = None
+    report_path: str | None = None
+    out_dir: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
+        return d
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.done} audited, {self.skipped} already done (skipped), {len(self.failed)} failed of "
+            f"{self.total} in {self.seconds:.1f} s" + ("" if self.finished else " [interrupted]")
+        ]
+        repair = self.settings.get("repair") is not None
+        for r in self.images[:5]:
+            top = r["regions"][0] if r["regions"] else None
+            what = ""
+            if top is not None:
+                g, p = top.get("given_name", top["given_class"]), top.get("predicted_name", top["predicted_class"])
+                what = f"; largest: {top['area']} px {g} -> {p} (score {top['score']:.2f})"
+            changed = f", {r['changed_pixels']} px repaired" if repair else ""
+            lines.append(
+                f"  {r['file']}: score {r['image_score']:.4f}, {r['num_regions']} suspect regions{changed}{what}"
+            )
+        for f, why in self.failed[:10]:
+            lines.append(f"  failed: {f}: {why}")
+        if self.picture:
+            lines.append(f"  picture of the worst: {self.picture}")
+        lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+def _records_dir(out_dir: Path) -> Path:
+    return out_dir / "records"
+
+
+def _valid_outputs(out_dir: Path, name: str, shape, settings: dict) -> dict | None:
+    """The stored summary of ``name`` when its record, score map (and repaired label, with repair) are
+    complete and were made with the same settings; else None."""
+    rec_path = _records_dir(out_dir) / (Path(name).stem + ".json")
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        if rec.get("settings") != settings:
+            return None
+        with Image.open(out_dir / "scores" / name) as im:
+            if im.mode != "L" or im.size != (shape[1], shape[0]):
+                return None
+        if settings.get("repair") is not None:
+            with Image.open(out_dir / "repaired" / name) as im:
+                if im.mode != "P" or im.size != (shape[1], shape[0]):
+                    return None
+        return rec["summary"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _label_shape(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def audit_dataset(
+    images_dir: str | Path,
+    labels_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model=None,
+    threshold: float = DEFAULT_THRESHOLD,
+    repair: float | None = None,
+    min_area: float = DEFAULT_MIN_AREA,
+    num_masks: int = DEFAULT_MASKS,
+    block: int = DEFAULT_BLOCK,
+    shifts: int = 1,
+    batch_size: int = 8,
+    device=None,
+    precision: str = "auto",
+    worst: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AuditReport:
+    """Audit every label of ``labels_dir`` (``<id>.png``, class ids; ids outside the model's classes are
+    void) with its image ``images_dir/<id>.<ext>``.
+
+    Writes ``out_dir/scores/<label name>`` (8-bit grayscale, 0 = agrees with its context, 255 = surely
+    wrong), ``out_dir/records/<id>.json`` (one label's summary, for resuming), ``out_dir/audit_report.json``
+    (every label, worst first) and ``out_dir/worst.png`` (image | label | suspect regions | proposed
+    repair for the ``worst`` labels). ``threshold``: the score above which pixels are suspect;
+    ``repair``: when given, labels with the suspect pixels above this threshold replaced by the
+    leave-out prediction are written to ``out_dir/repaired/<label name>`` (palette kept).
+
+    As :func:`~torch_label_mae.complete_dataset.complete_dataset`: inputs are never written (outputs
+    inside an input folder are refused), one run per output folder (a lock), every file is written
+    atomically, a rerun skips the labels whose outputs are complete and made with the same settings
+    (``overwrite=True`` redoes them), unreadable or mismatched files are reported and the rest go on,
+    and SIGINT / SIGTERM finish the batch in hand, write the report and raise ``Interrupted``.
+    """
+    from .complete_dataset import _load_completer, list_pairs
+    from .hub import DEFAULT_MODEL
+    from .outputs import check_outputs
+
+    _check_threshold(threshold, min_area)
+    if repair is not None:
+        _check_threshold(repair, min_area)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    items = list_pairs(images_dir, labels_dir)
+    images_dir, labels_dir, out_dir = Path(images_dir).resolve(), Path(labels_dir).resolve(), Path(out_dir).resolve()
+    inputs = [("images folder", images_dir), ("labels folder", labels_dir)]
+    inputs += [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
+    if labels_dir == out_dir or images_dir == out_dir:
+        raise ValueError(f"out_dir {out_dir} is an input folder; choose another folder")
+    check_outputs([("out_dir", out_dir)], inputs)
+    completer = _load_completer(model if model is not None else DEFAULT_MODEL, device, precision)
+    settings = dict(
+        threshold=threshold, repair=repair, min_area=min_area, num_masks=num_masks, block=block, shifts=shifts
+    )
+    report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir))
+    run = _AuditRun(completer, report, out_dir, settings, batch_size, overwrite)
+    run.run(items, progress, (images_dir, labels_dir) if worst > 0 else None, worst)
+    return report
+
+
+class _AuditRun:
+    """One ``audit_dataset`` run: reads the labels in order, audits them in batches, writes the outputs
+    and, at the end, the picture of the worst and the report."""
+
+    def __init__(self, completer, report: AuditReport, out_dir: Path, settings: dict, batch_size: int, overwrite):
+        self.completer, self.report, self.out_dir, self.settings = completer, report, out_dir, settings
+        self.batch_size, self.overwrite = batch_size, overwrite
+        self.summaries: dict[str, dict] = {}
+        self.todo: list[tuple] = []
+        self.bar = None
+
+    def _tick(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def _read(self, it) -> tuple | None:
+        """``(item, image, label, palette)`` to audit, or None when valid outputs exist (skipped)."""
+        from .complete_dataset import _too_large
+
+        for path, what in ((it.label, "label"), (it.image, "image")):
+            problem = _too_large(path, what, 25_000_000)
+            if problem is not None:
+                raise ValueError(problem)
+        old = None if self.overwrite else _valid_outputs(self.out_dir, it.name, _label_shape(it.label), self.settings)
+        if old is not None:
+            self.summaries[it.name] = old
+            return None
+        label = read_label(it.label)
+        with Image.open(it.label) as im:
+            palette = im.getpalette() if im.mode == "P" else None
+        image = read_image(it.image)
+        if tuple(image.shape[-2:]) != tuple(label.shape):
+            raise ValueError(
+                f"size mismatch: image {it.image.name} is {tuple(image.shape[-2:])} but label "
+                f"{it.label.name} is {tuple(label.shape)} (H, W)"
+            )
+        return it, image, label, palette
+
+    def _flush(self) -> None:
+        """Audit the labels read so far and write their outputs."""
+        todo, st, report = self.todo, self.settings, self.report
+        if not todo:
+            return
+        try:
+            results = audit_batch(
+                self.completer,
+                [t[1] for t in todo],
+                [t[2] for t in todo],
+                threshold=min(st["threshold"], st["repair"]) if st["repair"] is not None else st["threshold"],
+                min_area=st["min_area"],
+                num_masks=st["num_masks"],
+                block=st["block"],
+                shifts=st["shifts"],
+                batch_size=self.batch_size,
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            report.failed += [(it.name, f"audit failed: {e}") for it, *_ in todo]
+            todo.clear()
+            return
+        n, names = self.completer.num_classes, self.completer.config.class_names
+        for (it, _, label, palette), res in zip(todo, results, strict=True):
+            try:
+                self.summaries[it.name] = _write_outputs(it, label, palette, res, self.out_dir, st, n, names)
+                report.done += 1
+            except OSError as e:
+                report.failed.append((it.name, f"cannot write output: {e}"))
+        self._tick(len(todo))
+        todo.clear()
+
+    def _loop(self, items, stop) -> None:
+        for it in items:
+            if stop.signum is not None:
+                return
+            if it.problem is not None:
+                self.report.failed.append((it.name, it.problem))
+                self._tick()
+                continue
+            try:
+                rec = self._read(it)
+            except Exception as e:
+                self.report.failed.append((it.name, f"cannot read: {e}"))
+                self._tick()
+                continue
+            if rec is None:
+                self.report.skipped += 1
+                self._tick()
+                continue
+            self.todo.append(rec)
+            if len(self.todo) >= self.batch_size:
+                self._flush()
+        self.report.finished = True
+
+    def run(self, items, progress: bool, folders, worst: int) -> None:
+        """Audit ``items`` under the output folder's lock; SIGINT / SIGTERM finish the batch in hand, write
+        the report and raise :class:`~torch_label_mae.interrupt.Interrupted`."""
+        from .interrupt import GracefulStop, Interrupted
+        from .outputs import OutputLock, remove_stale_temp_files
+
+        out_dir, report = self.out_dir, self.report
+        for d in ("scores", "records") + (("repaired",) if self.settings["repair"] is not None else ()):
+            (out_dir / d).mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(OutputLock(out_dir))
+            for d in ("scores", "records", "repaired"):
+                remove_stale_temp_files(out_dir / d, {it.name for it in items} | {f"{it.key}.json" for it in items})
+            stop = stack.enter_context(GracefulStop())
+            start = time.perf_counter()
+            if progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=len(items), desc="auditing", unit="img", file=sys.stderr, dynamic_ncols=True)
+            try:
+                self._loop(items, stop)
+                self._flush()
+            finally:
+                if self.bar is not None:
+                    self.bar.close()
+                report.seconds = time.perf_counter() - start
+                self._finish(folders, worst)
+        if stop.signum is not None:
+            raise Interrupted(stop.signum, report)
+
+    def _finish(self, folders, worst: int) -> None:
+        """The labels worst first, the picture of the worst (when finished) and the report, written."""
+        report, out_dir = self.report, self.out_dir
+        report.images = sorted(
+            ({"file": k, **v} for k, v in self.summaries.items()), key=lambda r: (-r["image_score"], r["file"])
+        )
+        if report.finished and folders is not None and report.images:
+            try:
+                path = _worst_picture(self.completer, report, *folders, out_dir, self.settings, worst)
+                report.picture = str(path)
+            except Exception as e:  # a picture must not cost the report
+                report.failed.append((PICTURE_NAME, f"cannot draw the picture: {e}"))
+        rpath = out_dir / REPORT_NAME
+        report.report_path = str(rpath)
+        text = json.dumps(report.to_dict(), indent=2)
+        atomic_write(rpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, settings, n, names) -> dict:
+    lab = label.numpy()
+    score_im = Image.fromarray(res.score_png(), mode="L")
+    atomic_write(out_dir / "scores" / it.name, lambda tmp: score_im.save(tmp, format="PNG"))
+    thr = settings["threshold"]
+    view = finish(res.score, res.predicted, lab, n, thr, settings["min_area"], names) if res.threshold != thr else res
+    summary = view.summary()
+    if settings["repair"] is not None:
+        fix = finish(res.score, res.predicted, lab, n, settings["repair"], settings["min_area"], names)
+        assert not ((fix.repaired != lab) & ~fix.flagged).any()
+        save_label_png(torch.from_numpy(fix.repaired), out_dir / "repaired" / it.name, palette)
+        summary["changed_pixels"] = fix.changed
+    else:
+        summary["changed_pixels"] = 0
+    rec = json.dumps({"settings": settings, "summary": summary})
+    atomic_write(_records_dir(out_dir) / f"{Path(it.name).stem}.json", lambda tmp: Path(tmp).write_text(rec))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# pictures: image | label | suspect regions | proposed repair
+# ----------------------------------------------------------------------------------------------------
+SUSPECT_COLOR = (255, 0, 255)
+SHOWN_SCORE = 0.3  # the score is drawn where above this (the rest: the faded image)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), iterations=2)
+
+
+def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_width: int = 360) -> Image.Image:
+    """One row per label: image | label | suspect regions (the score over the faded image, pale yellow
+    = agrees .. dark red = surely wrong, suspect regions outlined in magenta) | proposed repair (the
+    label with the suspect regions replaced, outlined). Scores below ``SHOWN_SCORE`` show the faded image.
+    ``rows``: dicts with ``image``, ``label``,
+    ``result`` (an :class:`AuditResult`) and ``name``."""
+    from . import viz
+
+    columns = ["image", "label", "score (orange 0.3 .. dark red 1), suspects", "proposed repair"]
+    st = viz._style(panel_width, False)
+    line = st.size + st.gap
+    shapes, titles, classes = [], [], set()
+    width = st.gap + len(columns) * (panel_width + st.gap)
+    for r in rows:
+        lab, res = np.asarray(r["label"]).astype(np.int64), r["result"]
+        shapes.append((max(1, round(lab.shape[0] * panel_width / lab.shape[1])), panel_width))
+        parts = [r["name"], f"image score {res.image_score:.4f}", f"{len(res.regions)} suspect regions"]
+        for g in res.regions[:2]:
+            gn, pn = g.get("given_name", g["given_class"]), g.get("predicted_name", g["predicted_class"])
+            parts.append(f"{g['area']} px {gn} -> {pn} ({g['score']:.2f})")
+        titles.append(viz._wrap(st.font, parts, width - 2 * st.gap))
+        classes |= set(np.unique(lab[(lab >= 0) & (lab < 255)]).tolist())
+        classes |= set(np.unique(res.repaired[(res.repaired >= 0) & (res.repaired < 255)]).tolist())
+    entries = viz._legend_entries(sorted(classes), palette, class_names, False, True, False)
+    entries.append(("suspect region", SUSPECT_COLOR))
+    placed, legend_h = viz._legend_layout(entries, width - 2 * st.gap, st)
+    height = st.gap + line + sum(len(t) * line + h + st.gap for t, (h, _) in zip(titles, shapes, strict=True))
+    height += legend_h + st.gap
+    canvas = Image.new("RGB", (width, height), viz.BACKGROUND)
+    draw = viz.ImageDraw.Draw(canvas)
+    for i, col in enumerate(columns):
+        x = st.gap + i * (panel_width + st.gap)
+        viz._text_mid(draw, (x, st.gap + st.size // 2), viz._fit(st.font, col, panel_width), st.font)
+    y = st.gap + line
+    for r, shape, title in zip(rows, shapes, titles, strict=True):
+        for text in title:
+            viz._text_mid(draw, (st.gap, y + st.size // 2), text, st.font)
+            y += line
+        res = r["result"]
+        lab = viz._resize_nearest(np.asarray(r["label"]).astype(np.int64), shape)
+        fixed = viz._resize_nearest(res.repaired.astype(np.int64), shape)
+        flagged = viz._resize_nearest(res.flagged, shape)
+        image = viz._resize_smooth(viz._image_rgb(r["image"]), shape)
+        score = viz._resize_smooth(res.score.astype(np.float32), shape)
+        none = np.zeros(shape, dtype=bool)
+        heat = viz.heatmap(1.0 - score, (score > SHOWN_SCORE) | flagged, image)
+        ring = _outline(flagged)
+        heat[ring] = SUSPECT_COLOR
+        rep = viz.colorize(fixed, palette, holes=none, void=(fixed < 0) | (fixed >= 255))
+        rep[ring] = SUSPECT_COLOR
+        panels = [image, viz.colorize(lab, palette, holes=none, void=(lab < 0) | (lab >= 255)), heat, rep]
+        for i, p in enumerate(panels):
+            canvas.paste(Image.fromarray(p), (st.gap + i * (panel_width + st.gap), y))
+        y += shape[0] + st.gap
+    viz._draw_legend(canvas, draw, placed, st.gap, y, st)
+    return canvas
+
+
+def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings, worst: int) -> Path:
+    from .complete_dataset import list_pairs
+
+    by_name = {it.name: it for it in list_pairs(images_dir, labels_dir)}
+    chosen = [r["file"] for r in report.images[:worst] if r["file"] in by_name]
+    images = [read_image(by_name[f].image) for f in chosen]
+    labels = [read_label(by_name[f].label) for f in chosen]
+    thr = settings["repair"] if settings["repair"] is not None else settings["threshold"]
+    results = audit_batch(
+        completer,
+        images,
+        labels,
+        threshold=thr,
+        min_area=settings["min_area"],
+        num_masks=settings["num_masks"],
+        block=settings["block"],
+        shifts=settings["shifts"],
+    )
+    with Image.open(by_name[chosen[0]].label) as im:
+        palette = im.getpalette() if im.mode == "P" else None
+    rows = [
+        {"image": im, "label": lab.numpy(), "result": res, "name": f}
+        for f, im, lab, res in zip(chosen, images, labels, results, strict=True)
+    ]
+    canvas = render_audit(
+        rows, palette=full_palette(palette) if palette else default_palette(), class_names=completer.config.class_names
+    )
+    path = out_dir / PICTURE_NAME
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    return path
