@@ -55,3 +55,16 @@ def make_dataset(
             lab.putpalette(default_palette())
             lab.save(root / split / "labels" / f"{split}_{i:03d}.png")
     return root
+
+
+def voc_label(h: int, w: int, seed: int, num_classes: int, hole_value: int = 255) -> np.ndarray:
+    """Class ids in 8 px blocks, VOC's 255 borders between them and a rectangular hole of ``hole_value``."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, num_classes, (-(-h // 8), -(-w // 8)))
+    lab = np.kron(blocks, np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
+    edge = np.zeros_like(lab, bool)
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    lab[edge] = 255
+    lab[h // 4 : h // 2, w // 3 : w - 2] = hole_value
+    return lab

@@ -12,7 +12,6 @@ import math
 import socket
 import threading
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from test_hub import REPO, HubServer, closed_port, make_folder, read_files
+from test_hub import REPO, HubServer, closed_port, hub_env, make_folder, read_files  # noqa: F401 (autouse)
 
 import torch_label_mae.config as config_module
 import torch_label_mae.model as model_module
@@ -31,25 +30,6 @@ from torch_label_mae.model import LMAE
 
 DEADLINE = 2.0  # seconds: the deadline of the Hub tests
 MARGIN = 2.5  # seconds a call may take past its deadline (a busy, shared machine)
-
-
-@pytest.fixture(autouse=True)
-def hub_env(monkeypatch):
-    """No real Hub, no token, no offline flag or timeout from the environment, no back-off sleeps."""
-    from huggingface_hub import constants
-    from huggingface_hub import file_download as hf_download
-    from huggingface_hub.utils import _http as hf_http
-
-    for var in ("HF_ENDPOINT", hub.TIMEOUT_ENV):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
-    no_sleep = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    no_sleep.sleep = lambda seconds: None
-    monkeypatch.setattr(hf_http, "time", no_sleep)
-    monkeypatch.setattr(hf_download, "time", no_sleep)
 
 
 @pytest.fixture(scope="module")

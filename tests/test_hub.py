@@ -215,12 +215,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def hub_env(monkeypatch):
-    """No real Hub, no token, no offline flag from the environment, and no back-off sleeps."""
+    """No real Hub, no token, no offline flag or timeout from the environment, no back-off sleeps."""
     from huggingface_hub import constants
     from huggingface_hub import file_download as hf_download
     from huggingface_hub.utils import _http as hf_http
 
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    for var in ("HF_ENDPOINT", hub.TIMEOUT_ENV):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from synth import TINY_MODEL
+from synth import TINY_MODEL, voc_label
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
@@ -43,14 +43,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def _voc_label(h: int, w: int, seed: int, hole_value: int = 254) -> np.ndarray:
     """Class ids in blocks, VOC's 255 borders between them and a rectangular hole of ``hole_value``."""
-    rng = np.random.default_rng(seed)
-    lab = np.kron(rng.integers(0, N, (-(-h // 8), -(-w // 8))), np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
-    edge = np.zeros_like(lab, bool)
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    lab[edge] = 255
-    lab[h // 4 : h // 2, w // 3 : w - 2] = hole_value
-    return lab
+    return voc_label(h, w, seed, N, hole_value)
 
 
 def _pil_p(a: np.ndarray) -> Image.Image:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synth import TINY_MODEL
+from synth import TINY_MODEL, voc_label
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
@@ -39,14 +39,7 @@ def completer(folder) -> LabelCompleter:
 
 def _label(h: int, w: int, seed: int) -> np.ndarray:
     """Class ids in blocks, a VOC-style 255 boundary and a rectangular 255 hole."""
-    rng = np.random.default_rng(seed)
-    lab = np.kron(rng.integers(0, N, (-(-h // 8), -(-w // 8))), np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
-    edge = np.zeros_like(lab, bool)
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    lab[edge] = 255
-    lab[h // 4 : h // 2, w // 3 : w - 2] = 255
-    return lab
+    return voc_label(h, w, seed, N)
 
 
 @pytest.fixture(scope="module")
