@@ -235,9 +235,10 @@ class LabelCompleter(
         if batch_size is None:
             batch_size = 64 if self.device.type == "cuda" else 8
         maps = _check_batch_args(images, labels, missing, batch_size)
-        check_indices(missing_index, void_index, self.config.num_classes, uses_missing_index=not maps)
+        agnostic = self.config.class_agnostic  # any id is a class: no id range to check
+        check_indices(missing_index, void_index, 0 if agnostic else self.config.num_classes, not maps)
         table = load_colors(colors)
-        if table is not None and table.num_classes < self.config.num_classes:
+        if table is not None and not agnostic and table.num_classes < self.config.num_classes:
             raise ValueError(
                 f"colour table {table.name!r} has {table.num_classes} class colours but the model has "
                 f"{self.config.num_classes} classes; every class needs a colour"

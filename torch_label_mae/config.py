@@ -233,6 +233,7 @@ class LMAEConfig:
     mask_ratio: float = 0.5
     class_names: list[str] | None = field(default=None)
     prior: PriorConfig | None = None
+    class_agnostic: bool = False
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -270,8 +271,14 @@ class LMAEConfig:
         for name, limits in FLOAT_LIMITS.items():
             if "." not in name:
                 _check_float("LMAEConfig", name, getattr(self, name), limits)
-        if not isinstance(self.ips, bool):
-            self._bad("ips", "must be a bool")
+        for flag in ("ips", "class_agnostic"):
+            if not isinstance(getattr(self, flag), bool):
+                self._bad(flag, "must be a bool")
+        if self.class_agnostic and (self.class_names is not None or self.background_index is not None):
+            self._bad(
+                "class_agnostic",
+                "a class-agnostic model has slots, not classes: class_names and background_index must be None",
+            )
         s = self.img_size
         if isinstance(s, bool) or not (
             isinstance(s, int)

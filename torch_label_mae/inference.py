@@ -9,6 +9,7 @@ import torch
 from .io import resize_image, resize_label
 from .masking import background_first_inference, hidden_from_missing, hidden_to_pixels
 from .model import LMAE
+from .slots import from_slots, to_slots
 
 
 @torch.inference_mode()
@@ -20,8 +21,23 @@ def complete_tensors(
     ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int64, ``missing [B, H, W]``
     bool, all on the model's device; ``hidden`` (default: every patch that touches a missing pixel).
     Returns ``(completed [B, H, W] int64, confidence [B, H, W] float)``; pixels outside ``missing`` are
-    returned unchanged (confidence 1).
+    returned unchanged (confidence 1). A class-agnostic model takes any non-negative ids (unknown pixels
+    ``ignore_index``): they are mapped to slots and back (:mod:`torch_label_mae.slots`), and a missing
+    pixel of a sample with no known pixel stays as it is (confidence 0).
     """
+    cfg = model.config
+    if not cfg.class_agnostic:
+        return _complete_classes(model, image, label, missing, hidden)
+    known = ~missing & (label != cfg.ignore_index) & (label >= 0)
+    slots, table = to_slots(label, known, cfg.num_classes, cfg.ignore_index)  # [B, H, W], [B, K]
+    pred, conf = _complete_classes(model, image, slots, missing, hidden)
+    ids = from_slots(torch.where(missing, pred, torch.zeros_like(pred)), table)
+    filled = missing & (ids >= 0)
+    return torch.where(filled, ids, label), torch.where(missing & ~filled, torch.zeros_like(conf), conf)
+
+
+def _complete_classes(model: LMAE, image, label, missing, hidden):
+    """:func:`complete_tensors` on labels in the model's own classes (or slots)."""
     cfg = model.config
     size = cfg.size
     x = resize_image(image, size)

@@ -17,6 +17,8 @@ from PIL import Image
 from .colors import MISSING_ID, VOID_ID, color_label_like, color_label_to_array, flattened_hint, is_color_label
 from .io import image_to_tensor, label_like, label_to_tensor, missing_to_tensor
 
+AGNOSTIC_MODEL = "any-m0.5"  # the class-agnostic model errors point to (hub.DEFAULT_MODEL)
+
 
 def prepare(i: int, image, label, given, missing_index: int, void_index: int | None, table, config) -> Sample:
     """Input pair ``i`` -> a :class:`Sample` for a model of ``config``, checked: sizes, ids, 8-bit indices,
@@ -37,14 +39,24 @@ def prepare(i: int, image, label, given, missing_index: int, void_index: int | N
         )
     n = config.num_classes
     miss = missing_to_tensor(given, lab_t.shape, f"missing[{i}]") if given is not None else lab_t == miss_value
-    context = ~miss & ((lab_t < 0) | (lab_t >= n))  # out-of-range values kept as they are: void, ...
+    if config.class_agnostic:  # any id is a class but the model's own unknown marker
+        context = ~miss & ((lab_t < 0) | (lab_t == config.ignore_index))
+    else:  # out-of-range values kept as they are: void, ...
+        context = ~miss & ((lab_t < 0) | (lab_t >= n))
     allowed = lab_t == void_value if void_value is not None else torch.zeros_like(miss)
     if given is not None:
         allowed |= lab_t == miss_value  # ... and the missing value outside an explicit map
     bad = context & ~allowed
+    if bad.any() and config.class_agnostic:
+        raise ValueError(
+            f"{name}: {int(bad.sum())} pixels have ids {sorted(lab_t[bad].unique().tolist())[:5]} that are not class "
+            f"ids of a class-agnostic model (any id >= 0 but {config.ignore_index}) nor {what}; mark them missing, "
+            "void (void_index=) or remap them"
+        )
     if bad.any():
-        _refuse_ids(name, lab_t, bad, n, what, void_value if rgb is None else None, table)
-    _warn_narrow(name, lab_t, ~miss & ~context, n)
+        _refuse_ids(name, lab_t, bad, n, what, void_value if rgb is None else None, table, config)
+    if not config.class_agnostic:
+        _warn_narrow(name, lab_t, ~miss & ~context, n)
     if bool((miss | context).all()):
         warnings.warn(f"{name} has no known pixel: it is filled from the image alone", stacklevel=3)
     lab_in = torch.where(miss | context, torch.full_like(lab_t, config.ignore_index), lab_t)
@@ -92,14 +104,21 @@ def check_8bit_indices(name: str, label, missing_index: int | None, void_index: 
             raise ValueError(f"{name}: {what} {v} cannot occur in an 8-bit label (values 0..255)")
 
 
-def _refuse_ids(name: str, label: torch.Tensor, bad: torch.Tensor, n: int, what: str, void_index, table) -> None:
+def _refuse_ids(
+    name: str, label: torch.Tensor, bad: torch.Tensor, n: int, what: str, void_index, table, config
+) -> None:
     """``ValueError``: known ids outside ``[0, n)`` that are neither missing nor void (with a hint when
-    they look like a colour label flattened to grayscale)."""
+    they look like a colour label flattened to grayscale), naming the model's classes and pointing to the
+    class-agnostic model for labels of another dataset."""
     values = label[bad].unique().tolist()
     void = f" or the void index {void_index}" if void_index is not None else ""
+    names = config.class_names
+    model = f"this model knows {n} classes" + (f" ({', '.join(names[:3])}, ...)" if names else "")
     raise ValueError(
         f"{name}: {int(bad.sum())} pixels have ids {sorted(values)[:5]} outside [0, {n}) that are not {what}{void}; "
-        f"mark them missing or remap them{flattened_hint(values, table)}"
+        f"{model}: for labels of another dataset use the class-agnostic model "
+        f"(LabelCompleter.from_pretrained('{AGNOSTIC_MODEL}')), or mark them missing or remap them"
+        f"{flattened_hint(values, table)}"
     )
 
 

@@ -24,6 +24,11 @@ from .config import LMAEConfig
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed
 from .prior import LabelPrior, make_prior
+from .slots import present_slots
+
+# logit of a slot that no visible pixel holds (class-agnostic models): finite, so that a sample with no
+# visible pixel still gives numbers, far below any logit the model and prior produce
+ABSENT_SLOT = -1e4
 
 
 class _SkipInPlace(torch.overrides.TorchFunctionMode):
@@ -215,6 +220,9 @@ class LMAE(nn.Module):
         logits = self.unpatchify(self.head(tokens))  # [B, N, H, W]
         if prior is not None:  # in float32 under autocast too: the prior's scale dwarfs bfloat16's resolution
             logits = prior.add_to(logits.float(), self.prior_scale, inplace=True)  # logits is ours: no copy
+        if self.config.class_agnostic:  # only the slots the visible label holds
+            absent = ~present_slots(label, self.config.num_classes)  # [B, N]
+            logits = logits.masked_fill(absent[:, :, None, None], ABSENT_SLOT)
         return logits
 
     def forward_hidden(
@@ -233,6 +241,10 @@ class LMAE(nn.Module):
         logits = self.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()  # [M, p*p, N]
         if prior is not None:
             logits = prior.rows(hidden, self.patchify).add_to(logits, self.prior_scale, inplace=True, dim=-1)
+        if self.config.class_agnostic:
+            absent = ~present_slots(label, n)  # [B, N] -> one row per hidden patch [M, 1, N]
+            rows = absent.unsqueeze(1).expand(-1, hidden.shape[1], -1)[hidden].unsqueeze(1)
+            logits = logits.masked_fill(rows, ABSENT_SLOT)
         return logits
 
     def resize_logits(

@@ -45,6 +45,7 @@ from .model import LMAE
 from .outputs import check_outputs
 from .prior import LabelPrior, make_prior
 from .propagation import nearest_fill
+from .slots import from_slots, present_slots, random_slots, to_slots
 
 BASE_LR, BASE_BATCH = 1e-3, 16  # the lr rule: BASE_LR * sqrt(batch_size / BASE_BATCH)
 CHOICES = {
@@ -92,6 +93,13 @@ class TrainConfig:
     threads: int | None = None  # torch threads of the training process; None: the cores left by the workers
     workers: int | None = None  # DataLoader workers; None: auto (worker_count); 0: in the training process
     compile: bool = False  # torch.compile the model (CUDA mostly; the first steps compile)
+    class_agnostic: bool = False  # slots instead of classes (torch_label_mae.slots): any datasets, pooled
+    num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
+
+
+def data_roots(cfg: TrainConfig) -> list[str]:
+    """The dataset roots of ``cfg.data``: one, or several separated by commas (class-agnostic only)."""
+    return [r for r in cfg.data.split(",") if r]
 
 
 def scaled_lr(batch_size: int) -> float:
@@ -114,6 +122,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("batch_size must be >= 1, epochs >= 0 and workers >= 0")
     if not cfg.data:
         raise ValueError("data: a dataset root is needed")
+    if cfg.class_agnostic and cfg.loss != "ce":
+        raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
+    if len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
+        raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
 
 
 def _rank() -> tuple[int, int]:
@@ -189,6 +201,9 @@ class TrainSamples(Dataset):
         cfg, mcfg, rng = self.cfg, self.mcfg, self.rng
         t0 = time.perf_counter()
         img, lab = augment(*self.pairs[i], mcfg.size, cfg.crop_scale, cfg.flip, rng)
+        if mcfg.class_agnostic:  # fresh random slots per sample and step (AOT's identity assignment)
+            valid = lab != mcfg.ignore_index
+            lab = random_slots(lab.long(), valid, mcfg.num_classes, mcfg.ignore_index, rng).to(torch.uint8)
         t1 = time.perf_counter()
         ratio = rng.uniform(*cfg.ratio_range) if cfg.ratio_range else cfg.mask_ratio
         if cfg.block_holes > 0 and rng.random() < cfg.block_holes:  # holes off the grid: patches partly known
@@ -280,14 +295,20 @@ def _prior_method(model: LMAE):
 
     @torch.no_grad()
     def method(images, labels, missing):
-        out = []
+        out, c = [], model.config
         for img, lab, miss in zip(images, labels, missing, strict=True):
-            lab = lab[None].to(device)
+            lab = given = lab[None].to(device)
+            if c.class_agnostic:
+                lab, table = to_slots(
+                    lab, (lab != c.ignore_index) & ~miss[None].to(device), c.num_classes, c.ignore_index
+                )
             if model.prior is not None:
                 fill = model.prior(lab, image=img[None].to(device)).classes
             else:
-                fill = nearest_fill(lab, ignore_index=model.config.ignore_index)
-            out.append(torch.where(miss.to(device), fill[0], lab[0]).cpu())
+                fill = nearest_fill(lab, ignore_index=c.ignore_index)
+            if c.class_agnostic:
+                fill = from_slots(fill.clamp(0, c.num_classes - 1), table)
+            out.append(torch.where(miss.to(device), fill[0], given[0]).cpu())
         return out
 
     return method
@@ -375,6 +396,8 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
         class_names=info.classes,
         mask_ratio=cfg.mask_ratio,
     )
+    if cfg.class_agnostic:  # slots: no class list, no background class
+        from_data.update(num_classes=cfg.num_slots, background_index=None, class_names=None, class_agnostic=True)
     if cfg.init:
         model, mcfg = init_model(cfg, from_data)
     else:
@@ -386,10 +409,14 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
 def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> Run:
     """Model, loss, optimizer, scheduler, the resumed state and the input pipeline of a run."""
     out = Path(cfg.out)
-    check_outputs([("out", out)], [("data", cfg.data)])
+    roots = data_roots(cfg)
+    check_outputs([("out", out)], [("data", r) for r in roots])
     torch.manual_seed(cfg.seed + rank)
-    train_ds = open_dataset(cfg.data, "train", cfg.dataset_kind)
-    info = train_ds.info
+    train_sets = [open_dataset(r, "train", cfg.dataset_kind) for r in roots]
+    info = train_sets[0].info
+    for ds in train_sets:
+        if ds.info.ignore_index != 255 and cfg.class_agnostic:
+            raise ValueError(f"{ds.info.name}: ignore_index {ds.info.ignore_index}; pooled datasets must use 255")
     model, mcfg = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
     criterion = None
@@ -419,9 +446,10 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     if cfg.compile:
         net = torch.compile(net)
     seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
-    samples = TrainSamples(load_pairs(train_ds), cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
+    pairs = [pair for ds in train_sets for pair in load_pairs(ds)]
+    samples = TrainSamples(pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
     loader = make_loader(samples, cfg, rank, world, device)
-    val_ds = open_dataset(cfg.data, cfg.val_split, cfg.dataset_kind) if rank == 0 and cfg.val_split else None
+    val_ds = [open_dataset(r, cfg.val_split, cfg.dataset_kind) for r in roots] if rank == 0 and cfg.val_split else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     return Run(
         cfg, mcfg, model, net, criterion, params, opt, sched, loader, val_ds, out, device, rank, world, state, log
@@ -449,6 +477,10 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
         logits = run.net(img, known, hidden, prior, hidden_only=True)  # the loss needs the hidden pixels only
     target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
+    if mcfg.class_agnostic:  # a slot no visible pixel holds cannot be predicted: no loss there either
+        present = present_slots(known, mcfg.num_classes)  # [B, N]
+        held = present.gather(1, target.clamp(0, mcfg.num_classes - 1).flatten(1)).view_as(target)
+        target = torch.where(held, target, torch.full_like(target, mcfg.ignore_index))
     # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
     logits, target, mask = logits.flatten(0, 1).float(), model.patchify(target.unsqueeze(1))[hidden].flatten(), None
     if run.criterion is not None:
@@ -517,17 +549,24 @@ def prior_baseline(run: Run) -> None:
     """Epoch 0: the val PA-mIoU of the prior alone, on the holes every epoch is evaluated on (logged once)."""
     if run.rank != 0 or run.val_ds is None or run.state.get("prior_pa_miou") is not None:
         return
-    m = evaluate(_prior_method(run.model), run.val_ds, run.mcfg.num_classes, limit=run.cfg.val_limit)
+    m = _evaluate_all(_prior_method(run.model), run)
     run.state["prior_pa_miou"] = m["pa_miou"]
     kind = run.mcfg.prior.kind if run.mcfg.prior is not None else "nearest (the model has no prior)"
     _write_log(run, {"epoch": 0, "step": run.state["step"], "prior": kind, "prior_pa_miou": m["pa_miou"]})
+
+
+def _evaluate_all(method, run: Run) -> dict:
+    """``evaluate`` on each val set (its own classes); several: their mean of each figure."""
+    ms = [evaluate(method, ds, ds.info.num_classes, limit=run.cfg.val_limit) for ds in run.val_ds]
+    keys = ("pa_miou", "miou", "pixel_acc")
+    return {k: sum(m[k] for m in ms) / len(ms) for k in keys}
 
 
 def _validate(run: Run, rec: dict) -> None:
     """Val PA-mIoU of the model, next to the prior alone's; warns when the model is below it."""
     state = run.state
     run.model.eval()
-    m = evaluate(_model_method(run.model), run.val_ds, run.mcfg.num_classes, limit=run.cfg.val_limit)
+    m = _evaluate_all(_model_method(run.model), run)
     rec.update(val_pa_miou=m["pa_miou"], val_miou=m["miou"])
     prior = state.get("prior_pa_miou")
     if prior is not None:
@@ -632,7 +671,7 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
 
 
 _HELP = {
-    "data": "dataset root",
+    "data": "dataset root (several, comma-separated, with --class-agnostic)",
     "dataset_kind": "folder (dataset.json + <split>/images, labels) | voc | cityscapes",
     "out": "run folder: log.jsonl, checkpoint.pt, best/ and last/ (Hub folders)",
     "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
@@ -656,6 +695,9 @@ _HELP = {
     "workers": "DataLoader workers doing augmentation, masking and the prior (default: on CUDA cores - 1, at most "
     "8; on the CPU 0 up to 4 cores, else cores / 4)",
     "compile": "torch.compile the model (mostly for CUDA)",
+    "class_agnostic": "train a class-agnostic model (slots, not classes; torch_label_mae.slots): it takes labels "
+    "of any dataset; --data may then name several roots, comma-separated, pooled",
+    "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
 }
 _INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers")
 _FLOAT_OR_NONE = ("max_minutes", "lr")
