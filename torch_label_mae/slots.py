@@ -23,10 +23,15 @@ import torch
 
 
 def ids_by_count(label: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """The ids of ``label``'s known pixels, most frequent first (ties: the smaller id first)."""
-    ids, counts = label[known].unique(return_counts=True)  # sorted by id
-    order = torch.sort(counts, descending=True, stable=True).indices
-    return ids[order]
+    """The ids of ``label``'s known pixels, most frequent first; ties go to the id met first in raster
+    order. The order depends on the regions alone, never on the id values, so renaming the classes
+    (any permutation of ids) gives the same slots and the same completion, renamed."""
+    flat = label[known]  # raster order
+    ids, inverse, counts = flat.unique(return_inverse=True, return_counts=True)
+    n = flat.numel()
+    first = torch.full((len(ids),), n, dtype=torch.long, device=label.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=label.device), "amin")
+    return ids[torch.argsort(first - counts.long() * (n + 1))]
 
 
 def slot_table(ids: torch.Tensor, num_slots: int, slots: list[int] | None = None) -> torch.Tensor:
