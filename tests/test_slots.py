@@ -193,3 +193,18 @@ def test_random_walk_prior_completer_keeps_the_same_guarantees():
     out = c.complete(image, label)
     assert np.array_equal(out[~miss], label[~miss])
     assert set(np.unique(out[miss]).tolist()) <= set(np.unique(label[~miss]).tolist())
+
+
+def test_audit_with_a_class_agnostic_model_scores_and_repairs_in_the_label_s_own_ids():
+    c = agnostic(prior="nearest")
+    rng = np.random.default_rng(5)
+    label = region_label(rng, 32, 32, [17, 230, 4]).astype(np.uint8)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    before = label.copy()
+    res = c.audit(image, label, threshold=0.5)
+    assert np.array_equal(label, before)  # the input is untouched
+    assert res.score.shape == label.shape and res.score.min() >= 0 and res.score.max() <= 1
+    assert set(np.unique(res.predicted).tolist()) <= {17, 230, 4}
+    changed = res.repaired != label
+    assert not (changed & ~res.flagged).any()  # repair changes flagged pixels only
+    assert set(np.unique(res.repaired).tolist()) <= {17, 230, 4}

@@ -42,6 +42,7 @@ import torch
 from scipy import ndimage
 
 from .io import resize_image, resize_label
+from .slots import from_slots, to_slots
 
 DEFAULT_THRESHOLD = 0.97  # chosen on CamVid train with seeded corruptions (docs/audit.md)
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
@@ -349,9 +350,15 @@ def audit_batch(
             dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in ims) else torch.float32
             img = torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in ims]).to(dev)
             lab = torch.stack([pairs[i][1] for i in chunk]).to(dev)
-            probs, _ = leave_out_probs(predict, img, lab, cfg.grid, n, num_masks=num_masks, block=block, shifts=shifts)
-            score, pred = score_from_probs(probs, lab)
+            seen, table = lab, None
+            if cfg.class_agnostic:  # the model reads slots (torch_label_mae.slots); ids come back
+                seen, table = to_slots(lab, (lab >= 0) & (lab != cfg.ignore_index), n, cfg.ignore_index)
+            probs, _ = leave_out_probs(predict, img, seen, cfg.grid, n, num_masks=num_masks, block=block, shifts=shifts)
+            score, pred = score_from_probs(probs, seen)
+            if table is not None:
+                pred = from_slots(pred, table)
             score, pred, lab_np = score.cpu().numpy(), pred.cpu().numpy(), lab.cpu().numpy()
+            classes = cfg.ignore_index if cfg.class_agnostic else n  # ids that are classes: [0, classes)
             for j, i in enumerate(chunk):
-                results[i] = finish(score[j], pred[j], lab_np[j], n, threshold, min_area, cfg.class_names)
+                results[i] = finish(score[j], pred[j], lab_np[j], classes, threshold, min_area, cfg.class_names)
     return results
