@@ -252,6 +252,29 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     return p
 
 
+def _solve_each(p, free, weights, counts: list[int], solver: str, sweeps: int, omega: float) -> None:
+    """Solve each sample of ``p [B, K, H, W]`` in place on its own ``counts[i]`` classes. Exact solves
+    run on as many threads as torch uses, one sample each (SuperLU releases the GIL; the samples'
+    slices of ``p`` are disjoint)."""
+
+    def one(i: int) -> None:
+        k = counts[i]
+        args = p[i : i + 1, :k], free[i : i + 1], tuple(wt[i : i + 1] for wt in weights)
+        if solver == "direct":
+            _solve_direct(*args)
+        else:
+            _relax(*args, sweeps, omega)
+
+    todo = [i for i, k in enumerate(counts) if k > 1]  # one class (or none): nothing to propagate
+    workers = min(len(todo), torch.get_num_threads()) if solver == "direct" else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, todo))
+    else:
+        for i in todo:
+            one(i)
+
+
 def random_walk_probabilities(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -283,13 +306,7 @@ def random_walk_probabilities(
             if solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
                 _relax(p, free, weights, sweeps, omega)
             else:  # one sample at a time, its own classes only (sor: the working set stays in cache, 2x faster)
-                for i, k in enumerate(valid.sum(1).tolist()):
-                    if k > 1:  # one class (or none): nothing to propagate
-                        one = p[i : i + 1, :k], free[i : i + 1], tuple(wt[i : i + 1] for wt in weights)
-                        if solver == "direct":
-                            _solve_direct(*one)
-                        else:
-                            _relax(*one, sweeps, omega)
+                _solve_each(p, free, weights, valid.sum(1).tolist(), solver, sweeps, omega)
             # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
             # of the classes at a pixel, and so its class, is unchanged)
             p = p.clamp(min=0)
