@@ -71,7 +71,7 @@ def permute(batch: dict, num_slots: int, rng: torch.Generator) -> dict:
         perm = torch.randperm(num_slots, generator=rng)
         lut = torch.cat([perm, torch.full((256 - num_slots,), 255)]).to(torch.uint8)
         for k in ("label", "known", "prior_classes"):
-            out[k][b] = lut[batch[k][b].long()]
+            out[k][b] = lut[out[k][b].long()]
         out["prior_index"][b] = perm[batch["prior_index"][b]]
         if torch.rand((), generator=rng) < 0.5:
             for k in ("image", "label", "known", "pix", "prior_classes", "prior_prob"):
