@@ -16,10 +16,14 @@ class CompleteLabels(nn.Module):
     Pixels of ``target`` equal to ``missing_index`` are filled by a :class:`LabelCompleter`; the image
     is returned untouched and the target keeps its type (PIL 'P' keeps its palette, ``tv_tensors.Mask``
     stays a Mask). ``void_index``: the dataset's own ignore label, kept as it is (never filled, unknown
-    to the model); it must differ from ``missing_index``: for Pascal VOC, whose object borders are 255,
-    ``CompleteLabels(model, void_index=255, missing_index=254)`` with holes marked 254 (padding of a
-    ``RandomCrop(fill={Mask: 255})`` before it stays 255 too). ``colors``: a colour table for RGB targets
+    to the model); it must differ from ``missing_index``. ``colors``: a colour table for RGB targets
     (see :mod:`torch_label_mae.colors`); they come back as RGB in the table's colours.
+
+    ``missing_index``, ``void_index`` and ``colors`` left at None take the completer's conventions at
+    each call (:meth:`LabelCompleter.conventions`): a dataset preset's (``CompleteLabels("voc-m0.5")``
+    keeps VOC's 255 borders and fills the pixels marked 254; padding of a ``RandomCrop(fill={Mask: 255})``
+    before it stays 255 too), else holes 255, no void and no table. With another completer, for Pascal
+    VOC: ``CompleteLabels(model, void_index=255, missing_index=254)``.
 
     Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
     ``transforms.v2.Compose``, or on a dataset wrapped with ``wrap_dataset_for_transforms_v2``.
@@ -32,7 +36,7 @@ class CompleteLabels(nn.Module):
     def __init__(
         self,
         completer=DEFAULT_MODEL,
-        missing_index: int = 255,
+        missing_index: int | None = None,
         device=None,
         *,
         void_index: int | None = None,
@@ -42,7 +46,7 @@ class CompleteLabels(nn.Module):
         from .colors import load_colors
         from .inputs import check_indices
 
-        check_indices(missing_index, void_index, n=0)  # the class range is checked at the first call
+        check_indices(missing_index, void_index, n=0)  # the class range and what is left None: at each call
         self.missing_index, self.void_index = missing_index, void_index
         self.colors = load_colors(colors)
         self.device = device
