@@ -7,7 +7,9 @@ import os
 import torch
 from torch import nn
 
+from . import hub
 from .hub import DEFAULT_MODEL
+from .label_sets import load_label_set, resolve_indices
 
 
 class CompleteLabels(nn.Module):
@@ -46,7 +48,6 @@ class CompleteLabels(nn.Module):
         from .colors import load_colors
         from .inputs import check_indices
 
-        check_indices(missing_index, void_index, n=0)  # the class range and what is left None: at each call
         self.missing_index, self.void_index = missing_index, void_index
         self.colors = load_colors(colors)
         self.device = device
@@ -56,6 +57,15 @@ class CompleteLabels(nn.Module):
         self._completer = None if isinstance(completer, str) else completer
         if self._spec is None and not hasattr(completer, "complete"):
             raise TypeError(f"completer must be a model name or a LabelCompleter, got {type(completer).__name__}")
+        # conflicts with the completer's conventions as known now (its label set); the class range at each call
+        check_indices(*resolve_indices(self._label_set(), missing_index, void_index), n=0)
+
+    def _label_set(self):
+        """The completer's label set: a loaded one's, else that of the registered name (or family), else None."""
+        if self._spec is None:
+            return getattr(self._completer, "label_set", None)
+        names = hub.names_for(self._spec)
+        return load_label_set(hub.REGISTRY[names[0]].label_set) if names else None
 
     @property
     def completer(self):
