@@ -93,7 +93,7 @@ def cmd_demo(args) -> int:
         acc, _ = hole_accuracy(nf, label, missing)
         note = f"nearest fill {acc:.1%}" if acc is not None else ""
         rows.append(Row(image, broken, f, c, truth=label, name=key, note=note, holes=missing & (label != 255)))
-    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.config.class_names)
+    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.class_names)
     a, b = ours.compute(), near.compute()
     print(
         f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
@@ -297,7 +297,7 @@ def _show_class_names(args) -> list[str] | None:
     if args.model:
         from .completer import LabelCompleter
 
-        return LabelCompleter.from_pretrained(args.model, device="cpu").config.class_names
+        return LabelCompleter.from_pretrained(args.model, device="cpu").class_names
     return None
 
 
