@@ -19,6 +19,7 @@ from torchvision import datasets
 from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig, hub, inputs
 from torch_label_mae.cli import main
 from torch_label_mae.colors import BUILTIN
+from torch_label_mae.complete_dataset import complete_dataset
 from torch_label_mae.io import default_palette
 from torch_label_mae.label_sets import LABEL_SETS, LabelSet, load_label_set, resolve_indices
 
@@ -328,3 +329,20 @@ def test_cli_complete_uses_the_presets_missing_and_void_index(voc_root, tmp_path
     labels = voc_root / "VOCdevkit" / "VOC2012" / "SegmentationClass"
     for name in IDS:
         _check_voc_completion(np.array(Image.open(out / f"{name}.png")), np.array(Image.open(labels / f"{name}.png")))
+    assert main(["complete", "--voc", str(voc_root), "--out", str(out), "--model", "voc-m0.5", "--quiet"]) == 0
+    assert "0 completed, 3 already done" in capsys.readouterr().out  # the outputs are valid under its conventions
+
+
+def test_complete_dataset_takes_ade20k_ids_with_the_preset(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    raws = {f"ade_{i}": _ade_label(40, 48, i) for i in range(2)}
+    for key, raw in raws.items():
+        Image.fromarray(_image(40, 48, 1)).save(images / f"{key}.jpg")
+        Image.fromarray(raw, mode="L").save(labels / f"{key}.png")
+    report = complete_dataset(images, labels, tmp_path / "out", model="ade20k-m0.5", device="cpu", progress=False)
+    assert report.done == 2 and not report.failed
+    for key, raw in raws.items():
+        out, holes = np.array(Image.open(tmp_path / "out" / f"{key}.png")), raw == 254
+        np.testing.assert_array_equal(out[~holes], raw[~holes])
+        assert set(np.unique(out[holes]).tolist()) <= _visible(raw, 254, 255)
