@@ -346,7 +346,8 @@ def test_list_pretrained_is_the_registry():
     assert hub.DEFAULT_MODEL in reg
     for name, e in reg.items():
         assert isinstance(e, hub.Pretrained) and e.name == name == f"{e.family}-m{e.ratio:g}"
-        assert e.repo_id == f"{hub.HUB_ORG}/{name}" and 0 < e.ratio < 1 and e.revision
+        assert e.repo_id == f"{hub.HUB_ORG}/{e.files}" and 0 < e.ratio < 1 and e.revision
+        assert e.files == name or (e.class_agnostic and hub.REGISTRY[e.files].weights is None)  # a preset
     reg.clear()
     assert hub.DEFAULT_MODEL in list_pretrained()  # a copy: callers cannot break the registry
 

@@ -28,8 +28,12 @@ def test_registered_models_load_offline_from_the_bundle(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     completer = LabelCompleter.from_pretrained(name, device="cpu")
     assert not completer.training
-    assert completer.config.num_classes == {"camvid": 11, "ccp": 59}[list_pretrained()[name].dataset]
-    assert completer.config.mask_ratio == list_pretrained()[name].ratio
+    entry = list_pretrained()[name]
+    assert completer.config.class_agnostic == entry.class_agnostic
+    if not entry.class_agnostic:
+        assert completer.config.num_classes == {"camvid": 11, "ccp": 59}[entry.dataset]
+    assert (completer.label_set.name if completer.label_set else None) == entry.label_set
+    assert completer.config.mask_ratio == entry.ratio
     assert all(p.dtype == torch.float32 for p in completer.parameters())
 
 

@@ -88,7 +88,8 @@ def test_completes_the_target_and_passes_the_image_through(completer):
     assert t(image) == (image, None) and t(image, None) == (image, None)
     with pytest.raises(TypeError, match="dict"):
         t(image, {"masks": target})
-    assert "missing_index=255" in repr(t)
+    assert "missing_index=None" in repr(t)  # the completer's: 255 for this one
+    assert "missing_index=254, void_index=255" in repr(CompleteLabels(completer, 254, void_index=255))
 
 
 def test_other_missing_index(completer):

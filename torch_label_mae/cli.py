@@ -22,7 +22,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="registered name (see `label-mae list`), dataset name, local folder or Hub repo id (default: camvid-m0.5)",
+        help="registered name (see `label-mae list`), dataset name, local folder or Hub repo id "
+        f"(default: {DEFAULT_MODEL})",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
@@ -42,12 +43,22 @@ def _load(args):
 def cmd_list(args) -> int:
     from .hub import bundled_dir, list_pretrained
 
+    rows = [("name", "classes", "files", "ratio", "")]
     for name, e in list_pretrained().items():
-        where = "bundled: works offline" if e.bundled else "Hub only: downloaded on first use"
-        local = bundled_dir(name)
-        if not e.bundled and local is not None:
+        if e.weights is not None:  # a preset: another name's files
+            where = f"{e.weights}'s files, " + ("bundled: loads offline" if e.offline else "Hub only")
+        else:
+            where = "bundled: works offline" if e.bundled else "Hub only: downloaded on first use"
+        local = bundled_dir(e.files)
+        if not e.offline and local is not None:
             where += f"; this source checkout reads {local}"
-        print(f"{name:16s} {e.repo_id}@{e.revision}  ratio {e.ratio:g}  ({where})")
+        kind = "class-specific"
+        if e.class_agnostic:
+            kind = f"class-agnostic, label set {e.label_set}" if e.label_set else "class-agnostic, any ids"
+        rows.append((name, kind, f"{e.repo_id}@{e.revision}", f"{e.ratio:g}", f"({where})"))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths + [0], strict=True)).rstrip())
     return 0
 
 
@@ -82,7 +93,7 @@ def cmd_demo(args) -> int:
         acc, _ = hole_accuracy(nf, label, missing)
         note = f"nearest fill {acc:.1%}" if acc is not None else ""
         rows.append(Row(image, broken, f, c, truth=label, name=key, note=note, holes=missing & (label != 255)))
-    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.config.class_names)
+    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.class_names)
     a, b = ours.compute(), near.compute()
     print(
         f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
@@ -286,7 +297,7 @@ def _show_class_names(args) -> list[str] | None:
     if args.model:
         from .completer import LabelCompleter
 
-        return LabelCompleter.from_pretrained(args.model, device="cpu").config.class_names
+        return LabelCompleter.from_pretrained(args.model, device="cpu").class_names
     return None
 
 
@@ -374,6 +385,8 @@ examples:
       --model runs/mine/best --confidence-dir data/confidence --num-workers 4 --device cuda
 
   # Pascal VOC (torchvision layout: ROOT/VOCdevkit/VOC2012/...); holes marked 254, borders (255) kept
+  label-mae complete --voc ~/data --image-set train --out voc-completed --model voc-m0.5
+  # the same with another model: give VOC's conventions
   label-mae complete --voc ~/data --image-set train --out voc-completed --void-index 255 --missing-index 254
 
   # colour-coded labels (RGB PNGs in CamVid's colours, white = missing): RGB PNGs out
@@ -514,20 +527,26 @@ def _add_complete(sub) -> None:
     p.add_argument("--out", required=True, help="output folder for the completed labels (not inside --labels)")
     _add_model(p)
     p.add_argument(
-        "--missing-index", type=int, default=255, help="label value of missing pixels (default: %(default)s)"
+        "--missing-index",
+        type=int,
+        default=None,
+        help="label value of missing pixels (default: the model's: 254 for the dataset presets voc-m0.5, "
+        "cityscapes-m0.5, ade20k-m0.5, else 255)",
     )
     p.add_argument(
         "--void-index",
         type=_byte,
         default=None,
         help="the dataset's own ignore label, 0..255, kept as it is (never filled); must differ from "
-        "--missing-index, e.g. --void-index 255 --missing-index 254 for Pascal VOC's borders (default: none)",
+        "--missing-index, e.g. --void-index 255 --missing-index 254 for Pascal VOC's borders (default: the "
+        "model's: 255 for the dataset presets, else none)",
     )
     p.add_argument(
         "--colors",
         metavar="NAME|FILE",
         help="colour table for RGB labels: camvid, cityscapes, voc or a JSON file (see torch_label_mae.colors); "
-        "RGB labels are read through it (white = missing unless the table says otherwise) and written as RGB PNGs",
+        "RGB labels are read through it (white = missing unless the table says otherwise) and written as RGB PNGs "
+        "(default: the model's: voc for voc-m0.5, cityscapes for cityscapes-m0.5, else none)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes (default: %(default)s)")

@@ -595,17 +595,11 @@ class _Coding:
     void_index: int | None
     colors: ColorTable | None
 
-    def check(self, num_classes: int) -> None:
-        """Refuse conflicts (see :func:`~torch_label_mae.inputs.check_indices`) and a colour table
-        with fewer class colours than the model has classes, before any work."""
-        from .inputs import check_indices
-
-        check_indices(self.missing_index, self.void_index, num_classes)
-        if self.colors is not None and self.colors.num_classes < num_classes:
-            raise ValueError(
-                f"colour table {self.colors.name!r} has {self.colors.num_classes} class colours but the model has "
-                f"{num_classes} classes; every class needs a colour"
-            )
+    @classmethod
+    def of(cls, completer, missing_index: int | None, void_index: int | None, colors) -> _Coding:
+        """The arguments given, else the completer's conventions (a preset's label set; else holes 255,
+        no void, no table), checked before any work (:meth:`LabelCompleter.conventions`)."""
+        return cls(*completer.conventions(missing_index, void_index, colors))
 
 
 def _check_void(void_index):
@@ -695,7 +689,7 @@ def complete_dataset(
     out_dir: str | Path,
     *,
     model=DEFAULT_MODEL,
-    missing_index: int = 255,
+    missing_index: int | None = None,
     void_index: int | None = None,
     colors=None,
     batch_size: int = 16,
@@ -724,7 +718,8 @@ def complete_dataset(
     unknown to the model (e.g. 255 for Pascal VOC's borders, holes marked ``missing_index=254``).
     ``colors``: a colour table (:mod:`torch_label_mae.colors`: a :class:`~torch_label_mae.colors.ColorTable`,
     ``camvid``, ``cityscapes``, ``voc`` or a JSON file) for RGB label PNGs: its missing colour marks the
-    holes, its void colours are kept, and the outputs are RGB PNGs in its colours.
+    holes, its void colours are kept, and the outputs are RGB PNGs in its colours. Left at None, the three
+    take the model's conventions (``voc-m0.5``: holes 254, void 255, ``voc`` colours; else 255, none, none).
 
     ``model``: a registered name, dataset name, local folder or Hub repo id, or a
     :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
@@ -740,7 +735,7 @@ def complete_dataset(
     finished); both carry the written report as ``.report``.
     """
     _check_numbers(batch_size, num_workers, max_pixels, max_batch_pixels)
-    coding = _Coding(missing_index, _check_void(void_index), load_colors(colors))
+    void_index, colors = _check_void(void_index), load_colors(colors)
     images_dir, labels_dir, items, inputs = _items(images_dir, labels_dir, voc_root, image_set, year)
     out_dir = Path(out_dir).resolve()
     conf_dir = Path(confidence_dir).resolve() if confidence_dir is not None else None
@@ -751,10 +746,11 @@ def complete_dataset(
     files = [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
     _check_output_paths(out_dir, conf_dir, rpath, inputs + files, names, in_place)
     completer = _load_completer(model, device, precision)
-    coding.check(completer.num_classes)
+    coding = _Coding.of(completer, missing_index, void_index, colors)
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
-    reader = _Reader(mine, out_dir, conf_dir, completer.num_classes, coding, overwrite, max_pixels)
+    ids = completer.num_ids or 256  # class-agnostic: any id of a palette PNG
+    reader = _Reader(mine, out_dir, conf_dir, ids, coding, overwrite, max_pixels)
     loop_args = (batch_size, max_batch_pixels, num_workers, progress)
     complete = _Completion(
         completer,

@@ -13,11 +13,11 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from . import hub, routing
-from .colors import load_colors
 from .config import LMAEConfig
+from .conventions import LabelConventions
 from .hub import save_hub_files
 from .inference import autocast_dtype, complete_samples
-from .inputs import check_indices, prepare
+from .inputs import prepare
 from .io import confidence_like
 from .model import LMAE
 
@@ -39,6 +39,7 @@ Fills missing pixels of semantic-segmentation labels from the image and the labe
 
 class LabelCompleter(
     nn.Module,
+    LabelConventions,
     PyTorchModelHubMixin,
     library_name="torch-label-mae",
     tags=["image-segmentation", "label-completion", "l-mae"],
@@ -108,7 +109,8 @@ class LabelCompleter(
         **kwargs,
     ) -> LabelCompleter:
         """Load a completer by registered name (``camvid-m0.5``), dataset (``camvid``: every ratio,
-        routed per sample), local folder or Hub repo id. Loading is strict (missing or unexpected keys
+        routed per sample), local folder or Hub repo id. A dataset preset (``voc-m0.5``) loads the
+        class-agnostic ``any-m0.5`` and sets :attr:`label_set`. Loading is strict (missing or unexpected keys
         are an error) and from safetensors only; the config and the weights file's header are checked
         before the model is built. A folder counts only when it holds both files (an empty folder named
         like a registered model does not shadow it). ``precision``: see :attr:`precision`. ``timeout``:
@@ -133,9 +135,12 @@ class LabelCompleter(
         if len(group) > 1 or (group and group[0] != name):
             members = [cls.from_pretrained(n, device=device, precision=precision, **hub_kw) for n in group]
             return cls.routed(members)
-        if folder is None:
-            folder = hub.resolve(name, revision=revision, **hub_kw)
-        return cls.from_folder(folder, device=device, precision=precision)
+        entry = hub.REGISTRY.get(name) if folder is None else None
+        folder = folder or hub.resolve(name, revision=revision, **hub_kw)
+        completer = cls.from_folder(folder, device=device, precision=precision)
+        if entry is not None:
+            completer.pretrained_name, completer.label_set = name, entry.label_set
+        return completer
 
     @classmethod
     def from_folder(cls, folder, device=None, precision: str = "auto") -> LabelCompleter:
@@ -182,7 +187,7 @@ class LabelCompleter(
         label,
         missing=None,
         *,
-        missing_index: int = 255,
+        missing_index: int | None = None,
         void_index: int | None = None,
         colors=None,
         return_confidence: bool = False,
@@ -207,7 +212,7 @@ class LabelCompleter(
         missing=None,
         *,
         batch_size: int | None = None,
-        missing_index: int = 255,
+        missing_index: int | None = None,
         void_index: int | None = None,
         colors=None,
         return_confidence: bool = False,
@@ -225,7 +230,9 @@ class LabelCompleter(
         built-in name ``camvid`` / ``cityscapes`` / ``voc`` or a JSON file; see
         :mod:`torch_label_mae.colors`): RGB labels (PIL 'RGB', ``HxWx3`` / ``3xHxW`` uint8) are read
         through it, the table's missing colour marks holes, its void colours are void, and they come
-        back as RGB in the table's colours; other labels are class ids as usual.
+        back as RGB in the table's colours; other labels are class ids as usual. ``missing_index``,
+        ``void_index`` and ``colors`` not given take the :attr:`label_set`'s (see :meth:`conventions`),
+        else 255, no void and no table.
 
         Only missing pixels change: every other pixel comes back byte-identical, whatever its value;
         every filled value is a class id in ``[0, N)`` (its colour for RGB labels). Each output has its
@@ -235,18 +242,11 @@ class LabelCompleter(
         if batch_size is None:
             batch_size = 64 if self.device.type == "cuda" else 8
         maps = _check_batch_args(images, labels, missing, batch_size)
-        agnostic = self.config.class_agnostic  # any id is a class: no id range to check
-        check_indices(missing_index, void_index, 0 if agnostic else self.config.num_classes, not maps)
-        table = load_colors(colors)
-        if table is not None and not agnostic and table.num_classes < self.config.num_classes:
-            raise ValueError(
-                f"colour table {table.name!r} has {table.num_classes} class colours but the model has "
-                f"{self.config.num_classes} classes; every class needs a colour"
-            )
-        samples = []
+        missing_index, void_index, table = self.conventions(missing_index, void_index, colors, not maps)
+        samples, names = [], dict(label_set=self.label_set, model_name=self.pretrained_name)
         for i, (im, lab) in enumerate(zip(images, labels, strict=True)):  # a loop: warnings' stacklevel
             given = missing[i] if maps else None
-            samples.append(prepare(i, im, lab, given, missing_index, void_index, table, self.config))
+            samples.append(prepare(i, im, lab, given, missing_index, void_index, table, self.config, **names))
         results: list = [None] * len(samples)
         for member, idx in routing.groups(samples, self.route, self.config.grid).values():
             for s in range(0, len(idx), batch_size):

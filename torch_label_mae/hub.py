@@ -2,7 +2,9 @@
 
 A name is ``<family>-m<ratio>`` (e.g. ``camvid-m0.5``), where the family is the dataset, or the
 dataset and a variant (``camvid-rw``: the random-walk label prior); a bare ``<family>`` means every
-ratio of that family (for multi-ratio routing). Resolution order for a registered name: the copy bundled in
+ratio of that family (for multi-ratio routing). ``any-m0.5`` is class-agnostic (labels of any class
+list), and the dataset presets ``voc-m0.5``, ``cityscapes-m0.5``, ``ade20k-m0.5`` are its files with a
+label set (:mod:`torch_label_mae.label_sets`). Resolution order for a registered name: the copy bundled in
 the package (offline, no network), then the Hub repo at the registered revision via ``hf_hub_download``
 (which caches). Any other string is a local folder or a Hub repo id ``owner/name``.
 
@@ -44,7 +46,13 @@ FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtypes a
 @dataclass(frozen=True)
 class Pretrained:
     """A registered model: its name, Hub repo and revision, dataset, training mask ratio and variant
-    (``""`` for the dataset's default family)."""
+    (``""`` for the dataset's default family).
+
+    ``agnostic``: the weights are a class-agnostic model (:mod:`torch_label_mae.slots`): it takes labels
+    of any class list. ``weights``: the registered name whose files are loaded (None: its own; a preset
+    such as ``voc-m0.5`` loads ``any-m0.5``'s); ``label_set``: the name of the
+    :data:`~torch_label_mae.label_sets.LABEL_SETS` entry the completer carries (class names, colours,
+    missing and void indices; see :mod:`torch_label_mae.label_sets`)."""
 
     name: str
     repo_id: str
@@ -53,18 +61,58 @@ class Pretrained:
     ratio: float
     variant: str = ""
     bundled: bool = False  # shipped inside the wheel (pyproject's force-include), so it loads offline
+    agnostic: bool = False
+    weights: str | None = None
+    label_set: str | None = None
 
     @property
     def family(self) -> str:
         """``<dataset>`` or ``<dataset>-<variant>``: the name less its ratio."""
         return f"{self.dataset}-{self.variant}" if self.variant else self.dataset
 
+    @property
+    def class_agnostic(self) -> bool:
+        """Whether the name loads a class-agnostic model (labels of any class list, or of its label set)."""
+        return self.agnostic
 
-def _entry(dataset: str, ratio: float, variant: str = "", revision: str = "main", bundled: bool = False) -> Pretrained:
+    @property
+    def files(self) -> str:
+        """The registered name whose files are loaded: ``weights``, else its own."""
+        return self.weights or self.name
+
+    @property
+    def offline(self) -> bool:
+        """Whether its files are bundled (its own, or those of ``weights``), so that it loads offline."""
+        if self.weights is None:
+            return self.bundled
+        files = REGISTRY.get(self.weights)
+        return files is not None and files.bundled
+
+
+def _entry(
+    dataset: str, ratio: float, variant: str = "", revision: str = "main", bundled: bool = False, agnostic: bool = False
+) -> Pretrained:
     name = f"{dataset}-{variant}-m{ratio:g}" if variant else f"{dataset}-m{ratio:g}"
-    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant, bundled)
+    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant, bundled, agnostic)
 
 
+def _preset(label_set: str, weights: Pretrained) -> Pretrained:
+    """``<label set>-m<ratio>``: the class-agnostic ``weights`` with a label set (no files of its own)."""
+    name = f"{label_set}-m{weights.ratio:g}"
+    return Pretrained(
+        name,
+        weights.repo_id,
+        weights.revision,
+        label_set,
+        weights.ratio,
+        agnostic=True,
+        weights=weights.name,
+        label_set=label_set,
+    )
+
+
+AGNOSTIC_MODEL = "any-m0.5"  # the class-agnostic model: the presets' weights, and what refusals point to
+_ANY = _entry("any", 0.5, bundled=True, agnostic=True)
 REGISTRY: dict[str, Pretrained] = {
     e.name: e
     for e in (
@@ -72,9 +120,11 @@ REGISTRY: dict[str, Pretrained] = {
         _entry("camvid", 0.5, "rw", bundled=True),
         _entry("ccp", 0.5),
         _entry("ccp", 0.5, "rw", bundled=True),
+        _ANY,
+        *(_preset(s, _ANY) for s in ("voc", "cityscapes", "ade20k")),
     )
 }
-DEFAULT_MODEL = "camvid-m0.5"
+DEFAULT_MODEL = "camvid-m0.5"  # becomes AGNOSTIC_MODEL once its weights ship
 
 
 class HubError(RuntimeError):
@@ -111,7 +161,8 @@ class CorruptWeightsError(HubError):
 
 
 def list_pretrained() -> dict[str, Pretrained]:
-    """Registered names -> :class:`Pretrained` (repo id, revision, dataset, ratio)."""
+    """Registered names -> :class:`Pretrained` (repo id, revision, dataset, ratio; whether it is
+    class-agnostic, ``class_agnostic``, and the label set it carries, ``label_set``)."""
     return dict(REGISTRY)
 
 
@@ -215,8 +266,9 @@ def resolve(
     )
     entry = REGISTRY.get(name)
     if entry is not None:
+        entry = REGISTRY.get(entry.files, entry)  # a preset: the files of its weights
         if revision in (None, entry.revision):
-            local = bundled_dir(name)
+            local = bundled_dir(entry.name)
             if local is not None:
                 return local
         return download(entry.repo_id, revision=revision or entry.revision, **hub_kw)

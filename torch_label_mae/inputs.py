@@ -15,14 +15,28 @@ import torch
 from PIL import Image
 
 from .colors import MISSING_ID, VOID_ID, color_label_like, color_label_to_array, flattened_hint, is_color_label
+from .hub import AGNOSTIC_MODEL
 from .io import image_to_tensor, label_like, label_to_tensor, missing_to_tensor
+from .label_sets import LabelSet
 
-AGNOSTIC_MODEL = "any-m0.5"  # the class-agnostic model errors point to (hub.DEFAULT_MODEL)
 
-
-def prepare(i: int, image, label, given, missing_index: int, void_index: int | None, table, config) -> Sample:
+def prepare(
+    i: int,
+    image,
+    label,
+    given,
+    missing_index: int,
+    void_index: int | None,
+    table,
+    config,
+    *,
+    label_set: LabelSet | None = None,
+    model_name: str | None = None,
+) -> Sample:
     """Input pair ``i`` -> a :class:`Sample` for a model of ``config``, checked: sizes, ids, 8-bit indices,
-    colours. ``given``: its missing map, or None (pixels equal to ``missing_index`` are missing)."""
+    colours. ``given``: its missing map, or None (pixels equal to ``missing_index`` are missing).
+    ``label_set`` (class-agnostic models): its ids are the only class ids; ``model_name``: the registered
+    name the model was loaded by, for messages."""
     img_t, name = image_to_tensor(image, f"images[{i}]"), f"labels[{i}]"
     rgb = None
     if table is not None and is_color_label(label):
@@ -37,24 +51,19 @@ def prepare(i: int, image, label, given, missing_index: int, void_index: int | N
         raise ValueError(
             f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)} (H, W); they must match"
         )
-    n = config.num_classes
     miss = missing_to_tensor(given, lab_t.shape, f"missing[{i}]") if given is not None else lab_t == miss_value
-    if config.class_agnostic:  # any id is a class but the model's own unknown marker
-        context = ~miss & ((lab_t < 0) | (lab_t == config.ignore_index))
-    else:  # out-of-range values kept as they are: void, ...
-        context = ~miss & ((lab_t < 0) | (lab_t >= n))
-    allowed = lab_t == void_value if void_value is not None else torch.zeros_like(miss)
+    allowed = lab_t == void_value if void_value is not None else torch.zeros_like(miss)  # kept: void, ...
     if given is not None:
         allowed |= lab_t == miss_value  # ... and the missing value outside an explicit map
+    context = ~miss & (lab_t < 0)  # unknown pixels kept as they are: void colours, ...
+    if config.class_agnostic:  # ... void, missing outside a map, the model's own unknown marker ...
+        context |= ~miss & (allowed | (lab_t == config.ignore_index))
+    n = label_set.num_classes if label_set is not None else None if config.class_agnostic else config.num_classes
+    if n is not None:  # ... and ids outside the classes
+        context |= ~miss & (lab_t >= n)
     bad = context & ~allowed
-    if bad.any() and config.class_agnostic:
-        raise ValueError(
-            f"{name}: {int(bad.sum())} pixels have ids {sorted(lab_t[bad].unique().tolist())[:5]} that are not class "
-            f"ids of a class-agnostic model (any id >= 0 but {config.ignore_index}) nor {what}; mark them missing, "
-            "void (void_index=) or remap them"
-        )
     if bad.any():
-        _refuse_ids(name, lab_t, bad, n, what, void_value if rgb is None else None, table, config)
+        _refuse(name, lab_t, bad, what, void_value if rgb is None else None, table, config, label_set, model_name)
     if not config.class_agnostic:
         _warn_narrow(name, lab_t, ~miss & ~context, n)
     if bool((miss | context).all()):
@@ -69,15 +78,13 @@ NARROW_MIN_CLASSES = 20
 NARROW_MIN_IDS = 4
 
 
-def check_indices(missing_index: int, void_index: int | None, n: int, uses_missing_index: bool = True) -> None:
+def check_indices(missing_index: int | None, void_index: int | None, n: int, uses_missing_index: bool = True) -> None:
     """Refuse a ``missing_index`` / ``void_index`` that is not an integer, a ``void_index`` that is a
     class id in ``[0, n)``, and the two equal while ``missing_index`` marks the holes (the void pixels
-    would be filled)."""
+    would be filled). None: not given (no void; a missing index still to be resolved)."""
     for what, v in (("missing_index", missing_index), ("void_index", void_index)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{what} must be an integer, got {v!r}")
-    if missing_index is None:
-        raise ValueError("missing_index must be an integer, got None")
     if void_index is None:
         return
     if 0 <= void_index < n:
@@ -104,21 +111,46 @@ def check_8bit_indices(name: str, label, missing_index: int | None, void_index: 
             raise ValueError(f"{name}: {what} {v} cannot occur in an 8-bit label (values 0..255)")
 
 
-def _refuse_ids(
-    name: str, label: torch.Tensor, bad: torch.Tensor, n: int, what: str, void_index, table, config
-) -> None:
-    """``ValueError``: known ids outside ``[0, n)`` that are neither missing nor void (with a hint when
-    they look like a colour label flattened to grayscale), naming the model's classes and pointing to the
-    class-agnostic model for labels of another dataset."""
-    values = label[bad].unique().tolist()
-    void = f" or the void index {void_index}" if void_index is not None else ""
-    names = config.class_names
-    model = f"this model knows {n} classes" + (f" ({', '.join(names[:3])}, ...)" if names else "")
-    raise ValueError(
-        f"{name}: {int(bad.sum())} pixels have ids {sorted(values)[:5]} outside [0, {n}) that are not {what}{void}; "
+def _refuse(name: str, label, bad, what: str, void_index, table, config, label_set, model_name) -> None:
+    """``ValueError`` for the ``bad`` pixels of ``label``: ids that are not classes (of the model, or of
+    its label set) and neither missing nor void."""
+    if label_set is not None:
+        n, hint = label_set.num_classes, _set_owner(label_set, model_name)
+        _refuse_ids(name, label, bad, what, void_index, table, n, hint)
+    if config.class_agnostic:
+        raise ValueError(
+            f"{name}: {int(bad.sum())} pixels have ids {sorted(label[bad].unique().tolist())[:5]} that are not class "
+            f"ids of a class-agnostic model (any id >= 0 but {config.ignore_index}) nor {what}; mark them missing, "
+            "void (void_index=) or remap them"
+        )
+    n, names = config.num_classes, config.class_names
+    model = f"this model{f' ({model_name})' if model_name else ''} knows {n} classes"
+    model += f" ({', '.join(names[:3])}, ...)" if names else ""
+    hint = (
         f"{model}: for labels of another dataset use the class-agnostic model "
         f"(LabelCompleter.from_pretrained('{AGNOSTIC_MODEL}')), or mark them missing or remap them"
-        f"{flattened_hint(values, table)}"
+    )
+    _refuse_ids(name, label, bad, what, void_index, table, n, hint)
+
+
+def _set_owner(label_set: LabelSet, model_name: str | None) -> str:
+    """What a refusal says of a label set: its name, size and the preset that carries it."""
+    by = f"{model_name} carries the label set" if model_name else "the completer's label set is"
+    return (
+        f"{by} {label_set.name!r} of {label_set.num_classes} classes ({', '.join(label_set.class_names[:3])}, ...): "
+        f"mark them missing or void, remap them, or use '{AGNOSTIC_MODEL}' (any ids) / completer.label_set = None"
+    )
+
+
+def _refuse_ids(name: str, label: torch.Tensor, bad: torch.Tensor, what: str, void_index, table, n: int, hint: str):
+    """``ValueError``: known ids outside ``[0, n)`` that are neither missing nor void (with a hint when
+    they look like a colour label flattened to grayscale), then ``hint``: whose classes these are and
+    what to do."""
+    values = label[bad].unique().tolist()
+    void = f" or the void index {void_index}" if void_index is not None else ""
+    raise ValueError(
+        f"{name}: {int(bad.sum())} pixels have ids {sorted(values)[:5]} outside [0, {n}) that are not {what}{void}; "
+        f"{hint}{flattened_hint(values, table)}"
     )
 
 

@@ -7,7 +7,9 @@ import os
 import torch
 from torch import nn
 
+from . import hub
 from .hub import DEFAULT_MODEL
+from .label_sets import load_label_set, resolve_indices
 
 
 class CompleteLabels(nn.Module):
@@ -16,10 +18,14 @@ class CompleteLabels(nn.Module):
     Pixels of ``target`` equal to ``missing_index`` are filled by a :class:`LabelCompleter`; the image
     is returned untouched and the target keeps its type (PIL 'P' keeps its palette, ``tv_tensors.Mask``
     stays a Mask). ``void_index``: the dataset's own ignore label, kept as it is (never filled, unknown
-    to the model); it must differ from ``missing_index``: for Pascal VOC, whose object borders are 255,
-    ``CompleteLabels(model, void_index=255, missing_index=254)`` with holes marked 254 (padding of a
-    ``RandomCrop(fill={Mask: 255})`` before it stays 255 too). ``colors``: a colour table for RGB targets
+    to the model); it must differ from ``missing_index``. ``colors``: a colour table for RGB targets
     (see :mod:`torch_label_mae.colors`); they come back as RGB in the table's colours.
+
+    ``missing_index``, ``void_index`` and ``colors`` left at None take the completer's conventions at
+    each call (:meth:`LabelCompleter.conventions`): a dataset preset's (``CompleteLabels("voc-m0.5")``
+    keeps VOC's 255 borders and fills the pixels marked 254; padding of a ``RandomCrop(fill={Mask: 255})``
+    before it stays 255 too), else holes 255, no void and no table. With another completer, for Pascal
+    VOC: ``CompleteLabels(model, void_index=255, missing_index=254)``.
 
     Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
     ``transforms.v2.Compose``, or on a dataset wrapped with ``wrap_dataset_for_transforms_v2``.
@@ -32,7 +38,7 @@ class CompleteLabels(nn.Module):
     def __init__(
         self,
         completer=DEFAULT_MODEL,
-        missing_index: int = 255,
+        missing_index: int | None = None,
         device=None,
         *,
         void_index: int | None = None,
@@ -42,7 +48,6 @@ class CompleteLabels(nn.Module):
         from .colors import load_colors
         from .inputs import check_indices
 
-        check_indices(missing_index, void_index, n=0)  # the class range is checked at the first call
         self.missing_index, self.void_index = missing_index, void_index
         self.colors = load_colors(colors)
         self.device = device
@@ -52,6 +57,15 @@ class CompleteLabels(nn.Module):
         self._completer = None if isinstance(completer, str) else completer
         if self._spec is None and not hasattr(completer, "complete"):
             raise TypeError(f"completer must be a model name or a LabelCompleter, got {type(completer).__name__}")
+        # conflicts with the completer's conventions as known now (its label set); the class range at each call
+        check_indices(*resolve_indices(self._label_set(), missing_index, void_index), n=0)
+
+    def _label_set(self):
+        """The completer's label set: a loaded one's, else that of the registered name (or family), else None."""
+        if self._spec is None:
+            return getattr(self._completer, "label_set", None)
+        names = hub.names_for(self._spec)
+        return load_label_set(hub.REGISTRY[names[0]].label_set) if names else None
 
     @property
     def completer(self):
