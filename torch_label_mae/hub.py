@@ -117,7 +117,7 @@ REGISTRY: dict[str, Pretrained] = {
     e.name: e
     for e in (
         _entry("camvid", 0.5, bundled=True),
-        _entry("camvid", 0.5, "rw", bundled=True),
+        _entry("camvid", 0.5, "rw"),
         _entry("ccp", 0.5),
         _entry("ccp", 0.5, "rw", bundled=True),
         _ANY,
