@@ -327,3 +327,23 @@ def test_direct_solver_properties(scene):
     assert torch.equal(out, torch.cat(one_by_one)), "batched differs from one by one"
     for t, c in zip((image, label, known), copies, strict=True):
         assert torch.equal(t, c), "an input was modified"
+
+
+@pytest.mark.parametrize("inference", [True, False])
+def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference_mode(inference):
+    """The exact solves of a batch run on torch's threads; the result is the same as on one thread, and
+    the worker threads take the caller's inference mode (tensors made in it can be written)."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 3, 24, 24, generator=g)
+    label = torch.randint(0, 3, (3, 24, 24), generator=g)
+    known = torch.rand(3, 24, 24, generator=g) < 0.5
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode(inference):
+                out.append(random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16)[0])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1])

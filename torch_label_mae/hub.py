@@ -124,7 +124,7 @@ REGISTRY: dict[str, Pretrained] = {
         *(_preset(s, _ANY) for s in ("voc", "cityscapes", "ade20k")),
     )
 }
-DEFAULT_MODEL = "camvid-m0.5"  # becomes AGNOSTIC_MODEL once its weights ship
+DEFAULT_MODEL = AGNOSTIC_MODEL  # the class-agnostic model: any class list, bundled
 
 
 class HubError(RuntimeError):

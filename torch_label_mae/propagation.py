@@ -257,13 +257,16 @@ def _solve_each(p, free, weights, counts: list[int], solver: str, sweeps: int, o
     run on as many threads as torch uses, one sample each (SuperLU releases the GIL; the samples'
     slices of ``p`` are disjoint)."""
 
+    inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
+
     def one(i: int) -> None:
         k = counts[i]
         args = p[i : i + 1, :k], free[i : i + 1], tuple(wt[i : i + 1] for wt in weights)
-        if solver == "direct":
-            _solve_direct(*args)
-        else:
-            _relax(*args, sweeps, omega)
+        with torch.inference_mode(inference), torch.no_grad():
+            if solver == "direct":
+                _solve_direct(*args)
+            else:
+                _relax(*args, sweeps, omega)
 
     todo = [i for i, k in enumerate(counts) if k > 1]  # one class (or none): nothing to propagate
     workers = min(len(todo), torch.get_num_threads()) if solver == "direct" else 1
