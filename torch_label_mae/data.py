@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .label_sets import CITYSCAPES_CLASSES, VOC_CLASSES
 from .masking import hidden_to_pixels, random_masking
 from .outputs import check_outputs
 
@@ -148,53 +149,7 @@ def voc_dataset(root: str | Path, image_set: str = "train", year: str = "2012", 
     from torchvision.datasets import VOCSegmentation
 
     ds = VOCSegmentation(str(root), year=year, image_set=image_set, download=download)
-    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], info=DatasetInfo("voc", VOC_CLASSES, 255, 0))
-
-
-VOC_CLASSES = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
-CITYSCAPES_CLASSES = [
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-]
+    return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], info=DatasetInfo("voc", list(VOC_CLASSES), 255, 0))
 
 
 # Cityscapes id -> train id (19 classes), everything else 255
@@ -229,7 +184,7 @@ def cityscapes_dataset(root: str | Path, split: str = "train"):
     lut = torch.full((256,), 255, dtype=torch.int64)
     for k, v in _CITYSCAPES_TRAIN_IDS.items():
         lut[k] = v
-    info = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, 255, None)
+    info = DatasetInfo("cityscapes", list(CITYSCAPES_CLASSES), 255, None)
     return _TorchvisionPairs(ds, [Path(p).stem for p in ds.images], lut, info=info)
 
 
