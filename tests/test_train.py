@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from synth import TINY_MODEL, make_dataset
@@ -299,3 +300,28 @@ def test_a_spent_budget_validates_and_exports_the_last_weights(tmp_path):
     last = _log(out)[-1]
     assert state["step"] == 3 and last["partial"] is True and "val_pa_miou" in last
     assert (out / "last" / "model.safetensors").is_file()
+
+
+def test_class_agnostic_training_pools_datasets_of_different_class_lists(tmp_path):
+    a = make_dataset(tmp_path / "a", num_classes=3, seed=1)
+    b = make_dataset(tmp_path / "b", num_classes=6, seed=2)
+    out = tmp_path / "run"
+    cfg = _cfg(f"{a},{b}", out, class_agnostic=True, num_slots=8, max_steps=3, epochs=1, val_limit=2)
+    state = train(cfg)
+    assert state["step"] == 3 and state["prior_pa_miou"] is not None
+    completer = LabelCompleter.from_folder(out / "last", device="cpu")
+    assert completer.config.class_agnostic and completer.config.num_classes == 8
+    assert completer.config.class_names is None
+    label = np.full((48, 64), 40, dtype=np.uint8)  # ids no dataset had: a class-agnostic model takes them
+    label[:, 32:] = 200
+    label[10:30, 20:40] = 255
+    out_label = completer.complete(np.zeros((48, 64, 3), dtype=np.uint8), label)
+    assert set(np.unique(out_label).tolist()) <= {40, 200}
+
+
+def test_several_roots_need_class_agnostic(tmp_path):
+    a, b = make_dataset(tmp_path / "a"), make_dataset(tmp_path / "b")
+    with pytest.raises(ValueError, match="class-agnostic"):
+        train(_cfg(f"{a},{b}", tmp_path / "run", max_steps=1))
+    with pytest.raises(ValueError, match="'ce'"):
+        train(_cfg(str(a), tmp_path / "run", class_agnostic=True, loss="balanced", max_steps=1))
