@@ -68,3 +68,30 @@ def voc_label(h: int, w: int, seed: int, num_classes: int, hole_value: int = 255
     lab[edge] = 255
     lab[h // 4 : h // 2, w // 3 : w - 2] = hole_value
     return lab
+
+
+VOC_IDS = ["2007_000001", "2007_000002", "2007_000003"]
+VOC_SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W), not multiples of the patch
+
+
+def make_voc_tree(root: Path, image_of, label_of) -> Path:
+    """``root/VOCdevkit/VOC2012`` as torchvision's ``VOCSegmentation`` reads it: ``JPEGImages``, palette PNG
+    ``SegmentationClass`` and a ``train`` split of :data:`VOC_IDS` at :data:`VOC_SIZES`; ``image_of(i, h, w)``
+    and ``label_of(i, h, w)`` give sample ``i``'s uint8 arrays. Returns ``root``."""
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    for i, (name, (h, w)) in enumerate(zip(VOC_IDS, VOC_SIZES, strict=True)):
+        Image.fromarray(image_of(i, h, w)).save(base / "JPEGImages" / f"{name}.jpg")
+        lab = Image.fromarray(label_of(i, h, w), mode="P")
+        lab.putpalette(default_palette())
+        lab.save(base / "SegmentationClass" / f"{name}.png")
+    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(VOC_IDS) + "\n")
+    return Path(root)
+
+
+def voc_segmentation(root: Path, transforms=None):
+    """torchvision's ``VOCSegmentation`` over a :func:`make_voc_tree` folder (train split, no download)."""
+    from torchvision import datasets
+
+    return datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=False, transforms=transforms)

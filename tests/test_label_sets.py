@@ -13,19 +13,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from synth import TINY_MODEL, voc_label
-from torchvision import datasets
+from synth import TINY_MODEL, VOC_IDS, make_voc_tree, voc_label, voc_segmentation
 
 from torch_label_mae import CompleteLabels, LabelCompleter, LMAEConfig, hub, inputs
 from torch_label_mae.cli import main
 from torch_label_mae.colors import BUILTIN
 from torch_label_mae.complete_dataset import complete_dataset
-from torch_label_mae.io import default_palette
 from torch_label_mae.label_sets import LABEL_SETS, LabelSet, load_label_set, resolve_indices
 
 PRESETS = ["voc-m0.5", "cityscapes-m0.5", "ade20k-m0.5"]
-IDS = ["2007_000001", "2007_000002", "2007_000003"]
-SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -206,28 +202,16 @@ def test_voc_preset_fills_254_keeps_borders_and_uses_visible_ids(voc, seed, h, w
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory) -> Path:
-    """``VOCdevkit/VOC2012`` with JPEG images and palette PNG labels: 255 borders, holes marked 254."""
-    root = tmp_path_factory.mktemp("voc")
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True)
-    for i, (name, (h, w)) in enumerate(zip(IDS, SIZES, strict=True)):
-        Image.fromarray(_image(h, w, i)).save(base / "JPEGImages" / f"{name}.jpg")
-        lab = Image.fromarray(voc_label(h, w, i, 21, hole_value=254), mode="P")
-        lab.putpalette(default_palette())
-        lab.save(base / "SegmentationClass" / f"{name}.png")
-    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(IDS) + "\n")
-    return root
-
-
-def _voc(root, transforms=None):
-    return datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=False, transforms=transforms)
+    """A VOC tree (``synth.make_voc_tree``): 255 borders, holes marked 254."""
+    return make_voc_tree(
+        tmp_path_factory.mktemp("voc"), lambda i, h, w: _image(h, w, i), lambda i, h, w: voc_label(h, w, i, 21, 254)
+    )
 
 
 def test_voc_segmentation_with_the_voc_preset(voc_root, no_network):
     transform = CompleteLabels("voc-m0.5", device="cpu")
     assert "missing_index=None" in repr(transform)
-    raw_ds, ds = _voc(voc_root), _voc(voc_root, transforms=transform)
+    raw_ds, ds = voc_segmentation(voc_root), voc_segmentation(voc_root, transforms=transform)
     for i in range(len(ds)):
         (_, raw_target), (_, target) = raw_ds[i], ds[i]
         assert isinstance(target, Image.Image) and target.mode == "P"
@@ -327,7 +311,7 @@ def test_cli_complete_uses_the_presets_missing_and_void_index(voc_root, tmp_path
     assert main(["complete", "--voc", str(voc_root), "--out", str(out), "--model", "voc-m0.5", "--quiet"]) == 0
     assert "3 completed" in capsys.readouterr().out
     labels = voc_root / "VOCdevkit" / "VOC2012" / "SegmentationClass"
-    for name in IDS:
+    for name in VOC_IDS:
         _check_voc_completion(np.array(Image.open(out / f"{name}.png")), np.array(Image.open(labels / f"{name}.png")))
     assert main(["complete", "--voc", str(voc_root), "--out", str(out), "--model", "voc-m0.5", "--quiet"]) == 0
     assert "0 completed, 3 already done" in capsys.readouterr().out  # the outputs are valid under its conventions

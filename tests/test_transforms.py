@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synth import TINY_MODEL, voc_label
+from synth import TINY_MODEL, VOC_IDS, make_voc_tree, voc_label, voc_segmentation
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
@@ -20,8 +20,6 @@ from torch_label_mae.io import default_palette
 N = 5
 TINY = dict(TINY_MODEL, num_classes=N, background_index=0)
 VOC_PALETTE = default_palette()
-IDS = ["2007_000001", "2007_000002", "2007_000003"]
-SIZES = [(37, 45), (32, 32), (50, 29)]  # (H, W), not multiples of the patch
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +42,13 @@ def _label(h: int, w: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory) -> Path:
-    """``VOCdevkit/VOC2012`` with JPEG images, palette PNG labels (255 holes) and a train split."""
-    root = tmp_path_factory.mktemp("voc")
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True)
+    """A VOC tree (``synth.make_voc_tree``): random images, labels with 255 holes."""
     rng = np.random.default_rng(0)
-    for i, (name, (h, w)) in enumerate(zip(IDS, SIZES, strict=True)):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
-        lab = Image.fromarray(_label(h, w, i), mode="P")
-        lab.putpalette(VOC_PALETTE)
-        lab.save(base / "SegmentationClass" / f"{name}.png")
-    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(IDS) + "\n")
-    return root
-
-
-def _voc(root, transforms=None):
-    return datasets.VOCSegmentation(str(root), year="2012", image_set="train", download=False, transforms=transforms)
+    return make_voc_tree(
+        tmp_path_factory.mktemp("voc"),
+        lambda i, h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        lambda i, h, w: _label(h, w, i),
+    )
 
 
 def _check_completed(out: np.ndarray, raw: np.ndarray) -> None:
@@ -172,8 +160,8 @@ def test_in_a_v2_compose(completer):
 # torchvision datasets
 # ----------------------------------------------------------------------------------------------------
 def test_voc_segmentation(voc_root, completer):
-    raw_ds, ds = _voc(voc_root), _voc(voc_root, transforms=CompleteLabels(completer))
-    assert len(ds) == len(IDS)
+    raw_ds, ds = voc_segmentation(voc_root), voc_segmentation(voc_root, transforms=CompleteLabels(completer))
+    assert len(ds) == len(VOC_IDS)
     for i in range(len(ds)):
         (raw_image, raw_target), (image, target) = raw_ds[i], ds[i]
         raw = np.array(raw_target)
@@ -193,9 +181,9 @@ def test_voc_wrapped_for_transforms_v2(voc_root, folder):
     transform.completer.precision = "float32"
     reference = transform.completer
     ds = datasets.wrap_dataset_for_transforms_v2(
-        _voc(voc_root, transforms=v2.Compose([transform, v2.RandomHorizontalFlip(p=1.0), v2.ToImage()]))
+        voc_segmentation(voc_root, transforms=v2.Compose([transform, v2.RandomHorizontalFlip(p=1.0), v2.ToImage()]))
     )
-    raw_ds = _voc(voc_root)
+    raw_ds = voc_segmentation(voc_root)
     for i in range(len(ds)):
         image, target = ds[i]
         raw_image, raw_target = raw_ds[i]
@@ -208,12 +196,12 @@ def test_voc_wrapped_for_transforms_v2(voc_root, folder):
 
 def test_in_a_dataloader_worker(voc_root, folder, completer):
     transform = CompleteLabels(str(folder), device="cpu")
-    ds = datasets.wrap_dataset_for_transforms_v2(_voc(voc_root, transforms=transform))
+    ds = datasets.wrap_dataset_for_transforms_v2(voc_segmentation(voc_root, transforms=transform))
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=list)
     items = [item for batch in loader for item in batch]
-    assert len(items) == len(IDS)
+    assert len(items) == len(VOC_IDS)
     assert transform._completer is None  # the worker loaded its own copy; this process never did
-    raw_ds = _voc(voc_root)
+    raw_ds = voc_segmentation(voc_root)
     for (image, target), (raw_image, raw_target) in zip(items, (raw_ds[i] for i in range(len(raw_ds))), strict=True):
         assert isinstance(image, Image.Image) and isinstance(target, tv_tensors.Mask)
         want = np.array(completer.complete(raw_image, raw_target))
