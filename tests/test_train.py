@@ -137,6 +137,33 @@ def test_warmup_then_schedule(schedule):
         assert lrs[10:] == [pytest.approx(1e-3)] * 100
 
 
+def test_cosine_decays_to_zero_over_the_time_budget():
+    import torch
+
+    from torch_label_mae.train import set_lr
+
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, max_minutes=5)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    lrs = []
+    for spent in (0.0, 0.5, 1.0, 2.0):  # step 20 of 10,000: the step count alone would keep the rate
+        set_lr(opt, cfg, 20, total_steps=10_000, spent=spent)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-3, rel=1e-4) and lrs[1] == pytest.approx(5e-4, rel=1e-3)
+    assert lrs[2] == pytest.approx(0.0, abs=1e-12) and lrs[3] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_time_budget_counts_over_resumes(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=50, max_minutes=60, max_steps=1))
+    spent = state["seconds"]
+    assert state["step"] == 1 and spent > 0 and _log(out)[-1]["partial"] is True
+    state = train(_cfg(data, out, epochs=50, max_minutes=spent / 120), resume=True)  # spent: nothing to do
+    assert state["step"] == 1 and state["seconds"] == spent
+    state = train(_cfg(data, out, epochs=50, max_minutes=60, max_steps=2), resume=True)  # a bigger budget
+    assert state["step"] == 2
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -69,7 +69,7 @@ class TrainConfig:
     label_prior: bool = True  # start from the nearest-label prior (model config label_prior; --set wins)
     epochs: int = 400
     max_steps: int | None = None  # stop after this many optimizer steps in total (tests, smoke runs)
-    max_minutes: float | None = None  # wall-clock budget; stops cleanly (checkpointed) when spent
+    max_minutes: float | None = None  # the run's wall-clock budget, over resumes; the cosine decays to 0 over it
     batch_size: int = 16
     lr: float | None = None  # None: BASE_LR * sqrt(batch_size / 16) (square-root rule for Adam-type optimizers)
     weight_decay: float = 0.05
@@ -334,15 +334,16 @@ def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
     return model, mcfg
 
 
-def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total_steps: int) -> None:
-    """Linear warmup over ``warmup_steps``; then the cosine decay to 0 at ``total_steps`` (``schedule="cosine"``)
-    or the rate ReduceLROnPlateau keeps (``"plateau"``)."""
+def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total_steps: int, spent: float = 0.0) -> None:
+    """Linear warmup over ``warmup_steps``; then the cosine decay to 0 at ``total_steps`` or when the share
+    ``spent`` of the time budget is used, whichever comes first (``schedule="cosine"``), or the rate
+    ReduceLROnPlateau keeps (``"plateau"``)."""
     for g in opt.param_groups:
         g.setdefault("base_lr", g["lr"])
         if step < cfg.warmup_steps:
             g["lr"] = g["base_lr"] * (step + 1) / max(cfg.warmup_steps, 1)
         elif cfg.schedule == "cosine":
-            t = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+            t = max((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), spent)
             g["lr"] = g["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
@@ -366,7 +367,7 @@ class Run:
     world: int
     state: dict
     log: object = None
-    t_start: float = field(default_factory=time.time)
+    t_start: float = field(default_factory=time.time)  # of this process; ``state["seconds"]`` holds earlier ones
     stop: bool = False
     budget_spent: bool = False  # the stop came from --max-steps / --max-minutes (not SIGTERM)
 
@@ -473,7 +474,7 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     """One optimizer step on ``batch``; returns the loss (a detached tensor: no host sync here)."""
     cfg, mcfg, model = run.cfg, run.mcfg, run.model
     img, lab, known, pix, hidden, prior = _to_device(batch, run)
-    set_lr(run.opt, cfg, step_in_schedule, total_steps)
+    set_lr(run.opt, cfg, step_in_schedule, total_steps, budget_spent(run))
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
         logits = run.net(img, known, hidden, prior, hidden_only=True)  # the loss needs the hidden pixels only
     target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
@@ -499,11 +500,19 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     return loss.detach()
 
 
+def seconds(run: Run) -> float:
+    """Wall-clock seconds the run has trained, over every resume."""
+    return run.state.get("seconds", 0.0) + time.time() - run.t_start
+
+
+def budget_spent(run: Run) -> float:
+    """The share of ``max_minutes`` spent (0 without a budget)."""
+    return seconds(run) / (60 * run.cfg.max_minutes) if run.cfg.max_minutes else 0.0
+
+
 def _should_stop(run: Run) -> bool:
     cfg = run.cfg
-    if (cfg.max_steps and run.state["step"] >= cfg.max_steps) or (
-        cfg.max_minutes and time.time() - run.t_start > cfg.max_minutes * 60
-    ):
+    if (cfg.max_steps and run.state["step"] >= cfg.max_steps) or budget_spent(run) >= 1.0:
         run.stop = run.budget_spent = True
     if run.world > 1:  # every rank stops at the same step, or the collectives would hang
         flag = torch.tensor([float(run.stop)], device=run.device)
@@ -615,6 +624,7 @@ def _write_log(run: Run, rec: dict) -> None:
 def save_checkpoint(run: Run) -> None:
     if run.rank != 0:
         return
+    run.state["seconds"], run.t_start = seconds(run), time.time()
     blob = {
         "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(),
@@ -644,7 +654,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         run = build(cfg, resume, rank, world, device)
         run.stop = term["seen"]
         prior_baseline(run)
-        while run.state["epoch"] < cfg.epochs:  # a stop (SIGTERM, budget) ends the epoch after its current step
+        # a stop (SIGTERM, budget) ends the epoch after its current step; a resumed run whose budget is spent
+        while run.state["epoch"] < cfg.epochs and budget_spent(run) < 1.0:  # has nothing left to do
             t0 = time.time()
             epoch_loss, _, complete = run_epoch(run)
             end_epoch(run, epoch_loss, complete, t0)
@@ -676,7 +687,8 @@ _HELP = {
     "out": "run folder: log.jsonl, checkpoint.pt, best/ and last/ (Hub folders)",
     "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
     "label_prior": "start from the nearest-label prior and learn corrections (--no-label-prior: the paper's model)",
-    "max_minutes": "wall-clock budget; stops cleanly (checkpointed); --resume continues",
+    "max_minutes": "the run's wall-clock budget, counted over --resume; the cosine learning rate decays to 0 "
+    "over it; stops cleanly (checkpointed)",
     "lr": f"learning rate (default: {BASE_LR:g} * sqrt(batch size / {BASE_BATCH}))",
     "schedule": "cosine (decays to 0 at --epochs) | plateau (the paper's ReduceLROnPlateau on the epoch loss)",
     "init": "fine-tune: start from this model's weights and config (registered name, Hub repo id or folder); "
