@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -20,6 +21,7 @@ from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.audit import (
     audit_batch,
     finish,
+    grid_shifts,
     leave_out_masks,
     leave_out_probs,
     patch_pixels,
@@ -63,13 +65,11 @@ def _digest(folder: Path) -> dict:
     gw=st.integers(1, 20),
     num_masks=st.sampled_from([1, 2, 4]),
     block=st.integers(1, 4),
-    shifts=st.integers(1, 3),
 )
-def test_masks_cover_every_patch_once_per_shift(gh, gw, num_masks, block, shifts):
-    masks = leave_out_masks((gh, gw), num_masks, block, shifts)
-    assert masks.shape == (num_masks * shifts, gh * gw)
-    per_shift = masks.view(shifts, num_masks, gh * gw).sum(1)
-    assert bool((per_shift == 1).all())  # every patch hidden exactly once in each shift
+def test_masks_cover_every_patch_once(gh, gw, num_masks, block):
+    masks = leave_out_masks((gh, gw), num_masks, block)
+    assert masks.shape == (num_masks, gh * gw)
+    assert bool((masks.sum(0) == 1).all())  # every patch hidden exactly once
 
 
 def test_hidden_blocks_keep_visible_neighbours():
@@ -99,9 +99,50 @@ def test_every_pixel_predicted_while_hidden_without_its_class(h, w, gh, gw):
         seen.add_(missing.float())
         return torch.full((2, N, h, w), 1.0 / N)
 
-    probs, count = leave_out_probs(predict, image, label, (gh, gw), N)
+    probs, count = leave_out_probs(predict, image, label, (gh, gw), N, shifts=1)
     assert bool((count == 1).all()) and bool((seen == 1).all())
     assert torch.allclose(probs.sum(1), torch.ones(2, h, w))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(3, 70),
+    w=st.integers(3, 70),
+    gh=st.integers(1, 6),
+    gw=st.integers(1, 6),
+    shifts=st.sampled_from([2, 4]),
+)
+def test_grid_shifts_predict_each_pixel_once_per_shift_hidden_and_in_place(h, w, gh, gw, shifts):
+    """With grid shifts: every pass hides its pixels' classes (no leak), each pixel is predicted once per
+    shift that keeps it inside the image, at least once, and each prediction lands back on its own pixel."""
+    gh, gw = min(gh, h), min(gw, w)
+    rng = np.random.default_rng(h * 100 + w + shifts)
+    label = torch.from_numpy(rng.integers(0, N, (2, h, w)))
+    where = torch.arange(h * w).view(1, 1, h, w).float().expand(2, 3, h, w) / (h * w)  # an image of positions
+    moves = grid_shifts(shifts, (gh, gw), (h, w))
+
+    def predict(img, lab, hidden, missing):
+        assert bool((lab[missing] == 255).all())  # the hidden pixels' classes never reach the predictor
+        pos = (img[:, 0] * (h * w)).round().long()  # [2, h, w]: the pixel each position came from
+        return F.one_hot(pos % N, N).permute(0, 3, 1, 2).float()  # a class read off the pixel's own position
+
+    probs, count = leave_out_probs(predict, where, label, (gh, gw), N, shifts=shifts)
+    expect = torch.zeros(h, w)
+    for dy, dx in moves:
+        expect[: h - dy, : w - dx] += 1  # the last rows / columns a shift moves past the edge: not predicted
+    assert torch.equal(count, expect.expand(2, -1, -1)) and bool((count >= 1).all())
+    own = F.one_hot(torch.arange(h * w).view(h, w) % N, N).permute(2, 0, 1).float()
+    assert torch.allclose(probs, own.expand(2, -1, -1, -1))  # every pass put its prediction back in place
+
+
+def test_grid_shifts_are_half_a_patch():
+    assert grid_shifts(1, (14, 14), (224, 224)) == [(0, 0)]
+    assert grid_shifts(2, (14, 14), (224, 224)) == [(0, 0), (8, 8)]
+    assert grid_shifts(4, (14, 14), (224, 224)) == [(0, 0), (8, 8), (8, 0), (0, 8)]
+    assert grid_shifts(4, (14, 14), (360, 480)) == [(0, 0), (13, 17), (13, 0), (0, 17)]
+    assert grid_shifts(4, (4, 4), (4, 4)) == [(0, 0)]  # 1 px patches: no half-patch move
+    with pytest.raises(ValueError, match="shifts"):
+        grid_shifts(3, (14, 14), (224, 224))
 
 
 def test_model_prior_sees_the_visible_label_only(completer):

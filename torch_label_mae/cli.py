@@ -267,6 +267,7 @@ def cmd_audit(args) -> int:
             repair=args.repair,
             min_area=args.min_area,
             num_masks=args.masks,
+            shifts=args.shifts,
             batch_size=args.batch_size,
             device=args.device,
             precision=args.precision,
@@ -610,6 +611,14 @@ def _add_audit(sub) -> None:
     )
     p.add_argument(
         "--masks", type=int, choices=[2, 4], default=4, help="leave-out masks per label (default: %(default)s)"
+    )
+    p.add_argument(
+        "--shifts",
+        type=int,
+        choices=[1, 2, 4],
+        default=4,  # audit.DEFAULT_SHIFTS
+        help="leave-out passes with the patch grid moved by half a patch; each pixel is predicted from that "
+        "many cuts into patches, averaged (1: fastest; default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--worst", type=int, default=8, help="labels drawn in OUT/worst.png (default: %(default)s)")
