@@ -400,3 +400,42 @@ def test_label_patch_embed_equals_the_dense_one_hot_map(seed, n, p, blocky, void
     one_hot = F.one_hot(patches.clamp(max=n), n + 1)[..., :n].float()  # [B, L, pp, N]; void -> zeros
     dense = torch.einsum("blqc,cqd->bld", one_hot, embed.bag.weight[: n * p * p].view(n, p * p, 8))
     torch.testing.assert_close(embed(patches), dense, atol=1e-4, rtol=1e-4)
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    prior=st.sampled_from(["nearest", "random_walk"]),
+    agnostic=st.booleans(),
+    counts=st.lists(st.integers(0, 16), min_size=1, max_size=3),
+)
+def test_a_zero_correction_skips_the_trunk_with_the_same_logits(seed, prior, agnostic, counts):
+    cfg = small_config(label_prior=True, prior_kind=prior, prior_sweeps=5, class_agnostic=agnostic)
+    model = build(cfg, seed=seed % 7)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    image, label, g = inputs(cfg, len(counts), seed=seed)
+    hidden = torch.zeros(len(counts), cfg.num_patches, dtype=torch.bool)
+    for i, k in enumerate(counts):
+        hidden[i, torch.randperm(cfg.num_patches, generator=g)[:k]] = True
+    with torch.enable_grad():  # under autograd the trunk runs (training must reach it)
+        assert not model.prior_alone()
+        slow = [model(image, label, hidden).detach(), model(image, label, hidden, hidden_only=True).detach()]
+    with torch.no_grad():
+        assert model.prior_alone()
+        model.forward_encoder = lambda *a: pytest.fail("the trunk ran")  # this model only
+        fast = [model(image, label, hidden), model(image, label, hidden, hidden_only=True)]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)  # bit for bit
+
+
+def test_a_correction_that_is_not_zero_runs_the_trunk():
+    cfg = small_config(label_prior=True)
+    model = build(cfg)
+    with torch.no_grad():
+        assert not model.prior_alone()
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        assert model.prior_alone()
+        model.head.bias[3] = 1e-30
+        assert not model.prior_alone()
+    assert not build(small_config(label_prior=False)).prior_alone()  # no prior: the trunk is all there is

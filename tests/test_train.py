@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synth import TINY_MODEL, make_dataset
 
 from torch_label_mae.completer import LabelCompleter
@@ -247,13 +249,42 @@ def test_prior_from_the_workers_equals_the_models_own(tmp_path, soft):
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(3)]  # fmt: skip
     pairs[1][1][:, :30] = 2  # fewer classes in one sample: a soft prior's K differs per sample
     batch = collate([TrainSamples(pairs, TrainConfig(), mcfg)[i] for i in range(3)])
-    img, known, hidden = batch["image"], batch["known"].long(), batch["hidden"]
+    img, known, hidden = batch["image"].float() / 255, batch["known"].long(), batch["hidden"]
     from torch_label_mae.train import LabelPrior
 
     index = batch["prior_index"][:, :, None, None] if soft else None
     prior = LabelPrior(batch["prior_classes"].long(), batch.get("prior_prob"), index)
     with torch.no_grad():
         torch.testing.assert_close(model(img, known, hidden, prior), model(img, known, hidden))
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(8, 70), w=st.integers(8, 70), seed=st.integers(0, 2**16))
+def test_augment_keeps_uint8_and_matches_the_float_resize(h, w, seed):
+    import random
+
+    from torch_label_mae.io import resize_image, resize_label
+    from torch_label_mae.train import augment
+
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    label = torch.randint(0, 5, (h, w), dtype=torch.uint8, generator=g)
+    before = (image.clone(), label.clone())
+    img, lab = augment(image, label, (32, 32), (1.0, 1.0), False, random.Random(seed))  # the whole image
+    assert img.dtype == torch.uint8 and img.shape == (3, 32, 32) and lab.shape == (32, 32)
+    want = resize_image(image[None], (32, 32))[0] * 255  # the inference path, in float
+    assert (img.float() - want).abs().max() <= 1.001  # one grey level: fixed-point rounding
+    assert torch.equal(lab, resize_label(label[None], (32, 32))[0])
+    assert torch.equal(image, before[0]) and torch.equal(label, before[1])  # inputs untouched
+
+
+def test_augment_refuses_float_images():
+    import random
+
+    from torch_label_mae.train import augment
+
+    with pytest.raises(TypeError, match="uint8"):
+        augment(torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.uint8), (4, 4), (1.0, 1.0), False, random.Random())
 
 
 def test_workers_feed_training(tmp_path):

@@ -88,7 +88,9 @@ def step(model: LMAE, batch: dict, opt, lr: float) -> float:
                        batch["prior_index"][:, :, None, None])  # fmt: skip
     for g in opt.param_groups:
         g["lr"] = lr
-    logits = model(batch["image"], known, batch["hidden"], prior, hidden_only=True)  # [M, p*p, N]
+    image = batch["image"]  # uint8 from TrainSamples (float in caches made before it kept uint8)
+    image = image.float() / 255 if image.dtype == torch.uint8 else image
+    logits = model(image, known, batch["hidden"], prior, hidden_only=True)  # [M, p*p, N]
     target = torch.where(batch["pix"], lab, torch.full_like(lab, c.ignore_index))
     held = present_slots(known, c.num_classes).gather(1, target.clamp(0, c.num_classes - 1).flatten(1))
     target = torch.where(held.view_as(target), target, torch.full_like(target, c.ignore_index))

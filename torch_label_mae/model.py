@@ -186,17 +186,26 @@ class LMAE(nn.Module):
             x = blk(x)
         return self.decoder_norm(x)
 
+    def prior_alone(self) -> bool:
+        """Whether the logits are the label prior's alone: a model with a prior whose learned correction
+        (the head) is exactly zero, outside autograd. Then the trunk cannot change the logits (its tokens
+        times a zero head are +0.0) and is skipped: the same logits, bit for bit, at the prior's cost."""
+        if self.config.prior is None or torch.is_grad_enabled():
+            return False
+        head = self.head
+        return not bool(head.weight.any()) and (head.bias is None or not bool(head.bias.any()))
+
+    def prior_of(self, image, label, hidden, prior) -> LabelPrior | None:
+        """Checks the inputs; the label prior (``prior`` when the caller computed it), None without one."""
+        self.check_inputs(image, label, hidden)
+        if self.config.prior is None:
+            return None
+        return self.prior(label, image=image) if prior is None else LabelPrior.of(prior)
+
     def forward_features(self, image, label, hidden, prior):
         """Shared trunk: checks, normalisation, prior, encoder, IPS, decoder -> ``(tokens [B, L, Dd], prior)``."""
-        c = self.config
-        self.check_inputs(image, label, hidden)
+        prior = self.prior_of(image, label, hidden, prior)
         image_patches = self.patchify(normalize_image(image))  # [B, L, 3*p*p]
-        if c.prior is None:
-            prior = None
-        elif prior is None:
-            prior = self.prior(label, image=image)
-        else:
-            prior = LabelPrior.of(prior)
         latent, ids, valid = self.forward_encoder(image_patches, label, hidden)
         tokens = self.forward_decoder(latent, ids, valid, self.supplement(image_patches, prior, hidden), hidden)
         return tokens, prior
@@ -216,8 +225,13 @@ class LMAE(nn.Module):
         ``hidden_only=True``: the logits of the hidden patches only (see :meth:`forward_hidden`)."""
         if hidden_only:
             return self.forward_hidden(image, label, hidden, prior)
-        tokens, prior = self.forward_features(image, label, hidden, prior)
-        logits = self.unpatchify(self.head(tokens))  # [B, N, H, W]
+        if self.prior_alone():
+            prior = self.prior_of(image, label, hidden, prior)
+            b, n, (h, w) = image.shape[0], self.config.num_classes, self.config.size
+            logits = image.new_zeros(b, n, h, w, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        else:
+            tokens, prior = self.forward_features(image, label, hidden, prior)
+            logits = self.unpatchify(self.head(tokens))  # [B, N, H, W]
         if prior is not None:  # in float32 under autocast too: the prior's scale dwarfs bfloat16's resolution
             logits = prior.add_to(logits.float(), self.prior_scale, inplace=True)  # logits is ours: no copy
         if self.config.class_agnostic:  # only the slots the visible label holds
@@ -237,8 +251,12 @@ class LMAE(nn.Module):
         half the cost of the head and none of the full-size maps. All that the loss and completion at the
         model's size need."""
         p, n = self.config.patch_size, self.config.num_classes
-        tokens, prior = self.forward_features(image, label, hidden, prior)
-        logits = self.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()  # [M, p*p, N]
+        if self.prior_alone():
+            prior = self.prior_of(image, label, hidden, prior)
+            logits = image.new_zeros(int(hidden.sum()), p * p, n, dtype=torch.float32)  # [M, p*p, N]
+        else:
+            tokens, prior = self.forward_features(image, label, hidden, prior)
+            logits = self.head(tokens[hidden]).unflatten(-1, (p * p, n)).float()  # [M, p*p, N]
         if prior is not None:
             logits = prior.rows(hidden, self.patchify).add_to(logits, self.prior_scale, inplace=True, dim=-1)
         if self.config.class_agnostic:

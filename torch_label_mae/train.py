@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -38,7 +39,7 @@ from .data import open_dataset
 from .evaluate import evaluate
 from .hub import save_hub_files
 from .inference import complete_tensors
-from .io import atomic_write, resize_image, resize_label
+from .io import atomic_write, resize_label
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE
@@ -161,12 +162,20 @@ def load_pairs(ds, limit: int | None = None) -> list[tuple[torch.Tensor, torch.T
 
 
 def augment(image: torch.Tensor, label: torch.Tensor, size, scale, flip: bool, rng: random.Random):
-    """Random crop (same aspect as the image, side fraction in ``scale``), rescale to ``size``, flip."""
+    """Random crop (same aspect as the image, side fraction in ``scale``), rescale to ``size``, flip.
+    ``image`` uint8 ``[3, H, W]`` stays uint8 (bilinear with antialias, rounded): the fast uint8 path of
+    ``interpolate``, and a quarter of the bytes to batch and copy; the step scales it to [0, 1]."""
+    if image.dtype != torch.uint8:
+        raise TypeError(f"augment: images must be uint8, got {image.dtype}")
     h, w = label.shape
     s = rng.uniform(*scale)
     ch, cw = max(1, round(h * s)), max(1, round(w * s))
     y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
-    img = resize_image(image[None, :, y : y + ch, x : x + cw], size)[0]
+    img = image[None, :, y : y + ch, x : x + cw]
+    if (ch, cw) != tuple(size):
+        img = F.interpolate(img.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                            antialias=True, align_corners=False)  # fmt: skip
+    img = img[0].contiguous()
     lab = resize_label(label[None, y : y + ch, x : x + cw], size)[0]
     if flip and rng.random() < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
@@ -229,7 +238,7 @@ class TrainSamples(Dataset):
 def sample_prior(mcfg: LMAEConfig, known: torch.Tensor, image: torch.Tensor) -> dict:
     """The label prior of one sample, as :attr:`LMAE.prior` computes it (the same code, built from the
     config alone): ``prior_classes`` and, for a soft prior, ``prior_prob [K, H, W]`` / ``prior_index [K]``."""
-    p = make_prior(mcfg)(known[None].long(), image=image[None])
+    p = make_prior(mcfg)(known[None].long(), image=image[None].float() / 255)
     out = {"prior_classes": p.classes[0].to(torch.uint8)}
     if p.prob is not None:
         out.update(prior_prob=p.prob[0], prior_index=p.index[0].flatten())
@@ -467,7 +476,7 @@ def _to_device(batch: dict, run: Run) -> tuple:
         prior = LabelPrior(b["prior_classes"].long(), b.get("prior_prob"), None)
         if prior.prob is not None:
             prior = prior._replace(index=b["prior_index"][:, :, None, None])
-    return b["image"], lab, known, b["pix"], b["hidden"], prior
+    return b["image"].float().div_(255), lab, known, b["pix"], b["hidden"], prior
 
 
 def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -> torch.Tensor:
