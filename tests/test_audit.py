@@ -269,6 +269,45 @@ def test_audit_refuses_outputs_on_inputs(data, model_dir):
         audit_dataset(images, labels, labels / "sub", model=model_dir, progress=False)
 
 
+def test_each_registered_model_has_its_own_threshold_and_folders_the_default(completer):
+    from torch_label_mae.audit import DEFAULT_THRESHOLD, default_threshold
+    from torch_label_mae.hub import REGISTRY
+
+    assert default_threshold(completer) == DEFAULT_THRESHOLD  # a folder: no registered threshold
+    for name, entry in REGISTRY.items():
+        completer.pretrained_name = name
+        want = entry.audit_threshold if entry.audit_threshold is not None else DEFAULT_THRESHOLD
+        assert default_threshold(completer) == want
+        if entry.weights is not None:  # a preset audits as the weights it loads
+            assert entry.audit_threshold == REGISTRY[entry.weights].audit_threshold
+    completer.pretrained_name = "camvid-m0.5"
+    assert default_threshold(completer) == REGISTRY["camvid-m0.5"].audit_threshold != DEFAULT_THRESHOLD
+    completer.pretrained_name = None
+
+
+def test_audit_dataset_repairs_at_the_threshold_in_use_with_auto(tmp_path, data, model_dir):
+    from torch_label_mae.audit import DEFAULT_THRESHOLD
+
+    images, labels = data
+    rep = audit_dataset(images, labels, tmp_path / "a", model=model_dir, repair="auto", progress=False, worst=0)
+    assert rep.settings["threshold"] == rep.settings["repair"] == DEFAULT_THRESHOLD
+    rep = audit_dataset(images, labels, tmp_path / "b", model=model_dir, repair="auto", threshold=0.4, progress=False,
+                        worst=0)  # fmt: skip
+    assert rep.settings["threshold"] == rep.settings["repair"] == 0.4
+    assert len(list((tmp_path / "b" / "repaired").glob("*.png"))) == 5
+    with pytest.raises(ValueError, match="threshold"):
+        audit_dataset(images, labels, tmp_path / "c", model=model_dir, repair="0.5", progress=False)
+
+
+def test_cli_audit_repair_without_a_value_uses_the_threshold(tmp_path, data, model_dir):
+    images, labels = data
+    out = tmp_path / "cli"
+    argv = ["audit", "--images", str(images), "--labels", str(labels), "--out", str(out), "--model", str(model_dir)]
+    assert main(argv + ["--threshold", "0.3", "--repair", "--quiet", "--worst", "0", "--device", "cpu"]) == 0
+    settings = json.loads((out / "audit_report.json").read_text())["settings"]
+    assert settings["threshold"] == settings["repair"] == 0.3
+
+
 def test_cli_audit(tmp_path, data, model_dir, capsys):
     images, labels = data
     out = tmp_path / "cli"

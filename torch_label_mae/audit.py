@@ -48,7 +48,7 @@ from scipy import ndimage
 from .io import resize_image, resize_label
 from .slots import from_slots, to_slots
 
-DEFAULT_THRESHOLD = 0.97  # chosen on CamVid train with seeded corruptions (docs/audit.md)
+DEFAULT_THRESHOLD = 0.95  # models without their own (hub.Pretrained.audit_threshold): the highest of those
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
 DEFAULT_MASKS = 4
 DEFAULT_BLOCK = 1
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "AuditResult",
     "audit_batch",
+    "default_threshold",
     "grid_shifts",
     "leave_out_masks",
     "leave_out_probs",
@@ -313,6 +314,15 @@ def finish(
     return AuditResult(score, predicted, regions, flagged, repaired, image_score, labelled, changed, threshold)
 
 
+def default_threshold(completer) -> float:
+    """The audit's threshold for ``completer``: its registered model's ``audit_threshold`` (chosen on its
+    training data with seeded corruptions, ``docs/audit.md``), else :data:`DEFAULT_THRESHOLD`."""
+    from .hub import REGISTRY
+
+    entry = REGISTRY.get(getattr(completer, "pretrained_name", None) or "")
+    return entry.audit_threshold if entry is not None and entry.audit_threshold is not None else DEFAULT_THRESHOLD
+
+
 def _check_threshold(threshold, min_area) -> None:
     for what, v in (("threshold", threshold), ("min_area", min_area)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
@@ -324,7 +334,7 @@ def audit_batch(
     images: Sequence,
     labels: Sequence,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     min_area: float = DEFAULT_MIN_AREA,
     num_masks: int = DEFAULT_MASKS,
     block: int = DEFAULT_BLOCK,
@@ -334,9 +344,11 @@ def audit_batch(
 ) -> list[AuditResult]:
     """Audit a list of labels with ``completer`` (see :meth:`LabelCompleter.audit`). Same-size labels
     are batched, ``batch_size`` at a time (default: 8 on the CPU, 64 on CUDA); ids outside
-    ``[0, N)`` (void) are unknown to the model, never scored and never repaired."""
+    ``[0, N)`` (void) are unknown to the model, never scored and never repaired. ``threshold``: the
+    score above which pixels are suspect (and repaired); None: :func:`default_threshold`."""
     from .io import image_to_tensor, label_to_tensor
 
+    threshold = default_threshold(completer) if threshold is None else threshold
     _check_threshold(threshold, min_area)
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
