@@ -146,7 +146,7 @@ def corrupted_set(labels, keys, kind: str, seed: int, num_classes: int):
 # ----------------------------------------------------------------------------------------------------
 # scoring
 # ----------------------------------------------------------------------------------------------------
-def leave_out(predict, images, labels, grid, num_classes, batch_size: int, full: bool = False, shifts: int = 4):
+def leave_out(predict, images, labels, grid, num_classes, batch_size: int, full: bool = False, shifts: int = 1):
     """Leave-out ``(score, predicted[, probs])`` per image (numpy), with ``shifts`` grid shifts."""
     from torch_label_mae.audit import leave_out_probs, score_from_probs
 
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     from torch_label_mae.audit import (
         DEFAULT_MIN_AREA,
         DEFAULT_SHIFTS,
-        DEFAULT_THRESHOLD,
+        default_threshold,
         model_predictor,
         random_walk_predictor,
     )
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="camvid-m0.5")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    ap.add_argument("--threshold", type=float, help="default: the model's own (audit.default_threshold)")
     ap.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA)
     ap.add_argument("--sweep", type=float, nargs="+", help="model only: mIoU before / after repair per threshold")
     ap.add_argument("--seed", type=int, default=0)
@@ -276,7 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     a = ap.parse_args(argv)
 
+    if a.every < 1:
+        ap.error(f"--every must be >= 1, got {a.every}")
     completer = LabelCompleter.from_pretrained(a.model, device="cpu")
+    a.threshold = default_threshold(completer) if a.threshold is None else a.threshold
     cfg = completer.config
     n, size = cfg.num_classes, cfg.size
     ds = FolderDataset(a.data, a.split)

@@ -295,8 +295,15 @@ def test_audit_dataset_repairs_at_the_threshold_in_use_with_auto(tmp_path, data,
                         worst=0)  # fmt: skip
     assert rep.settings["threshold"] == rep.settings["repair"] == 0.4
     assert len(list((tmp_path / "b" / "repaired").glob("*.png"))) == 5
-    with pytest.raises(ValueError, match="threshold"):
-        audit_dataset(images, labels, tmp_path / "c", model=model_dir, repair="0.5", progress=False)
+    with pytest.raises(ValueError, match="repair"):
+        audit_dataset(images, labels, tmp_path / "c", model=model_dir, repair="0.5", progress=False)  # not "auto"
+
+
+def test_a_bad_min_area_is_refused_before_anything_is_written(tmp_path, data, model_dir):
+    images, labels = data
+    with pytest.raises(ValueError, match="min_area"):
+        audit_dataset(images, labels, tmp_path / "out", model=model_dir, min_area=1.0, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_audit_repair_without_a_value_uses_the_threshold(tmp_path, data, model_dir):

@@ -13,7 +13,8 @@ context predicts, it is suspect.
   that many different cuts of the image into patches, and the probabilities are averaged. A pixel is
   predicted with the same context in every pass otherwise: one cut puts a small object whole into a
   hidden patch and its prediction is confidently wrong; another cut leaves part of it visible. The
-  strip that a shift moves past the edge is unknown to the predictor and not predicted in that pass.
+  image and label are rolled: the strip that a shift moves past the edge comes round at the other
+  side, where its label is unknown to the predictor and its pixels are not predicted in that pass.
 - **No leak.** For each mask the label is first set unknown on every pixel of its hidden patches
   (at the label's own resolution), then resized to the model grid; the label prior (nearest fill,
   random walk) is computed from that visible label only, at the model's size and again at full size.
@@ -100,7 +101,8 @@ def grid_shifts(shifts: int, grid: tuple[int, int], size: tuple[int, int]) -> li
     (patches under 2 px) are left out."""
     if shifts not in (1, 2, 4):
         raise ValueError(f"shifts must be 1, 2 or 4, got {shifts!r}")
-    sy, sx = round(size[0] / grid[0] / 2), round(size[1] / grid[1] / 2)
+    half = [size[i] / grid[i] / 2 for i in (0, 1)]
+    sy, sx = (int(x + 0.5) if x >= 1 else 0 for x in half)  # half a patch, halves rounded up
     out = [(0, 0), (sy, sx), (sy, 0), (0, sx)][:shifts]
     return list(dict.fromkeys(d for d in out if d == (0, 0) or (d[0] < size[0] and d[1] < size[1] and any(d))))
 
@@ -323,8 +325,8 @@ def default_threshold(completer) -> float:
     return entry.audit_threshold if entry is not None and entry.audit_threshold is not None else DEFAULT_THRESHOLD
 
 
-def _check_threshold(threshold, min_area) -> None:
-    for what, v in (("threshold", threshold), ("min_area", min_area)):
+def _check_threshold(threshold, min_area, name: str = "threshold") -> None:
+    for what, v in ((name, threshold), ("min_area", min_area)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
             raise ValueError(f"{what} must be a number in [0, 1), got {v!r}")
 

@@ -22,6 +22,7 @@ from .audit import (
     DEFAULT_MASKS,
     DEFAULT_MIN_AREA,
     DEFAULT_SHIFTS,
+    DEFAULT_THRESHOLD,
     AuditResult,
     _check_threshold,
     audit_batch,
@@ -160,10 +161,9 @@ def audit_dataset(
     from .hub import DEFAULT_MODEL
     from .outputs import check_outputs
 
-    if threshold is not None:
-        _check_threshold(threshold, min_area)
+    _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold, min_area)  # min_area too, up front
     if repair is not None and repair != "auto":
-        _check_threshold(repair, min_area)
+        _check_threshold(repair, min_area, name="repair")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     items = list_pairs(images_dir, labels_dir)
