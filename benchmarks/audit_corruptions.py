@@ -146,15 +146,15 @@ def corrupted_set(labels, keys, kind: str, seed: int, num_classes: int):
 # ----------------------------------------------------------------------------------------------------
 # scoring
 # ----------------------------------------------------------------------------------------------------
-def leave_out(predict, images, labels, grid, num_classes, batch_size: int, full: bool = False):
-    """Leave-out ``(score, predicted[, probs])`` per image (numpy)."""
+def leave_out(predict, images, labels, grid, num_classes, batch_size: int, full: bool = False, shifts: int = 1):
+    """Leave-out ``(score, predicted[, probs])`` per image (numpy), with ``shifts`` grid shifts."""
     from torch_label_mae.audit import leave_out_probs, score_from_probs
 
     scores, preds, probs = [], [], []
     for s in range(0, len(images), batch_size):
         img = torch.stack(images[s : s + batch_size])
         lab = torch.from_numpy(np.stack(labels[s : s + batch_size])).long()
-        p, count = leave_out_probs(predict, img, lab, grid, num_classes)
+        p, count = leave_out_probs(predict, img, lab, grid, num_classes, shifts=shifts)
         assert bool((count >= 1).all()), "a pixel was never hidden"
         sc, pr = score_from_probs(p, lab)
         scores += list(sc.numpy())
@@ -249,7 +249,13 @@ def cleanlab_mask(labels, probs) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     from torch_label_mae import LabelCompleter
-    from torch_label_mae.audit import DEFAULT_MIN_AREA, DEFAULT_THRESHOLD, model_predictor, random_walk_predictor
+    from torch_label_mae.audit import (
+        DEFAULT_MIN_AREA,
+        DEFAULT_SHIFTS,
+        default_threshold,
+        model_predictor,
+        random_walk_predictor,
+    )
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.io import resize_image, resize_label
 
@@ -259,22 +265,28 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="camvid-m0.5")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    ap.add_argument("--threshold", type=float, help="default: the model's own (audit.default_threshold)")
     ap.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA)
     ap.add_argument("--sweep", type=float, nargs="+", help="model only: mIoU before / after repair per threshold")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, help="the first N images only")
+    ap.add_argument("--shifts", type=int, choices=[1, 2, 4], default=DEFAULT_SHIFTS, help="leave-out grid shifts")
+    ap.add_argument("--limit", type=int, help="the first N images only (after --every)")
+    ap.add_argument("--every", type=int, default=1, help="every K-th image only (choices on a spread of train)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
 
+    if a.every < 1:
+        ap.error(f"--every must be >= 1, got {a.every}")
     completer = LabelCompleter.from_pretrained(a.model, device="cpu")
+    a.threshold = default_threshold(completer) if a.threshold is None else a.threshold
     cfg = completer.config
     n, size = cfg.num_classes, cfg.size
     ds = FolderDataset(a.data, a.split)
-    count = len(ds) if a.limit is None else min(a.limit, len(ds))
+    picked = list(range(0, len(ds), a.every))[: a.limit]
+    count = len(picked)
     images, truths, keys = [], [], []
-    for i in range(count):
+    for i in picked:
         image, label, key = ds[i]
         images.append(resize_image(image.unsqueeze(0), size)[0])
         truths.append(resize_label(label.unsqueeze(0), size)[0].numpy().astype(np.int64))
@@ -282,7 +294,7 @@ def main(argv=None) -> int:
     predictors = {"model": model_predictor(completer), "rw": random_walk_predictor(n)}
     print(
         f"{ds.info.name} [{a.split}] {count} images at {size[0]}x{size[1]}, model {a.model}, threshold "
-        f"{a.threshold:g}, min area {a.min_area:g}, seed {a.seed}",
+        f"{a.threshold:g}, min area {a.min_area:g}, grid shifts {a.shifts}, seed {a.seed}",
         flush=True,
     )
     results: dict = {}
@@ -297,7 +309,7 @@ def main(argv=None) -> int:
         corrupted, flags = corrupted_set(truths, keys, kind, a.seed, n)
         results[kind] = {}
         if a.sweep:
-            sc, pr = leave_out(predictors["model"], images, corrupted, cfg.grid, n, a.batch_size)
+            sc, pr = leave_out(predictors["model"], images, corrupted, cfg.grid, n, a.batch_size, shifts=a.shifts)
             row = []
             for t in a.sweep:
                 f = figures(sc, pr, corrupted, truths, flags, n, t, a.min_area)
@@ -311,12 +323,19 @@ def main(argv=None) -> int:
             if method in ("model", "cleanlab"):
                 if model_out is None:
                     model_out = leave_out(
-                        predictors["model"], images, corrupted, cfg.grid, n, a.batch_size, "cleanlab" in a.methods
+                        predictors["model"],
+                        images,
+                        corrupted,
+                        cfg.grid,
+                        n,
+                        a.batch_size,
+                        "cleanlab" in a.methods,
+                        a.shifts,
                     )
                 sc, pr = model_out[0], model_out[1]
                 binary = cleanlab_mask(corrupted, model_out[2]) if method == "cleanlab" else None
             else:
-                sc, pr = leave_out(predictors["rw"], images, corrupted, cfg.grid, n, a.batch_size)
+                sc, pr = leave_out(predictors["rw"], images, corrupted, cfg.grid, n, a.batch_size, shifts=a.shifts)
                 binary = None
             f = figures(sc, pr, corrupted, truths, flags, n, a.threshold, a.min_area, binary)
             f["seconds"] = time.perf_counter() - t0

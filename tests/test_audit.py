@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -20,6 +21,7 @@ from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.audit import (
     audit_batch,
     finish,
+    grid_shifts,
     leave_out_masks,
     leave_out_probs,
     patch_pixels,
@@ -63,13 +65,11 @@ def _digest(folder: Path) -> dict:
     gw=st.integers(1, 20),
     num_masks=st.sampled_from([1, 2, 4]),
     block=st.integers(1, 4),
-    shifts=st.integers(1, 3),
 )
-def test_masks_cover_every_patch_once_per_shift(gh, gw, num_masks, block, shifts):
-    masks = leave_out_masks((gh, gw), num_masks, block, shifts)
-    assert masks.shape == (num_masks * shifts, gh * gw)
-    per_shift = masks.view(shifts, num_masks, gh * gw).sum(1)
-    assert bool((per_shift == 1).all())  # every patch hidden exactly once in each shift
+def test_masks_cover_every_patch_once(gh, gw, num_masks, block):
+    masks = leave_out_masks((gh, gw), num_masks, block)
+    assert masks.shape == (num_masks, gh * gw)
+    assert bool((masks.sum(0) == 1).all())  # every patch hidden exactly once
 
 
 def test_hidden_blocks_keep_visible_neighbours():
@@ -99,9 +99,50 @@ def test_every_pixel_predicted_while_hidden_without_its_class(h, w, gh, gw):
         seen.add_(missing.float())
         return torch.full((2, N, h, w), 1.0 / N)
 
-    probs, count = leave_out_probs(predict, image, label, (gh, gw), N)
+    probs, count = leave_out_probs(predict, image, label, (gh, gw), N, shifts=1)
     assert bool((count == 1).all()) and bool((seen == 1).all())
     assert torch.allclose(probs.sum(1), torch.ones(2, h, w))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(3, 70),
+    w=st.integers(3, 70),
+    gh=st.integers(1, 6),
+    gw=st.integers(1, 6),
+    shifts=st.sampled_from([2, 4]),
+)
+def test_grid_shifts_predict_each_pixel_once_per_shift_hidden_and_in_place(h, w, gh, gw, shifts):
+    """With grid shifts: every pass hides its pixels' classes (no leak), each pixel is predicted once per
+    shift that keeps it inside the image, at least once, and each prediction lands back on its own pixel."""
+    gh, gw = min(gh, h), min(gw, w)
+    rng = np.random.default_rng(h * 100 + w + shifts)
+    label = torch.from_numpy(rng.integers(0, N, (2, h, w)))
+    where = torch.arange(h * w).view(1, 1, h, w).float().expand(2, 3, h, w) / (h * w)  # an image of positions
+    moves = grid_shifts(shifts, (gh, gw), (h, w))
+
+    def predict(img, lab, hidden, missing):
+        assert bool((lab[missing] == 255).all())  # the hidden pixels' classes never reach the predictor
+        pos = (img[:, 0] * (h * w)).round().long()  # [2, h, w]: the pixel each position came from
+        return F.one_hot(pos % N, N).permute(0, 3, 1, 2).float()  # a class read off the pixel's own position
+
+    probs, count = leave_out_probs(predict, where, label, (gh, gw), N, shifts=shifts)
+    expect = torch.zeros(h, w)
+    for dy, dx in moves:
+        expect[: h - dy, : w - dx] += 1  # the last rows / columns a shift moves past the edge: not predicted
+    assert torch.equal(count, expect.expand(2, -1, -1)) and bool((count >= 1).all())
+    own = F.one_hot(torch.arange(h * w).view(h, w) % N, N).permute(2, 0, 1).float()
+    assert torch.allclose(probs, own.expand(2, -1, -1, -1))  # every pass put its prediction back in place
+
+
+def test_grid_shifts_are_half_a_patch():
+    assert grid_shifts(1, (14, 14), (224, 224)) == [(0, 0)]
+    assert grid_shifts(2, (14, 14), (224, 224)) == [(0, 0), (8, 8)]
+    assert grid_shifts(4, (14, 14), (224, 224)) == [(0, 0), (8, 8), (8, 0), (0, 8)]
+    assert grid_shifts(4, (14, 14), (360, 480)) == [(0, 0), (13, 17), (13, 0), (0, 17)]
+    assert grid_shifts(4, (4, 4), (4, 4)) == [(0, 0)]  # 1 px patches: no half-patch move
+    with pytest.raises(ValueError, match="shifts"):
+        grid_shifts(3, (14, 14), (224, 224))
 
 
 def test_model_prior_sees_the_visible_label_only(completer):
@@ -226,6 +267,52 @@ def test_audit_refuses_outputs_on_inputs(data, model_dir):
         audit_dataset(images, labels, labels, model=model_dir, progress=False)
     with pytest.raises(ValueError, match="inside"):
         audit_dataset(images, labels, labels / "sub", model=model_dir, progress=False)
+
+
+def test_each_registered_model_has_its_own_threshold_and_folders_the_default(completer):
+    from torch_label_mae.audit import DEFAULT_THRESHOLD, default_threshold
+    from torch_label_mae.hub import REGISTRY
+
+    assert default_threshold(completer) == DEFAULT_THRESHOLD  # a folder: no registered threshold
+    for name, entry in REGISTRY.items():
+        completer.pretrained_name = name
+        want = entry.audit_threshold if entry.audit_threshold is not None else DEFAULT_THRESHOLD
+        assert default_threshold(completer) == want
+        if entry.weights is not None:  # a preset audits as the weights it loads
+            assert entry.audit_threshold == REGISTRY[entry.weights].audit_threshold
+    completer.pretrained_name = "camvid-m0.5"
+    assert default_threshold(completer) == REGISTRY["camvid-m0.5"].audit_threshold != DEFAULT_THRESHOLD
+    completer.pretrained_name = None
+
+
+def test_audit_dataset_repairs_at_the_threshold_in_use_with_auto(tmp_path, data, model_dir):
+    from torch_label_mae.audit import DEFAULT_THRESHOLD
+
+    images, labels = data
+    rep = audit_dataset(images, labels, tmp_path / "a", model=model_dir, repair="auto", progress=False, worst=0)
+    assert rep.settings["threshold"] == rep.settings["repair"] == DEFAULT_THRESHOLD
+    rep = audit_dataset(images, labels, tmp_path / "b", model=model_dir, repair="auto", threshold=0.4, progress=False,
+                        worst=0)  # fmt: skip
+    assert rep.settings["threshold"] == rep.settings["repair"] == 0.4
+    assert len(list((tmp_path / "b" / "repaired").glob("*.png"))) == 5
+    with pytest.raises(ValueError, match="repair"):
+        audit_dataset(images, labels, tmp_path / "c", model=model_dir, repair="0.5", progress=False)  # not "auto"
+
+
+def test_a_bad_min_area_is_refused_before_anything_is_written(tmp_path, data, model_dir):
+    images, labels = data
+    with pytest.raises(ValueError, match="min_area"):
+        audit_dataset(images, labels, tmp_path / "out", model=model_dir, min_area=1.0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_audit_repair_without_a_value_uses_the_threshold(tmp_path, data, model_dir):
+    images, labels = data
+    out = tmp_path / "cli"
+    argv = ["audit", "--images", str(images), "--labels", str(labels), "--out", str(out), "--model", str(model_dir)]
+    assert main(argv + ["--threshold", "0.3", "--repair", "--quiet", "--worst", "0", "--device", "cpu"]) == 0
+    settings = json.loads((out / "audit_report.json").read_text())["settings"]
+    assert settings["threshold"] == settings["repair"] == 0.3
 
 
 def test_cli_audit(tmp_path, data, model_dir, capsys):

@@ -8,8 +8,13 @@ context predicts, it is suspect.
   blocks of patches, coloured like a checkerboard with ``num_masks`` colours (2: a checkerboard,
   4: two-by-two phases); each mask hides the patches of one colour. The masks are complementary:
   every patch is hidden in exactly one of them, and every hidden block keeps visible neighbours.
-  ``shifts > 1`` repeats the pattern shifted by ``block // 2`` patches, so that each patch is
-  predicted ``shifts`` times, from different contexts (the probabilities are averaged).
+- **Grid shifts** (:func:`grid_shifts`): ``shifts`` 2 or 4 repeat the leave-out with the image and the
+  label moved by half a patch (diagonally; 4: also down and across), so each pixel is predicted from
+  that many different cuts of the image into patches, and the probabilities are averaged. A pixel is
+  predicted with the same context in every pass otherwise: one cut puts a small object whole into a
+  hidden patch and its prediction is confidently wrong; another cut leaves part of it visible. The
+  image and label are rolled: the strip that a shift moves past the edge comes round at the other
+  side, where its label is unknown to the predictor and its pixels are not predicted in that pass.
 - **No leak.** For each mask the label is first set unknown on every pixel of its hidden patches
   (at the label's own resolution), then resized to the model grid; the label prior (nearest fill,
   random walk) is computed from that visible label only, at the model's size and again at full size.
@@ -44,10 +49,11 @@ from scipy import ndimage
 from .io import resize_image, resize_label
 from .slots import from_slots, to_slots
 
-DEFAULT_THRESHOLD = 0.97  # chosen on CamVid train with seeded corruptions (docs/audit.md)
+DEFAULT_THRESHOLD = 0.95  # models without their own (hub.Pretrained.audit_threshold): the highest of those
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
 DEFAULT_MASKS = 4
 DEFAULT_BLOCK = 1
+DEFAULT_SHIFTS = 4  # chosen on CamVid and CCP train with seeded corruptions (docs/audit.md)
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,6 +61,8 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "AuditResult",
     "audit_batch",
+    "default_threshold",
+    "grid_shifts",
     "leave_out_masks",
     "leave_out_probs",
     "model_predictor",
@@ -68,31 +76,35 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # leave-out masks and probabilities
 # ----------------------------------------------------------------------------------------------------
-def leave_out_masks(
-    grid: tuple[int, int], num_masks: int = DEFAULT_MASKS, block: int = DEFAULT_BLOCK, shifts: int = 1
-) -> torch.Tensor:
-    """``[num_masks * shifts, gh * gw]`` bool: complementary sets of patches (see the module docstring).
-    Within each shift, every patch is hidden exactly once."""
+def leave_out_masks(grid: tuple[int, int], num_masks: int = DEFAULT_MASKS, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """``[num_masks, gh * gw]`` bool: complementary sets of patches (see the module docstring); every
+    patch is hidden exactly once."""
     if num_masks not in (1, 2, 4):
         raise ValueError(f"num_masks must be 1, 2 or 4, got {num_masks!r}")
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be an integer >= 1 (patches), got {block!r}")
-    if isinstance(shifts, bool) or not isinstance(shifts, int) or shifts < 1:
-        raise ValueError(f"shifts must be an integer >= 1, got {shifts!r}")
     gh, gw = grid
-    out = []
-    for s in range(shifts):
-        off = s * max(block // 2, 1)
-        by = (torch.arange(gh) + off) // block  # [gh] block row of each patch row
-        bx = (torch.arange(gw) + off) // block
-        if num_masks == 1:
-            phase = torch.zeros(gh, gw, dtype=torch.long)
-        elif num_masks == 2:
-            phase = (by[:, None] + bx[None, :]) % 2
-        else:
-            phase = (by[:, None] % 2) * 2 + bx[None, :] % 2
-        out += [(phase == k).flatten() for k in range(num_masks)]
-    return torch.stack(out)
+    by = torch.arange(gh) // block  # [gh] block row of each patch row
+    bx = torch.arange(gw) // block
+    if num_masks == 1:
+        phase = torch.zeros(gh, gw, dtype=torch.long)
+    elif num_masks == 2:
+        phase = (by[:, None] + bx[None, :]) % 2
+    else:
+        phase = (by[:, None] % 2) * 2 + bx[None, :] % 2
+    return torch.stack([(phase == k).flatten() for k in range(num_masks)])
+
+
+def grid_shifts(shifts: int, grid: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The ``(dy, dx)`` pixel shifts of the leave-out passes at label size ``size``: ``(0, 0)``, then half a
+    patch diagonally (``shifts`` 2), then half a patch down and across (4). Shifts that round to no move
+    (patches under 2 px) are left out."""
+    if shifts not in (1, 2, 4):
+        raise ValueError(f"shifts must be 1, 2 or 4, got {shifts!r}")
+    half = [size[i] / grid[i] / 2 for i in (0, 1)]
+    sy, sx = (int(x + 0.5) if x >= 1 else 0 for x in half)  # half a patch, halves rounded up
+    out = [(0, 0), (sy, sx), (sy, 0), (0, sx)][:shifts]
+    return list(dict.fromkeys(d for d in out if d == (0, 0) or (d[0] < size[0] and d[1] < size[1] and any(d))))
 
 
 def patch_pixels(hidden: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -114,24 +126,29 @@ def leave_out_probs(
     *,
     num_masks: int = DEFAULT_MASKS,
     block: int = DEFAULT_BLOCK,
-    shifts: int = 1,
+    shifts: int = DEFAULT_SHIFTS,
     ignore_index: int = 255,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every pixel predicted while its patch is hidden: ``(probs [B, N, H, W], count [B, H, W])``,
-    ``probs`` averaged over the ``count`` masks that hid each pixel. ``label [B, H, W]``: ids outside
-    ``[0, N)`` are unknown to the predictor."""
+    ``probs`` averaged over the ``count`` passes that hid each pixel (once per grid shift, see
+    :func:`grid_shifts`). ``label [B, H, W]``: ids outside ``[0, N)`` are unknown to the predictor."""
     b, h, w = label.shape
-    known = (label >= 0) & (label < num_classes)
-    masks = leave_out_masks(grid, num_masks, block, shifts).to(label.device)
+    masks = leave_out_masks(grid, num_masks, block).to(label.device)
     probs = torch.zeros(b, num_classes, h, w, device=label.device)
     count = torch.zeros(b, h, w, device=label.device)
-    for m in masks:
-        hidden = m.expand(b, -1)
-        missing = patch_pixels(hidden, grid, (h, w))
-        visible = torch.where(missing | ~known, torch.full_like(label, ignore_index), label)
-        p = predict(image, visible, hidden, missing).float()
-        probs += torch.where(missing.unsqueeze(1), p, torch.zeros_like(p))
-        count += missing.float()
+    for dy, dx in grid_shifts(shifts, grid, (h, w)):
+        img, lab = image.roll((dy, dx), (-2, -1)), label.roll((dy, dx), (-2, -1))  # [B, 3, H, W], [B, H, W]
+        edge = torch.zeros(h, w, dtype=torch.bool, device=label.device)
+        edge[:dy], edge[:, :dx] = True, True  # the strip moved past the edge: unknown, not predicted
+        known = (lab >= 0) & (lab < num_classes) & ~edge
+        for m in masks:
+            hidden = m.expand(b, -1)
+            missing = patch_pixels(hidden, grid, (h, w))
+            visible = torch.where(missing | ~known, torch.full_like(lab, ignore_index), lab)
+            p = predict(img, visible, hidden, missing).float()
+            use = (missing & ~edge).roll((-dy, -dx), (-2, -1))  # back in the label's frame
+            probs += torch.where(use.unsqueeze(1), p.roll((-dy, -dx), (-2, -1)), torch.zeros_like(p))
+            count += use.float()
     return probs / count.clamp(min=1).unsqueeze(1), count
 
 
@@ -299,8 +316,17 @@ def finish(
     return AuditResult(score, predicted, regions, flagged, repaired, image_score, labelled, changed, threshold)
 
 
-def _check_threshold(threshold, min_area) -> None:
-    for what, v in (("threshold", threshold), ("min_area", min_area)):
+def default_threshold(completer) -> float:
+    """The audit's threshold for ``completer``: its registered model's ``audit_threshold`` (chosen on its
+    training data with seeded corruptions, ``docs/audit.md``), else :data:`DEFAULT_THRESHOLD`."""
+    from .hub import REGISTRY
+
+    entry = REGISTRY.get(getattr(completer, "pretrained_name", None) or "")
+    return entry.audit_threshold if entry is not None and entry.audit_threshold is not None else DEFAULT_THRESHOLD
+
+
+def _check_threshold(threshold, min_area, name: str = "threshold") -> None:
+    for what, v in ((name, threshold), ("min_area", min_area)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
             raise ValueError(f"{what} must be a number in [0, 1), got {v!r}")
 
@@ -310,19 +336,21 @@ def audit_batch(
     images: Sequence,
     labels: Sequence,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     min_area: float = DEFAULT_MIN_AREA,
     num_masks: int = DEFAULT_MASKS,
     block: int = DEFAULT_BLOCK,
-    shifts: int = 1,
+    shifts: int = DEFAULT_SHIFTS,
     batch_size: int | None = None,
     predictor: Predictor | None = None,
 ) -> list[AuditResult]:
     """Audit a list of labels with ``completer`` (see :meth:`LabelCompleter.audit`). Same-size labels
     are batched, ``batch_size`` at a time (default: 8 on the CPU, 64 on CUDA); ids outside
-    ``[0, N)`` (void) are unknown to the model, never scored and never repaired."""
+    ``[0, N)`` (void) are unknown to the model, never scored and never repaired. ``threshold``: the
+    score above which pixels are suspect (and repaired); None: :func:`default_threshold`."""
     from .io import image_to_tensor, label_to_tensor
 
+    threshold = default_threshold(completer) if threshold is None else threshold
     _check_threshold(threshold, min_area)
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")

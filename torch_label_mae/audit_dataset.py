@@ -21,10 +21,12 @@ from .audit import (
     DEFAULT_BLOCK,
     DEFAULT_MASKS,
     DEFAULT_MIN_AREA,
+    DEFAULT_SHIFTS,
     DEFAULT_THRESHOLD,
     AuditResult,
     _check_threshold,
     audit_batch,
+    default_threshold,
     finish,
 )
 from .data import read_image, read_label
@@ -125,12 +127,12 @@ def audit_dataset(
     out_dir: str | Path,
     *,
     model=None,
-    threshold: float = DEFAULT_THRESHOLD,
-    repair: float | None = None,
+    threshold: float | None = None,
+    repair: float | str | None = None,
     min_area: float = DEFAULT_MIN_AREA,
     num_masks: int = DEFAULT_MASKS,
     block: int = DEFAULT_BLOCK,
-    shifts: int = 1,
+    shifts: int = DEFAULT_SHIFTS,
     batch_size: int = 8,
     device=None,
     precision: str = "auto",
@@ -144,8 +146,9 @@ def audit_dataset(
     Writes ``out_dir/scores/<label name>`` (8-bit grayscale, 0 = agrees with its context, 255 = surely
     wrong), ``out_dir/records/<id>.json`` (one label's summary, for resuming), ``out_dir/audit_report.json``
     (every label, worst first) and ``out_dir/worst.png`` (image | label | suspect regions | proposed
-    repair for the ``worst`` labels). ``threshold``: the score above which pixels are suspect;
-    ``repair``: when given, labels with the suspect pixels above this threshold replaced by the
+    repair for the ``worst`` labels). ``threshold``: the score above which pixels are suspect (None: the
+    model's, :func:`~torch_label_mae.audit.default_threshold`); ``repair``: when given (``"auto"``: the
+    threshold), labels with the suspect pixels above this threshold replaced by the
     leave-out prediction are written to ``out_dir/repaired/<label name>`` (palette kept).
 
     As :func:`~torch_label_mae.complete_dataset.complete_dataset`: inputs are never written (outputs
@@ -158,9 +161,9 @@ def audit_dataset(
     from .hub import DEFAULT_MODEL
     from .outputs import check_outputs
 
-    _check_threshold(threshold, min_area)
-    if repair is not None:
-        _check_threshold(repair, min_area)
+    _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold, min_area)  # min_area too, up front
+    if repair is not None and repair != "auto":
+        _check_threshold(repair, min_area, name="repair")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     items = list_pairs(images_dir, labels_dir)
@@ -171,6 +174,8 @@ def audit_dataset(
         raise ValueError(f"out_dir {out_dir} is an input folder; choose another folder")
     check_outputs([("out_dir", out_dir)], inputs)
     completer = _load_completer(model if model is not None else DEFAULT_MODEL, device, precision)
+    threshold = default_threshold(completer) if threshold is None else threshold
+    repair = threshold if repair == "auto" else repair
     settings = dict(
         threshold=threshold, repair=repair, min_area=min_area, num_masks=num_masks, block=block, shifts=shifts
     )

@@ -150,6 +150,11 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _repair_threshold(text: str) -> float | str:
+    """argparse type of ``--repair``: a number in [0, 1], or ``auto`` (the audit's threshold)."""
+    return text if text == "auto" else _unit_float(text)
+
+
 def _int_in(text: str, lo: int, hi: int | None) -> int:
     try:
         value = int(text)
@@ -267,6 +272,7 @@ def cmd_audit(args) -> int:
             repair=args.repair,
             min_area=args.min_area,
             num_masks=args.masks,
+            shifts=args.shifts,
             batch_size=args.batch_size,
             device=args.device,
             precision=args.precision,
@@ -591,16 +597,19 @@ def _add_audit(sub) -> None:
     p.add_argument(
         "--threshold",
         type=_unit_float,
-        default=0.97,  # audit.DEFAULT_THRESHOLD; literal: --help stays free of torch
-        help="score (1 - probability of the given class) above which pixels are suspect (default: %(default)s)",
+        default=None,
+        help="score (1 - probability of the given class) above which pixels are suspect (default: the model's "
+        "own, chosen on its training data; docs/audit.md)",
     )
     p.add_argument(
         "--repair",
-        type=_unit_float,
+        type=_repair_threshold,
+        nargs="?",
+        const="auto",
         default=None,
         metavar="THRESHOLD",
-        help="also write repaired labels to OUT/repaired: suspect pixels above THRESHOLD take the predicted "
-        "class (default: no repair)",
+        help="also write repaired labels to OUT/repaired: suspect pixels above THRESHOLD (no value: --threshold's) "
+        "take the predicted class (default: no repair)",
     )
     p.add_argument(
         "--min-area",
@@ -610,6 +619,14 @@ def _add_audit(sub) -> None:
     )
     p.add_argument(
         "--masks", type=int, choices=[2, 4], default=4, help="leave-out masks per label (default: %(default)s)"
+    )
+    p.add_argument(
+        "--shifts",
+        type=int,
+        choices=[1, 2, 4],
+        default=4,  # audit.DEFAULT_SHIFTS
+        help="leave-out passes with the patch grid moved by half a patch; each pixel is predicted from that "
+        "many cuts into patches, averaged (1: fastest; default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--worst", type=int, default=8, help="labels drawn in OUT/worst.png (default: %(default)s)")
