@@ -49,7 +49,7 @@ from scipy import ndimage
 from .io import resize_image, resize_label
 from .slots import from_slots, to_slots
 
-DEFAULT_THRESHOLD = 0.95  # models without their own (hub.Pretrained.audit_threshold): the highest of those
+DEFAULT_THRESHOLD = 0.95  # for models without their own (hub.Pretrained.audit_threshold); docs/audit.md
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
 DEFAULT_MASKS = 4
 DEFAULT_BLOCK = 1
