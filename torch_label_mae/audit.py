@@ -103,8 +103,7 @@ def grid_shifts(shifts: int, grid: tuple[int, int], size: tuple[int, int]) -> li
         raise ValueError(f"shifts must be 1, 2 or 4, got {shifts!r}")
     half = [size[i] / grid[i] / 2 for i in (0, 1)]
     sy, sx = (int(x + 0.5) if x >= 1 else 0 for x in half)  # half a patch, halves rounded up
-    out = [(0, 0), (sy, sx), (sy, 0), (0, sx)][:shifts]
-    return list(dict.fromkeys(d for d in out if d == (0, 0) or (d[0] < size[0] and d[1] < size[1] and any(d))))
+    return list(dict.fromkeys([(0, 0), (sy, sx), (sy, 0), (0, sx)][:shifts]))  # a shift of 0 is a repeat
 
 
 def patch_pixels(hidden: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
