@@ -1,6 +1,6 @@
 """``label-mae``: thin command-line front end; every command calls the Python API.
 
-Commands: demo, complete, audit, evaluate, train, degrade, show, list.
+Commands: demo, complete, audit, fit, evaluate, train, degrade, show, list.
 """
 
 from __future__ import annotations
@@ -418,6 +418,32 @@ examples:
 """
 
 
+def cmd_fit(args) -> int:
+    from .fit_dataset import fit_dataset
+
+    try:
+        fit_dataset(
+            args.images,
+            args.labels,
+            args.out,
+            init=args.init,
+            minutes=args.minutes,
+            missing_index=args.missing_index,
+            void_index=args.void_index,
+            colors=args.colors,
+            val_fraction=args.val_fraction,
+            val_images=args.val_images,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            resume=args.resume,
+            max_steps=args.max_steps,
+            progress=not args.quiet,
+        )
+    except ValueError as e:
+        raise ValueError(_cli_words(str(e))) from None
+    return 0
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -456,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_degrade(sub)
     _add_complete(sub)
     _add_audit(sub)
+    _add_fit(sub)
     _add_show(sub)
     sub.add_parser("train", help="train a model (see `label-mae train --help`)", add_help=False)
     _add_list(sub)
@@ -633,6 +660,40 @@ def _add_audit(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo labels whose outputs exist and are valid")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_audit)
+
+
+def _add_fit(sub) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="adapt a model to a dataset on its own broken labels, then complete with --model OUT",
+        description="Train a model on the known pixels of a label folder (hidden and reconstructed, as L-MAE\n"
+        "trains; the holes are never targets), with training holes shaped like the labels' own, within\n"
+        "a time budget. A share of the known pixels is held out and scores the fitted model, the model it\n"
+        "started from and the random walker; the better model is written to OUT (config.json,\n"
+        "model.safetensors, README.md, fit.json). Stopped: rerun with --resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="folder of images (<id>.jpg / .png / ...)")
+    p.add_argument("--labels", required=True, help="folder of label PNGs with holes (<id>.png)")
+    p.add_argument("--out", required=True, help="output model folder (not an input folder)")
+    p.add_argument("--init", default="any-m0.5", help="model to start from: name or folder (default: %(default)s)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default: %(default)s)")
+    p.add_argument("--missing-index", type=_byte, default=255, help="value of the holes (default: %(default)s)")
+    p.add_argument("--void-index", type=_byte, default=None, help="the labels' own ignore value, never trained on")
+    p.add_argument("--colors", default=None, help="colour table of RGB labels: camvid | cityscapes | voc | FILE.json")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the known pixels held out to score the models (default: %(default)s)",
+    )
+    p.add_argument("--val-images", type=_positive_int, default=32, help="labels that hold out (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="training batch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out blocks and training (default: 0)")
+    p.add_argument("--resume", action="store_true", help="continue the fit in OUT (the budget counts over resumes)")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps (smoke runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_fit)
 
 
 def _add_show(sub) -> None:

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .config import NAMED_CONFIGS, LMAEConfig
-from .data import open_dataset
+from .data import DatasetInfo, open_dataset
 from .evaluate import evaluate
 from .hub import save_hub_files
 from .inference import complete_tensors
@@ -96,6 +97,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA mostly; the first steps compile)
     class_agnostic: bool = False  # slots instead of classes (torch_label_mae.slots): any datasets, pooled
     num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
+    new_classes: bool = False  # --init of another class list (or class-agnostic): its weights, the data's classes
+
+
+@dataclass
+class TrainData:
+    """What a run trains and validates on: ``info`` (the classes the model gets), ``pairs`` (image
+    ``uint8 [3, H, W]``, label ``uint8 [H, W]``, unknown pixels ``info.ignore_index``) and
+    ``validate(method) -> dict`` with at least ``pa_miou`` (a fraction), or None for no validation."""
+
+    info: DatasetInfo
+    pairs: list
+    validate: Callable[[Callable], dict] | None = None
 
 
 def data_roots(cfg: TrainConfig) -> list[str]:
@@ -323,21 +336,49 @@ def _prior_method(model: LMAE):
     return method
 
 
+CLASS_KEYS = ("label_embed.bag.weight", "prior_embed.bag.weight")  # rows per (class, pixel position)
+
+
+def remap_classes(state: dict, old: LMAEConfig, model: LMAE) -> dict:
+    """``state`` of a model of ``old``'s classes (or slots) for ``model``, which has other classes: the
+    label embeddings of class ``k`` are those of ``k mod old.num_classes`` (a class-agnostic start: slot
+    ``k``), the head is ``model``'s own (zero with a prior: it starts at the prior), the rest is kept."""
+    out = dict(state)
+    pp, n_old, n_new = old.patch_size**2, old.num_classes, model.config.num_classes
+    rows = (torch.arange(n_new * pp) // pp % n_old) * pp + torch.arange(n_new * pp) % pp
+    for key in CLASS_KEYS:
+        if key in state:
+            pad = state[key][-1:]  # the void row (zero)
+            out[key] = torch.cat([state[key][rows], pad])
+    own = model.state_dict()
+    out.update({k: own[k] for k in ("head.weight", "head.bias")})
+    return out
+
+
 def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
     """Fine-tuning: the model of ``cfg.init`` (a registered name, Hub repo id or local folder), loaded
     strictly from safetensors, with its own config plus ``model_overrides`` that do not change the
-    weights' shapes (e.g. ``mask_ratio``). The dataset must have the model's classes."""
+    weights' shapes (e.g. ``mask_ratio``). The dataset must have the model's classes, unless
+    ``cfg.new_classes``: then the model takes the data's classes (:func:`remap_classes`)."""
     from .completer import LabelCompleter
 
     start = LabelCompleter.from_pretrained(cfg.init, device="cpu")
-    if start.config.num_classes != from_data["num_classes"]:
+    sc = start.config
+    same = sc.num_classes == from_data["num_classes"] and sc.class_agnostic == from_data.get("class_agnostic", False)
+    if not same and not cfg.new_classes:
+        kind = "slots (class-agnostic)" if sc.class_agnostic else "classes"
         raise ValueError(
-            f"--init {cfg.init} has {start.config.num_classes} classes but the data {from_data['num_classes']}"
+            f"--init {cfg.init} has {sc.num_classes} {kind} but the data {from_data['num_classes']} classes; "
+            "pass --new-classes to start from its weights with the data's classes"
         )
-    mcfg = LMAEConfig.from_dict({**start.config.to_dict(), "mask_ratio": cfg.mask_ratio, **cfg.model_overrides})
+    classes = {} if same else {k: from_data[k] for k in ("num_classes", "class_names", "background_index")}
+    if not same:
+        classes["class_agnostic"] = from_data.get("class_agnostic", False)
+    mcfg = LMAEConfig.from_dict({**sc.to_dict(), **classes, "mask_ratio": cfg.mask_ratio, **cfg.model_overrides})
     model = LMAE(mcfg)
+    state = start.model.state_dict()
     try:
-        model.load_state_dict(start.model.state_dict())
+        model.load_state_dict(state if same else remap_classes(state, sc, model))
     except RuntimeError as e:
         raise ValueError(f"--set overrides change the shapes of the weights of --init {cfg.init}: {e}") from None
     return model, mcfg
@@ -369,7 +410,7 @@ class Run:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.ReduceLROnPlateau
     loader: DataLoader
-    val_ds: object
+    validate: Callable[[Callable], dict] | None  # TrainData.validate (rank 0 only)
     out: Path
     device: torch.device
     rank: int
@@ -416,17 +457,34 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
     return model.to(device), mcfg
 
 
-def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> Run:
-    """Model, loss, optimizer, scheduler, the resumed state and the input pipeline of a run."""
-    out = Path(cfg.out)
+def folder_data(cfg: TrainConfig, rank: int) -> TrainData:
+    """The train split of each root of ``cfg.data`` (pooled), validated on their ``cfg.val_split`` on
+    rank 0 (the mean of each figure over the roots, each in its own classes)."""
     roots = data_roots(cfg)
-    check_outputs([("out", out)], [("data", r) for r in roots])
-    torch.manual_seed(cfg.seed + rank)
     train_sets = [open_dataset(r, "train", cfg.dataset_kind) for r in roots]
-    info = train_sets[0].info
     for ds in train_sets:
         if ds.info.ignore_index != 255 and cfg.class_agnostic:
             raise ValueError(f"{ds.info.name}: ignore_index {ds.info.ignore_index}; pooled datasets must use 255")
+    pairs = [pair for ds in train_sets for pair in load_pairs(ds)]
+    if rank != 0 or not cfg.val_split:
+        return TrainData(train_sets[0].info, pairs)
+    val_sets = [open_dataset(r, cfg.val_split, cfg.dataset_kind) for r in roots]
+
+    def validate(method) -> dict:
+        ms = [evaluate(method, ds, ds.info.num_classes, limit=cfg.val_limit) for ds in val_sets]
+        return {k: sum(m[k] for m in ms) / len(ms) for k in ("pa_miou", "miou", "pixel_acc")}
+
+    return TrainData(train_sets[0].info, pairs, validate)
+
+
+def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device, data: TrainData | None) -> Run:
+    """Model, loss, optimizer, scheduler, the resumed state and the input pipeline of a run (on ``data``,
+    or on the dataset folders of ``cfg.data``)."""
+    out = Path(cfg.out)
+    check_outputs([("out", out)], [("data", r) for r in data_roots(cfg)])
+    torch.manual_seed(cfg.seed + rank)
+    data = data if data is not None else folder_data(cfg, rank)
+    info = data.info
     model, mcfg = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
     criterion = None
@@ -456,13 +514,12 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     if cfg.compile:
         net = torch.compile(net)
     seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
-    pairs = [pair for ds in train_sets for pair in load_pairs(ds)]
-    samples = TrainSamples(pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
+    samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
     loader = make_loader(samples, cfg, rank, world, device)
-    val_ds = [open_dataset(r, cfg.val_split, cfg.dataset_kind) for r in roots] if rank == 0 and cfg.val_split else None
+    validate = data.validate if rank == 0 else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     return Run(
-        cfg, mcfg, model, net, criterion, params, opt, sched, loader, val_ds, out, device, rank, world, state, log
+        cfg, mcfg, model, net, criterion, params, opt, sched, loader, validate, out, device, rank, world, state, log
     )
 
 
@@ -565,26 +622,19 @@ def run_epoch(run: Run) -> tuple[float, int, bool]:
 
 def prior_baseline(run: Run) -> None:
     """Epoch 0: the val PA-mIoU of the prior alone, on the holes every epoch is evaluated on (logged once)."""
-    if run.rank != 0 or run.val_ds is None or run.state.get("prior_pa_miou") is not None:
+    if run.validate is None or run.state.get("prior_pa_miou") is not None:
         return
-    m = _evaluate_all(_prior_method(run.model), run)
+    m = run.validate(_prior_method(run.model))
     run.state["prior_pa_miou"] = m["pa_miou"]
     kind = run.mcfg.prior.kind if run.mcfg.prior is not None else "nearest (the model has no prior)"
     _write_log(run, {"epoch": 0, "step": run.state["step"], "prior": kind, "prior_pa_miou": m["pa_miou"]})
-
-
-def _evaluate_all(method, run: Run) -> dict:
-    """``evaluate`` on each val set (its own classes); several: their mean of each figure."""
-    ms = [evaluate(method, ds, ds.info.num_classes, limit=run.cfg.val_limit) for ds in run.val_ds]
-    keys = ("pa_miou", "miou", "pixel_acc")
-    return {k: sum(m[k] for m in ms) / len(ms) for k in keys}
 
 
 def _validate(run: Run, rec: dict) -> None:
     """Val PA-mIoU of the model, next to the prior alone's; warns when the model is below it."""
     state = run.state
     run.model.eval()
-    m = _evaluate_all(_model_method(run.model), run)
+    m = run.validate(_model_method(run.model))
     rec.update(val_pa_miou=m["pa_miou"], val_miou=m["miou"])
     prior = state.get("prior_pa_miou")
     if prior is not None:
@@ -613,7 +663,7 @@ def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
     rec = {"epoch": state["epoch"], "step": state["step"], "loss": epoch_loss, "lr": run.opt.param_groups[0]["lr"],
            "seconds": time.time() - t0, "partial": not complete}  # fmt: skip
     final = complete or run.budget_spent  # a spent budget ends the run: its weights are measured and kept
-    if run.rank == 0 and run.val_ds is not None and final:
+    if run.validate is not None and final:
         _validate(run, rec)
     if run.rank == 0 and final:
         save_hub_files(run.model, run.out / "last")
@@ -646,9 +696,10 @@ def save_checkpoint(run: Run) -> None:
     atomic_write(run.out / "checkpoint.pt", lambda tmp: torch.save(blob, tmp))
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train; returns the state, whose ``best_metrics`` hold the best validation metrics (and the prior
-    alone's PA-mIoU). Safe to call again with ``resume=True``."""
+def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None) -> dict:
+    """Train (on ``data``, else on the dataset folders of ``cfg.data``); returns the state, whose
+    ``best_metrics`` hold the best validation metrics (and the prior alone's PA-mIoU). Safe to call
+    again with ``resume=True``."""
     check_config(cfg)
     rank, world, device = _setup_process(cfg)
     run, term = None, {"seen": False}
@@ -660,7 +711,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     prev = signal.signal(signal.SIGTERM, on_term)
     try:
-        run = build(cfg, resume, rank, world, device)
+        run = build(cfg, resume, rank, world, device, data)
         run.stop = term["seen"]
         prior_baseline(run)
         # a stop (SIGTERM, budget) ends the epoch after its current step; a resumed run whose budget is spent
@@ -719,6 +770,8 @@ _HELP = {
     "class_agnostic": "train a class-agnostic model (slots, not classes; torch_label_mae.slots): it takes labels "
     "of any dataset; --data may then name several roots, comma-separated, pooled",
     "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
+    "new_classes": "with --init of another class list or a class-agnostic model: start from its weights with the "
+    "data's classes (label embeddings of class k from its class or slot k; a new head)",
 }
 _INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers")
 _FLOAT_OR_NONE = ("max_minutes", "lr")
