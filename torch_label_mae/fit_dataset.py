@@ -260,6 +260,8 @@ def _compare(init: str, fitted_dir: Path, samples: list[Sample], num_classes: in
     """Held-out scores of the fitted model, the model it started from and the random walker; ``kept``."""
     from .completer import LabelCompleter
 
+    if not any(s.held.any() for s in samples):  # nothing held out (val_fraction 0, tiny labels): keep the fit
+        return dict(fitted=None, zero_shot=None, random_walker=None, kept="fitted")
     fitted = score(completer_method(LabelCompleter.from_pretrained(str(fitted_dir))), samples, num_classes)
     zero = score(completer_method(LabelCompleter.from_pretrained(init)), samples, num_classes)
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
@@ -281,6 +283,8 @@ def _write(out: Path, report: dict, init: str, fitted_dir: Path) -> None:
 
 def summary(report: dict) -> str:
     """One paragraph: the held-out PA-mIoU of each method and the model kept."""
+    if report["fitted"] is None:
+        return "no pixel held out: kept the fitted model unscored"
     f, z, w = (100 * report[k]["pa_miou"] for k in ("fitted", "zero_shot", "random_walker"))
     held = report["fitted"]
     return (
@@ -292,14 +296,10 @@ def summary(report: dict) -> str:
 def model_card(report: dict) -> str:
     """The ``README.md`` of a fitted model folder: what it was fitted on and what it measured."""
     h, t = report["holes"], report["training"]
-    rows = "\n".join(
-        f"| {name} | {100 * report[k]['pa_miou']:.1f} | {100 * report[k]['pa_pixel_acc']:.1f} |"
-        for k, name in (
-            ("fitted", "fitted"),
-            ("zero_shot", f"zero-shot `{report['init']}`"),
-            ("random_walker", "random walker (scikit-image's, beta 2000)"),
-        )  # fmt: skip
-    )
+    if report["fitted"] is None:
+        scored = "No pixel was held out (`val_fraction` 0): the fitted model was kept unscored.\n"
+    else:
+        scored = _scores_section(report)
     return f"""---
 library_name: torch-label-mae
 tags: [label-completion, l-mae, fitted]
@@ -315,7 +315,19 @@ the training holes imitate them.
 
 **Kept: the {report["kept"].replace("_", "-")} model.**
 
-Held out and never trained on: {100 * report["val_fraction"]:.0f}% of the known pixels of
+{scored}"""
+
+
+def _scores_section(report: dict) -> str:
+    rows = "\n".join(
+        f"| {name} | {100 * report[k]['pa_miou']:.1f} | {100 * report[k]['pa_pixel_acc']:.1f} |"
+        for k, name in (
+            ("fitted", "fitted"),
+            ("zero_shot", f"zero-shot `{report['init']}`"),
+            ("random_walker", "random walker (scikit-image's, beta 2000)"),
+        )  # fmt: skip
+    )
+    return f"""Held out and never trained on: {100 * report["val_fraction"]:.0f}% of the known pixels of
 {report["fitted"]["images"]} labels ({report["fitted"]["pixels"]} pixels), in blocks as wide as the holes.
 Scored there, at the labels' own resolution:
 

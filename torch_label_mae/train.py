@@ -348,8 +348,7 @@ def remap_classes(state: dict, old: LMAEConfig, model: LMAE) -> dict:
     rows = (torch.arange(n_new * pp) // pp % n_old) * pp + torch.arange(n_new * pp) % pp
     for key in CLASS_KEYS:
         if key in state:
-            pad = state[key][-1:]  # the void row (zero)
-            out[key] = torch.cat([state[key][rows], pad])
+            out[key] = torch.cat([state[key][rows], torch.zeros_like(state[key][-1:])])  # + the void row
     own = model.state_dict()
     out.update({k: own[k] for k in ("head.weight", "head.bias")})
     return out

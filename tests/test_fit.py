@@ -1,0 +1,244 @@
+"""``label-mae fit``: hole shapes, held-out pixels, class remapping of the start model, the fit end to
+end (inputs untouched, a loadable model folder, resume after ``kill -9``) and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from synth import TINY_MODEL, make_dataset
+
+from torch_label_mae.cli import main
+from torch_label_mae.completer import LabelCompleter
+from torch_label_mae.config import NAMED_CONFIGS
+from torch_label_mae.data import degrade_folder
+from torch_label_mae.fit_dataset import UNKNOWN, HoleShapes, Sample, _data, fit_dataset, hold_out, read_ids
+from torch_label_mae.model import LMAE
+from torch_label_mae.train import TrainConfig, remap_classes, train
+
+
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    y=st.integers(0, 20),
+    x=st.integers(0, 20),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_rectangle_hole_is_as_wide_as_its_short_side(h, w, y, x):
+    hole = torch.zeros(64, 64, dtype=torch.bool)
+    hole[y : y + h, x : x + w] = True  # the image edge may cut it: the hole is then that wide still
+    shapes = HoleShapes.measure([hole])
+    side = min(min(h, 64 - y), min(w, 64 - x))
+    assert shapes.count == 1
+    assert side <= shapes.width <= side + 1
+    assert shapes.fraction == pytest.approx(float(hole.float().mean()))
+
+
+def test_no_holes_gives_the_paper_masking():
+    shapes = HoleShapes.measure([torch.zeros(8, 8, dtype=torch.bool)])
+    assert shapes.count == 0 and shapes.fraction == 0.0
+    assert shapes.training_holes(480, 224) == {}
+
+
+def test_training_holes_scale_the_widths_to_the_model():
+    shapes = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10)
+    s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
+    assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
+    assert s["block_range"] == (20, 40)
+
+
+def _sample(rng, h, w, k, void):
+    truth = torch.from_numpy(rng.integers(0, k, (h, w)))
+    holes = torch.from_numpy(rng.random((h, w)) < 0.3)
+    if void:
+        truth[torch.from_numpy(rng.random((h, w)) < 0.1)] = UNKNOWN
+    truth = torch.where(holes, UNKNOWN, truth)
+    return Sample("s", torch.zeros(3, h, w, dtype=torch.uint8), truth.to(torch.uint8), holes,
+                  torch.zeros_like(holes), truth)  # fmt: skip
+
+
+@given(
+    h=st.integers(1, 50),
+    w=st.integers(1, 50),
+    k=st.integers(1, 6),
+    fraction=st.sampled_from([0.0, 0.1, 0.5]),
+    width=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+    void=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width, seed, void):
+    rng = np.random.default_rng(seed)
+    samples = [_sample(rng, h, w, k, void) for _ in range(3)]
+    truths = [s.truth.clone() for s in samples]
+    hold_out(samples, fraction, 2, width, seed)
+    for s, truth in zip(samples, truths, strict=True):
+        assert torch.equal(s.truth, truth)  # the truth is kept as it was
+        assert not (s.held & (truth == UNKNOWN)).any()  # only known pixels are held out
+        unknown = s.label == UNKNOWN
+        assert torch.equal(unknown, s.held | (truth == UNKNOWN))  # held, holes and void: unknown to training
+        assert torch.equal(s.label[~unknown].long(), truth[~unknown])
+    if any((s.truth != UNKNOWN).any() for s in samples):
+        for (_, label), s in zip(_data(samples, "x").pairs, samples, strict=True):
+            assert (label[s.holes | s.held] == UNKNOWN).all()
+    rng = np.random.default_rng(seed)
+    again = [_sample(rng, h, w, k, void) for _ in range(3)]
+    hold_out(again, fraction, 2, width, seed)
+    assert all(torch.equal(a.held, b.held) for a, b in zip(again, samples, strict=True))  # seeded
+
+
+def _agnostic(num_slots=8) -> LMAE:
+    cfg = NAMED_CONFIGS["tiny"](num_classes=num_slots, background_index=None, class_agnostic=True,
+                                label_prior=True, **TINY_MODEL)  # fmt: skip
+    model = LMAE(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # a head that is not zero, embeddings that differ per slot
+    return model
+
+
+@given(k=st.integers(1, 20))
+@settings(max_examples=20, deadline=None)
+def test_remapped_classes_take_their_slots_embeddings_and_a_new_head(k):
+    start = _agnostic()
+    cfg = start.config
+    new = LMAE(type(cfg).from_dict({**cfg.to_dict(), "num_classes": k, "class_agnostic": False}))
+    state = remap_classes(start.state_dict(), cfg, new)
+    new.load_state_dict(state)
+    pp = cfg.patch_size**2
+    for key in ("label_embed.bag.weight", "prior_embed.bag.weight"):
+        old, got = start.state_dict()[key], new.state_dict()[key]
+        for c in range(k):
+            assert torch.equal(got[c * pp : (c + 1) * pp], old[(c % 8) * pp : (c % 8 + 1) * pp])
+        assert not got[-1].any()  # the void row
+    assert not new.head.weight.any() and not new.head.bias.any()  # starts at its prior
+    assert torch.equal(new.state_dict()["blocks.0.attn.qkv.weight"], start.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def _tiny_start(tmp_path) -> Path:
+    """A tiny class-agnostic model folder to fit from (a few steps on synthetic data)."""
+    data = make_dataset(tmp_path / "pool", splits=(("train", 4),), seed=5)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "start"), model="tiny", model_overrides=dict(TINY_MODEL),
+                      class_agnostic=True, num_slots=8, batch_size=4, max_steps=1, val_split="", workers=0,
+                      threads=1)  # fmt: skip
+    train(cfg)
+    return tmp_path / "start" / "last"
+
+
+def _broken(tmp_path, n=8):
+    data = make_dataset(tmp_path / "data", splits=(("train", n),), size=(48, 64), num_classes=4)
+    degrade_folder(data / "train" / "labels", tmp_path / "broken", ratio=0.3, block=8)
+    return data / "train" / "images", tmp_path / "broken"
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_fit_writes_a_model_folder_that_completes_and_leaves_inputs_alone(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path)
+    before = (_digest(images), _digest(labels))
+    out = tmp_path / "fitted"
+    report = fit_dataset(images, labels, out, init=str(start), minutes=5, max_steps=2, batch_size=4, threads=1,
+                         val_images=4, progress=False)  # fmt: skip
+    assert (_digest(images), _digest(labels)) == before
+    assert {"config.json", "model.safetensors", "README.md", "fit.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "fit.json").read_text()) == json.loads(json.dumps(report))
+    assert report["training"]["steps"] == 2 and report["num_classes"] == 4 and report["holes"]["count"] > 0
+    assert report["kept"] in ("fitted", "zero_shot")
+    for k in ("fitted", "zero_shot", "random_walker"):
+        assert 0 <= report[k]["pa_miou"] <= 1 and report[k]["images"] == 4 and report[k]["pixels"] > 0
+    completer = LabelCompleter.from_pretrained(str(out))
+    if report["kept"] == "fitted":
+        assert completer.config.num_classes == 4 and not completer.config.class_agnostic
+    label = np.array(Image.open(sorted(labels.iterdir())[0]))
+    filled = np.array(completer.complete(np.zeros((*label.shape, 3), dtype=np.uint8), label))
+    hole = label == 255
+    assert (filled[~hole] == label[~hole]).all() and (filled[hole] < 4).all()
+    card = (out / "README.md").read_text()
+    assert "PA-mIoU" in card and f"Kept: the {report['kept'].replace('_', '-')} model" in card
+
+
+def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path)
+    kw = dict(init=str(start), minutes=5, batch_size=4, threads=1, val_images=2, progress=False)
+    fit_dataset(images, labels, tmp_path / "f", max_steps=2, **kw)
+    with pytest.raises(ValueError, match="resume"):
+        fit_dataset(images, labels, tmp_path / "f", max_steps=2, **kw)
+    report = fit_dataset(images, labels, tmp_path / "f", max_steps=4, resume=True, **kw)
+    assert report["training"]["steps"] == 4  # continued, not restarted
+
+
+def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path)
+    out = tmp_path / "f"
+    args = [sys.executable, "-m", "torch_label_mae", "fit", "--images", str(images), "--labels", str(labels),
+            "--out", str(out), "--init", str(start), "--batch-size", "4", "--val-images", "2", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*args, "--minutes", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "fit-run" / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    done = subprocess.run([*args, "--minutes", "10", "--resume", "--max-steps", "1"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads((out / "fit.json").read_text())
+    assert report["training"]["steps"] >= 2  # the steps before the kill count
+    LabelCompleter.from_pretrained(str(out))  # a valid model folder
+
+
+def test_read_ids_names_the_file_at_fault(tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 4), 255, dtype=np.uint8)).save(path)
+    with pytest.raises(ValueError, match=r"a\.png: class ids must be in 0\.\.254, found 255.*void"):
+        read_ids(path, 254, None, None)  # holes are 254: 255 would be a class id
+    ids, holes = read_ids(path, 254, 255, None)  # 255 is void: unknown, not a hole
+    assert (ids == UNKNOWN).all() and not holes.any()
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(rgb)
+    with pytest.raises(ValueError, match="rgb.png: a colour label; pass colors"):
+        read_ids(rgb, 255, None, None)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--val-fraction", "1.5"], "val_fraction"),
+        (["--minutes", "0"], "minutes"),
+    ],
+)
+def test_fit_cli_errors_are_one_line(tmp_path, capsys, args, match):
+    images, labels = _broken(tmp_path, n=2)
+    rc = main(["fit", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "o"), *args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and match in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    out = tmp_path / "f"
+    report = fit_dataset(images, labels, out, init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1,
+                         val_fraction=0.0, progress=False)  # fmt: skip
+    assert report["kept"] == "fitted" and report["fitted"] is None
+    assert "kept unscored" in (out / "README.md").read_text()
+    assert LabelCompleter.from_pretrained(str(out)).config.num_classes == 4
