@@ -383,3 +383,39 @@ def test_several_roots_need_class_agnostic(tmp_path):
         train(_cfg(f"{a},{b}", tmp_path / "run", max_steps=1))
     with pytest.raises(ValueError, match="'ce'"):
         train(_cfg(str(a), tmp_path / "run", class_agnostic=True, loss="balanced", max_steps=1))
+
+
+@given(seed=st.integers(0, 2**16), connectivity=st.sampled_from([4, 16]))
+@settings(max_examples=15, deadline=None)
+def test_pooled_samples_reuse_their_prior_and_flip_exactly(seed, connectivity):
+    from torch_label_mae.model import LMAE, LMAEConfig
+    from torch_label_mae.train import LabelPrior, TrainSamples, collate, flip_sample
+
+    kind = dict(prior_kind="random_walk", prior_solver="direct", prior_connectivity=connectivity)
+    mcfg = LMAEConfig.tiny(**{**TINY, **kind, "num_classes": 4})
+    model = LMAE(mcfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    g = torch.Generator().manual_seed(seed)
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+              torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(2)]  # fmt: skip
+    samples = TrainSamples(pairs, TrainConfig(mask_pool=2, seed=seed), mcfg, seed=seed, with_prior=False)
+    items = [samples[i % 2] for i in range(8)]
+    assert len(samples.pool) <= 4  # two samples per image, drawn once
+    first = next(iter(samples.pool.values()))
+    for item in (first, flip_sample(first, mcfg.grid)):  # a stored sample and its mirror image
+        item = dict(item, prior_prob=item["prior_prob"].float())
+        batch = collate([item])
+        img, known, hidden = batch["image"].float() / 255, batch["known"].long(), batch["hidden"]
+        index = batch["prior_index"][:, :, None, None]
+        prior = LabelPrior(batch["prior_classes"].long(), batch["prior_prob"], index)
+        with torch.no_grad():  # the kept (float16) prior gives the model's own logits, to float16's precision
+            torch.testing.assert_close(model(img, known, hidden, prior), model(img, known, hidden), atol=0.05, rtol=0)
+        assert (item["known"][item["pix"]] == mcfg.ignore_index).all()
+        assert torch.equal(hidden.view(mcfg.grid), batch["pix"][0, :: mcfg.patch_size, :: mcfg.patch_size])
+    assert all(it["image"].dtype == torch.uint8 and it["prior_prob"].dtype == torch.float32 for it in items)
+
+
+def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match="mask_pool"):
+        train(_cfg(data, tmp_path / "run", class_agnostic=True, mask_pool=2, max_steps=1))

@@ -33,7 +33,8 @@ from .complete_dataset import list_pairs
 from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
 from .hub import save_hub_files
-from .io import atomic_write
+from .io import atomic_write, resize_image, resize_label
+from .masking import hidden_to_pixels
 from .metrics import SegmentationMetrics
 from .outputs import check_outputs
 
@@ -169,6 +170,26 @@ def score(method, samples: list[Sample], num_classes: int, batch_size: int = 8) 
                 seconds=time.perf_counter() - t0)  # fmt: skip
 
 
+def pool_size(samples: list[Sample], init: str, seconds: float, share: float = 0.4, most: int = 8) -> int:
+    """How many samples (crop + masks) per label to keep with their prior (``TrainConfig.mask_pool``): as
+    many as fit in ``share`` of the training ``seconds`` at the measured cost of one prior (timed here
+    on the first label at the model's size), between 1 and ``most``; 0 when the model has no prior."""
+    from .completer import LabelCompleter
+    from .masking import random_masking
+    from .prior import make_prior
+
+    config = LabelCompleter.from_pretrained(init).config
+    if config.prior is None:
+        return 0
+    image = resize_image(samples[0].image[None], config.size)
+    label = resize_label(samples[0].label[None].long(), config.size)
+    hidden = hidden_to_pixels(random_masking(1, config.num_patches, 0.5), config.grid, config.patch_size)
+    t0 = time.perf_counter()
+    make_prior(config)(torch.where(hidden, UNKNOWN, label), image=image)
+    cost = time.perf_counter() - t0
+    return int(np.clip(share * seconds / (len(samples) * cost), 1, most))
+
+
 def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index) -> None:
     if minutes is None or not minutes > 0:
         raise ValueError(f"minutes must be a number > 0, got {minutes!r}")
@@ -238,6 +259,7 @@ def fit_dataset(
     side = float(np.median([max(s.label.shape) for s in samples]))
     settings = holes.training_holes(side, 224)
     batch_size = min(batch_size, len(samples))  # a small dataset: one batch of all
+    settings["mask_pool"] = pool_size(samples, init, 60 * minutes)
     cfg = TrainConfig(data=str(labels), out=str(run_dir), init=init, new_classes=True, max_minutes=minutes,
                       max_steps=max_steps, batch_size=batch_size, warmup_steps=20, val_split="", seed=seed,
                       threads=threads, **settings)  # fmt: skip

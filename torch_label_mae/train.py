@@ -98,6 +98,7 @@ class TrainConfig:
     class_agnostic: bool = False  # slots instead of classes (torch_label_mae.slots): any datasets, pooled
     num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
     new_classes: bool = False  # --init of another class list (or class-agnostic): its weights, the data's classes
+    mask_pool: int = 0  # > 0: that many crops + masks per image, drawn once, kept with their prior (TrainSamples)
 
 
 @dataclass
@@ -138,6 +139,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("data: a dataset root is needed")
     if cfg.class_agnostic and cfg.loss != "ce":
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
+    if cfg.mask_pool < 0 or (cfg.mask_pool and cfg.class_agnostic):
+        raise ValueError("mask_pool must be >= 0, and 0 for a class-agnostic model (its slots are drawn every step)")
     if len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
         raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
 
@@ -205,7 +208,12 @@ class TrainSamples(Dataset):
     """One training sample per index, all the host work done here (so in DataLoader workers): random
     crop + flip, the hidden patches (mixed masking, or blocks off the grid), the known label and the
     label prior. Items are dicts of tensors; labels travel as uint8. ``timings`` adds up the seconds
-    per stage in this process (``benchmarks/bench_train.py --profile``)."""
+    per stage in this process (``benchmarks/bench_train.py --profile``).
+
+    ``cfg.mask_pool = n > 0``: each image gets ``n`` samples (crop and masks), drawn at first use and
+    kept with their label prior, which is then computed once instead of every step (an exact random
+    walk prior costs several times the model's step on a CPU); each use picks one of them at random and
+    flips it at random (exact: the prior's graph is symmetric). The prior is kept in float16."""
 
     STAGES = ("augment", "mask", "prior")
 
@@ -213,16 +221,34 @@ class TrainSamples(Dataset):
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
         self.rng = random.Random(seed)
         # without workers the model computes the prior of the whole batch, spread over its threads
-        self.with_prior = with_prior and prior_in_workers(mcfg)
+        self.with_prior = (with_prior or cfg.mask_pool > 0) and prior_in_workers(mcfg)
         self.timings = dict.fromkeys(self.STAGES, 0.0)
+        self.pool: dict[tuple[int, int], dict] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        cfg, mcfg, rng = self.cfg, self.mcfg, self.rng
+        if self.cfg.mask_pool <= 0:
+            return self.draw(i, self.rng, self.cfg.flip)
+        key = (i, self.rng.randrange(self.cfg.mask_pool))
+        if key not in self.pool:
+            item = self.draw(i, random.Random(f"{self.cfg.seed}:{key}"), flip=False)
+            if "prior_prob" in item:
+                item["prior_prob"] = item["prior_prob"].half()
+            self.pool[key] = item
+        item = dict(self.pool[key])
+        if "prior_prob" in item:
+            item["prior_prob"] = item["prior_prob"].float()
+        if self.cfg.flip and self.rng.random() < 0.5:
+            item = flip_sample(item, self.mcfg.grid)
+        return item
+
+    def draw(self, i: int, rng: random.Random, flip: bool) -> dict:
+        """A new sample of pair ``i``: crop, flip (when ``flip``), masks, prior, by ``rng``."""
+        cfg, mcfg = self.cfg, self.mcfg
         t0 = time.perf_counter()
-        img, lab = augment(*self.pairs[i], mcfg.size, cfg.crop_scale, cfg.flip, rng)
+        img, lab = augment(*self.pairs[i], mcfg.size, cfg.crop_scale, flip, rng)
         if mcfg.class_agnostic:  # fresh random slots per sample and step (AOT's identity assignment)
             valid = lab != mcfg.ignore_index
             lab = random_slots(lab.long(), valid, mcfg.num_classes, mcfg.ignore_index, rng).to(torch.uint8)
@@ -246,6 +272,16 @@ class TrainSamples(Dataset):
         for k, t in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.timings[k] += t
         return item
+
+
+def flip_sample(item: dict, grid: tuple[int, int]) -> dict:
+    """A sample of :class:`TrainSamples` mirrored left-right: every map, the hidden patches, the prior."""
+    out = dict(item)
+    for k in ("image", "label", "known", "pix", "prior_classes", "prior_prob"):
+        if k in out:
+            out[k] = out[k].flip(-1)
+    out["hidden"] = item["hidden"].view(grid).flip(-1).flatten()
+    return out
 
 
 def sample_prior(mcfg: LMAEConfig, known: torch.Tensor, image: torch.Tensor) -> dict:
@@ -769,6 +805,8 @@ _HELP = {
     "class_agnostic": "train a class-agnostic model (slots, not classes; torch_label_mae.slots): it takes labels "
     "of any dataset; --data may then name several roots, comma-separated, pooled",
     "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
+    "mask_pool": "N > 0: N crops + masks per image, drawn once and kept with their label prior, computed once "
+    "(the exact random-walk priors cost more than the model's step on a CPU); 0: new ones every step",
     "new_classes": "with --init of another class list or a class-agnostic model: start from its weights with the "
     "data's classes (label embeddings of class k from its class or slot k; a new head)",
 }
