@@ -419,3 +419,17 @@ def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
     data = make_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match="mask_pool"):
         train(_cfg(data, tmp_path / "run", class_agnostic=True, mask_pool=2, max_steps=1))
+
+
+def test_new_classes_fine_tunes_another_class_list_from_its_prior(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    train(_cfg(data, tmp_path / "first", epochs=1))
+    other = make_dataset(tmp_path / "other", num_classes=3)
+    out = tmp_path / "tuned"
+    train(_cfg(other, out, epochs=1, init=str(tmp_path / "first" / "last"), new_classes=True, lr=0.0, val_split=""))
+    start = LabelCompleter.from_pretrained(str(tmp_path / "first" / "last"))
+    tuned = LabelCompleter.from_pretrained(str(out / "last"))
+    assert tuned.config.num_classes == 3 and tuned.config.encoder_dim == start.config.encoder_dim
+    assert not tuned.model.head.weight.any()  # a new head: zero, the run starts at the label prior
+    a, b = start.model.state_dict(), tuned.model.state_dict()
+    assert torch.equal(a["blocks.0.mlp.fc1.weight"], b["blocks.0.mlp.fc1.weight"])  # the trunk is kept
