@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def main() -> None:
     a = ap.parse_args()
     images, broken_dir, truths, n = prepare(a)
     samples = load(images, broken_dir, truths)
-    anchors = {
+    methods = {
         "nearest fill": lambda: nearest_fill,
         "random walker b2000": lambda: random_walker(2000.0),
         "walk 16-conn lab b2000": lambda: walk_method(solver="direct", connectivity=16, color="lab"),
@@ -115,12 +116,13 @@ def main() -> None:
     }
     cache = Path(a.work) / "anchors.json"  # the same holes: a rerun reuses them
     rows = json.loads(cache.read_text()) if cache.is_file() else {}
-    for name, method in anchors.items():
+    for name, method in methods.items():
         if name not in rows:
             rows[name] = score(method(), samples, n)
             cache.write_text(json.dumps(rows, indent=2))
         print(f"{name:28s} {rows[name]:6.2f}", flush=True)
     curve, out = [], Path(a.work) / "fit"
+    shutil.rmtree(out, ignore_errors=True)  # a new curve: the first budget starts a new fit
     for i, minutes in enumerate(sorted(a.minutes)):
         t = time.time()
         rep = fit_dataset(images, broken_dir, out, init=a.init, minutes=minutes, missing_index=HOLE,

@@ -90,8 +90,10 @@ def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width
         unknown = s.label == UNKNOWN
         assert torch.equal(unknown, s.held | (truth == UNKNOWN))  # held, holes and void: unknown to training
         assert torch.equal(s.label[~unknown].long(), truth[~unknown])
+        if (truth != UNKNOWN).any():  # something known is always left to complete from
+            assert (s.label != UNKNOWN).any()
     if any((s.truth != UNKNOWN).any() for s in samples):
-        for (_, label), s in zip(_data(samples, "x").pairs, samples, strict=True):
+        for (_, label), s in zip(_data(samples, "x", _agnostic().config).pairs, samples, strict=True):
             assert (label[s.holes | s.held] == UNKNOWN).all()
     rng = np.random.default_rng(seed)
     again = [_sample(rng, h, w, k, void) for _ in range(3)]
@@ -203,6 +205,26 @@ def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
     report = json.loads((out / "fit.json").read_text())
     assert report["training"]["steps"] >= 2  # the steps before the kill count
     LabelCompleter.from_pretrained(str(out))  # a valid model folder
+
+
+def test_a_fit_stopped_by_sigterm_writes_no_model_and_says_resume(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path)
+    out = tmp_path / "f"
+    args = [sys.executable, "-m", "torch_label_mae", "fit", "--images", str(images), "--labels", str(labels),
+            "--out", str(out), "--init", str(start), "--batch-size", "4", "--val-images", "2", "--quiet",
+            "--minutes", "10"]  # fmt: skip
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "fit-run" / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 2 and "rerun with --resume" in err, err
+    assert not (out / "model.safetensors").exists() and not (out / "fit.json").exists()
+    changed = [*args[:-2], "--minutes", "10", "--seed", "1", "--resume"]  # other held-out pixels: refused
+    done = subprocess.run(changed, capture_output=True, text=True)
+    assert done.returncode == 2 and "other settings" in done.stderr and "seed" in done.stderr
 
 
 def test_read_ids_names_the_file_at_fault(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from .colors import MISSING_ID, color_label_to_array, is_color_label, load_colors
+from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label, load_colors
 from .complete_dataset import list_pairs
 from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
@@ -60,7 +61,7 @@ class HoleShapes:
         """From ``holes``: one bool ``[H, W]`` map per label (connected holes count as one, 8-connected)."""
         widths, fractions = [], []
         for hole in holes:
-            arr = np.pad(hole.numpy(), 1)  # the image edge is not a hole edge: distances to it count
+            arr = np.pad(hole.numpy(), 1)  # the image edge bounds a hole as its known pixels do
             fractions.append(float(hole.float().mean()) if hole.numel() else 0.0)
             parts, n = ndimage.label(arr, structure=np.ones((3, 3)))
             if n:
@@ -99,7 +100,9 @@ class Sample:
     truth: torch.Tensor
 
 
-def read_ids(path: Path, missing_index: int, void_index: int | None, colors) -> tuple[torch.Tensor, torch.Tensor]:
+def read_ids(
+    path: Path, missing_index: int, void_index: int | None, colors: ColorTable | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A label file -> ``(ids int64 [H, W] with UNKNOWN on holes and void, holes bool [H, W])``. Colour
     labels go through the table ``colors``; class ids must be below :data:`UNKNOWN`."""
     with Image.open(path) as im:
@@ -123,7 +126,9 @@ def read_ids(path: Path, missing_index: int, void_index: int | None, colors) -> 
     return torch.where(unknown, UNKNOWN, ids), holes
 
 
-def read_samples(images, labels, *, missing_index: int, void_index: int | None, colors) -> list[Sample]:
+def read_samples(
+    images: str | Path, labels: str | Path, *, missing_index: int, void_index: int | None, colors: ColorTable | None
+) -> list[Sample]:
     """Every pair of the two folders as a :class:`Sample` (nothing held out yet); any unpaired or
     ambiguous file, unreadable file or size mismatch is an error that names it."""
     items = list_pairs(images, labels)
@@ -150,11 +155,14 @@ def hold_out(samples: list[Sample], fraction: float, val_images: int, width: int
     for i in chosen:
         s = samples[i]
         _, blocks = degrade(s.truth, fraction, width, seed=seed_for(s.name, seed), mode="blocks")
-        s.held = blocks & (s.truth != UNKNOWN)
+        known = s.truth != UNKNOWN
+        if not (known & ~blocks).any():  # it would leave nothing to complete from: hold nothing out here
+            continue
+        s.held = blocks & known
         s.label = torch.where(s.held, UNKNOWN, s.truth).to(torch.uint8)
 
 
-def score(method, samples: list[Sample], num_classes: int, batch_size: int = 8) -> dict:
+def score(method: Callable, samples: list[Sample], num_classes: int, batch_size: int = 8) -> dict:
     """PA-mIoU and accuracy of ``method`` (:mod:`torch_label_mae.evaluate`'s contract) on the held-out
     pixels of ``samples``, at the labels' own resolution (fractions), and its seconds."""
     metrics, t0 = SegmentationMetrics(num_classes), time.perf_counter()
@@ -170,16 +178,16 @@ def score(method, samples: list[Sample], num_classes: int, batch_size: int = 8) 
                 seconds=time.perf_counter() - t0)  # fmt: skip
 
 
-def pool_size(samples: list[Sample], init: str, seconds: float, share: float = 0.4, most: int = 8) -> int:
+def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4, most: int = 8) -> int:
     """How many samples (crop + masks) per label to keep with their prior (``TrainConfig.mask_pool``): as
     many as fit in ``share`` of the training ``seconds`` at the measured cost of one prior (timed here
-    on the first label at the model's size), between 1 and ``most``; 0 when the model has no prior."""
-    from .completer import LabelCompleter
+    on the first label at the model's size), between 1 and ``most``; 0 unless the model ``config`` has an
+    exact random-walk prior (:func:`torch_label_mae.train.poolable`)."""
     from .masking import random_masking
     from .prior import make_prior
+    from .train import poolable
 
-    config = LabelCompleter.from_pretrained(init).config
-    if config.prior is None:
+    if not poolable(config):
         return 0
     image = resize_image(samples[0].image[None], config.size)
     label = resize_label(samples[0].label[None].long(), config.size)
@@ -190,7 +198,7 @@ def pool_size(samples: list[Sample], init: str, seconds: float, share: float = 0
     return int(np.clip(share * seconds / (len(samples) * cost), 1, most))
 
 
-def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index) -> None:
+def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors) -> None:
     if minutes is None or not minutes > 0:
         raise ValueError(f"minutes must be a number > 0, got {minutes!r}")
     if not 0 <= val_fraction < 1:
@@ -200,16 +208,23 @@ def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_in
     for what, v in (("missing_index", missing_index), ("void_index", void_index)):
         if v is not None and not 0 <= v <= 255:
             raise ValueError(f"{what} must be in 0..255, got {v}")
+    if colors is not None and void_index is not None:
+        raise ValueError("void_index: with colors, void is the colour table's void colours")
 
 
-def _data(samples: list[Sample], name: str):
-    """The :class:`~torch_label_mae.train.TrainData` of the fit: every label's known pixels."""
+def _data(samples: list[Sample], name: str, start):
+    """The :class:`~torch_label_mae.train.TrainData` of the fit: every label's known pixels. The classes:
+    ``0..`` the largest id, or the start model's (config ``start``) when it has classes and as many or more
+    (then its names and background class too)."""
     from .train import TrainData
 
     top = max((int(s.truth[s.truth != UNKNOWN].max()) for s in samples if (s.truth != UNKNOWN).any()), default=-1)
     if top < 0:
         raise ValueError("no label has a known pixel: nothing to fit on")
     info = DatasetInfo(name, [f"class {i}" for i in range(top + 1)], ignore_index=UNKNOWN)
+    if not start.class_agnostic and start.num_classes > top:
+        names = start.class_names or [f"class {i}" for i in range(start.num_classes)]
+        info = DatasetInfo(name, list(names), UNKNOWN, start.background_index)
     return TrainData(info, [(s.image, s.label) for s in samples])
 
 
@@ -242,40 +257,62 @@ def fit_dataset(
     ``fitted``, ``zero_shot`` and ``random_walker`` with the model ``kept``. ``resume=True`` continues
     a fit stopped by anything (the budget counts over resumes); without it an existing fit in ``out``
     is refused. Inputs are never modified; outputs are written atomically."""
+    from .completer import LabelCompleter
     from .train import TrainConfig, train
 
-    _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index)
+    _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors)
     out, colors = Path(out), load_colors(colors)
     check_outputs([("out", out)], [("images", images), ("labels", labels)])
-    run_dir = out / RUN_DIR
-    if (run_dir / "checkpoint.pt").exists() and not resume:
-        raise ValueError(f"{run_dir}: a fit is already there; resume it (--resume) or choose another --out")
+    args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
+                val_fraction=val_fraction, val_images=val_images, seed=seed)  # fmt: skip
+    _claim(out / RUN_DIR, args, resume)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
     holes = HoleShapes.measure([s.holes for s in samples])
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
-    data = _data(samples, Path(labels).name)
-    side = float(np.median([max(s.label.shape) for s in samples]))
-    settings = holes.training_holes(side, 224)
-    batch_size = min(batch_size, len(samples))  # a small dataset: one batch of all
-    settings["mask_pool"] = pool_size(samples, init, 60 * minutes)
-    cfg = TrainConfig(data=str(labels), out=str(run_dir), init=init, new_classes=True, max_minutes=minutes,
-                      max_steps=max_steps, batch_size=batch_size, warmup_steps=20, val_split="", seed=seed,
-                      threads=threads, **settings)  # fmt: skip
+    start = LabelCompleter.from_pretrained(init).config
+    data = _data(samples, Path(labels).name, start)
+    settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.size))
+    settings.update(mask_pool=pool_size(samples, start, 60 * minutes), batch_size=min(batch_size, len(samples)))
+    cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=True, max_minutes=minutes,
+                      max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed, threads=threads,
+                      save_every=60.0, progress=progress, **settings)  # fmt: skip
     say(f"fit: {len(samples)} labels, {data.info.num_classes} classes, holes {holes.fraction:.1%} of the pixels, "
         f"{width} px wide; training {minutes:g} min from {init}")  # fmt: skip
     state = train(cfg, resume=resume, data=data)
+    if not (state["seconds"] >= 60 * minutes or (max_steps and state["step"] >= max_steps)):
+        raise FitStopped(f"stopped after {state['seconds'] / 60:.1f} of {minutes:g} minutes ({state['step']} steps); "
+                         "rerun with --resume to finish")  # fmt: skip
     say("fit: scoring the held-out pixels (fitted, zero-shot, random walker)")
-    report = _compare(init, run_dir / "last", samples, data.info.num_classes)
-    report.update(
-        images=str(images), labels=str(labels), init=init, num_labels=len(samples), num_classes=data.info.num_classes,
-        holes=asdict(holes), training=dict(minutes=minutes, steps=state["step"], seconds=state.get("seconds"),
-        batch_size=batch_size, **settings), val_fraction=val_fraction, val_images=val_images, seed=seed,
-    )  # fmt: skip
-    _write(out, report, init, run_dir / "last")
+    report = _compare(init, out / RUN_DIR / "last", samples, data.info.num_classes)
+    training = dict(minutes=minutes, steps=state["step"], seconds=state["seconds"], **settings)
+    report.update(args, images=str(images), labels=str(labels), num_labels=len(samples), holes=asdict(holes),
+                  num_classes=data.info.num_classes, training=training)  # fmt: skip
+    _write(out, report, init, out / RUN_DIR / "last")
     say(summary(report))
     return report
+
+
+class FitStopped(RuntimeError):
+    """The fit stopped (SIGTERM, Ctrl-C) before its budget: nothing was scored or written to ``out``."""
+
+
+def _claim(run_dir: Path, args: dict, resume: bool) -> None:
+    """Refuse a fit over another one unless resumed, and a resume whose settings would hold out other
+    pixels (which the model may have trained on) or start elsewhere; record the settings of a new fit."""
+    path = run_dir / "fit-args.json"
+    if path.is_file() and resume:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in args if before.get(k) != args[k])
+        if changed:
+            raise ValueError(f"{run_dir}: --resume with other settings than the fit it continues: {', '.join(changed)}")
+        return
+    if (run_dir / "checkpoint.pt").exists() or (path.is_file() and not resume):
+        raise ValueError(f"{run_dir}: a fit is already there; resume it (--resume) or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(args, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _compare(init: str, fitted_dir: Path, samples: list[Sample], num_classes: int) -> dict:
@@ -319,7 +356,7 @@ def model_card(report: dict) -> str:
     """The ``README.md`` of a fitted model folder: what it was fitted on and what it measured."""
     h, t = report["holes"], report["training"]
     if report["fitted"] is None:
-        scored = "No pixel was held out (`val_fraction` 0): the fitted model was kept unscored.\n"
+        scored = "No pixel was held out: the fitted model was kept unscored.\n"
     else:
         scored = _scores_section(report)
     return f"""---

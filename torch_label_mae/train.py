@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import NAMED_CONFIGS, LMAEConfig
+from .config import NAMED_CONFIGS, LMAEConfig, RandomWalkPrior
 from .data import DatasetInfo, open_dataset
 from .evaluate import evaluate
 from .hub import save_hub_files
@@ -99,6 +99,8 @@ class TrainConfig:
     num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
     new_classes: bool = False  # --init of another class list (or class-agnostic): its weights, the data's classes
     mask_pool: int = 0  # > 0: that many crops + masks per image, drawn once, kept with their prior (TrainSamples)
+    save_every: float = 0.0  # seconds between checkpoints (and last/ exports); 0: every epoch; a stop always saves
+    progress: bool = True  # progress bar and log lines on stdout (log.jsonl is written either way)
 
 
 @dataclass
@@ -122,8 +124,9 @@ def scaled_lr(batch_size: int) -> float:
     return BASE_LR * math.sqrt(batch_size / BASE_BATCH)
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse bad settings before anything is read or written (``ValueError`` naming the setting)."""
+def check_config(cfg: TrainConfig, roots: bool = True) -> None:
+    """Refuse bad settings before anything is read or written (``ValueError`` naming the setting);
+    ``roots=False``: the data comes in memory (:class:`TrainData`), ``cfg.data`` only names it."""
     for name, options in CHOICES.items():
         if getattr(cfg, name) not in options:
             raise ValueError(f"{name} must be one of {list(options)}, got {getattr(cfg, name)!r}")
@@ -135,13 +138,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
     if cfg.batch_size < 1 or cfg.epochs < 0 or (cfg.workers is not None and cfg.workers < 0):
         raise ValueError("batch_size must be >= 1, epochs >= 0 and workers >= 0")
-    if not cfg.data:
+    if roots and not cfg.data:
         raise ValueError("data: a dataset root is needed")
     if cfg.class_agnostic and cfg.loss != "ce":
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
     if cfg.mask_pool < 0 or (cfg.mask_pool and cfg.class_agnostic):
         raise ValueError("mask_pool must be >= 0, and 0 for a class-agnostic model (its slots are drawn every step)")
-    if len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
+    if roots and len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
         raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
 
 
@@ -218,6 +221,8 @@ class TrainSamples(Dataset):
     STAGES = ("augment", "mask", "prior")
 
     def __init__(self, pairs, cfg: TrainConfig, mcfg: LMAEConfig, seed: int = 0, with_prior: bool = True):
+        if cfg.mask_pool and not poolable(mcfg):
+            raise ValueError("mask_pool needs an exact random-walk prior (solver 'direct'): it is kept and mirrored")
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
         self.rng = random.Random(seed)
         # without workers the model computes the prior of the whole batch, spread over its threads
@@ -272,6 +277,13 @@ class TrainSamples(Dataset):
         for k, t in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.timings[k] += t
         return item
+
+
+def poolable(mcfg: LMAEConfig) -> bool:
+    """Whether samples can be kept with their prior and mirrored (``mask_pool``): an exact random walk,
+    whose solution of the mirrored problem is the mirrored solution (not so for a truncated SOR solve or
+    nearest fill's tie-breaking), and costly enough for keeping it to pay."""
+    return isinstance(mcfg.prior, RandomWalkPrior) and mcfg.prior.solver == "direct"
 
 
 def flip_sample(item: dict, grid: tuple[int, int]) -> dict:
@@ -406,7 +418,8 @@ def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
             f"--init {cfg.init} has {sc.num_classes} {kind} but the data {from_data['num_classes']} classes; "
             "pass --new-classes to start from its weights with the data's classes"
         )
-    classes = {} if same else {k: from_data[k] for k in ("num_classes", "class_names", "background_index")}
+    keys = ("num_classes", "class_names", "background_index", "ignore_index")
+    classes = {} if same else {k: from_data[k] for k in keys}
     if not same:
         classes["class_agnostic"] = from_data.get("class_agnostic", False)
     mcfg = LMAEConfig.from_dict({**sc.to_dict(), **classes, "mask_ratio": cfg.mask_ratio, **cfg.model_overrides})
@@ -454,6 +467,7 @@ class Run:
     log: object = None
     t_start: float = field(default_factory=time.time)  # of this process; ``state["seconds"]`` holds earlier ones
     stop: bool = False
+    last_save: float = float("-inf")  # time.time() of the last checkpoint of this process
     budget_spent: bool = False  # the stop came from --max-steps / --max-minutes (not SIGTERM)
 
 
@@ -516,7 +530,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     """Model, loss, optimizer, scheduler, the resumed state and the input pipeline of a run (on ``data``,
     or on the dataset folders of ``cfg.data``)."""
     out = Path(cfg.out)
-    check_outputs([("out", out)], [("data", r) for r in data_roots(cfg)])
+    check_outputs([("out", out)], [("data", r) for r in data_roots(cfg)] if data is None else [])
     torch.manual_seed(cfg.seed + rank)
     data = data if data is not None else folder_data(cfg, rank)
     info = data.info
@@ -628,8 +642,8 @@ def run_epoch(run: Run) -> tuple[float, int, bool]:
     run.model.train()
     run.loader.sampler.set_epoch(state["epoch"])
     steps_per_epoch = len(run.loader)
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", unit="step", disable=run.rank != 0,
-               leave=False, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", unit="step", leave=False,
+               disable=run.rank != 0 or not cfg.progress, dynamic_ncols=True)  # fmt: skip
     total, n, t0, s = torch.zeros((), device=run.device), 0, time.time(), -1
     for s, batch in enumerate(run.loader):
         # position in the schedule from the epoch: a resumed epoch reruns from its start
@@ -700,17 +714,20 @@ def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
     final = complete or run.budget_spent  # a spent budget ends the run: its weights are measured and kept
     if run.validate is not None and final:
         _validate(run, rec)
-    if run.rank == 0 and final:
+    due = run.stop or run.budget_spent or time.time() - run.last_save >= run.cfg.save_every
+    if run.rank == 0 and final and due:
         save_hub_files(run.model, run.out / "last")
     if run.world > 1:
         rec["ranks_in_sync"] = ranks_in_sync(run.model)
     _write_log(run, rec)
-    save_checkpoint(run)
+    if due:
+        save_checkpoint(run)
 
 
 def _write_log(run: Run, rec: dict) -> None:
     if run.rank == 0:
-        print(json.dumps(rec), flush=True)
+        if run.cfg.progress:
+            print(json.dumps(rec), flush=True)
         run.log.write(json.dumps(rec) + "\n")
         run.log.flush()
 
@@ -719,6 +736,7 @@ def save_checkpoint(run: Run) -> None:
     if run.rank != 0:
         return
     run.state["seconds"], run.t_start = seconds(run), time.time()
+    run.last_save = run.t_start
     blob = {
         "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(),
@@ -735,7 +753,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     """Train (on ``data``, else on the dataset folders of ``cfg.data``); returns the state, whose
     ``best_metrics`` hold the best validation metrics (and the prior alone's PA-mIoU). Safe to call
     again with ``resume=True``."""
-    check_config(cfg)
+    check_config(cfg, roots=data is None)
     rank, world, device = _setup_process(cfg)
     run, term = None, {"seen": False}
 
@@ -805,6 +823,8 @@ _HELP = {
     "class_agnostic": "train a class-agnostic model (slots, not classes; torch_label_mae.slots): it takes labels "
     "of any dataset; --data may then name several roots, comma-separated, pooled",
     "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
+    "save_every": "seconds between checkpoints and last/ exports (0: after every epoch; a stop always saves)",
+    "progress": "progress bar and a log line per epoch on stdout (--no-progress: log.jsonl only)",
     "mask_pool": "N > 0: N crops + masks per image, drawn once and kept with their label prior, computed once "
     "(the exact random-walk priors cost more than the model's step on a CPU); 0: new ones every step",
     "new_classes": "with --init of another class list or a class-agnostic model: start from its weights with the "
