@@ -264,3 +264,21 @@ def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):
     assert report["kept"] == "fitted" and report["fitted"] is None
     assert "kept unscored" in (out / "README.md").read_text()
     assert LabelCompleter.from_pretrained(str(out)).config.num_classes == 4
+
+
+def test_fit_reads_colour_labels_through_a_table(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    table = {"colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], "missing": [255, 255, 255]}
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    lut = np.array(table["colors"] + [[0, 0, 0]] * 251 + [table["missing"]], dtype=np.uint8)
+    for p in labels.iterdir():
+        Image.fromarray(lut[np.array(Image.open(p))]).save(rgb / p.name)
+    report = fit_dataset(images, rgb, tmp_path / "f", init=str(start), minutes=5, max_steps=1, batch_size=4,
+                         threads=1, val_images=2, colors=table, progress=False)  # fmt: skip
+    plain = fit_dataset(images, labels, tmp_path / "g", init=str(start), minutes=5, max_steps=1, batch_size=4,
+                        threads=1, val_images=2, progress=False)  # fmt: skip
+    assert report["holes"] == plain["holes"] and report["num_classes"] == plain["num_classes"] == 4
+    with pytest.raises(ValueError, match="void_index"):
+        fit_dataset(images, rgb, tmp_path / "h", init=str(start), colors=table, void_index=0)
