@@ -259,6 +259,11 @@ def test_audit_dataset_resumes(tmp_path, data, model_dir):
     assert (rep.done, rep.skipped) == (2, 3) and len(rep.images) == 5
     rep = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0, threshold=0.5)
     assert (rep.done, rep.skipped) == (5, 0)  # other settings: redone
+    other = LabelCompleter.from_pretrained(model_dir)
+    with torch.no_grad():
+        other.model.head.bias.add_(0.01)  # the same config and folder name, other weights
+    rep = audit_dataset(images, labels, out, model=other, progress=False, worst=0, threshold=0.5)
+    assert (rep.done, rep.skipped) == (5, 0)  # another model: redone
 
 
 def test_audit_refuses_outputs_on_inputs(data, model_dir):

@@ -30,6 +30,7 @@ from .audit import (
     finish,
 )
 from .data import read_image, read_label
+from .hub import weights_digest
 from .io import atomic_write, default_palette, full_palette, save_label_png
 
 REPORT_NAME = "audit_report.json"
@@ -177,7 +178,13 @@ def audit_dataset(
     threshold = default_threshold(completer) if threshold is None else threshold
     repair = threshold if repair == "auto" else repair
     settings = dict(
-        threshold=threshold, repair=repair, min_area=min_area, num_masks=num_masks, block=block, shifts=shifts
+        threshold=threshold,
+        repair=repair,
+        min_area=min_area,
+        num_masks=num_masks,
+        block=block,
+        shifts=shifts,
+        model=weights_digest(completer.model),  # another model, same settings: redone, not skipped
     )
     report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir))
     run = _AuditRun(completer, report, out_dir, settings, batch_size, overwrite)

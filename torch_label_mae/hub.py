@@ -550,6 +550,18 @@ def _tensor_entry(path: Path, name: str, info, data: int) -> tuple[str, tuple[in
 
 
 # -- the two files of a model folder ------------------------------------------------------------
+def weights_digest(model) -> str:
+    """A short SHA-256 of a model's config and weights: which model made an output, to tell a rerun with
+    the same model (resume) from one with another (redo), whatever its name or folder."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save_hub_files(model, folder, dtype=None) -> None:
     """Write ``config.json`` + ``model.safetensors`` of an :class:`~torch_label_mae.model.LMAE` (keys
     ``model.*``, as :class:`~torch_label_mae.completer.LabelCompleter` loads them) atomically.
