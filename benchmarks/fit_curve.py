@@ -94,7 +94,7 @@ def score(method, samples, num_classes: int, batch: int = 8) -> float:
     return 100 * m.compute()["pa_miou"]
 
 
-def main() -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="val")
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="hole draw")
     ap.add_argument("--minutes", type=float, nargs="+", default=[2.5, 5.0, 10.0])
     ap.add_argument("--limit", type=int, default=None, help="first N labels (paper protocol)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     images, broken_dir, truths, n = prepare(a)
     samples = load(images, broken_dir, truths)
     methods = {
@@ -139,10 +139,10 @@ def main() -> None:
     print("| minutes | steps | fitted | kept | " + " | ".join(rows) + " |")
     for c in curve:
         anchors = " | ".join(f"{v:.1f}" for v in rows.values())
-        print(
-            f"| {c['minutes']:g} | {c['steps']} | {c['fitted']:.1f} | {c['kept']:.1f} ({c['kept_model']}) | {anchors} |"
-        )
+        kept = f"{c['kept']:.1f} ({c['kept_model']})"
+        print(f"| {c['minutes']:g} | {c['steps']} | {c['fitted']:.1f} | {kept} | {anchors} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

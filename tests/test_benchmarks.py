@@ -181,3 +181,24 @@ def test_model_card_counts_several_hole_draws_and_refuses_baselines_of_other_dra
     assert "degraded 2 times (hole seeds 0, 1)" in card and "--seed 0 1`" in card
     with pytest.raises(SystemExit, match="measured on hole seeds \\[0, 1\\], not \\[0\\]"):
         model_card.main([*args, "--recipe", "r"])
+
+
+def test_fit_curve_scores_the_fits_and_the_anchors_on_the_same_holes(tmp_path):
+    pytest.importorskip("skimage.segmentation", reason="scikit-image is a benchmark extra ([bench])")
+    import fit_curve
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 4),), size=(48, 64))
+    start = tmp_path / "start"
+    cfg = {**TINY_MODEL, "num_classes": 8, "class_agnostic": True, "background_index": None, "label_prior": True}
+    LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(start)
+    work = tmp_path / "work"
+    args = ["--data", str(data), "--work", str(work), "--init", str(start), "--protocol", "paper", "--limit", "4"]
+    assert fit_curve.main([*args, "--minutes", "0.02"]) == 0
+    res = json.loads((work / "results.json").read_text())
+    assert [c["minutes"] for c in res["curve"]] == [0.02] and res["curve"][0]["steps"] >= 1
+    ds = FolderDataset(data, "val")  # the paper protocol's holes: nearest fill scores as the library's evaluate
+    want = evaluate(nearest_fill_method, ds, ds.info.num_classes)
+    assert res["anchors"]["nearest fill"] == pytest.approx(100 * want["pa_miou"], abs=1e-6)
+    zero = evaluate(completer_method(LabelCompleter.from_pretrained(str(start))), ds, ds.info.num_classes)
+    assert res["anchors"][f"zero-shot {start}"] == pytest.approx(100 * zero["pa_miou"], abs=1e-6)
