@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 
-import torch
 from common import random_walker
 
 from torch_label_mae import LabelCompleter
@@ -28,24 +27,13 @@ from torch_label_mae.evaluate import completer_method, evaluate, nearest_fill_me
 ANCHORS = ("prior", "rw", "walk16", "nearest")
 
 
-def prior_method(completer: LabelCompleter):
-    """The model's own prior alone: the same completer with its correction (the head) set to zero."""
-    import copy
-
-    bare = copy.deepcopy(completer)
-    with torch.no_grad():
-        bare.model.head.weight.zero_()
-        bare.model.head.bias.zero_()
-    return completer_method(bare)
-
-
 def methods_for(models: list[str], anchors: list[str]) -> dict:
     out = {}
     for name in models:
         c = LabelCompleter.from_pretrained(name, device="cpu", precision="float32")
         out[name] = completer_method(c)
         if "prior" in anchors and name == models[0]:
-            out[f"prior of {name}"] = prior_method(c)
+            out[f"prior of {name}"] = completer_method(c.with_correction(0.0))
     if "rw" in anchors:
         out["random walker b2000"] = random_walker(2000.0)
     if "walk16" in anchors:

@@ -473,3 +473,32 @@ def test_cli_precision_choices_are_the_completers():
     _add_model(parser)
     (action,) = [a for a in parser._actions if a.dest == "precision"]
     assert tuple(action.choices) == PRECISIONS
+
+
+# ----------------------------------------------------------------------------------------------------
+# the learned correction, scaled
+
+
+@FEWER
+@given(scale=st.floats(0, 2), seed=st.integers(0, 1000))
+@pytest.mark.parametrize("name", ["with_prior", "random_walk_prior"])
+def test_with_correction_scales_the_correction_alone(request, name, scale, seed):
+    base = request.getfixturevalue(name)
+    head = base.model.head.weight.clone()
+    cfg = base.config
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(2, 3, *cfg.size, generator=g)
+    label = torch.randint(0, N, (2, *cfg.size), generator=g)
+    hidden = torch.rand(2, cfg.num_patches, generator=g) < 0.5
+    with torch.no_grad():
+        prior, full, scaled = (c.model(image, label, hidden) for c in (base.with_correction(0.0), base,
+                                                                       base.with_correction(scale)))  # fmt: skip
+    torch.testing.assert_close(scaled, prior + scale * (full - prior), atol=1e-4, rtol=1e-4)  # linear in the scale
+    assert torch.equal(base.model.head.weight, head)  # the model it was made from is unchanged
+    with torch.no_grad():
+        assert base.with_correction(0.0).model.prior_alone()
+
+
+def test_with_correction_needs_a_prior(plain):
+    with pytest.raises(ValueError, match="label prior"):
+        plain.with_correction(0.0)

@@ -25,11 +25,7 @@ base = LabelCompleter.from_folder(folder, device="cpu", precision="float32")
 def variant(conn, bare):
     c = copy.deepcopy(base)
     c.config.prior = dataclasses.replace(c.config.prior, connectivity=conn)
-    if bare:
-        with torch.no_grad():
-            c.model.head.weight.zero_()
-            c.model.head.bias.zero_()
-    return c
+    return c.with_correction(0.0) if bare else c
 
 
 out = {}

@@ -18,21 +18,11 @@ Prints PA-mIoU per scale; ``--out`` gets config.json, model.safetensors and scal
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 
 import torch
-
-
-def scaled(completer, scale: float):
-    """A copy of ``completer`` whose model's head (weights and bias) is multiplied by ``scale``."""
-    out = copy.deepcopy(completer)
-    with torch.no_grad():
-        out.model.head.weight.mul_(scale)
-        out.model.head.bias.mul_(scale)
-    return out
 
 
 def main(argv=None) -> int:
@@ -66,7 +56,7 @@ def main(argv=None) -> int:
     print(f"{a.model} on {ds.info.name} [{a.split}], paper protocol, seed {' '.join(map(str, a.seed))}")
     results = {}
     for s in a.scales:
-        c = scaled(base, s)
+        c = base.with_correction(s)
         method = lambda im, lab, miss, c=c: c.complete_batch(im, lab, miss)  # noqa: E731
         r = evaluate(method, ds, cfg.num_classes, seed=a.seed, limit=a.limit)
         results[s] = r["pa_miou"]
@@ -75,7 +65,7 @@ def main(argv=None) -> int:
     print(f"best scale: {best:g}")
     if a.out:
         out = Path(a.out)
-        save_hub_files(scaled(base, best).model, out, dtype=torch.float32)
+        save_hub_files(base.with_correction(best).model, out, dtype=torch.float32)
         record = {"model": a.model, "split": a.split, "limit": a.limit, "seeds": a.seed, "pa_miou": results}
         text = json.dumps({**record, "best": best}, indent=2)
         atomic_write(out / "scales.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

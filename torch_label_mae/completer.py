@@ -4,6 +4,7 @@ caller's images and labels in any supported type, completes them in same-size ba
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -179,6 +180,20 @@ class LabelCompleter(
     def route(self, hidden_fraction: float) -> LabelCompleter:
         """The member whose ratio is nearest ``hidden_fraction`` (self when not routed)."""
         return routing.route(self.routes, hidden_fraction) if self.routes else self
+
+    def with_correction(self, scale: float) -> LabelCompleter:
+        """A copy whose learned correction (the head's output, added to the label prior) is multiplied
+        by ``scale``: 0 gives the label prior alone (the model's own classical baseline, at the prior's
+        cost), 1 the same model. Needs a model with a label prior; routed members are scaled alike."""
+        if self.config.prior is None:
+            raise ValueError("with_correction needs a model with a label prior: without one, the head is the model")
+        out = copy.deepcopy(self)
+        with torch.no_grad():
+            for member in out.routes or [out]:
+                member.model.head.weight.mul_(scale)
+                if member.model.head.bias is not None:
+                    member.model.head.bias.mul_(scale)
+        return out
 
     # -- completion --------------------------------------------------------------------------------
     def complete(
