@@ -18,6 +18,14 @@ from .outputs import check_outputs
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
+def _add_folders(p: argparse.ArgumentParser, labels_help: str, out_help: str | None = None) -> None:
+    """The required ``--images`` and ``--labels`` folders, and ``--out`` when ``out_help`` is given."""
+    p.add_argument("--images", required=True, help="folder of images (<id>.jpg / .png / ...)")
+    p.add_argument("--labels", required=True, help=labels_help)
+    if out_help:
+        p.add_argument("--out", required=True, help=out_help)
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -617,9 +625,9 @@ def _add_audit(sub) -> None:
         "--repair, OUT/repaired/<label name>. Inputs are never modified; a rerun resumes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--images", required=True, help="folder of images (<id>.jpg / .png / ...)")
-    p.add_argument("--labels", required=True, help="folder of label PNGs (<id>.png, class ids; other ids are void)")
-    p.add_argument("--out", required=True, help="output folder (not an input folder)")
+    _add_folders(
+        p, "folder of label PNGs (<id>.png, class ids; other ids are void)", "output folder (not an input folder)"
+    )
     _add_model(p)
     p.add_argument(
         "--threshold",
@@ -673,9 +681,7 @@ def _add_fit(sub) -> None:
         "model.safetensors, README.md, fit.json). Stopped: rerun with --resume.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--images", required=True, help="folder of images (<id>.jpg / .png / ...)")
-    p.add_argument("--labels", required=True, help="folder of label PNGs with holes (<id>.png)")
-    p.add_argument("--out", required=True, help="output model folder (not an input folder)")
+    _add_folders(p, "folder of label PNGs with holes (<id>.png)", "output model folder (not an input folder)")
     p.add_argument("--init", default="any-m0.5", help="model to start from: name or folder (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default: %(default)s)")
     p.add_argument("--missing-index", type=_byte, default=255, help="value of the holes (default: %(default)s)")
@@ -707,8 +713,7 @@ def _add_show(sub) -> None:
         epilog=SHOW_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--labels", required=True, help="folder of the broken (input) label PNGs")
+    _add_folders(p, "folder of the broken (input) label PNGs")
     p.add_argument("--completed", required=True, help="folder of completed label PNGs (label-mae complete --out)")
     p.add_argument("--confidence-dir", help="folder of confidence PNGs (label-mae complete --confidence-dir)")
     p.add_argument(
