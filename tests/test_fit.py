@@ -181,8 +181,18 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
     fit_dataset(images, labels, tmp_path / "f", max_steps=2, **kw)
     with pytest.raises(ValueError, match="resume"):
         fit_dataset(images, labels, tmp_path / "f", max_steps=2, **kw)
+    cache = tmp_path / "f" / "fit-run" / "baselines.json"
+    first = json.loads(cache.read_text())
     report = fit_dataset(images, labels, tmp_path / "f", max_steps=4, resume=True, **kw)
     assert report["training"]["steps"] == 4  # continued, not restarted
+    # the same held-out pixels and start weights: the start model and the walker were not scored again
+    assert report["zero_shot"] == first["zero_shot"] and report["random_walker"] == first["random_walker"]
+    first["zero_shot"]["seconds"] = -1.0  # a mark that only a reuse of the cache carries into the report
+    cache.write_text(json.dumps(first))
+    assert fit_dataset(images, labels, tmp_path / "f", max_steps=5, resume=True, **kw)["zero_shot"]["seconds"] == -1
+    first["start_weights"] = "another model"  # other start weights: scored again
+    cache.write_text(json.dumps(first))
+    assert fit_dataset(images, labels, tmp_path / "f", max_steps=6, resume=True, **kw)["zero_shot"]["seconds"] >= 0
 
 
 def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):

@@ -33,7 +33,7 @@ from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label
 from .complete_dataset import list_pairs
 from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
-from .hub import save_hub_files
+from .hub import save_hub_files, weights_digest
 from .io import atomic_write, resize_image, resize_label
 from .masking import hidden_to_pixels
 from .metrics import SegmentationMetrics
@@ -271,10 +271,10 @@ def fit_dataset(
     holes = HoleShapes.measure([s.holes for s in samples])
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
-    start = LabelCompleter.from_pretrained(init).config
-    data = _data(samples, Path(labels).name, start)
-    settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.size))
-    settings.update(mask_pool=pool_size(samples, start, 60 * minutes), batch_size=min(batch_size, len(samples)))
+    start = LabelCompleter.from_pretrained(init)  # loaded once: its config, the zero-shot scores, maybe kept
+    data = _data(samples, Path(labels).name, start.config)
+    settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.config.size))
+    settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
     cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=True, max_minutes=minutes,
                       max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed, threads=threads,
                       save_every=60.0, progress=progress, **settings)  # fmt: skip
@@ -285,11 +285,11 @@ def fit_dataset(
         raise FitStopped(f"stopped after {state['seconds'] / 60:.1f} of {minutes:g} minutes ({state['step']} steps); "
                          "rerun with --resume to finish")  # fmt: skip
     say("fit: scoring the held-out pixels (fitted, zero-shot, random walker)")
-    report = _compare(init, out / RUN_DIR / "last", samples, data.info.num_classes)
+    report = _compare(start, out / RUN_DIR, samples, data.info.num_classes)
     training = dict(minutes=minutes, steps=state["step"], seconds=state["seconds"], **settings)
     report.update(args, images=str(images), labels=str(labels), num_labels=len(samples), holes=asdict(holes),
                   num_classes=data.info.num_classes, training=training)  # fmt: skip
-    _write(out, report, init, out / RUN_DIR / "last")
+    _write(out, report, start, out / RUN_DIR / "last")
     say(summary(report))
     return report
 
@@ -315,24 +315,41 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _compare(init: str, fitted_dir: Path, samples: list[Sample], num_classes: int) -> dict:
-    """Held-out scores of the fitted model, the model it started from and the random walker; ``kept``."""
+def _compare(start, run_dir: Path, samples: list[Sample], num_classes: int) -> dict:
+    """Held-out scores of the fitted model (``run_dir/last``), the model it started from (the completer
+    ``start``) and the random walker; ``kept``."""
     from .completer import LabelCompleter
 
     if not any(s.held.any() for s in samples):  # nothing held out (val_fraction 0, tiny labels): keep the fit
         return dict(fitted=None, zero_shot=None, random_walker=None, kept="fitted")
-    fitted = score(completer_method(LabelCompleter.from_pretrained(str(fitted_dir))), samples, num_classes)
-    zero = score(completer_method(LabelCompleter.from_pretrained(init)), samples, num_classes)
+    fitted = score(completer_method(LabelCompleter.from_pretrained(str(run_dir / "last"))), samples, num_classes)
+    base = _baselines(start, run_dir, samples, num_classes)
+    kept = "fitted" if fitted["pa_miou"] > base["zero_shot"]["pa_miou"] else "zero_shot"
+    return dict(fitted=fitted, **base, kept=kept)
+
+
+def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) -> dict:
+    """The held-out scores of the start model and the random walker, kept in ``run_dir/baselines.json``
+    for the same start weights: a resumed fit holds out the same pixels (``_claim``), so it reuses them."""
+    path = run_dir / "baselines.json"
+    digest = weights_digest(start.model)
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("start_weights") == digest:
+            return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
+    zero = score(completer_method(start), samples, num_classes)
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
-    kept = "fitted" if fitted["pa_miou"] > zero["pa_miou"] else "zero_shot"
-    return dict(fitted=fitted, zero_shot=zero, random_walker=walker, kept=kept)
+    text = json.dumps(dict(start_weights=digest, zero_shot=zero, random_walker=walker), indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return dict(zero_shot=zero, random_walker=walker)
 
 
-def _write(out: Path, report: dict, init: str, fitted_dir: Path) -> None:
-    """The kept model's files, its card and ``fit.json`` in ``out`` (each written atomically)."""
+def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
+    """The kept model's files (the fitted one, or the completer ``start``), its card and ``fit.json`` in
+    ``out`` (each written atomically)."""
     from .completer import LabelCompleter
 
-    model = LabelCompleter.from_pretrained(str(fitted_dir) if report["kept"] == "fitted" else init).model
+    model = LabelCompleter.from_pretrained(str(fitted_dir)).model if report["kept"] == "fitted" else start.model
     save_hub_files(model, out)
     text = json.dumps(report, indent=2)
     atomic_write(out / "fit.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
