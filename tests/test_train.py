@@ -415,6 +415,43 @@ def test_pooled_samples_reuse_their_prior_and_flip_exactly(seed, connectivity):
     assert all(it["image"].dtype == torch.uint8 and it["prior_prob"].dtype == torch.float32 for it in items)
 
 
+@given(seed=st.integers(0, 2**16), block=st.sampled_from([0.0, 1.0]))
+@settings(max_examples=10, deadline=None)
+def test_pool_entries_depend_on_their_key_alone(seed, block):
+    from torch_label_mae.model import LMAEConfig
+    from torch_label_mae.train import TrainSamples
+
+    kind = dict(prior_kind="random_walk", prior_solver="direct", prior_connectivity=4)
+    mcfg = LMAEConfig.tiny(**{**TINY, **kind, "num_classes": 4})
+    g = torch.Generator().manual_seed(seed)
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+              torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(3)]  # fmt: skip
+    cfg = TrainConfig(mask_pool=2, seed=seed, block_holes=block, block_range=(4, 12))
+    filled = TrainSamples(pairs, cfg, mcfg, seed=seed)
+    filled.fill_pool(threads=2)
+    assert sorted(filled.pool) == [(i, n) for i in range(3) for n in range(2)]
+    torch.manual_seed(seed + 1)  # torch's global generator plays no part, nor the stream of samples asked for
+    other = TrainSamples(pairs, cfg, mcfg, seed=seed + 5)
+    for key, item in filled.pool.items():
+        again = other.pooled(key)
+        assert item.keys() == again.keys() and all(torch.equal(item[k], again[k]) for k in item)
+    for i in range(6):  # a filled pool is only read
+        filled[i % 3]
+    assert len(filled.pool) == 6
+
+
+def test_workers_train_on_a_pool_filled_before_they_start(tmp_path, monkeypatch):
+    from torch_label_mae.train import TrainSamples
+
+    data = make_dataset(tmp_path / "data")
+    filled = []
+    monkeypatch.setattr(TrainSamples, "fill_pool", lambda self, threads=1: filled.append(threads))
+    overrides = {**TINY, "prior_kind": "random_walk", "prior_solver": "direct"}
+    cfg = _cfg(data, tmp_path / "run", epochs=1, workers=1, val_split="", mask_pool=1)
+    cfg.model_overrides = overrides
+    assert train(cfg)["step"] == 2 and filled == [1]
+
+
 def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
     data = make_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match="mask_pool"):

@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,16 +239,28 @@ class TrainSamples(Dataset):
             return self.draw(i, self.rng, self.cfg.flip)
         key = (i, self.rng.randrange(self.cfg.mask_pool))
         if key not in self.pool:
-            item = self.draw(i, random.Random(f"{self.cfg.seed}:{key}"), flip=False)
-            if "prior_prob" in item:
-                item["prior_prob"] = item["prior_prob"].half()
-            self.pool[key] = item
+            self.pool[key] = self.pooled(key)
         item = dict(self.pool[key])
         if "prior_prob" in item:
             item["prior_prob"] = item["prior_prob"].float()
         if self.cfg.flip and self.rng.random() < 0.5:
             item = flip_sample(item, self.mcfg.grid)
         return item
+
+    def pooled(self, key: tuple[int, int]) -> dict:
+        """Pool entry ``key = (image, n)``: a sample drawn by a generator of its own key alone (the same in
+        every process and run), unflipped, its prior in float16."""
+        item = self.draw(key[0], random.Random(f"{self.cfg.seed}:{key}"), flip=False)
+        if "prior_prob" in item:
+            item["prior_prob"] = item["prior_prob"].half()
+        return item
+
+    def fill_pool(self, threads: int = 1) -> None:
+        """Draw every pool entry now, on ``threads`` threads (the exact solve releases the GIL). Before
+        DataLoader workers start: they inherit the pool, instead of each computing every prior again."""
+        todo = [(i, n) for i in range(len(self.pairs)) for n in range(self.cfg.mask_pool) if (i, n) not in self.pool]
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            self.pool.update(zip(todo, pool.map(self.pooled, todo), strict=True))
 
     def draw(self, i: int, rng: random.Random, flip: bool) -> dict:
         """A new sample of pair ``i``: crop, flip (when ``flip``), masks, prior, by ``rng``."""
@@ -259,13 +272,14 @@ class TrainSamples(Dataset):
             lab = random_slots(lab.long(), valid, mcfg.num_classes, mcfg.ignore_index, rng).to(torch.uint8)
         t1 = time.perf_counter()
         ratio = rng.uniform(*cfg.ratio_range) if cfg.ratio_range else cfg.mask_ratio
+        gen = torch.Generator().manual_seed(rng.getrandbits(63))  # the masks follow rng too (pool entries)
         if cfg.block_holes > 0 and rng.random() < cfg.block_holes:  # holes off the grid: patches partly known
-            pix = block_holes(1, mcfg.size, ratio, cfg.block_range)
+            pix = block_holes(1, mcfg.size, ratio, cfg.block_range, generator=gen)
             hidden = hidden_from_missing(pix, mcfg.grid)[0]
             pix = pix[0]
         else:
             m = mixed_masking(lab[None], mcfg.patch_size, ratio, background_index=mcfg.background_index,
-                              ignore_index=mcfg.ignore_index, weights=cfg.mix)  # fmt: skip
+                              ignore_index=mcfg.ignore_index, weights=cfg.mix, generator=gen)  # fmt: skip
             hidden, pix = m[0], hidden_to_pixels(m, mcfg.grid, mcfg.patch_size)[0]
         # the model must not see the labels it is asked to reconstruct
         known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
@@ -564,6 +578,8 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         net = torch.compile(net)
     seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
     samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
+    if cfg.mask_pool and worker_count(cfg, world) > 0:  # workers inherit one pool instead of building one each
+        samples.fill_pool(torch.get_num_threads())
     loader = make_loader(samples, cfg, rank, world, device)
     validate = data.validate if rank == 0 else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
