@@ -21,6 +21,7 @@ import sys
 from common import random_walker
 
 from torch_label_mae import LabelCompleter
+from torch_label_mae.completer import with_correction
 from torch_label_mae.data import FolderDataset
 from torch_label_mae.evaluate import completer_method, evaluate, nearest_fill_method, walk_method
 
@@ -33,7 +34,7 @@ def methods_for(models: list[str], anchors: list[str]) -> dict:
         c = LabelCompleter.from_pretrained(name, device="cpu", precision="float32")
         out[name] = completer_method(c)
         if "prior" in anchors and name == models[0]:
-            out[f"prior of {name}"] = completer_method(c.with_correction(0.0))
+            out[f"prior of {name}"] = completer_method(with_correction(c, 0.0))
     if "rw" in anchors:
         out["random walker b2000"] = random_walker(2000.0)
     if "walk16" in anchors:

@@ -16,6 +16,7 @@ from synth import TINY_MODEL
 from torchvision import tv_tensors
 
 from torch_label_mae import LabelCompleter, LMAEConfig
+from torch_label_mae.completer import with_correction
 
 N = 5  # classes
 TINY = dict(TINY_MODEL, num_classes=N)
@@ -491,14 +492,14 @@ def test_with_correction_scales_the_correction_alone(request, name, scale, seed)
     label = torch.randint(0, N, (2, *cfg.size), generator=g)
     hidden = torch.rand(2, cfg.num_patches, generator=g) < 0.5
     with torch.no_grad():
-        prior, full, scaled = (c.model(image, label, hidden) for c in (base.with_correction(0.0), base,
-                                                                       base.with_correction(scale)))  # fmt: skip
+        prior, full, scaled = (c.model(image, label, hidden) for c in (with_correction(base, 0.0), base,
+                                                                       with_correction(base, scale)))  # fmt: skip
     torch.testing.assert_close(scaled, prior + scale * (full - prior), atol=1e-4, rtol=1e-4)  # linear in the scale
     assert torch.equal(base.model.head.weight, head)  # the model it was made from is unchanged
     with torch.no_grad():
-        assert base.with_correction(0.0).model.prior_alone()
+        assert with_correction(base, 0.0).model.prior_alone()
 
 
 def test_with_correction_needs_a_prior(plain):
     with pytest.raises(ValueError, match="label prior"):
-        plain.with_correction(0.0)
+        with_correction(plain, 0.0)

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from torch_label_mae import LabelCompleter
+from torch_label_mae.completer import with_correction
 from torch_label_mae.data import FolderDataset
 from torch_label_mae.evaluate import completer_method, evaluate
 
@@ -25,7 +26,7 @@ base = LabelCompleter.from_folder(folder, device="cpu", precision="float32")
 def variant(conn, bare):
     c = copy.deepcopy(base)
     c.config.prior = dataclasses.replace(c.config.prior, connectivity=conn)
-    return c.with_correction(0.0) if bare else c
+    return with_correction(c, 0.0) if bare else c
 
 
 out = {}

@@ -27,6 +27,7 @@ import torch
 
 def main(argv=None) -> int:
     from torch_label_mae import LabelCompleter
+    from torch_label_mae.completer import with_correction
     from torch_label_mae.data import FolderDataset
     from torch_label_mae.evaluate import evaluate
     from torch_label_mae.hub import save_hub_files
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     print(f"{a.model} on {ds.info.name} [{a.split}], paper protocol, seed {' '.join(map(str, a.seed))}")
     results = {}
     for s in a.scales:
-        c = base.with_correction(s)
+        c = with_correction(base, s)
         method = lambda im, lab, miss, c=c: c.complete_batch(im, lab, miss)  # noqa: E731
         r = evaluate(method, ds, cfg.num_classes, seed=a.seed, limit=a.limit)
         results[s] = r["pa_miou"]
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     print(f"best scale: {best:g}")
     if a.out:
         out = Path(a.out)
-        save_hub_files(base.with_correction(best).model, out, dtype=torch.float32)
+        save_hub_files(with_correction(base, best).model, out, dtype=torch.float32)
         record = {"model": a.model, "split": a.split, "limit": a.limit, "seeds": a.seed, "pa_miou": results}
         text = json.dumps({**record, "best": best}, indent=2)
         atomic_write(out / "scales.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

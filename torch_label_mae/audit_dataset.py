@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from .audit import (
 from .data import read_image, read_label
 from .hub import weights_digest
 from .io import atomic_write, default_palette, full_palette, save_label_png
+from .outputs import RunReport
 
 REPORT_NAME = "audit_report.json"
 PICTURE_NAME = "worst.png"
@@ -43,31 +44,14 @@ __all__ = ["AuditReport", "audit_dataset", "render_audit"]
 # whole folders
 # ----------------------------------------------------------------------------------------------------
 @dataclass
-class AuditReport:
-    """What :func:`audit_dataset` did: ``images`` (one summary per label, worst first), ``failed``
-    ``(file, reason)`` pairs, counts and where things went."""
+class AuditReport(RunReport):
+    """What :func:`audit_dataset` did (:class:`~torch_label_mae.outputs.RunReport`): ``images`` (one
+    summary per label, worst first), the ``model``, its ``settings`` and the ``picture`` of the worst."""
 
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    total: int = 0
-    seconds: float = 0.0
-    finished: bool = False
     model: str = ""
     settings: dict = field(default_factory=dict)
     images: list[dict] = field(default_factory=list)
     picture: str | None = None
-    report_path: str | None = None
-    out_dir: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.finished and not self.failed
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
-        return d
 
     def summary(self) -> str:
         lines = [

@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,14 @@ from .data import IMAGE_EXTS, read_image, read_label
 from .hub import DEFAULT_MODEL
 from .interrupt import GracefulStop, Interrupted, die_with_parent
 from .io import atomic_write, save_label_png
-from .outputs import OutputLock, OutputLockedError, OutputWriteError, check_outputs, remove_stale_temp_files
+from .outputs import (
+    OutputLock,
+    OutputLockedError,
+    OutputWriteError,
+    RunReport,
+    check_outputs,
+    remove_stale_temp_files,
+)
 
 REPORT_NAME = "completion_report.json"
 MAX_PIXELS = 25_000_000  # per file (e.g. 6000 x 4000 photos fit); larger files are reported, not decoded
@@ -99,32 +106,18 @@ class CompletionError(RuntimeError):
 
 
 @dataclass
-class Report:
-    """What a run did. ``failed`` holds ``(file, reason)`` pairs; ``images_per_s`` counts completed
-    images over the run's wall time."""
+class Report(RunReport):
+    """What a run did (:class:`~torch_label_mae.outputs.RunReport`); ``images_per_s`` counts completed
+    images over the run's wall time; ``warnings`` ``(file, message)`` pairs; ``rank`` of ``world_size``."""
 
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
     images_per_s: float = 0.0
-    total: int = 0
     rank: int = 0
     world_size: int = 1
-    finished: bool = False
     warnings: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    report_path: str | None = None
-    out_dir: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the run finished and no file failed."""
-        return self.finished and not self.failed
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
+        d = super().to_dict()
         d["warnings"] = [{"file": f, "message": m} for f, m in self.warnings]
         return d
 

@@ -181,20 +181,6 @@ class LabelCompleter(
         """The member whose ratio is nearest ``hidden_fraction`` (self when not routed)."""
         return routing.route(self.routes, hidden_fraction) if self.routes else self
 
-    def with_correction(self, scale: float) -> LabelCompleter:
-        """A copy whose learned correction (the head's output, added to the label prior) is multiplied
-        by ``scale``: 0 gives the label prior alone (the model's own classical baseline, at the prior's
-        cost), 1 the same model. Needs a model with a label prior; routed members are scaled alike."""
-        if self.config.prior is None:
-            raise ValueError("with_correction needs a model with a label prior: without one, the head is the model")
-        out = copy.deepcopy(self)
-        with torch.no_grad():
-            for member in out.routes or [out]:
-                member.model.head.weight.mul_(scale)
-                if member.model.head.bias is not None:
-                    member.model.head.bias.mul_(scale)
-        return out
-
     # -- completion --------------------------------------------------------------------------------
     def complete(
         self,
@@ -305,6 +291,19 @@ class LabelCompleter(
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def with_correction(completer: LabelCompleter, scale: float) -> LabelCompleter:
+    """A copy of ``completer`` whose learned correction (the head's output, added to the label prior) is
+    multiplied by ``scale``: 0 leaves the label prior alone (the model's own classical baseline, at the
+    prior's cost), 1 the same model. Needs a model with a label prior; routed members are scaled alike."""
+    if completer.config.prior is None:
+        raise ValueError("with_correction needs a model with a label prior: without one, the head is the model")
+    out = copy.deepcopy(completer)
+    with torch.no_grad():
+        for p in (p for member in out.routes or [out] for p in member.model.head.parameters()):
+            p.mul_(scale)
+    return out
 
 
 def _check_batch_args(images, labels, missing, batch_size: int) -> bool:

@@ -20,11 +20,45 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["OutputLock", "OutputLockedError", "OutputWriteError", "check_outputs", "remove_stale_temp_files"]
+__all__ = [
+    "OutputLock",
+    "OutputLockedError",
+    "OutputWriteError",
+    "RunReport",
+    "check_outputs",
+    "remove_stale_temp_files",
+]
 
 LOCK_PREFIX = ".label-mae"
+
+
+@dataclass
+class RunReport:
+    """What a run over a folder did (``complete_dataset``, ``audit_dataset``): labels ``done``,
+    ``skipped`` (valid outputs there already) and ``failed`` (``(file, reason)`` pairs) of ``total``, in
+    ``seconds``; ``finished`` (False: interrupted); where its report and outputs went."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    report_path: str | None = None
+    out_dir: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished and no file failed."""
+        return self.finished and not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
+        return d
 
 
 class OutputWriteError(RuntimeError):

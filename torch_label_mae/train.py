@@ -215,9 +215,10 @@ class TrainSamples(Dataset):
     per stage in this process (``benchmarks/bench_train.py --profile``).
 
     ``cfg.mask_pool = n > 0``: each image gets ``n`` samples (crop and masks), drawn at first use (or
-    all at once by :meth:`fill_pool`) from their own seed and kept with their label prior, which is then computed once instead of every step (an exact random
-    walk prior costs several times the model's step on a CPU); each use picks one of them at random and
-    flips it at random (exact: the prior's graph is symmetric). The prior is kept in float16."""
+    all at once by :meth:`fill_pool`) from their own seed and kept with their label prior, which is
+    then computed once instead of every step (an exact random walk prior costs several times the
+    model's step on a CPU); each use picks one of them at random and flips it at random (exact: the
+    prior's graph is symmetric). The prior is kept in float16."""
 
     STAGES = ("augment", "mask", "prior")
 
