@@ -3,6 +3,7 @@ end (inputs untouched, a loadable model folder, resume after ``kill -9``) and it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,16 @@ from torch_label_mae.cli import main
 from torch_label_mae.completer import LabelCompleter
 from torch_label_mae.config import NAMED_CONFIGS
 from torch_label_mae.data import degrade_folder
-from torch_label_mae.fit_dataset import UNKNOWN, HoleShapes, Sample, _data, fit_dataset, hold_out, read_ids
+from torch_label_mae.fit_dataset import (
+    UNKNOWN,
+    HoleShapes,
+    Sample,
+    _data,
+    fit_dataset,
+    held_out_digest,
+    hold_out,
+    read_ids,
+)
 from torch_label_mae.model import LMAE
 from torch_label_mae.train import TrainConfig, remap_classes, train
 
@@ -190,9 +200,10 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
     first["zero_shot"]["seconds"] = -1.0  # a mark that only a reuse of the cache carries into the report
     cache.write_text(json.dumps(first))
     assert fit_dataset(images, labels, tmp_path / "f", max_steps=5, resume=True, **kw)["zero_shot"]["seconds"] == -1
-    first["start_weights"] = "another model"  # other start weights: scored again
-    cache.write_text(json.dumps(first))
-    assert fit_dataset(images, labels, tmp_path / "f", max_steps=6, resume=True, **kw)["zero_shot"]["seconds"] >= 0
+    for key in ("start_weights", "held_out"):  # other start weights, other held-out pixels: scored again
+        cache.write_text(json.dumps(dict(first, **{key: "another"})))
+        again = fit_dataset(images, labels, tmp_path / "f", max_steps=6, resume=True, **kw)
+        assert again["zero_shot"]["seconds"] >= 0
 
 
 def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
@@ -292,3 +303,24 @@ def test_fit_reads_colour_labels_through_a_table(tmp_path):
     assert report["holes"] == plain["holes"] and report["num_classes"] == plain["num_classes"] == 4
     with pytest.raises(ValueError, match="void_index"):
         fit_dataset(images, rgb, tmp_path / "h", init=str(start), colors=table, void_index=0)
+
+
+@given(which=st.sampled_from(["image", "label", "held", "truth"]), seed=st.integers(0, 2**16))
+@settings(max_examples=20, deadline=None)
+def test_the_held_out_digest_follows_what_the_scores_depend_on(which, seed):
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(3):
+        truth = torch.randint(0, 4, (12, 16), generator=g, dtype=torch.uint8)
+        held = torch.rand(12, 16, generator=g) < (0.3 if i else 0.0)  # the first label holds nothing out
+        image = torch.randint(0, 256, (3, 12, 16), generator=g, dtype=torch.uint8)
+        samples.append(Sample(f"s{i}", image, torch.where(held, UNKNOWN, truth), torch.zeros_like(held), held, truth))
+    before = held_out_digest(samples, 4)
+    assert held_out_digest(samples, 5) != before
+    for i, same in ((0, True), (2, False)):  # a label without held-out pixels plays no part
+        t = getattr(samples[i], which).clone()
+        t.view(-1)[int(torch.randint(0, t.numel(), (1,), generator=g))] ^= True if t.dtype == torch.bool else 1
+        changed = [*samples[:i], dataclasses.replace(samples[i], **{which: t}), *samples[i + 1 :]]
+        if which == "held" and i == 0:
+            continue  # holding a pixel out of the first label makes it count
+        assert (held_out_digest(changed, 4) == before) == same

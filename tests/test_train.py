@@ -428,6 +428,8 @@ def test_pool_entries_depend_on_their_key_alone(seed, block):
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(3)]  # fmt: skip
     cfg = TrainConfig(mask_pool=2, seed=seed, block_holes=block, block_range=(4, 12))
     filled = TrainSamples(pairs, cfg, mcfg, seed=seed)
+    filled.fill_pool(threads=2, stop=lambda: True)  # a stop before the first chunk draws nothing
+    assert not filled.pool
     filled.fill_pool(threads=2)
     assert sorted(filled.pool) == [(i, n) for i in range(3) for n in range(2)]
     torch.manual_seed(seed + 1)  # torch's global generator plays no part, nor the stream of samples asked for
@@ -445,7 +447,7 @@ def test_workers_train_on_a_pool_filled_before_they_start(tmp_path, monkeypatch)
 
     data = make_dataset(tmp_path / "data")
     filled = []
-    monkeypatch.setattr(TrainSamples, "fill_pool", lambda self, threads=1: filled.append(threads))
+    monkeypatch.setattr(TrainSamples, "fill_pool", lambda self, threads=1, stop=None: filled.append(threads))
     overrides = {**TINY, "prior_kind": "random_walk", "prior_solver": "direct"}
     cfg = _cfg(data, tmp_path / "run", epochs=1, workers=1, val_split="", mask_pool=1)
     cfg.model_overrides = overrides

@@ -43,7 +43,7 @@ __all__ = ["AuditReport", "audit_dataset", "render_audit"]
 # ----------------------------------------------------------------------------------------------------
 # whole folders
 # ----------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class AuditReport(RunReport):
     """What :func:`audit_dataset` did (:class:`~torch_label_mae.outputs.RunReport`): ``images`` (one
     summary per label, worst first), the ``model``, its ``settings`` and the ``picture`` of the worst."""

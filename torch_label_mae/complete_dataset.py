@@ -105,7 +105,7 @@ class CompletionError(RuntimeError):
         self.file, self.reason = file, reason
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report(RunReport):
     """What a run did (:class:`~torch_label_mae.outputs.RunReport`); ``images_per_s`` counts completed
     images over the run's wall time; ``warnings`` ``(file, message)`` pairs; ``rank`` of ``world_size``."""

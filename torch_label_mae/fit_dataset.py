@@ -17,6 +17,7 @@ model card: what it was fitted on and what it measured), with ``fit.json`` (the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -330,18 +331,31 @@ def _compare(start, run_dir: Path, samples: list[Sample], num_classes: int) -> d
 
 def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) -> dict:
     """The held-out scores of the start model and the random walker, kept in ``run_dir/baselines.json``
-    for the same start weights: a resumed fit holds out the same pixels (``_claim``), so it reuses them."""
+    with digests of the start weights and of the held-out set: a resume reuses them only for both."""
     path = run_dir / "baselines.json"
-    digest = weights_digest(start.model)
+    key = dict(start_weights=weights_digest(start.model), held_out=held_out_digest(samples, num_classes))
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached.get("start_weights") == digest:
+        if all(cached.get(k) == v for k, v in key.items()):
             return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
     zero = score(completer_method(start), samples, num_classes)
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
-    text = json.dumps(dict(start_weights=digest, zero_shot=zero, random_walker=walker), indent=2)
+    text = json.dumps(dict(**key, zero_shot=zero, random_walker=walker), indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return dict(zero_shot=zero, random_walker=walker)
+
+
+def held_out_digest(samples: list[Sample], num_classes: int) -> str:
+    """A short SHA-256 of what the held-out scores depend on: the class count and, for every label with
+    held-out pixels, its name, image, label as the methods see it, held-out pixels and their truth."""
+    h = hashlib.sha256(str(num_classes).encode())
+    for s in samples:
+        if s.held.any():
+            h.update(s.name.encode())
+            for t in (s.image, s.label, s.held, s.truth):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:

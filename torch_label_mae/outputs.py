@@ -9,6 +9,7 @@
   before any work is done.
 - :func:`remove_stale_temp_files` removes the temp files that :func:`torch_label_mae.io.atomic_write`
   leaves when its process is killed (``.<name>.<pid>.<random>.tmp``), only those of dead processes.
+- :class:`RunReport` is what a run over a folder did: the base of the ``complete`` and ``audit`` reports.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = [
 LOCK_PREFIX = ".label-mae"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunReport:
     """What a run over a folder did (``complete_dataset``, ``audit_dataset``): labels ``done``,
     ``skipped`` (valid outputs there already) and ``failed`` (``(file, reason)`` pairs) of ``total``, in

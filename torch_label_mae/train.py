@@ -256,12 +256,19 @@ class TrainSamples(Dataset):
             item["prior_prob"] = item["prior_prob"].half()
         return item
 
-    def fill_pool(self, threads: int = 1) -> None:
-        """Draw every pool entry now, on ``threads`` threads (the exact solve releases the GIL). Before
-        DataLoader workers start: they inherit the pool, instead of each computing every prior again."""
+    def fill_pool(self, threads: int = 1, stop: Callable[[], bool] = lambda: False) -> None:
+        """Draw the pool entries now, on ``threads`` threads (the exact solve releases the GIL), a chunk
+        at a time until ``stop()``. Before DataLoader workers start: they inherit the pool, instead of
+        each computing every prior again. Not counted in :attr:`timings` (per-step host work)."""
         todo = [(i, n) for i in range(len(self.pairs)) for n in range(self.cfg.mask_pool) if (i, n) not in self.pool]
+        timings, chunk = dict(self.timings), 4 * max(1, threads)
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            self.pool.update(zip(todo, pool.map(self.pooled, todo), strict=True))
+            for at in range(0, len(todo), chunk):
+                if stop():
+                    break
+                keys = todo[at : at + chunk]
+                self.pool.update(zip(keys, pool.map(self.pooled, keys), strict=True))
+        self.timings = timings  # the threads' draws added to it concurrently
 
     def draw(self, i: int, rng: random.Random, flip: bool) -> dict:
         """A new sample of pair ``i``: crop, flip (when ``flip``), masks, prior, by ``rng``."""
@@ -484,6 +491,7 @@ class Run:
     stop: bool = False
     last_save: float = float("-inf")  # time.time() of the last checkpoint of this process
     budget_spent: bool = False  # the stop came from --max-steps / --max-minutes (not SIGTERM)
+    pool_filled: bool = False  # the mask pool was drawn before the DataLoader workers started
 
 
 def _setup_process(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -579,8 +587,6 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         net = torch.compile(net)
     seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
     samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
-    if cfg.mask_pool and worker_count(cfg, world) > 0:  # workers inherit one pool instead of building one each
-        samples.fill_pool(torch.get_num_threads())
     loader = make_loader(samples, cfg, rank, world, device)
     validate = data.validate if rank == 0 else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
@@ -658,6 +664,9 @@ def run_epoch(run: Run) -> tuple[float, int, bool]:
     cfg, state = run.cfg, run.state
     run.model.train()
     run.loader.sampler.set_epoch(state["epoch"])
+    if cfg.mask_pool and run.loader.num_workers > 0 and not run.pool_filled:  # before the workers start
+        run.loader.dataset.fill_pool(torch.get_num_threads(), stop=lambda: _should_stop(run))
+        run.pool_filled = True  # in the budget; a stop ends it early (the workers draw the rest)
     steps_per_epoch = len(run.loader)
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", unit="step", leave=False,
                disable=run.rank != 0 or not cfg.progress, dynamic_ncols=True)  # fmt: skip
