@@ -454,6 +454,26 @@ def test_workers_train_on_a_pool_filled_before_they_start(tmp_path, monkeypatch)
     assert train(cfg)["step"] == 2 and filled == [1]
 
 
+@given(seed=st.integers(0, 2**16), block=st.sampled_from([0.0, 1.0]), holes=st.floats(0.0, 0.5))
+@settings(max_examples=20, deadline=None)
+def test_hide_unknown_hides_every_patch_that_touches_a_hole(seed, block, holes):
+    from torch_label_mae.masking import hidden_from_missing, hidden_to_pixels
+    from torch_label_mae.model import LMAEConfig
+    from torch_label_mae.train import TrainSamples
+
+    mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)
+    label[torch.rand(40, 48, generator=g) < holes] = mcfg.ignore_index  # the label's own holes
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g), label)]
+    cfg = TrainConfig(seed=seed, block_holes=block, block_range=(4, 12), hide_unknown=True)
+    item = TrainSamples(pairs, cfg, mcfg, seed=seed, with_prior=False)[0]
+    own = hidden_from_missing((item["label"] == mcfg.ignore_index)[None], mcfg.grid)[0]
+    assert not (own & ~item["hidden"]).any()  # as at completion: a patch with a hole in it is hidden
+    assert not (item["pix"] & ~hidden_to_pixels(item["hidden"][None], mcfg.grid, mcfg.patch_size)[0]).any()
+    assert torch.equal(item["known"], torch.where(item["pix"], mcfg.ignore_index, item["label"]))
+
+
 def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
     data = make_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match="mask_pool"):

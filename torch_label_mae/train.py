@@ -87,6 +87,7 @@ class TrainConfig:
     mix: tuple[float, float, float] = PAPER_MIX
     block_holes: float = 0.0  # share of samples whose holes are blocks off the patch grid (masking.block_holes)
     block_range: tuple[int, int] = (8, 48)  # their side, in pixels at the model's size
+    hide_unknown: bool = False  # also hide the patches that touch a pixel the label lacks, as completion does
     loss: str = "ce"  # ce | balanced (the paper's eq. 10-12; collapses, see docs/training.md)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
     flip: bool = True
@@ -289,6 +290,8 @@ class TrainSamples(Dataset):
             m = mixed_masking(lab[None], mcfg.patch_size, ratio, background_index=mcfg.background_index,
                               ignore_index=mcfg.ignore_index, weights=cfg.mix, generator=gen)  # fmt: skip
             hidden, pix = m[0], hidden_to_pixels(m, mcfg.grid, mcfg.patch_size)[0]
+        if cfg.hide_unknown:  # as at completion, where every patch that touches a hole is hidden
+            hidden = hidden | hidden_from_missing((lab == mcfg.ignore_index)[None], mcfg.grid)[0]
         # the model must not see the labels it is asked to reconstruct
         known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
         t2 = time.perf_counter()
@@ -835,6 +838,8 @@ _HELP = {
     "block_holes": "share of samples (0-1) whose holes are blocks off the patch grid, as after resizing a "
     "label of another size: patches then come out partly known (default 0: the paper's patch masking only)",
     "block_range": "side range of those blocks in pixels at the model's size",
+    "hide_unknown": "also hide every patch that touches an unknown pixel of the label, as completion hides every "
+    "patch that touches a hole (labels with holes of their own: label-mae fit)",
     "optimizer": "adamw (decoupled weight decay) | adam (the paper's; L2 weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
     "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
