@@ -480,6 +480,20 @@ def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
         train(_cfg(data, tmp_path / "run", class_agnostic=True, mask_pool=2, max_steps=1))
 
 
+def test_trunk_lr_zero_trains_the_head_alone(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    train(_cfg(data, tmp_path / "first", epochs=1, val_split=""))
+    out = tmp_path / "tuned"
+    train(_cfg(data, out, epochs=1, init=str(tmp_path / "first" / "last"), trunk_lr=0.0, val_split=""))
+    a = LabelCompleter.from_pretrained(str(tmp_path / "first" / "last")).model.state_dict()
+    b = LabelCompleter.from_pretrained(str(out / "last")).model.state_dict()
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    assert moved and all(k.startswith("head.") for k in moved)  # the head learned; nothing else moved
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="trunk_lr"):
+            train(_cfg(data, tmp_path / "bad", trunk_lr=bad))
+
+
 def test_new_classes_fine_tunes_another_class_list_from_its_prior(tmp_path):
     data = make_dataset(tmp_path / "data")
     train(_cfg(data, tmp_path / "first", epochs=1))

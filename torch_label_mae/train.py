@@ -87,6 +87,7 @@ class TrainConfig:
     mix: tuple[float, float, float] = PAPER_MIX
     block_holes: float = 0.0  # share of samples whose holes are blocks off the patch grid (masking.block_holes)
     block_range: tuple[int, int] = (8, 48)  # their side, in pixels at the model's size
+    trunk_lr: float = 1.0  # the learning rate of every weight but the head, as a share of lr (fine-tuning: < 1)
     hide_unknown: bool = False  # also hide the patches that touch a pixel the label lacks, as completion does
     loss: str = "ce"  # ce | balanced (the paper's eq. 10-12; collapses, see docs/training.md)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
@@ -146,6 +147,8 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
     if cfg.mask_pool < 0 or (cfg.mask_pool and cfg.class_agnostic):
         raise ValueError("mask_pool must be >= 0, and 0 for a class-agnostic model (its slots are drawn every step)")
+    if not 0 <= cfg.trunk_lr <= 1:  # also NaN
+        raise ValueError(f"trunk_lr must be in [0, 1] (a share of lr), got {cfg.trunk_lr!r}")
     if roots and len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
         raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
 
@@ -566,10 +569,16 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     if cfg.loss == "balanced":
         criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index, background_index=info.background_index)
         criterion = criterion.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += list(criterion.parameters()) if criterion is not None else []
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.batch_size)
+    extra = list(criterion.parameters()) if criterion is not None else []
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named] + extra
+    groups = [dict(params=params)]  # one group, in this order: as earlier checkpoints
+    if cfg.trunk_lr != 1:  # the head (and the loss's weights) at lr, every other weight at lr * trunk_lr
+        trunk = dict(params=[p for n, p in named if not n.startswith("head.")], lr=lr * cfg.trunk_lr)
+        groups = [dict(params=[p for n, p in named if n.startswith("head.")] + extra), trunk]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=cfg.lr if cfg.lr is not None else scaled_lr(cfg.batch_size), weight_decay=cfg.weight_decay)
+    opt = opt_cls(groups, lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", patience=cfg.plateau_patience, threshold=cfg.plateau_threshold, factor=cfg.plateau_factor
     )
@@ -838,6 +847,8 @@ _HELP = {
     "block_holes": "share of samples (0-1) whose holes are blocks off the patch grid, as after resizing a "
     "label of another size: patches then come out partly known (default 0: the paper's patch masking only)",
     "block_range": "side range of those blocks in pixels at the model's size",
+    "trunk_lr": "learning rate of every weight but the head (the output layer), as a share of --lr: below 1 "
+    "keeps a fine-tuned --init's trunk nearer its start while a new head learns",
     "hide_unknown": "also hide every patch that touches an unknown pixel of the label, as completion hides every "
     "patch that touches a hole (labels with holes of their own: label-mae fit)",
     "optimizer": "adamw (decoupled weight decay) | adam (the paper's; L2 weight decay)",
