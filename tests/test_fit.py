@@ -59,14 +59,14 @@ def test_a_rectangle_hole_is_as_wide_as_its_short_side(h, w, y, x):
 def test_no_holes_gives_the_paper_masking():
     shapes = HoleShapes.measure([torch.zeros(8, 8, dtype=torch.bool)])
     assert shapes.count == 0 and shapes.fraction == 0.0
-    assert shapes.training_holes(480, 224) == {}
+    assert shapes.training_holes(480, 224) == {"hide_unknown": True}  # the paper's masking, patches with holes hidden
 
 
 def test_training_holes_scale_the_widths_to_the_model():
     shapes = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10)
     s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
     assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
-    assert s["block_range"] == (20, 40)
+    assert s["block_range"] == (20, 40) and s["hide_unknown"]
 
 
 def _sample(rng, h, w, k, void):

@@ -78,13 +78,15 @@ class HoleShapes:
         """The :class:`~torch_label_mae.train.TrainConfig` settings that imitate these holes at the
         model's size (labels of side ``label_side`` cropped by ``crop`` on average, then resized to
         ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
-        paper's patch masking at that ratio. No holes measured: the paper's masking at 0.5."""
+        paper's patch masking at that ratio. No holes measured: the paper's masking at 0.5. Either way
+        every patch that touches a pixel the label lacks is hidden too (``hide_unknown``), as completion
+        hides every patch that touches a hole: the model never sees a patch with a hole in it."""
         if self.count == 0:
-            return {}
+            return dict(hide_unknown=True)
         scale = model_side / (crop * label_side)
         lo, hi = (int(np.clip(round(w * scale), 4, model_side // 2)) for w in self.widths)
         ratio = float(np.clip(self.fraction, 0.1, 0.75))
-        return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)))
+        return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)), hide_unknown=True)
 
 
 @dataclass
