@@ -139,10 +139,11 @@ def test_remapped_classes_take_their_slots_embeddings_and_a_new_head(k):
     assert torch.equal(new.state_dict()["blocks.0.attn.qkv.weight"], start.state_dict()["blocks.0.attn.qkv.weight"])
 
 
-def _tiny_start(tmp_path) -> Path:
+def _tiny_start(tmp_path, **overrides) -> Path:
     """A tiny class-agnostic model folder to fit from (a few steps on synthetic data)."""
     data = make_dataset(tmp_path / "pool", splits=(("train", 4),), seed=5)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "start"), model="tiny", model_overrides=dict(TINY_MODEL),
+    model = dict(TINY_MODEL, **overrides)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "start"), model="tiny", model_overrides=model,
                       class_agnostic=True, num_slots=8, batch_size=4, max_steps=1, val_split="", workers=0,
                       threads=1)  # fmt: skip
     train(cfg)
@@ -324,3 +325,23 @@ def test_the_held_out_digest_follows_what_the_scores_depend_on(which, seed):
         if which == "held" and i == 0:
             continue  # holding a pixel out of the first label makes it count
         assert (held_out_digest(changed, 4) == before) == same
+
+
+def test_an_agnostic_fit_keeps_slots_and_pools_the_exact_walk(tmp_path):
+    start = _tiny_start(tmp_path, prior_kind="random_walk", prior_solver="direct", prior_connectivity=4)
+    images, labels = _broken(tmp_path)
+    kw = dict(init=str(start), minutes=5, batch_size=4, threads=1, val_images=2, progress=False)
+    report = fit_dataset(images, labels, tmp_path / "f", max_steps=3, agnostic=True, **kw)
+    assert report["agnostic"] and report["training"]["class_agnostic"] and report["training"]["mask_pool"] >= 1
+    fitted = LabelCompleter.from_pretrained(str(tmp_path / "f" / "fit-run" / "last"))
+    assert fitted.config.class_agnostic and fitted.config.num_classes == 8  # the start's slots
+    with pytest.raises(ValueError, match="agnostic"):  # a resume must not change what is fitted
+        fit_dataset(images, labels, tmp_path / "f", max_steps=4, resume=True, **kw)
+    classes = _tiny_start(tmp_path / "c")
+    specific = tmp_path / "specific"
+    fit_dataset(images, labels, specific, init=str(classes), minutes=5, max_steps=1, batch_size=4, threads=1,
+                val_images=2, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="not class-agnostic"):
+        init = str(specific / "fit-run" / "last")  # the fitted model: the data's classes
+        fit_dataset(images, labels, tmp_path / "g", max_steps=1, agnostic=True, **dict(kw, init=init))
+    assert not (tmp_path / "g").exists()  # refused before anything is written

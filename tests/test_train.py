@@ -474,10 +474,29 @@ def test_hide_unknown_hides_every_patch_that_touches_a_hole(seed, block, holes):
     assert torch.equal(item["known"], torch.where(item["pix"], mcfg.ignore_index, item["label"]))
 
 
-def test_mask_pool_is_refused_for_class_agnostic_models(tmp_path):
-    data = make_dataset(tmp_path / "data")
-    with pytest.raises(ValueError, match="mask_pool"):
-        train(_cfg(data, tmp_path / "run", class_agnostic=True, mask_pool=2, max_steps=1))
+@given(seed=st.integers(0, 2**16))
+@settings(max_examples=15, deadline=None)
+def test_pooled_class_agnostic_samples_get_fresh_slots_and_their_own_prior(seed):
+    from torch_label_mae.model import LMAEConfig
+    from torch_label_mae.train import TrainSamples, permute_slots, sample_prior
+
+    kind = dict(prior_kind="random_walk", prior_solver="direct", prior_connectivity=4)
+    mcfg = LMAEConfig.tiny(**{**TINY, **kind, "class_agnostic": True, "num_classes": 8})
+    g = torch.Generator().manual_seed(seed)
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+              torch.randint(0, 5, (40, 48), dtype=torch.uint8, generator=g) * 40)]  # ids 0, 40, ... 160  # fmt: skip
+    samples = TrainSamples(pairs, TrainConfig(mask_pool=1, seed=seed, flip=False), mcfg, seed=seed, with_prior=False)
+    items = [samples[0] for _ in range(6)]
+    assert len(samples.pool) == 1  # one pool entry, in other slots each time
+    assert len({tuple(it["prior_index"].tolist()) for it in items}) > 1
+    for it in items:
+        assert int(it["label"][it["label"] != 255].max()) < 8  # slots, not the dataset's ids
+        again = sample_prior(mcfg, it["known"], it["image"])  # the walk on the renamed label
+        order, again_order = it["prior_index"].argsort(), again["prior_index"].argsort()
+        assert torch.equal(it["prior_index"][order], again["prior_index"][again_order])
+        torch.testing.assert_close(it["prior_prob"][order], again["prior_prob"][again_order], atol=2e-3, rtol=0)
+    same = permute_slots(items[0], list(range(8)))  # the identity renames nothing
+    assert all(torch.equal(same[k], items[0][k]) for k in items[0])
 
 
 def test_trunk_lr_zero_trains_the_head_alone(tmp_path):

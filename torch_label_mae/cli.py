@@ -446,6 +446,7 @@ def cmd_fit(args) -> int:
             resume=args.resume,
             max_steps=args.max_steps,
             progress=not args.quiet,
+            agnostic=args.agnostic,
         )
     except ValueError as e:
         raise ValueError(_cli_words(str(e))) from None
@@ -684,6 +685,11 @@ def _add_fit(sub) -> None:
     _add_folders(p, "folder of label PNGs with holes (<id>.png)", "output model folder (not an input folder)")
     p.add_argument("--init", default="any-m0.5", help="model to start from: name or folder (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default: %(default)s)")
+    p.add_argument(
+        "--agnostic",
+        action="store_true",
+        help="keep a class-agnostic --init so: one correction for every class alike, not a head per class",
+    )
     p.add_argument("--missing-index", type=_byte, default=255, help="value of the holes (default: %(default)s)")
     p.add_argument("--void-index", type=_byte, default=None, help="the labels' own ignore value, never trained on")
     p.add_argument("--colors", default=None, help="colour table of RGB labels: camvid | cityscapes | voc | FILE.json")

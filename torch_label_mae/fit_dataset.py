@@ -249,6 +249,7 @@ def fit_dataset(
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    agnostic: bool = False,
 ) -> dict:
     """Fit the model ``init`` to the labels of ``labels`` (with their images in ``images``) for
     ``minutes`` of training, and write the better of the fitted and the starting model to ``out`` (a
@@ -259,28 +260,36 @@ def fit_dataset(
     ``out/fit.json``: the hole shapes, the training settings and steps, and the held-out scores of
     ``fitted``, ``zero_shot`` and ``random_walker`` with the model ``kept``. ``resume=True`` continues
     a fit stopped by anything (the budget counts over resumes); without it an existing fit in ``out``
-    is refused. Inputs are never modified; outputs are written atomically."""
+    is refused. ``agnostic=True`` keeps a class-agnostic ``init`` so: it learns one correction for
+    every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
+    the fitted model takes any ids. Inputs are never modified; outputs are written atomically."""
     from .completer import LabelCompleter
     from .train import TrainConfig, train
 
     _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors)
     out, colors = Path(out), load_colors(colors)
     check_outputs([("out", out)], [("images", images), ("labels", labels)])
+    start = LabelCompleter.from_pretrained(init)  # loaded once: its config, the zero-shot scores, maybe kept
+    if agnostic and not start.config.class_agnostic:
+        raise ValueError(
+            f"agnostic: the start model {init} is not class-agnostic (it has classes); start from any-m0.5"
+        )
     args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
-                val_fraction=val_fraction, val_images=val_images, seed=seed)  # fmt: skip
+                val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic)  # fmt: skip
     _claim(out / RUN_DIR, args, resume)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
     holes = HoleShapes.measure([s.holes for s in samples])
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
-    start = LabelCompleter.from_pretrained(init)  # loaded once: its config, the zero-shot scores, maybe kept
     data = _data(samples, Path(labels).name, start.config)
     settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.config.size))
     settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
-    cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=True, max_minutes=minutes,
-                      max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed, threads=threads,
-                      save_every=60.0, progress=progress, **settings)  # fmt: skip
+    if agnostic:  # slots as the start model has them, drawn at random per sample
+        settings.update(class_agnostic=True, num_slots=start.config.num_classes)
+    cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
+                      max_minutes=minutes, max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed,
+                      threads=threads, save_every=60.0, progress=progress, **settings)  # fmt: skip
     say(f"fit: {len(samples)} labels, {data.info.num_classes} classes, holes {holes.fraction:.1%} of the pixels, "
         f"{width} px wide; training {minutes:g} min from {init}")  # fmt: skip
     state = train(cfg, resume=resume, data=data)

@@ -145,8 +145,8 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError("data: a dataset root is needed")
     if cfg.class_agnostic and cfg.loss != "ce":
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
-    if cfg.mask_pool < 0 or (cfg.mask_pool and cfg.class_agnostic):
-        raise ValueError("mask_pool must be >= 0, and 0 for a class-agnostic model (its slots are drawn every step)")
+    if cfg.mask_pool < 0:
+        raise ValueError(f"mask_pool must be >= 0, got {cfg.mask_pool}")
     if not 0 <= cfg.trunk_lr <= 1:  # also NaN
         raise ValueError(f"trunk_lr must be in [0, 1] (a share of lr), got {cfg.trunk_lr!r}")
     if roots and len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
@@ -250,6 +250,8 @@ class TrainSamples(Dataset):
             item["prior_prob"] = item["prior_prob"].float()
         if self.cfg.flip and self.rng.random() < 0.5:
             item = flip_sample(item, self.mcfg.grid)
+        if self.mcfg.class_agnostic:  # fresh slots every use, as AOT assigns identities: a permutation
+            item = permute_slots(item, self.rng.sample(range(self.mcfg.num_classes), self.mcfg.num_classes))
         return item
 
     def pooled(self, key: tuple[int, int]) -> dict:
@@ -321,6 +323,21 @@ def flip_sample(item: dict, grid: tuple[int, int]) -> dict:
         if k in out:
             out[k] = out[k].flip(-1)
     out["hidden"] = item["hidden"].view(grid).flip(-1).flatten()
+    return out
+
+
+def permute_slots(item: dict, perm: list[int]) -> dict:
+    """A class-agnostic sample of :class:`TrainSamples` with its slots renamed, slot ``s`` -> ``perm[s]``:
+    the label, the known label and the prior (its class map and the classes of its probabilities; the
+    walk is the same under any renaming of the classes). Unknown pixels (ids past ``perm``) stay."""
+    table = torch.arange(256, dtype=torch.uint8)
+    table[: len(perm)] = torch.tensor(perm, dtype=torch.uint8)
+    out = dict(item)
+    for k in ("label", "known", "prior_classes"):
+        if k in out:
+            out[k] = table[out[k].long()]
+    if "prior_index" in out:
+        out["prior_index"] = table[out["prior_index"]].long()
     return out
 
 
