@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, nargs="+", default=[2.5, 5.0, 10.0])
     ap.add_argument("--limit", type=int, default=None, help="first N labels (paper protocol)")
     ap.add_argument("--agnostic", action="store_true", help="fit --agnostic: keep a class-agnostic --init so")
+    ap.add_argument("--hide-unknown", action="store_true", help="fit --hide-unknown")
     a = ap.parse_args(argv)
     images, broken_dir, truths, n = prepare(a)
     samples = load(images, broken_dir, truths)
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
     for i, minutes in enumerate(sorted(a.minutes)):
         t = time.time()
         rep = fit_dataset(images, broken_dir, out, init=a.init, minutes=minutes, missing_index=HOLE,
-                          void_index=VOID, seed=a.seed, resume=i > 0, progress=False, agnostic=a.agnostic)  # fmt: skip
+                          void_index=VOID, seed=a.seed, resume=i > 0, progress=False, agnostic=a.agnostic,
+                          hide_unknown=a.hide_unknown)  # fmt: skip
         fitted = score(completer_method(LabelCompleter.from_pretrained(str(out / "fit-run" / "last"))), samples, n)
         kept = fitted if rep["kept"] == "fitted" else rows[f"zero-shot {a.init}"]  # the same weights
         est = {k: round(100 * rep[k]["pa_miou"], 2) for k in ("fitted", "zero_shot", "random_walker")}

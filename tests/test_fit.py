@@ -59,14 +59,14 @@ def test_a_rectangle_hole_is_as_wide_as_its_short_side(h, w, y, x):
 def test_no_holes_gives_the_paper_masking():
     shapes = HoleShapes.measure([torch.zeros(8, 8, dtype=torch.bool)])
     assert shapes.count == 0 and shapes.fraction == 0.0
-    assert shapes.training_holes(480, 224) == {"hide_unknown": True}  # the paper's masking, patches with holes hidden
+    assert shapes.training_holes(480, 224) == {}
 
 
 def test_training_holes_scale_the_widths_to_the_model():
     shapes = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10)
     s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
     assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
-    assert s["block_range"] == (20, 40) and s["hide_unknown"]
+    assert s["block_range"] == (20, 40)
 
 
 def _sample(rng, h, w, k, void):
@@ -331,8 +331,9 @@ def test_an_agnostic_fit_keeps_slots_and_pools_the_exact_walk(tmp_path):
     start = _tiny_start(tmp_path, prior_kind="random_walk", prior_solver="direct", prior_connectivity=4)
     images, labels = _broken(tmp_path)
     kw = dict(init=str(start), minutes=5, batch_size=4, threads=1, val_images=2, progress=False)
-    report = fit_dataset(images, labels, tmp_path / "f", max_steps=3, agnostic=True, **kw)
+    report = fit_dataset(images, labels, tmp_path / "f", max_steps=3, agnostic=True, hide_unknown=True, **kw)
     assert report["agnostic"] and report["training"]["class_agnostic"] and report["training"]["mask_pool"] >= 1
+    assert report["hide_unknown"] and report["training"]["hide_unknown"]
     fitted = LabelCompleter.from_pretrained(str(tmp_path / "f" / "fit-run" / "last"))
     assert fitted.config.class_agnostic and fitted.config.num_classes == 8  # the start's slots
     with pytest.raises(ValueError, match="agnostic"):  # a resume must not change what is fitted

@@ -447,6 +447,7 @@ def cmd_fit(args) -> int:
             max_steps=args.max_steps,
             progress=not args.quiet,
             agnostic=args.agnostic,
+            hide_unknown=args.hide_unknown,
         )
     except ValueError as e:
         raise ValueError(_cli_words(str(e))) from None
@@ -689,6 +690,12 @@ def _add_fit(sub) -> None:
         "--agnostic",
         action="store_true",
         help="keep a class-agnostic --init so: one correction for every class alike, not a head per class",
+    )
+    p.add_argument(
+        "--hide-unknown",
+        action="store_true",
+        help="train with every patch that touches an unknown pixel hidden, as completion hides the patches with "
+        "holes (docs/fit.md: helped on CamVid, hurt on Marsscapes)",
     )
     p.add_argument("--missing-index", type=_byte, default=255, help="value of the holes (default: %(default)s)")
     p.add_argument("--void-index", type=_byte, default=None, help="the labels' own ignore value, never trained on")

@@ -78,15 +78,13 @@ class HoleShapes:
         """The :class:`~torch_label_mae.train.TrainConfig` settings that imitate these holes at the
         model's size (labels of side ``label_side`` cropped by ``crop`` on average, then resized to
         ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
-        paper's patch masking at that ratio. No holes measured: the paper's masking at 0.5. Either way
-        every patch that touches a pixel the label lacks is hidden too (``hide_unknown``), as completion
-        hides every patch that touches a hole: the model never sees a patch with a hole in it."""
+        paper's patch masking at that ratio. No holes measured: the paper's masking at 0.5."""
         if self.count == 0:
-            return dict(hide_unknown=True)
+            return {}
         scale = model_side / (crop * label_side)
         lo, hi = (int(np.clip(round(w * scale), 4, model_side // 2)) for w in self.widths)
         ratio = float(np.clip(self.fraction, 0.1, 0.75))
-        return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)), hide_unknown=True)
+        return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)))
 
 
 @dataclass
@@ -250,6 +248,7 @@ def fit_dataset(
     threads: int | None = None,
     progress: bool = True,
     agnostic: bool = False,
+    hide_unknown: bool = False,
 ) -> dict:
     """Fit the model ``init`` to the labels of ``labels`` (with their images in ``images``) for
     ``minutes`` of training, and write the better of the fitted and the starting model to ``out`` (a
@@ -262,7 +261,10 @@ def fit_dataset(
     a fit stopped by anything (the budget counts over resumes); without it an existing fit in ``out``
     is refused. ``agnostic=True`` keeps a class-agnostic ``init`` so: it learns one correction for
     every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
-    the fitted model takes any ids. Inputs are never modified; outputs are written atomically."""
+    the fitted model takes any ids. ``hide_unknown=True`` hides every patch that touches a pixel the
+    label lacks (holes, void and held-out pixels), as completion hides the patches with holes
+    (``docs/fit.md``: it helped on CamVid, hurt on Marsscapes). Inputs are never modified; outputs
+    are written atomically."""
     from .completer import LabelCompleter
     from .train import TrainConfig, train
 
@@ -275,7 +277,8 @@ def fit_dataset(
             f"agnostic: the start model {init} is not class-agnostic (it has classes); start from any-m0.5"
         )
     args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
-                val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic)  # fmt: skip
+                val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
+                hide_unknown=hide_unknown)  # fmt: skip
     _claim(out / RUN_DIR, args, resume)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
@@ -285,6 +288,7 @@ def fit_dataset(
     data = _data(samples, Path(labels).name, start.config)
     settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.config.size))
     settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
+    settings.update(hide_unknown=hide_unknown)
     if agnostic:  # slots as the start model has them, drawn at random per sample
         settings.update(class_agnostic=True, num_slots=start.config.num_classes)
     cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
