@@ -26,6 +26,7 @@ from torch_label_mae.completer import LabelCompleter
 from torch_label_mae.config import NAMED_CONFIGS
 from torch_label_mae.data import degrade_folder
 from torch_label_mae.fit_dataset import (
+    LATER_ARGS,
     UNKNOWN,
     HoleShapes,
     Sample,
@@ -194,6 +195,8 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
         fit_dataset(images, labels, tmp_path / "f", max_steps=2, **kw)
     cache = tmp_path / "f" / "fit-run" / "baselines.json"
     first = json.loads(cache.read_text())
+    args = tmp_path / "f" / "fit-run" / "fit-args.json"  # as a fit of an earlier version wrote it
+    args.write_text(json.dumps({k: v for k, v in json.loads(args.read_text()).items() if k not in LATER_ARGS}))
     report = fit_dataset(images, labels, tmp_path / "f", max_steps=4, resume=True, **kw)
     assert report["training"]["steps"] == 4  # continued, not restarted
     # the same held-out pixels and start weights: the start model and the walker were not scored again

@@ -43,6 +43,7 @@ from .outputs import check_outputs
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
 DEFAULT_WIDTH = 32  # hole width (label pixels) assumed when the labels have no holes
 RUN_DIR = "fit-run"  # OUT/fit-run: the training checkpoint and log
+LATER_ARGS = dict(agnostic=False, hide_unknown=False)  # settings that fit-args.json of earlier fits lacks
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     pixels (which the model may have trained on) or start elsewhere; record the settings of a new fit."""
     path = run_dir / "fit-args.json"
     if path.is_file() and resume:
-        before = json.loads(path.read_text(encoding="utf-8"))
+        before = {**LATER_ARGS, **json.loads(path.read_text(encoding="utf-8"))}
         changed = sorted(k for k in args if before.get(k) != args[k])
         if changed:
             raise ValueError(f"{run_dir}: --resume with other settings than the fit it continues: {', '.join(changed)}")
