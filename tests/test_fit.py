@@ -26,6 +26,7 @@ from torch_label_mae.completer import LabelCompleter
 from torch_label_mae.config import NAMED_CONFIGS
 from torch_label_mae.data import degrade_folder
 from torch_label_mae.fit_dataset import (
+    HOLE,
     LATER_ARGS,
     UNKNOWN,
     HoleShapes,
@@ -106,10 +107,22 @@ def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width
     if any((s.truth != UNKNOWN).any() for s in samples):
         for (_, label), s in zip(_data(samples, "x", _agnostic().config).pairs, samples, strict=True):
             assert (label[s.holes | s.held] == UNKNOWN).all()
+        marked = _data(samples, "x", _agnostic().config, holes=True).pairs  # hide_unknown: holes apart from void
+        for (_, label), s in zip(marked, samples, strict=True):
+            assert torch.equal(label == HOLE, s.holes | s.held)
+            assert torch.equal(label == UNKNOWN, (s.truth == UNKNOWN) & ~s.holes)  # void
     rng = np.random.default_rng(seed)
     again = [_sample(rng, h, w, k, void) for _ in range(3)]
     hold_out(again, fraction, 2, width, seed)
     assert all(torch.equal(a.held, b.held) for a, b in zip(again, samples, strict=True))  # seeded
+
+
+def test_hide_unknown_refuses_the_class_id_that_marks_the_holes():
+    s = _sample(np.random.default_rng(0), 6, 6, 3, False)
+    s.truth[0, 0] = s.label[0, 0] = HOLE
+    _data([s], "x", _agnostic().config)  # without hide_unknown, id 254 is a class like any other
+    with pytest.raises(ValueError, match=f"class ids must be below {HOLE}.*found {HOLE}"):
+        _data([s], "x", _agnostic().config, holes=True)
 
 
 def _agnostic(num_slots=8) -> LMAE:
@@ -336,7 +349,7 @@ def test_an_agnostic_fit_keeps_slots_and_pools_the_exact_walk(tmp_path):
     kw = dict(init=str(start), minutes=5, batch_size=4, threads=1, val_images=2, progress=False)
     report = fit_dataset(images, labels, tmp_path / "f", max_steps=3, agnostic=True, hide_unknown=True, **kw)
     assert report["agnostic"] and report["training"]["class_agnostic"] and report["training"]["mask_pool"] >= 1
-    assert report["hide_unknown"] and report["training"]["hide_unknown"]
+    assert report["hide_unknown"] and report["training"]["hide_unknown"] and report["training"]["hole_index"] == HOLE
     fitted = LabelCompleter.from_pretrained(str(tmp_path / "f" / "fit-run" / "last"))
     assert fitted.config.class_agnostic and fitted.config.num_classes == 8  # the start's slots
     with pytest.raises(ValueError, match="agnostic"):  # a resume must not change what is fitted

@@ -173,6 +173,7 @@ def test_the_time_budget_counts_over_resumes(tmp_path):
         (dict(optimizer="sgd"), "optimizer must be"),
         (dict(loss="focal"), "loss must be"),
         (dict(model_overrides={"label_priors": True}), r"unknown model config key\(s\) \['label_priors'\]"),
+        (dict(hole_index=300), "hole_index must be in 0..255, got 300"),
     ],
 )
 def test_bad_train_config_is_named(tmp_path, bad, match):
@@ -472,6 +473,30 @@ def test_hide_unknown_hides_every_patch_that_touches_a_hole(seed, block, holes):
     assert not (own & ~item["hidden"]).any()  # as at completion: a patch with a hole in it is hidden
     assert not (item["pix"] & ~hidden_to_pixels(item["hidden"][None], mcfg.grid, mcfg.patch_size)[0]).any()
     assert torch.equal(item["known"], torch.where(item["pix"], mcfg.ignore_index, item["label"]))
+
+
+@given(seed=st.integers(0, 2**16), block=st.sampled_from([0.0, 1.0]), share=st.floats(0.0, 0.3))
+@settings(max_examples=20, deadline=None)
+def test_hole_index_hides_the_patches_of_holes_not_of_void(seed, block, share):
+    from torch_label_mae.masking import hidden_from_missing
+    from torch_label_mae.model import LMAEConfig
+    from torch_label_mae.train import TrainSamples
+
+    mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
+    g = torch.Generator().manual_seed(seed)
+    h, w = mcfg.size  # the crop is the whole label: the holes stay where they are
+    label = torch.randint(0, 4, (h, w), dtype=torch.uint8, generator=g)
+    label[torch.rand(h, w, generator=g) < share] = mcfg.ignore_index  # void
+    holes = torch.rand(h, w, generator=g) < share
+    label[holes] = 254
+    pairs = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), label)]
+    kw = dict(seed=seed, block_holes=block, block_range=(4, 12), hole_index=254, crop_scale=(1.0, 1.0), flip=False)
+    plain, hide = (TrainSamples(pairs, TrainConfig(hide_unknown=on, **kw), mcfg, seed=seed, with_prior=False)[0]
+                   for on in (False, True))  # fmt: skip
+    assert torch.equal(hide["label"], label.masked_fill(holes, mcfg.ignore_index))  # holes are unknown, as void is
+    assert torch.equal(plain["label"], hide["label"]) and torch.equal(plain["pix"], hide["pix"])  # the same draw
+    # hidden: the draw's own patches and every patch with a hole; a patch with void alone is not hidden for it
+    assert torch.equal(hide["hidden"], plain["hidden"] | hidden_from_missing(holes[None], mcfg.grid)[0])
 
 
 @given(seed=st.integers(0, 2**16))

@@ -41,6 +41,7 @@ from .metrics import SegmentationMetrics
 from .outputs import check_outputs
 
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
+HOLE = 254  # how hide_unknown's training labels mark holes and held-out pixels apart from void
 DEFAULT_WIDTH = 32  # hole width (label pixels) assumed when the labels have no holes
 RUN_DIR = "fit-run"  # OUT/fit-run: the training checkpoint and log
 LATER_ARGS = dict(agnostic=False, hide_unknown=False)  # settings that fit-args.json of earlier fits lacks
@@ -214,8 +215,9 @@ def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_in
         raise ValueError("void_index: with colors, void is the colour table's void colours")
 
 
-def _data(samples: list[Sample], name: str, start):
-    """The :class:`~torch_label_mae.train.TrainData` of the fit: every label's known pixels. The classes:
+def _data(samples: list[Sample], name: str, start, holes: bool = False):
+    """The :class:`~torch_label_mae.train.TrainData` of the fit: every label's known pixels; ``holes``: the
+    holes and held-out pixels marked :data:`HOLE` apart from void (``TrainConfig.hole_index``). The classes:
     ``0..`` the largest id, or the start model's (config ``start``) when it has classes and as many or more
     (then its names and background class too)."""
     from .train import TrainData
@@ -223,10 +225,14 @@ def _data(samples: list[Sample], name: str, start):
     top = max((int(s.truth[s.truth != UNKNOWN].max()) for s in samples if (s.truth != UNKNOWN).any()), default=-1)
     if top < 0:
         raise ValueError("no label has a known pixel: nothing to fit on")
+    if holes and top >= HOLE:
+        raise ValueError(f"hide_unknown: class ids must be below {HOLE} (it marks the holes), found {top}")
     info = DatasetInfo(name, [f"class {i}" for i in range(top + 1)], ignore_index=UNKNOWN)
     if not start.class_agnostic and start.num_classes > top:
         names = start.class_names or [f"class {i}" for i in range(start.num_classes)]
         info = DatasetInfo(name, list(names), UNKNOWN, start.background_index)
+    if holes:
+        return TrainData(info, [(s.image, s.label.masked_fill(s.holes | s.held, HOLE)) for s in samples])
     return TrainData(info, [(s.image, s.label) for s in samples])
 
 
@@ -262,9 +268,9 @@ def fit_dataset(
     a fit stopped by anything (the budget counts over resumes); without it an existing fit in ``out``
     is refused. ``agnostic=True`` keeps a class-agnostic ``init`` so: it learns one correction for
     every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
-    the fitted model takes any ids. ``hide_unknown=True`` hides every patch that touches a pixel the
-    label lacks (holes, void and held-out pixels), as completion hides the patches with holes
-    (``docs/fit.md``: it helped on CamVid, hurt on Marsscapes). Inputs are never modified; outputs
+    the fitted model takes any ids. ``hide_unknown=True`` hides every patch that touches a hole or a
+    held-out pixel in training, as completion hides the patches with holes; patches with void stay
+    visible, as they do at completion (``docs/fit.md``). Inputs are never modified; outputs
     are written atomically."""
     from .completer import LabelCompleter
     from .train import TrainConfig, train
@@ -286,10 +292,10 @@ def fit_dataset(
     holes = HoleShapes.measure([s.holes for s in samples])
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
-    data = _data(samples, Path(labels).name, start.config)
+    data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
     settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.config.size))
     settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
-    settings.update(hide_unknown=hide_unknown)
+    settings.update(hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)
     if agnostic:  # slots as the start model has them, drawn at random per sample
         settings.update(class_agnostic=True, num_slots=start.config.num_classes)
     cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,

@@ -89,6 +89,7 @@ class TrainConfig:
     block_range: tuple[int, int] = (8, 48)  # their side, in pixels at the model's size
     trunk_lr: float = 1.0  # the learning rate of every weight but the head, as a share of lr (fine-tuning: < 1)
     hide_unknown: bool = False  # also hide the patches that touch a pixel the label lacks, as completion does
+    hole_index: int | None = None  # label value of the labels' own holes (unknown); hide_unknown then hides theirs only
     loss: str = "ce"  # ce | balanced (the paper's eq. 10-12; collapses, see docs/training.md)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
     flip: bool = True
@@ -149,6 +150,8 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError(f"mask_pool must be >= 0, got {cfg.mask_pool}")
     if not 0 <= cfg.trunk_lr <= 1:  # also NaN
         raise ValueError(f"trunk_lr must be in [0, 1] (a share of lr), got {cfg.trunk_lr!r}")
+    if cfg.hole_index is not None and not 0 <= cfg.hole_index <= 255:
+        raise ValueError(f"hole_index must be in 0..255, got {cfg.hole_index!r}")
     if roots and len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
         raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
 
@@ -281,6 +284,8 @@ class TrainSamples(Dataset):
         cfg, mcfg = self.cfg, self.mcfg
         t0 = time.perf_counter()
         img, lab = augment(*self.pairs[i], mcfg.size, cfg.crop_scale, flip, rng)
+        holes = lab == (mcfg.ignore_index if cfg.hole_index is None else cfg.hole_index)  # [H, W]
+        lab = lab.masked_fill(holes, mcfg.ignore_index)  # unknown, as void is
         if mcfg.class_agnostic:  # fresh random slots per sample and step (AOT's identity assignment)
             valid = lab != mcfg.ignore_index
             lab = random_slots(lab.long(), valid, mcfg.num_classes, mcfg.ignore_index, rng).to(torch.uint8)
@@ -296,7 +301,7 @@ class TrainSamples(Dataset):
                               ignore_index=mcfg.ignore_index, weights=cfg.mix, generator=gen)  # fmt: skip
             hidden, pix = m[0], hidden_to_pixels(m, mcfg.grid, mcfg.patch_size)[0]
         if cfg.hide_unknown:  # as at completion, where every patch that touches a hole is hidden
-            hidden = hidden | hidden_from_missing((lab == mcfg.ignore_index)[None], mcfg.grid)[0]
+            hidden = hidden | hidden_from_missing(holes[None], mcfg.grid)[0]
         # the model must not see the labels it is asked to reconstruct
         known = torch.where(pix, torch.full_like(lab, mcfg.ignore_index), lab)
         t2 = time.perf_counter()
@@ -866,8 +871,10 @@ _HELP = {
     "block_range": "side range of those blocks in pixels at the model's size",
     "trunk_lr": "learning rate of every weight but the head (the output layer), as a share of --lr: below 1 "
     "keeps a fine-tuned --init's trunk nearer its start while a new head learns",
-    "hide_unknown": "also hide every patch that touches an unknown pixel of the label, as completion hides every "
-    "patch that touches a hole (labels with holes of their own: label-mae fit)",
+    "hide_unknown": "also hide every patch that touches an unknown pixel of the label (with --hole-index: a hole), "
+    "as completion hides every patch that touches a hole (labels with holes of their own: label-mae fit)",
+    "hole_index": "label value of the labels' own holes, unknown like void; --hide-unknown then hides the patches "
+    "that touch a hole and leaves void's visible, as completion does",
     "optimizer": "adamw (decoupled weight decay) | adam (the paper's; L2 weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
     "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
