@@ -36,6 +36,7 @@ from torch_label_mae.fit_dataset import (
     held_out_digest,
     hold_out,
     read_ids,
+    score,
 )
 from torch_label_mae.model import LMAE
 from torch_label_mae.train import TrainConfig, remap_classes, train
@@ -322,7 +323,25 @@ def test_fit_reads_colour_labels_through_a_table(tmp_path):
         fit_dataset(images, rgb, tmp_path / "h", init=str(start), colors=table, void_index=0)
 
 
-@given(which=st.sampled_from(["image", "label", "held", "truth"]), seed=st.integers(0, 2**16))
+@given(seed=st.integers(0, 2**16), void=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_held_out_scoring_hides_the_holes_as_completion_does(seed, void):
+    rng = np.random.default_rng(seed)
+    samples = [_sample(rng, 20, 24, 3, void) for _ in range(3)]
+    hold_out(samples, 0.3, 3, 4, seed)
+    asked = []
+
+    def method(images, labels, missing):  # a spy: fills every missing pixel with class 0
+        asked.extend(missing)
+        return [torch.where(m, 0, lab) for lab, m in zip(labels, missing, strict=True)]
+
+    got = score(method, samples, 3)
+    held = [s for s in samples if s.held.any()]
+    assert all(torch.equal(m, s.held | s.holes) for m, s in zip(asked, held, strict=True))
+    assert got["pixels"] == sum(int(s.held.sum()) for s in held)  # scored on the held-out pixels alone
+
+
+@given(which=st.sampled_from(["image", "label", "holes", "held", "truth"]), seed=st.integers(0, 2**16))
 @settings(max_examples=20, deadline=None)
 def test_the_held_out_digest_follows_what_the_scores_depend_on(which, seed):
     g = torch.Generator().manual_seed(seed)

@@ -475,28 +475,61 @@ def test_hide_unknown_hides_every_patch_that_touches_a_hole(seed, block, holes):
     assert torch.equal(item["known"], torch.where(item["pix"], mcfg.ignore_index, item["label"]))
 
 
+def _holed_pair(g, h, w, share, ignore_index):
+    """An image and a label of 4 classes with holes (254) in its top third and void (``ignore_index``)
+    in its bottom third, at ``share`` of their pixels each (patches with void alone, with holes alone)."""
+    label = torch.randint(0, 4, (h, w), dtype=torch.uint8, generator=g)
+    third = torch.arange(h)[:, None].expand(h, w) * 3 // h  # 0, 1, 2: the row's third
+    label[(torch.rand(h, w, generator=g) < share) & (third == 2)] = ignore_index
+    label[(torch.rand(h, w, generator=g) < share) & (third == 0)] = 254
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), label
+
+
 @given(seed=st.integers(0, 2**16), block=st.sampled_from([0.0, 1.0]), share=st.floats(0.0, 0.3))
 @settings(max_examples=20, deadline=None)
 def test_hole_index_hides_the_patches_of_holes_not_of_void(seed, block, share):
+    from unittest import mock
+
+    from torch_label_mae import train as train_module
     from torch_label_mae.masking import hidden_from_missing
     from torch_label_mae.model import LMAEConfig
     from torch_label_mae.train import TrainSamples
 
     mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
-    g = torch.Generator().manual_seed(seed)
-    h, w = mcfg.size  # the crop is the whole label: the holes stay where they are
-    label = torch.randint(0, 4, (h, w), dtype=torch.uint8, generator=g)
-    label[torch.rand(h, w, generator=g) < share] = mcfg.ignore_index  # void
-    holes = torch.rand(h, w, generator=g) < share
-    label[holes] = 254
-    pairs = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), label)]
-    kw = dict(seed=seed, block_holes=block, block_range=(4, 12), hole_index=254, crop_scale=(1.0, 1.0), flip=False)
-    plain, hide = (TrainSamples(pairs, TrainConfig(hide_unknown=on, **kw), mcfg, seed=seed, with_prior=False)[0]
-                   for on in (False, True))  # fmt: skip
-    assert torch.equal(hide["label"], label.masked_fill(holes, mcfg.ignore_index))  # holes are unknown, as void is
-    assert torch.equal(plain["label"], hide["label"]) and torch.equal(plain["pix"], hide["pix"])  # the same draw
+    pairs = [_holed_pair(torch.Generator().manual_seed(seed), 40, 48, share, mcfg.ignore_index)]
+    kw = dict(seed=seed, block_holes=block, block_range=(4, 12), hole_index=254)  # random crops and flips
+    items, seen, augment = [], [], train_module.augment
+
+    def spy(*args):  # keeps the label as the crop, rescale and flip left it
+        out = augment(*args)
+        seen.append(out[1])
+        return out
+
+    for on in (False, True):
+        with mock.patch.object(train_module, "augment", spy):
+            items.append(TrainSamples(pairs, TrainConfig(hide_unknown=on, **kw), mcfg, seed=seed, with_prior=False)[0])
+    (plain, hide), holes = items, seen[1] == 254
+    assert torch.equal(seen[0], seen[1]) and torch.equal(plain["pix"], hide["pix"])  # the same draw
+    assert torch.equal(hide["label"], seen[1].masked_fill(holes, mcfg.ignore_index))  # holes are unknown, as void is
     # hidden: the draw's own patches and every patch with a hole; a patch with void alone is not hidden for it
     assert torch.equal(hide["hidden"], plain["hidden"] | hidden_from_missing(holes[None], mcfg.grid)[0])
+
+
+@given(seed=st.integers(0, 2**16), agnostic=st.booleans(), pool=st.integers(0, 2))
+@settings(max_examples=15, deadline=None)
+def test_the_hole_index_never_reaches_the_model_as_a_class(seed, agnostic, pool):
+    from torch_label_mae.model import LMAEConfig
+    from torch_label_mae.train import TrainSamples
+
+    kind = dict(prior_kind="random_walk", prior_solver="direct", prior_connectivity=4)
+    mcfg = LMAEConfig.tiny(**{**TINY, **kind, "class_agnostic": agnostic, "num_classes": 8 if agnostic else 4})
+    pairs = [_holed_pair(torch.Generator().manual_seed(seed), 40, 48, 0.2, mcfg.ignore_index)]
+    cfg = TrainConfig(seed=seed, hole_index=254, hide_unknown=True, mask_pool=pool)
+    samples = TrainSamples(pairs, cfg, mcfg, seed=seed)
+    for item in (samples[0] for _ in range(4)):
+        for key in ("label", "known", "prior_classes"):
+            values = set(item[key].unique().tolist())
+            assert values <= set(range(mcfg.num_classes)) | {mcfg.ignore_index}, (key, values)
 
 
 @given(seed=st.integers(0, 2**16))
@@ -550,3 +583,17 @@ def test_new_classes_fine_tunes_another_class_list_from_its_prior(tmp_path):
     assert not tuned.model.head.weight.any()  # a new head: zero, the run starts at the label prior
     a, b = start.model.state_dict(), tuned.model.state_dict()
     assert torch.equal(a["blocks.0.mlp.fc1.weight"], b["blocks.0.mlp.fc1.weight"])  # the trunk is kept
+
+
+def test_hole_index_parses_as_an_int():
+    from torch_label_mae.train import parse_train_args
+
+    cfg, _ = parse_train_args(["--data", "x", "--hole-index", "254", "--hide-unknown"])
+    assert cfg.hole_index == 254 and cfg.hide_unknown
+    assert parse_train_args(["--data", "x"])[0].hole_index is None
+
+
+def test_a_hole_index_that_is_a_class_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "data")  # 4 classes
+    with pytest.raises(ValueError, match="hole_index 2 is a class of"):
+        train(_cfg(data, tmp_path / "run", hole_index=2, max_steps=1))

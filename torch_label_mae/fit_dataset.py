@@ -167,12 +167,14 @@ def hold_out(samples: list[Sample], fraction: float, val_images: int, width: int
 
 def score(method: Callable, samples: list[Sample], num_classes: int, batch_size: int = 8) -> dict:
     """PA-mIoU and accuracy of ``method`` (:mod:`torch_label_mae.evaluate`'s contract) on the held-out
-    pixels of ``samples``, at the labels' own resolution (fractions), and its seconds."""
+    pixels of ``samples``, at the labels' own resolution (fractions), and its seconds. The labels' own
+    holes are missing too (hidden, as completion hides them), not scored."""
     metrics, t0 = SegmentationMetrics(num_classes), time.perf_counter()
     held = [s for s in samples if s.held.any()]
     for i in range(0, len(held), batch_size):
         part = held[i : i + batch_size]
-        preds = method([s.image.float() / 255 for s in part], [s.label.long() for s in part], [s.held for s in part])
+        missing = [s.held | s.holes for s in part]  # the holes are hidden too, as in the completion estimated
+        preds = method([s.image.float() / 255 for s in part], [s.label.long() for s in part], missing)
         for s, pred in zip(part, preds, strict=True):
             metrics.update(pred.cpu(), s.truth, s.held)
     m = metrics.compute()
@@ -369,12 +371,12 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
 
 def held_out_digest(samples: list[Sample], num_classes: int) -> str:
     """A short SHA-256 of what the held-out scores depend on: the class count and, for every label with
-    held-out pixels, its name, image, label as the methods see it, held-out pixels and their truth."""
+    held-out pixels, its name, image, label as the methods see it, holes, held-out pixels and their truth."""
     h = hashlib.sha256(str(num_classes).encode())
     for s in samples:
         if s.held.any():
             h.update(s.name.encode())
-            for t in (s.image, s.label, s.held, s.truth):
+            for t in (s.image, s.label, s.holes, s.held, s.truth):
                 h.update(str(tuple(t.shape)).encode())
                 h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -585,6 +585,8 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     torch.manual_seed(cfg.seed + rank)
     data = data if data is not None else folder_data(cfg, rank)
     info = data.info
+    if cfg.hole_index is not None and not cfg.class_agnostic and cfg.hole_index < info.num_classes:
+        raise ValueError(f"hole_index {cfg.hole_index} is a class of {info.name} ({info.num_classes} classes)")
     model, mcfg = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
     criterion = None
@@ -896,7 +898,7 @@ _HELP = {
     "new_classes": "with --init of another class list or a class-agnostic model: start from its weights with the "
     "data's classes (label embeddings of class k from its class or slot k; a new head)",
 }
-_INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers")
+_INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers", "hole_index")
 _FLOAT_OR_NONE = ("max_minutes", "lr")
 
 
