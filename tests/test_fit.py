@@ -301,7 +301,8 @@ def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):
     report = fit_dataset(images, labels, out, init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1,
                          val_fraction=0.0, progress=False)  # fmt: skip
     assert report["kept"] == "fitted" and report["fitted"] is None
-    assert "kept unscored" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "kept unscored" in card and "--hide-unknown" not in card and "--agnostic" not in card
     assert LabelCompleter.from_pretrained(str(out)).config.num_classes == 4
 
 
@@ -369,6 +370,8 @@ def test_an_agnostic_fit_keeps_slots_and_pools_the_exact_walk(tmp_path):
     report = fit_dataset(images, labels, tmp_path / "f", max_steps=3, agnostic=True, hide_unknown=True, **kw)
     assert report["agnostic"] and report["training"]["class_agnostic"] and report["training"]["mask_pool"] >= 1
     assert report["hide_unknown"] and report["training"]["hide_unknown"] and report["training"]["hole_index"] == HOLE
+    card = (tmp_path / "f" / "README.md").read_text()
+    assert "`--agnostic`" in card and "`--hide-unknown`" in card
     fitted = LabelCompleter.from_pretrained(str(tmp_path / "f" / "fit-run" / "last"))
     assert fitted.config.class_agnostic and fitted.config.num_classes == 8  # the start's slots
     with pytest.raises(ValueError, match="agnostic"):  # a resume must not change what is fitted

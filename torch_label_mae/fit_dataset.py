@@ -425,11 +425,21 @@ Fitted with `label-mae fit` from `{report["init"]}` on the known pixels of {repo
 ({report["num_classes"]} classes; images in `{report["images"]}`): {t["steps"]} steps in
 {t["seconds"] / 60:.1f} minutes (budget {t["minutes"]:g}), batch {t["batch_size"]}. The labels' holes cover
 {100 * h["fraction"]:.1f}% of their pixels and are {h["width"]:.0f} px wide (median of {h["count"]} holes);
-the training holes imitate them.
+the training holes imitate them.{_options(report)}
 
 **Kept: the {report["kept"].replace("_", "-")} model.**
 
 {scored}"""
+
+
+def _options(report: dict) -> str:
+    """The card's sentence on ``agnostic`` and ``hide_unknown`` (empty when neither was set)."""
+    said = []
+    if report.get("agnostic"):
+        said.append(" The class-agnostic start stayed class-agnostic (`--agnostic`): it takes any ids.")
+    if report.get("hide_unknown"):
+        said.append(" Every patch that touched a hole or a held-out pixel was hidden (`--hide-unknown`).")
+    return "".join(said)
 
 
 def _scores_section(report: dict) -> str:
