@@ -70,6 +70,8 @@ def test_training_holes_scale_the_widths_to_the_model():
     s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
     assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
     assert s["block_range"] == (20, 40)
+    hidden = shapes.training_holes(480, 224, hide_unknown=True)  # the holes' patches hide context already
+    assert hidden == {**s, "mask_ratio": pytest.approx(0.15)}
 
 
 def _sample(rng, h, w, k, void):

@@ -76,16 +76,20 @@ class HoleShapes:
         q25, q50, q75 = np.percentile(w, [25, 50, 75])
         return cls(float(np.mean(fractions)), float(q50), (float(q25), float(q75)), int(w.size))
 
-    def training_holes(self, label_side: float, model_side: int, crop: float = 0.75) -> dict:
+    def training_holes(
+        self, label_side: float, model_side: int, crop: float = 0.75, hide_unknown: bool = False
+    ) -> dict:
         """The :class:`~torch_label_mae.train.TrainConfig` settings that imitate these holes at the
         model's size (labels of side ``label_side`` cropped by ``crop`` on average, then resized to
         ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
-        paper's patch masking at that ratio. No holes measured: the paper's masking at 0.5."""
+        paper's patch masking at that ratio; with ``hide_unknown`` (the holes' own patches hidden too,
+        so less context is left than at completion) at half that ratio. No holes measured: the paper's
+        masking at 0.5."""
         if self.count == 0:
             return {}
         scale = model_side / (crop * label_side)
         lo, hi = (int(np.clip(round(w * scale), 4, model_side // 2)) for w in self.widths)
-        ratio = float(np.clip(self.fraction, 0.1, 0.75))
+        ratio = float(np.clip(self.fraction, 0.1, 0.75)) / (2 if hide_unknown else 1)
         return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)))
 
 
@@ -295,7 +299,8 @@ def fit_dataset(
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
     data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
-    settings = holes.training_holes(float(np.median([max(s.label.shape) for s in samples])), min(start.config.size))
+    side = float(np.median([max(s.label.shape) for s in samples]))
+    settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
     settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
     settings.update(hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)
     if agnostic:  # slots as the start model has them, drawn at random per sample
