@@ -70,8 +70,25 @@ def test_training_holes_scale_the_widths_to_the_model():
     s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
     assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
     assert s["block_range"] == (20, 40)
-    hidden = shapes.training_holes(480, 224, hide_unknown=True)  # the holes' patches hide context already
-    assert hidden == {**s, "mask_ratio": pytest.approx(0.15)}
+    on_grid = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10, patches=0.3)
+    hidden = on_grid.training_holes(480, 224, hide_unknown=True)  # the holes' patches hide context already
+    assert hidden == {**s, "mask_ratio": pytest.approx(0.15)} and on_grid.training_holes(480, 224) == s
+    off_grid = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10, patches=0.9)
+    assert off_grid.training_holes(480, 224, hide_unknown=True) == s
+
+
+@given(seed=st.integers(0, 2**16), side=st.sampled_from([1, 2, 3]))
+@settings(max_examples=20, deadline=None)
+def test_patches_is_the_share_that_completion_hides(seed, side):
+    from torch_label_mae.masking import block_holes, hidden_from_missing
+
+    g = torch.Generator().manual_seed(seed)
+    holes = [block_holes(1, (14 * side, 14 * side), 0.4, (side * 2, side * 5), generator=g)[0] for _ in range(3)]
+    shapes = HoleShapes.measure(holes, (14, 14))
+    share = [float(hidden_from_missing(h[None], (14, 14)).float().mean()) for h in holes]
+    assert shapes.patches == pytest.approx(float(np.mean(share)))
+    assert shapes.fraction <= shapes.patches + 1e-9  # a hidden patch holds every hole pixel
+    assert HoleShapes.measure(holes).patches == shapes.fraction  # without a grid: taken as on it
 
 
 def _sample(rng, h, w, k, void):

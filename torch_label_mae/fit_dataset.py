@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
 from .hub import save_hub_files, weights_digest
 from .io import atomic_write, resize_image, resize_label
-from .masking import hidden_to_pixels
+from .masking import hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
 from .outputs import check_outputs
 
@@ -52,16 +52,27 @@ class HoleShapes:
     """The holes of a dataset's labels: ``fraction``, the mean share of a label's pixels that are holes;
     ``width``, the median width of a hole (twice the largest distance from a hole pixel to its edge:
     a 32 x 32 block and a 32 px wide strip are both 32 wide); ``widths``, its 25th and 75th
-    percentiles; ``count``, the holes measured (0 when the labels have none)."""
+    percentiles; ``count``, the holes measured (0 when the labels have none); ``patches``, the mean
+    share of the model's patches that completion hides (those that touch a hole)."""
 
     fraction: float
     width: float
     widths: tuple[float, float]
     count: int
+    patches: float = 0.0
 
     @classmethod
-    def measure(cls, holes: list[torch.Tensor]) -> HoleShapes:
-        """From ``holes``: one bool ``[H, W]`` map per label (connected holes count as one, 8-connected)."""
+    def measure(cls, holes: list[torch.Tensor], grid: tuple[int, int] | None = None) -> HoleShapes:
+        """From ``holes``: one bool ``[H, W]`` map per label (connected holes count as one, 8-connected);
+        ``patches`` on the model's ``grid`` of patches (None: taken equal to ``fraction``)."""
+        shapes = cls._measure(holes)
+        patches = shapes.fraction
+        if grid is not None and holes:
+            patches = float(np.mean([float(hidden_from_missing(h[None], grid).float().mean()) for h in holes]))
+        return replace(shapes, patches=patches)
+
+    @classmethod
+    def _measure(cls, holes: list[torch.Tensor]) -> HoleShapes:
         widths, fractions = [], []
         for hole in holes:
             arr = np.pad(hole.numpy(), 1)  # the image edge bounds a hole as its known pixels do
@@ -82,14 +93,17 @@ class HoleShapes:
         """The :class:`~torch_label_mae.train.TrainConfig` settings that imitate these holes at the
         model's size (labels of side ``label_side`` cropped by ``crop`` on average, then resized to
         ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
-        paper's patch masking at that ratio; with ``hide_unknown`` (the holes' own patches hidden too,
-        so less context is left than at completion) at half that ratio. No holes measured: the paper's
-        masking at 0.5."""
+        paper's patch masking at that ratio. With ``hide_unknown`` (the holes' own patches hidden too,
+        so less context is left than at completion) and holes on the patch grid (completion hides
+        fewer than 1.5 times as many patches as there are hole pixels): at half that ratio. No holes
+        measured: the paper's masking at 0.5."""
         if self.count == 0:
             return {}
         scale = model_side / (crop * label_side)
         lo, hi = (int(np.clip(round(w * scale), 4, model_side // 2)) for w in self.widths)
-        ratio = float(np.clip(self.fraction, 0.1, 0.75)) / (2 if hide_unknown else 1)
+        ratio = float(np.clip(self.fraction, 0.1, 0.75))
+        if hide_unknown and self.patches < 1.5 * self.fraction:  # holes on the patch grid (docs/fit.md)
+            ratio /= 2
         return dict(mask_ratio=ratio, block_holes=0.5, block_range=(lo, max(lo, hi)))
 
 
@@ -295,7 +309,7 @@ def fit_dataset(
     _claim(out / RUN_DIR, args, resume)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
-    holes = HoleShapes.measure([s.holes for s in samples])
+    holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
     data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
