@@ -694,8 +694,8 @@ def _add_fit(sub) -> None:
     p.add_argument(
         "--hide-unknown",
         action="store_true",
-        help="train with every patch that touches an unknown pixel hidden, as completion hides the patches with "
-        "holes (docs/fit.md: helped on CamVid, hurt on Marsscapes)",
+        help="train with every patch that touches a hole or a held-out pixel hidden, as completion hides the "
+        "patches with holes (void's stay visible); recommended for labels at their own size (docs/fit.md)",
     )
     p.add_argument("--missing-index", type=_byte, default=255, help="value of the holes (default: %(default)s)")
     p.add_argument("--void-index", type=_byte, default=None, help="the labels' own ignore value, never trained on")
