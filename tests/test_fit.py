@@ -66,7 +66,7 @@ def test_no_holes_gives_the_paper_masking():
 
 
 def test_training_holes_scale_the_widths_to_the_model():
-    shapes = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10)
+    shapes = HoleShapes(fraction=0.3, width=32.0, widths=(32.0, 64.0), count=10, patches=0.6)
     s = shapes.training_holes(480, 224)  # 480 px labels cropped to 0.75 on average, resized to 224
     assert s["mask_ratio"] == pytest.approx(0.3) and s["block_holes"] == 0.5
     assert s["block_range"] == (20, 40)

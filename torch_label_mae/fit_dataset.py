@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +59,12 @@ class HoleShapes:
     width: float
     widths: tuple[float, float]
     count: int
-    patches: float = 0.0
+    patches: float
 
     @classmethod
     def measure(cls, holes: list[torch.Tensor], grid: tuple[int, int] | None = None) -> HoleShapes:
         """From ``holes``: one bool ``[H, W]`` map per label (connected holes count as one, 8-connected);
         ``patches`` on the model's ``grid`` of patches (None: taken equal to ``fraction``)."""
-        shapes = cls._measure(holes)
-        patches = shapes.fraction
-        if grid is not None and holes:
-            patches = float(np.mean([float(hidden_from_missing(h[None], grid).float().mean()) for h in holes]))
-        return replace(shapes, patches=patches)
-
-    @classmethod
-    def _measure(cls, holes: list[torch.Tensor]) -> HoleShapes:
         widths, fractions = [], []
         for hole in holes:
             arr = np.pad(hole.numpy(), 1)  # the image edge bounds a hole as its known pixels do
@@ -81,11 +73,14 @@ class HoleShapes:
             if n:
                 edt = ndimage.distance_transform_edt(arr)
                 widths.append(2 * np.asarray(ndimage.maximum(edt, parts, index=np.arange(1, n + 1))))
+        fraction = float(np.mean(fractions)) if fractions else 0.0
+        patches = fraction
+        if grid is not None and holes:
+            patches = float(np.mean([float(hidden_from_missing(h[None], grid).float().mean()) for h in holes]))
         if not widths:
-            return cls(float(np.mean(fractions)) if fractions else 0.0, DEFAULT_WIDTH, (DEFAULT_WIDTH,) * 2, 0)
-        w = np.concatenate(widths)
-        q25, q50, q75 = np.percentile(w, [25, 50, 75])
-        return cls(float(np.mean(fractions)), float(q50), (float(q25), float(q75)), int(w.size))
+            return cls(fraction, DEFAULT_WIDTH, (DEFAULT_WIDTH,) * 2, 0, patches)
+        q25, q50, q75 = np.percentile(np.concatenate(widths), [25, 50, 75])
+        return cls(fraction, float(q50), (float(q25), float(q75)), int(sum(w.size for w in widths)), patches)
 
     def training_holes(
         self, label_side: float, model_side: int, crop: float = 0.75, hide_unknown: bool = False
