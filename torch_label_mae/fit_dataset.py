@@ -285,9 +285,8 @@ def fit_dataset(
     every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
     the fitted model takes any ids. ``hide_unknown=True`` hides every patch that touches a hole or a
     held-out pixel in training, as completion hides the patches with holes; patches with void stay
-    visible, as they do at completion (and :meth:`HoleShapes.training_holes` may halve the masks'
-    share; ``docs/fit.md``). Inputs are never modified; outputs
-    are written atomically."""
+    visible, as they do at completion (:meth:`HoleShapes.training_holes` may halve the masks' share;
+    ``docs/fit.md``). Inputs are never modified; outputs are written atomically."""
     from .completer import LabelCompleter
     from .train import TrainConfig, train
 
