@@ -31,6 +31,7 @@ from torch_label_mae.fit_dataset import (
     UNKNOWN,
     HoleShapes,
     Sample,
+    _claim,
     _data,
     fit_dataset,
     held_out_digest,
@@ -143,6 +144,41 @@ def test_hide_unknown_refuses_the_class_id_that_marks_the_holes():
     _data([s], "x", _agnostic().config)  # without hide_unknown, id 254 is a class like any other
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}.*found {HOLE}"):
         _data([s], "x", _agnostic().config, holes=True)
+
+
+def test_a_refused_fit_leaves_no_settings_behind(tmp_path):
+    """hide_unknown refuses class id 254 after reading the labels: no fit-args.json is left, so the same
+    --out takes the fit without the flag (not "a fit is already there")."""
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    first = sorted(labels.iterdir())[0]
+    lab = np.array(Image.open(first))
+    lab[0, 0] = HOLE
+    Image.fromarray(lab).save(first)
+    kw = dict(init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1, val_images=2, progress=False)
+    with pytest.raises(ValueError, match=f"class ids must be below {HOLE}"):
+        fit_dataset(images, labels, tmp_path / "f", hide_unknown=True, **kw)
+    assert not (tmp_path / "f" / "fit-run" / "fit-args.json").exists()
+    assert fit_dataset(images, labels, tmp_path / "f", agnostic=True, **kw)["training"]["steps"] == 1
+
+
+@pytest.mark.parametrize("hide_unknown", [False, True])
+def test_resume_of_a_fit_from_before_hole_index(tmp_path, hide_unknown):
+    """A fit-args.json without hole_index (earlier versions): resumable without --hide-unknown; with it the
+    earlier version hid void's patches too, so the resume is refused, naming why."""
+    args = dict(init="any-m0.5", missing_index=255, void_index=None, colors=None, val_fraction=0.1, val_images=32,
+                seed=0, agnostic=False, hide_unknown=hide_unknown)  # fmt: skip
+    run_dir = tmp_path / "fit-run"
+    run_dir.mkdir()
+    (run_dir / "fit-args.json").write_text(json.dumps(args))
+    now = dict(args, hole_index=HOLE if hide_unknown else None)
+    if not hide_unknown:
+        _claim(run_dir, now, resume=True)
+        return
+    with pytest.raises(ValueError, match="earlier version, whose --hide-unknown also hid the patches with void"):
+        _claim(run_dir, now, resume=True)
+    with pytest.raises(ValueError, match="other settings than the fit it continues: agnostic, hole_index"):
+        _claim(run_dir, dict(now, agnostic=True), resume=True)
 
 
 def _agnostic(num_slots=8) -> LMAE:

@@ -44,7 +44,8 @@ UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the 
 HOLE = 254  # how hide_unknown's training labels mark holes and held-out pixels apart from void
 DEFAULT_WIDTH = 32  # hole width (label pixels) assumed when the labels have no holes
 RUN_DIR = "fit-run"  # OUT/fit-run: the training checkpoint and log
-LATER_ARGS = dict(agnostic=False, hide_unknown=False)  # settings that fit-args.json of earlier fits lacks
+# settings that fit-args.json of earlier fits lacks
+LATER_ARGS = dict(agnostic=False, hide_unknown=False, hole_index=None)
 
 
 @dataclass(frozen=True)
@@ -287,20 +288,15 @@ def fit_dataset(
     held-out pixel in training, as completion hides the patches with holes; patches with void stay
     visible, as they do at completion (:meth:`HoleShapes.training_holes` may halve the masks' share;
     ``docs/fit.md``). Inputs are never modified; outputs are written atomically."""
-    from .completer import LabelCompleter
     from .train import TrainConfig, train
 
     _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors)
     out, colors = Path(out), load_colors(colors)
     check_outputs([("out", out)], [("images", images), ("labels", labels)])
-    start = LabelCompleter.from_pretrained(init)  # loaded once: its config, the zero-shot scores, maybe kept
-    if agnostic and not start.config.class_agnostic:
-        raise ValueError(
-            f"agnostic: the start model {init} is not class-agnostic (it has classes); start from any-m0.5"
-        )
+    start = _start_model(init, agnostic)  # loaded once: its config, the zero-shot scores, maybe kept
     args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
                 val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
-                hide_unknown=hide_unknown)  # fmt: skip
+                hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)  # fmt: skip
     _claim(out / RUN_DIR, args, resume)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
@@ -308,10 +304,11 @@ def fit_dataset(
     width = max(4, round(holes.width))
     hold_out(samples, val_fraction, val_images, width, seed)
     data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
+    _record(out / RUN_DIR, args)  # once the data passed its checks: a refused fit leaves nothing behind
     side = float(np.median([max(s.label.shape) for s in samples]))
     settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
     settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
-    settings.update(hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)
+    settings.update(hide_unknown=hide_unknown, hole_index=args["hole_index"])
     if agnostic:  # slots as the start model has them, drawn at random per sample
         settings.update(class_agnostic=True, num_slots=start.config.num_classes)
     cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
@@ -337,21 +334,43 @@ class FitStopped(RuntimeError):
     """The fit stopped (SIGTERM, Ctrl-C) before its budget: nothing was scored or written to ``out``."""
 
 
+def _start_model(init: str, agnostic: bool):
+    """The completer a fit starts from; ``agnostic`` needs a class-agnostic one."""
+    from .completer import LabelCompleter
+
+    start = LabelCompleter.from_pretrained(init)
+    if agnostic and not start.config.class_agnostic:
+        raise ValueError(
+            f"agnostic: the start model {init} is not class-agnostic (it has classes); start from any-m0.5"
+        )
+    return start
+
+
 def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     """Refuse a fit over another one unless resumed, and a resume whose settings would hold out other
-    pixels (which the model may have trained on) or start elsewhere; record the settings of a new fit."""
+    pixels (which the model may have trained on), start elsewhere or train otherwise. Writes nothing
+    (:func:`_record` does, once the data passed its checks)."""
     path = run_dir / "fit-args.json"
     if path.is_file() and resume:
         before = {**LATER_ARGS, **json.loads(path.read_text(encoding="utf-8"))}
         changed = sorted(k for k in args if before.get(k) != args[k])
+        if changed == ["hole_index"] and args["hide_unknown"]:
+            raise ValueError(
+                f"{run_dir}: this fit was started by an earlier version, whose --hide-unknown "
+                "also hid the patches with void; it cannot be resumed: start a new one in another --out"
+            )
         if changed:
             raise ValueError(f"{run_dir}: --resume with other settings than the fit it continues: {', '.join(changed)}")
         return
     if (run_dir / "checkpoint.pt").exists() or (path.is_file() and not resume):
         raise ValueError(f"{run_dir}: a fit is already there; resume it (--resume) or choose another --out")
+
+
+def _record(run_dir: Path, args: dict) -> None:
+    """Record the settings of the fit in ``run_dir/fit-args.json`` (atomically), for :func:`_claim`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(args, indent=2)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(run_dir / "fit-args.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _compare(start, run_dir: Path, samples: list[Sample], num_classes: int) -> dict:
