@@ -294,10 +294,13 @@ def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model.safetensors").exists()
-    done = subprocess.run([*args, "--minutes", "10", "--resume", "--max-steps", "1"], env=env, capture_output=True)
+    killed_at = json.loads(torch.load(out / "fit-run" / "checkpoint.pt", weights_only=True)["state"])["step"]
+    assert killed_at >= 1
+    more = ["--resume", "--max-steps", str(killed_at + 1)]
+    done = subprocess.run([*args, "--minutes", "10", *more], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads((out / "fit.json").read_text())
-    assert report["training"]["steps"] >= 2  # the steps before the kill count
+    assert report["training"]["steps"] == killed_at + 1  # the steps before the kill count
     LabelCompleter.from_pretrained(str(out))  # a valid model folder
 
 
