@@ -175,7 +175,7 @@ def test_resume_of_a_fit_from_before_hole_index(tmp_path, hide_unknown):
     if not hide_unknown:
         _claim(run_dir, now, resume=True)
         return
-    with pytest.raises(ValueError, match="earlier version, whose --hide-unknown also hid the patches with void"):
+    with pytest.raises(ValueError, match="earlier version, whose --hide-unknown may have hidden the patches with void"):
         _claim(run_dir, now, resume=True)
     with pytest.raises(ValueError, match="other settings than the fit it continues: agnostic, hole_index"):
         _claim(run_dir, dict(now, agnostic=True), resume=True)
@@ -296,12 +296,11 @@ def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
     assert (out / "fit-run" / "checkpoint.pt").exists(), "no checkpoint within 600 s"
     assert not (out / "model.safetensors").exists()
     killed_at = json.loads(torch.load(out / "fit-run" / "checkpoint.pt", weights_only=True)["state"])["step"]
-    assert killed_at >= 1
-    more = ["--resume", "--max-steps", str(killed_at + 1)]
-    done = subprocess.run([*args, "--minutes", "10", *more], env=env, capture_output=True)
+    assert killed_at >= 2  # the first checkpoint comes after the first epoch: 2 steps of 4 of the 8 labels
+    done = subprocess.run([*args, "--minutes", "10", "--resume", "--max-steps", "1"], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads((out / "fit.json").read_text())
-    assert report["training"]["steps"] == killed_at + 1  # the steps before the kill count
+    assert report["training"]["steps"] >= killed_at  # continued from the kill (a restart would stop at 1)
     LabelCompleter.from_pretrained(str(out))  # a valid model folder
 
 

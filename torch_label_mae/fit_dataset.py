@@ -357,7 +357,7 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
         if changed == ["hole_index"] and args["hide_unknown"]:
             raise ValueError(
                 f"{run_dir}: this fit was started by an earlier version, whose --hide-unknown "
-                "also hid the patches with void; it cannot be resumed: start a new one in another --out"
+                "may have hidden the patches with void too; start a new one in another --out"
             )
         if changed:
             raise ValueError(f"{run_dir}: --resume with other settings than the fit it continues: {', '.join(changed)}")
