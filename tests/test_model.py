@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -426,6 +426,40 @@ def test_a_zero_correction_skips_the_trunk_with_the_same_logits(seed, prior, agn
         fast = [model(image, label, hidden), model(image, label, hidden, hidden_only=True)]
     for a, b in zip(fast, slow, strict=True):
         assert a.shape == b.shape and torch.equal(a, b)  # bit for bit
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    prior=st.sampled_from(["nearest", "random_walk"]),
+    agnostic=st.booleans(),
+    h=st.integers(8, 48),
+    w=st.integers(8, 48),
+)
+def test_a_zero_correction_at_another_size_takes_the_prior_at_full_size_only(seed, prior, agnostic, h, w):
+    """Labels not at the model's size: a prior-alone model computes its prior once, at full size, and
+    completes exactly as the path through the model and :meth:`resize_logits` does."""
+    from torch_label_mae.inference import complete_tensors
+
+    cfg = small_config(label_prior=True, prior_kind=prior, prior_sweeps=5, class_agnostic=agnostic)
+    assume((h, w) != cfg.size)
+    model = build(cfg, seed=seed % 7)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8)
+    label = torch.randint(0, cfg.num_classes, (2, h, w), generator=g)
+    label[:, : h // 3] = label[:, :1]  # a wide region: some pixels keep a known neighbour at the model's size
+    missing = torch.rand(2, h, w, generator=g) < 0.4
+    sizes, prior_of = [], model.prior
+    model.prior = lambda lab, image: sizes.append(tuple(lab.shape[-2:])) or prior_of(lab, image=image)
+    with torch.no_grad():
+        fast = complete_tensors(model, image, label, missing)
+        assert sizes == [(h, w)]
+        model.prior_alone = lambda: False  # this model only: through the trunk and resize_logits
+        slow = complete_tensors(model, image, label, missing)
+    assert sizes[1:] == [cfg.size, (h, w)]
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[0][~missing], label[~missing])
+    torch.testing.assert_close(fast[1], slow[1], atol=1e-6, rtol=1e-6)
 
 
 def test_a_correction_that_is_not_zero_runs_the_trunk():

@@ -45,15 +45,19 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     if hidden is None:
         hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
-    prior = model.prior(lab, image=x) if model.prior is not None else None
-    if tuple(label.shape[-2:]) == size:
-        pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
-        if not bool((missing & ~pix).any()):  # every missing pixel lies in a hidden patch: predict those only
-            return _complete_hidden_rows(model, x, lab, label, missing, hidden, prior)
-    logits = model(x, lab, hidden, prior).float()  # [B, N, h, w]
-    if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
-        known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label)
-        logits = model.resize_logits(logits, prior, image, known_label)
+    full_size = tuple(label.shape[-2:]) != size
+    known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label) if full_size else None
+    if full_size and model.prior_alone():  # the prior at full size is the whole answer: none at the model's size
+        logits = model.prior_logits(image, known_label, lab)  # [B, N, H, W]
+    else:
+        prior = model.prior(lab, image=x) if model.prior is not None else None
+        if not full_size:
+            pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
+            if not bool((missing & ~pix).any()):  # every missing pixel lies in a hidden patch: predict those only
+                return _complete_hidden_rows(model, x, lab, label, missing, hidden, prior)
+        logits = model(x, lab, hidden, prior).float()  # [B, N, h, w]
+        if full_size:
+            logits = model.resize_logits(logits, prior, image, known_label)
     pred, prob = class_and_probability(logits, dim=1)  # [B, H, W] each
     completed = torch.where(missing, pred, label)
     confidence = torch.where(missing, prob, torch.ones_like(prob))
