@@ -40,7 +40,6 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     """:func:`complete_tensors` on labels in the model's own classes (or slots)."""
     cfg = model.config
     size = cfg.size
-    x = resize_image(image, size)
     lab = resize_label(label, size)
     if hidden is None:
         hidden = hidden_from_missing(missing, cfg.grid)
@@ -50,6 +49,7 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     if full_size and model.prior_alone():  # the prior at full size is the whole answer: none at the model's size
         logits = model.prior_logits(image, known_label, lab)  # [B, N, H, W]
     else:
+        x = resize_image(image, size)
         prior = model.prior(lab, image=x) if model.prior is not None else None
         if not full_size:
             pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]

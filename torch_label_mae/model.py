@@ -285,7 +285,8 @@ class LMAE(nn.Module):
         ``ignore_index``) at the size of ``image [B, 3, H, W]``, times its scale, with the slots that the
         model-size label ``model_label [B, h, w]`` lacks ruled out as :meth:`forward` rules them out."""
         b, n = label.shape[0], self.config.num_classes
-        logits = torch.zeros(b, n, *label.shape[-2:], device=label.device)  # [B, N, H, W]
+        logits = torch.zeros(b, n, *label.shape[-2:], device=label.device, dtype=torch.float32)  # [B, N, H, W]
+        logits = logits.contiguous(memory_format=torch.channels_last)  # as resize_logits gives them
         if self.config.class_agnostic:
             absent = ~present_slots(model_label, n)  # [B, N]
             logits.masked_fill_(absent[:, :, None, None], ABSENT_SLOT)
