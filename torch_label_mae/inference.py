@@ -8,8 +8,8 @@ import torch
 
 from .io import resize_image, resize_label
 from .masking import background_first_inference, hidden_from_missing, hidden_to_pixels
-from .model import LMAE
-from .slots import from_slots, to_slots
+from .model import ABSENT_SLOT, LMAE
+from .slots import from_slots, present_slots, to_slots
 
 
 @torch.inference_mode()
@@ -47,7 +47,7 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     full_size = tuple(label.shape[-2:]) != size
     known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label) if full_size else None
     if full_size and model.prior_alone():  # the prior at full size is the whole answer: none at the model's size
-        logits = model.prior_logits(image, known_label, lab)  # [B, N, H, W]
+        logits = prior_alone_logits(model, image, known_label, lab)  # [B, N, H, W]
     else:
         x = resize_image(image, size)
         prior = model.prior(lab, image=x) if model.prior is not None else None
@@ -62,6 +62,20 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     completed = torch.where(missing, pred, label)
     confidence = torch.where(missing, prob, torch.ones_like(prob))
     return completed, confidence
+
+
+def prior_alone_logits(model: LMAE, image: torch.Tensor, label: torch.Tensor, model_label: torch.Tensor):
+    """What ``model``'s forward pass and :meth:`~LMAE.resize_logits` give when :meth:`~LMAE.prior_alone`,
+    without the model-size prior that would add nothing: the label prior of ``label [B, H, W]`` (unknown
+    pixels ``ignore_index``) at the size of ``image [B, 3, H, W]``, times its scale, with the slots that
+    the model-size label ``model_label [B, h, w]`` lacks ruled out as the forward pass rules them out."""
+    b, n = label.shape[0], model.config.num_classes
+    logits = torch.zeros(b, n, *label.shape[-2:], device=label.device, dtype=torch.float32)  # [B, N, H, W]
+    logits = logits.contiguous(memory_format=torch.channels_last)  # as resize_logits gives them
+    if model.config.class_agnostic:
+        absent = ~present_slots(model_label, n)  # [B, N]
+        logits.masked_fill_(absent[:, :, None, None], ABSENT_SLOT)
+    return model.prior(label, image=image).add_to(logits, model.prior_scale, inplace=True)
 
 
 def class_and_probability(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -279,19 +279,6 @@ class LMAE(nn.Module):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return self.prior(label, image=image).add_to(logits, self.prior_scale, inplace=True)
 
-    def prior_logits(self, image: torch.Tensor, label: torch.Tensor, model_label: torch.Tensor) -> torch.Tensor:
-        """What :meth:`forward` and then :meth:`resize_logits` give when :meth:`prior_alone`, without the
-        model-size prior that would add nothing: the label prior of ``label [B, H, W]`` (unknown pixels
-        ``ignore_index``) at the size of ``image [B, 3, H, W]``, times its scale, with the slots that the
-        model-size label ``model_label [B, h, w]`` lacks ruled out as :meth:`forward` rules them out."""
-        b, n = label.shape[0], self.config.num_classes
-        logits = torch.zeros(b, n, *label.shape[-2:], device=label.device, dtype=torch.float32)  # [B, N, H, W]
-        logits = logits.contiguous(memory_format=torch.channels_last)  # as resize_logits gives them
-        if self.config.class_agnostic:
-            absent = ~present_slots(model_label, n)  # [B, N]
-            logits.masked_fill_(absent[:, :, None, None], ABSENT_SLOT)
-        return self.prior(label, image=image).add_to(logits, self.prior_scale, inplace=True)
-
     def check_inputs(self, image, label, hidden) -> None:
         """Shapes and dtypes of the forward contract, with messages that name the value at fault."""
         c = self.config
