@@ -380,7 +380,7 @@ def main(argv=None) -> int:
     source = "synthetic"
     if a.data:
         info, samples = read_samples(a.data, a.split, n)
-        if info.num_classes != cfg.num_classes:
+        if info.num_classes != cfg.num_classes and not cfg.class_agnostic:  # a class-agnostic model takes any ids
             raise SystemExit(f"{a.data} has {info.num_classes} classes but the model {cfg.num_classes}")
         source = f"{a.data} [{a.split}]"
         for hw in a.sizes:

@@ -40,6 +40,28 @@ def test_bench_inference_writes_every_figure(tmp_path, precision):
     assert res["flops"]["32x32"]["gflop_per_image"] > 0
 
 
+def test_bench_inference_takes_a_class_agnostic_model_on_a_dataset_of_its_own_classes(tmp_path):
+    """The default model is class-agnostic: a dataset with another class count than its slots is timed
+    (and a class model with another class count is still refused)."""
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 2),), num_classes=3)
+    args = ["--data", str(data), "--sizes", "40x32", "--batch-sizes", "2", "--images", "2", "--repeats", "1"]
+    args += ["--no-baselines", "--no-transform", "--roofline-n", "64", "--threads", "1"]
+    for agnostic in (True, False):
+        folder = tmp_path / f"model-{agnostic}"
+        cfg = {**TINY_MODEL, "num_classes": 8, "label_prior": True, "class_agnostic": agnostic}
+        LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(folder)
+        out = tmp_path / f"bench-{agnostic}.json"
+        if not agnostic:
+            with pytest.raises(SystemExit, match="3 classes but the model 8"):
+                bench_inference.main(["--model", str(folder), *args, "--json", str(out)])
+            continue
+        assert bench_inference.main(["--model", str(folder), *args, "--json", str(out)]) == 0
+        rows = [r for r in json.loads(out.read_text())["results"] if "error" not in r]
+        assert {r["path"] for r in rows} == {"api", "raw"} and all(r["images_per_s"] > 0 for r in rows)
+
+
 def test_profile_inference_stages_are_the_real_computation(tmp_path, capsys):
     import profile_inference
 
