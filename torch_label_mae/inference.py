@@ -41,8 +41,6 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
     cfg = model.config
     size = cfg.size
     lab = resize_label(label, size)
-    if hidden is None:
-        hidden = hidden_from_missing(missing, cfg.grid)
     lab = torch.where(resize_label(missing.to(torch.uint8), size).bool(), torch.full_like(lab, cfg.ignore_index), lab)
     full_size = tuple(label.shape[-2:]) != size
     known_label = torch.where(missing, torch.full_like(label, cfg.ignore_index), label) if full_size else None
@@ -50,6 +48,7 @@ def _complete_classes(model: LMAE, image, label, missing, hidden):
         logits = prior_alone_logits(model, image, known_label, lab)  # [B, N, H, W]
     else:
         x = resize_image(image, size)
+        hidden = hidden_from_missing(missing, cfg.grid) if hidden is None else hidden
         prior = model.prior(lab, image=x) if model.prior is not None else None
         if not full_size:
             pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)  # [B, h, w]
