@@ -353,7 +353,8 @@ def main(argv=None) -> int:
         "GFLOP/img: FlopCounterMode on complete_tensors at batch 1 (matmul, conv, attention), mean over up to 4 "
         "images; batched runs pad visible tokens to the batch maximum, so they do slightly more work",
         "roofline: matmul in the precision the model computes in (float32, or bfloat16 under autocast), at the "
-        "torch thread count; the roofline fraction is against that one (both are printed on the CPU)",
+        "torch thread count; the roofline fraction is against that one (on the CPU the float32 one is "
+        "printed too when the model runs in bfloat16)",
         "DataLoader workers run torch with 1 thread each; baselines (scipy, skimage) run single-threaded",
     ]
     print(

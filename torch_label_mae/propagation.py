@@ -206,21 +206,22 @@ def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: flo
 
 
 def _edges(h: int, w: int, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every edge of the graph of one sample's ``weights`` (see :func:`edge_weights`, batch 1) as flat
-    pixel indices ``(a, b)`` with ``b = a + offset``, and its weight ``[E]`` (float64)."""
+    """Every edge of the graph of one sample's ``weights`` (see :func:`edge_weights`, batch 1): the flat
+    pixel indices of its two ends ``a [E]`` and ``b [E]`` (``b = a + offset``) and its weight ``[E]``
+    (float64, on the CPU)."""
     grid = np.arange(h * w).reshape(h, w)
     ends, values = [], []
     for (dy, dx), weight in _kinds(weights):
         (ar, ac), (br, bc) = _ends(dy, dx, h, w)
         ends.append((grid[ar, ac].ravel(), grid[br, bc].ravel()))
-        values.append(weight[0, 0].detach().cpu().numpy().ravel())
+        values.append(weight[0, 0].detach().to("cpu", torch.float64).numpy().ravel())
     a, b = (np.concatenate(e) for e in zip(*ends, strict=True))
-    return a, b, np.concatenate(values).astype(np.float64)
+    return a, b, np.concatenate(values)
 
 
 def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     """The exact solution of ``L p = 0`` on the ``free`` pixels of one sample, known pixels fixed, in place:
-    ``L_ff x = B p_k`` (``B``: the weights of the edges from free to known pixels) by a sparse LU
+    ``L_ff x = W_fk p_k`` (``W_fk``: the weights of the edges from free to known pixels) by a sparse LU
     factorisation (float64, on the CPU), one factorisation for all ``K`` classes.
     ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
     f = free[0, 0].flatten().bool()
