@@ -404,8 +404,8 @@ def main(argv=None) -> int:
     rooflines, rows, baselines, transforms, compile_info = {}, [], [], [], {}
     for dev in devices:
         amp = completers[dev.type].autocast_dtype() or torch.float32
-        # the CPU's bfloat16 roofline only where the model runs in it: without AMX a 4096^3 bfloat16
-        # matmul takes minutes (1.3 GFLOP/s on the 2-core AMD EPYC)
+        # the CPU's bfloat16 roofline only where the model runs in it: without AMX a large bfloat16
+        # matmul takes minutes (CHANGELOG)
         kinds = [amp] if dev.type == "cuda" else list(dict.fromkeys([amp, torch.float32]))
         for i, dt in enumerate(kinds):
             r = roofline(dev, a.roofline_n, a.repeats, dt)
