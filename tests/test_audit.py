@@ -195,6 +195,32 @@ def test_repair_changes_only_flagged_pixels(seed, h, w, threshold, min_area):
     assert np.array_equal(repair_label(label, predicted, np.zeros_like(res.flagged), N), label)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    thresholds=st.tuples(st.floats(0.0, 0.99), st.floats(0.0, 0.99)),
+)
+def test_image_score_is_the_99th_percentile_of_labelled_pixels_whatever_the_threshold(seed, h, w, thresholds):
+    """The image score ranks labels without the threshold: the same at any threshold, the 99th percentile
+    of the labelled pixels' scores (void pixels do not count), never lowered by raising a pixel's score."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, N, (h, w))
+    label[rng.random((h, w)) < 0.2] = 255
+    score = rng.random((h, w))
+    predicted = rng.integers(0, N, (h, w))
+    a, b = (finish(score, predicted, label, N, t).image_score for t in thresholds)
+    assert a == b
+    known = label != 255
+    assert a == (pytest.approx(np.quantile(score[known], 0.99)) if known.any() else 0.0)
+    assert 0.0 <= a <= 1.0
+    worse = score.copy()
+    worse[rng.random((h, w)) < 0.3] = 1.0
+    assert finish(worse, predicted, label, N).image_score >= a
+    assert finish(np.where(known, score, 1.0), predicted, label, N).image_score == a  # void: not counted
+
+
 def test_audit_api_finds_a_swapped_region(completer):
     """With a predictor that knows the truth, the swapped square is the one suspect region, and the repair
     restores it."""

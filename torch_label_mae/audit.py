@@ -24,8 +24,9 @@ context predicts, it is suspect.
 - **Suspect regions**: 8-connected components of ``score > threshold`` of at least ``min_area`` (a
   fraction of the image's pixels), each with its area, bounding box, given class (the majority of
   the label there), predicted class (the majority of the prediction there) and mean score.
-- **Image score**: the sum of the scores inside suspect regions over the number of labelled pixels
-  (0: nothing suspect; close to 1: everything suspect and surely wrong).
+- **Image score**: the 99th percentile of the score over the labelled pixels: the score that the
+  most suspect 1% of them reach (0: nothing suspect; close to 1: at least 1% surely wrong). It does
+  not depend on the threshold, so it ranks labels even where the threshold flags nothing.
 - **Repair**: the pixels of the suspect regions take the predicted class; nothing else changes.
 
 A *predictor* is anything that gives leave-out probabilities:
@@ -51,6 +52,7 @@ from .slots import from_slots, to_slots
 
 DEFAULT_THRESHOLD = 0.95  # for models without their own (hub.Pretrained.audit_threshold); docs/audit.md
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
+IMAGE_SCORE_QUANTILE = 0.99  # the image score: this quantile of the labelled pixels' scores (docs/audit.md)
 DEFAULT_MASKS = 4
 DEFAULT_BLOCK = 1
 DEFAULT_SHIFTS = 4  # chosen on CamVid and CCP train with seeded corruptions (docs/audit.md)
@@ -309,8 +311,9 @@ def finish(
     """Regions, repair and image score of one label from its score and prediction."""
     regions, flagged = suspect_regions(score, label, predicted, threshold, min_area, class_names)
     repaired = repair_label(label, predicted, flagged, num_classes)
-    labelled = int(((label >= 0) & (label < num_classes)).sum())
-    image_score = float(score[flagged].sum() / max(labelled, 1))
+    known = (label >= 0) & (label < num_classes)
+    labelled = int(known.sum())
+    image_score = float(np.quantile(score[known], IMAGE_SCORE_QUANTILE)) if labelled else 0.0
     changed = int((repaired != label).sum())
     return AuditResult(score, predicted, regions, flagged, repaired, image_score, labelled, changed, threshold)
 

@@ -23,6 +23,7 @@ from .audit import (
     DEFAULT_MIN_AREA,
     DEFAULT_SHIFTS,
     DEFAULT_THRESHOLD,
+    IMAGE_SCORE_QUANTILE,
     AuditResult,
     _check_threshold,
     audit_batch,
@@ -168,6 +169,7 @@ def audit_dataset(
         num_masks=num_masks,
         block=block,
         shifts=shifts,
+        image_score=IMAGE_SCORE_QUANTILE,  # records of an earlier image score: redone, not skipped
         model=weights_digest(completer.model),  # another model, same settings: redone, not skipped
     )
     report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir))
