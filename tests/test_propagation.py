@@ -141,6 +141,28 @@ def test_rgb_to_lab_agrees_with_scikit_image():
     torch.testing.assert_close(rgb_to_lab(image)[0].double(), torch.from_numpy(ref), atol=1e-4, rtol=0)
 
 
+@given(
+    seed=st.integers(0, 10_000),
+    h=st.integers(3, 12),
+    w=st.integers(3, 12),
+    graph=st.sampled_from([(4, "rgb"), (16, "lab")]),
+    solver=st.sampled_from(["sor", "direct"]),
+)
+def test_walk_is_float32_inside_autocast(seed, h, w, graph, solver):
+    """Completion runs the prior inside bfloat16 autocast (CUDA, AMX CPUs): the walk must not follow it
+    (its L*a*b* conversion, a matrix product, changed classes in bfloat16). Same probabilities, bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(2, 3, h, w, generator=g)
+    label = torch.randint(0, 3, (2, h, w), generator=g)
+    known = torch.rand(2, h, w, generator=g) < 0.5
+    kw = dict(beta=2000.0, solver=solver, connectivity=graph[0], color=graph[1])
+    want, cls = random_walk_probabilities(image, label, known, 3, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_cls = random_walk_probabilities(image, label, known, 3, **kw)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(got_cls, cls)
+
+
 def test_graph_option_errors():
     image = torch.rand(1, 3, 4, 4)
     with pytest.raises(ValueError, match="connectivity must be one of"):

@@ -110,7 +110,7 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
         "1",
         *sets,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks, even beside a GPU
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     log = _log(out)
@@ -325,17 +325,30 @@ def test_gpu_check_script_dry_run_lists_valid_commands():
                        text=True, timeout=30)  # fmt: skip
     assert r.returncode == 0, r.stderr
     cmds = [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")]
-    assert [c[1:3] for c in cmds] == [["-m", "pytest"], ["benchmarks/bench_train.py", "--data"],
-                                       ["benchmarks/bench_train.py", "--data"], ["-m", "torch_label_mae"],
-                                       ["-m", "torch_label_mae"]]  # fmt: skip
+    assert [c[1:3] for c in cmds] == [["-m", "pytest"]] * 3 + [["benchmarks/bench_train.py", "--data"]] * 2 + [
+        ["-m", "torch_label_mae"]
+    ] * 2
     from torch_label_mae.train import parse_train_args
 
-    cfg, _ = parse_train_args(cmds[3][4:])  # the named recipe's flags are valid training flags
+    cfg, _ = parse_train_args(cmds[5][4:])  # the named recipe's flags are valid training flags
     assert (cfg.model, cfg.batch_size, cfg.max_minutes, cfg.loss, cfg.label_prior) == ("small", 64, 3.0, "ce", True)
     sys.path.insert(0, str(root / "benchmarks"))
     import bench_train
 
-    bench_train.build_parser().parse_args(cmds[1][2:])
+    bench_train.build_parser().parse_args(cmds[3][2:])
+
+
+def test_gpu_check_script_skips_the_data_parts_without_data(tmp_path):
+    """On the device machine ../shared is absent: the bench and recipe parts say so and are skipped."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    r = subprocess.run(["bash", str(script), "--parts", "bench,recipe", str(tmp_path / "none")], env=env,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped bench: no " in r.stdout and "skipped recipe: no " in r.stdout
+    assert "+ " not in r.stdout  # nothing ran
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -347,9 +360,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_training_with_bf16_autocast(tmp_path, compile_):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "run"
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     state = train(_cfg(data, out, epochs=1, workers=2, compile=compile_))
     log = _log(out)
     assert state["step"] == 2 and math.isfinite(log[-1]["loss"]) and 0 <= log[-1]["val_pa_miou"] <= 1
+    assert torch.backends.cuda.matmul.allow_tf32 == tf32  # float32 after training is float32 again
 
 
 def test_a_spent_budget_validates_and_exports_the_last_weights(tmp_path):

@@ -303,10 +303,11 @@ def random_walk_probabilities(
     :func:`present_classes`, returned with them), from ``sweeps`` over-relaxation sweeps started at the
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
     ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``.
-    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused). No gradients."""
+    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused). No gradients;
+    float32 even inside an autocast region (bfloat16 colour conversion changed the walk's classes)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
         fill = nearest_fill(label, known)  # [B, H, W]

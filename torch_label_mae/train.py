@@ -527,7 +527,13 @@ def _setup_process(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _rank()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available() and local >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK {local}: this node has {torch.cuda.device_count()} CUDA device(s); start at most that many "
+            "processes per node (torchrun --nproc-per-node), or hide the GPUs (CUDA_VISIBLE_DEVICES='') for CPU ranks"
+        )
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True  # the float32 parts (loss, prior) on tensor cores
@@ -816,6 +822,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     ``best_metrics`` hold the best validation metrics (and the prior alone's PA-mIoU). Safe to call
     again with ``resume=True``."""
     check_config(cfg, roots=data is None)
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # _setup_process sets it on CUDA; restored at the end
     rank, world, device = _setup_process(cfg)
     run, term = None, {"seen": False}
 
@@ -840,6 +847,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
             dist.barrier()  # uses it can abort ("terminate called without an active exception")
     finally:
         signal.signal(signal.SIGTERM, prev)
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # float32 completions after training stay float32
         if run is not None and run.log:
             run.log.close()
         if world > 1 and dist.is_initialized():
