@@ -25,9 +25,10 @@ TINY = dict(TINY_MODEL, label_prior=True)
 
 def _cfg(data, out, **kw):
     kw = {"workers": 0, **kw}  # in-process pipeline: no worker start-up in the short tests
-    return TrainConfig(
-        data=str(data), out=str(out), model="tiny", model_overrides=TINY, batch_size=4, warmup_steps=1, threads=1, **kw
-    )
+    if "init" not in kw:  # from scratch, the tiny config
+        kw = {"model": "tiny", **kw}
+    common = dict(model_overrides=TINY, batch_size=4, warmup_steps=1, threads=1)
+    return TrainConfig(data=str(data), out=str(out), **common, **kw)
 
 
 def _log(out):
@@ -68,8 +69,9 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     out = tmp_path / "run"
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     p = _run_cli(
-        ["--data", str(data), "--out", str(out), "--batch-size", "2", "--epochs", "100", "--threads", "1", *sets]
-    )
+        ["--data", str(data), "--out", str(out), "--model", "tiny", "--batch-size", "2", "--epochs", "100",
+         "--threads", "1", *sets]
+    )  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline and "step" not in (p.stdout.readline() or ""):
         pass
@@ -108,6 +110,8 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
         "",
         "--threads",
         "1",
+        "--model",
+        "tiny",
         *sets,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks, even beside a GPU
@@ -612,3 +616,38 @@ def test_a_hole_index_that_is_a_class_is_refused(tmp_path):
     data = make_dataset(tmp_path / "data")  # 4 classes
     with pytest.raises(ValueError, match="hole_index 2 is a class of"):
         train(_cfg(data, tmp_path / "run", hole_index=2, max_steps=1))
+
+
+def test_the_default_run_starts_from_the_class_agnostic_model_with_the_data_classes(tmp_path):
+    """No recipe flags: the run starts from any-m0.5 (its random-walk prior), takes the data's classes (no
+    --new-classes needed for a class-agnostic start) and keeps its samples with their prior."""
+    from torch_label_mae.train import DEFAULT_INIT, from_scratch
+
+    data = make_dataset(tmp_path / "data", num_classes=5)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), batch_size=2, max_steps=2, val_split="",
+                      threads=1, workers=0, progress=False)  # fmt: skip
+    assert cfg.init == DEFAULT_INIT and cfg.model is None and not from_scratch(cfg)
+    state = train(cfg)
+    assert state["step"] == 2
+    got = LabelCompleter.from_pretrained(str(tmp_path / "run" / "last"), device="cpu").config
+    start = LabelCompleter.from_pretrained(DEFAULT_INIT, device="cpu").config
+    assert not got.class_agnostic and got.num_classes == 5
+    assert (got.encoder_dim, got.encoder_depth, got.prior) == (start.encoder_dim, start.encoder_depth, start.prior)
+
+
+def test_a_named_model_trains_from_scratch_and_excludes_another_init(tmp_path):
+    from torch_label_mae.config import LMAEConfig
+    from torch_label_mae.train import DEFAULT_POOL, check_config, from_scratch, parse_train_args, pool_size
+
+    assert from_scratch(TrainConfig(model="small")) and from_scratch(TrainConfig(init=None))
+    assert not from_scratch(TrainConfig(init="camvid-m0.5"))
+    with pytest.raises(ValueError, match="give one"):
+        check_config(TrainConfig(data="d", model="tiny", init="camvid-m0.5"), roots=False)
+    walk = LMAEConfig.from_dict({"num_classes": 4, "prior": {"kind": "random_walk", "solver": "direct"}})
+    nearest = LMAEConfig.from_dict({"num_classes": 4, "label_prior": True})
+    assert pool_size(TrainConfig(), walk) == DEFAULT_POOL and pool_size(TrainConfig(), nearest) == 0
+    assert pool_size(TrainConfig(mask_pool=0), walk) == 0 and pool_size(TrainConfig(mask_pool=3), walk) == 3
+    cfg, _ = parse_train_args(["--data", "d", "--mask-pool", "3"])
+    assert cfg.mask_pool == 3 and cfg.init == "any-m0.5" and cfg.model is None
+    cfg, _ = parse_train_args(["--data", "d", "--model", "small"])
+    assert from_scratch(cfg) and cfg.mask_pool is None

@@ -48,7 +48,7 @@ def model_config(size: str = "tiny") -> LMAEConfig:
 def make(args) -> None:
     torch.set_num_threads(1)
     mcfg = model_config(args.model)
-    cfg = TrainConfig(data=args.data, ratio_range=(0.25, 0.75), block_holes=args.block_holes)
+    cfg = TrainConfig(data=args.data, ratio_range=(0.25, 0.75), block_holes=args.block_holes, mask_pool=0)
     ds = FolderDataset(args.data, "train")
     samples = TrainSamples(load_pairs(ds, args.limit), cfg, mcfg, seed=args.seed, with_prior=True)
     items, t0 = [], time.time()

@@ -51,6 +51,8 @@ from .propagation import nearest_fill
 from .slots import from_slots, present_slots, random_slots, to_slots
 
 BASE_LR, BASE_BATCH = 1e-3, 16  # the lr rule: BASE_LR * sqrt(batch_size / BASE_BATCH)
+DEFAULT_INIT = "any-m0.5"  # what a run starts from unless it names a model config (docs/training.md)
+DEFAULT_POOL = 2  # mask_pool=None with an exact random-walk prior: samples kept per image with their prior
 CHOICES = {
     "loss": ("ce", "balanced"),
     "schedule": ("cosine", "plateau"),
@@ -61,13 +63,14 @@ CHOICES = {
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; the defaults are the recipe that beats the label prior on CPU."""
+    """Every knob of a training run; the defaults are the recipe that beats its label prior on CPU: start from
+    :data:`DEFAULT_INIT` with the data's classes (docs/training.md). ``model`` trains a named config from scratch."""
 
     data: str = ""
     dataset_kind: str = "folder"  # folder | voc | cityscapes
     out: str = "runs/lmae"
-    model: str = "tiny"  # a named config: paper | tiny | small
-    init: str | None = None  # fine-tune: start from these weights (name, repo id or folder); its config
+    model: str | None = None  # a named config (paper | tiny | small) trained from scratch; None: start from init
+    init: str | None = DEFAULT_INIT  # start from these weights and config (name, repo id or folder) unless model
     model_overrides: dict = field(default_factory=dict)
     label_prior: bool = True  # start from the nearest-label prior (model config label_prior; --set wins)
     epochs: int = 400
@@ -101,8 +104,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA mostly; the first steps compile)
     class_agnostic: bool = False  # slots instead of classes (torch_label_mae.slots): any datasets, pooled
     num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
-    new_classes: bool = False  # --init of another class list (or class-agnostic): its weights, the data's classes
-    mask_pool: int = 0  # > 0: that many crops + masks per image, drawn once, kept with their prior (TrainSamples)
+    new_classes: bool = False  # --init of another class list: its weights, the data's classes (class-agnostic: always)
+    mask_pool: int | None = None  # > 0: that many crops + masks per image, drawn once, kept with their prior
+    # (TrainSamples); None: DEFAULT_POOL with an exact random-walk prior (poolable), else 0
     save_every: float = 0.0  # seconds between checkpoints (and last/ exports); 0: every epoch; a stop always saves
     progress: bool = True  # progress bar and log lines on stdout (log.jsonl is written either way)
 
@@ -134,8 +138,10 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
     for name, options in CHOICES.items():
         if getattr(cfg, name) not in options:
             raise ValueError(f"{name} must be one of {list(options)}, got {getattr(cfg, name)!r}")
-    if cfg.model not in NAMED_CONFIGS:
+    if cfg.model is not None and cfg.model not in NAMED_CONFIGS:
         raise ValueError(f"unknown model config {cfg.model!r}; choose from {sorted(NAMED_CONFIGS)}")
+    if cfg.model is not None and cfg.init not in (None, DEFAULT_INIT):
+        raise ValueError(f"model {cfg.model!r} trains from scratch and init {cfg.init!r} fine-tunes: give one")
     known = LMAEConfig.keys()
     unknown = sorted(set(cfg.model_overrides) - known)
     if unknown:
@@ -146,7 +152,7 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError("data: a dataset root is needed")
     if cfg.class_agnostic and cfg.loss != "ce":
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
-    if cfg.mask_pool < 0:
+    if cfg.mask_pool is not None and cfg.mask_pool < 0:
         raise ValueError(f"mask_pool must be >= 0, got {cfg.mask_pool}")
     if not 0 <= cfg.trunk_lr <= 1:  # also NaN
         raise ValueError(f"trunk_lr must be in [0, 1] (a share of lr), got {cfg.trunk_lr!r}")
@@ -221,7 +227,7 @@ class TrainSamples(Dataset):
     label prior. Items are dicts of tensors; labels travel as uint8. ``timings`` adds up the seconds
     per stage in this process (``benchmarks/bench_train.py --profile``).
 
-    ``cfg.mask_pool = n > 0``: each image gets ``n`` samples (crop and masks), drawn at first use (or
+    ``n = pool_size(cfg, mcfg) > 0``: each image gets ``n`` samples (crop and masks), drawn at first use (or
     all at once by :meth:`fill_pool`) from their own seed and kept with their label prior, which is
     then computed once instead of every step (an exact random walk prior costs several times the
     model's step on a CPU); each use picks one of them at random and flips it at random (exact: the
@@ -233,9 +239,10 @@ class TrainSamples(Dataset):
         if cfg.mask_pool and not poolable(mcfg):
             raise ValueError("mask_pool needs an exact random-walk prior (solver 'direct'): it is kept and mirrored")
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
+        self.pool_size = pool_size(cfg, mcfg)
         self.rng = random.Random(seed)
         # without workers the model computes the prior of the whole batch, spread over its threads
-        self.with_prior = (with_prior or cfg.mask_pool > 0) and prior_in_workers(mcfg)
+        self.with_prior = (with_prior or self.pool_size > 0) and prior_in_workers(mcfg)
         self.timings = dict.fromkeys(self.STAGES, 0.0)
         self.pool: dict[tuple[int, int], dict] = {}
 
@@ -243,9 +250,9 @@ class TrainSamples(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        if self.cfg.mask_pool <= 0:
+        if self.pool_size <= 0:
             return self.draw(i, self.rng, self.cfg.flip)
-        key = (i, self.rng.randrange(self.cfg.mask_pool))
+        key = (i, self.rng.randrange(self.pool_size))
         if key not in self.pool:
             self.pool[key] = self.pooled(key)
         item = dict(self.pool[key])
@@ -269,7 +276,7 @@ class TrainSamples(Dataset):
         """Draw the pool entries now, on ``threads`` threads (the exact solve releases the GIL), a chunk
         at a time until ``stop()``. Before DataLoader workers start: they inherit the pool, instead of
         each computing every prior again. Not counted in :attr:`timings` (per-step host work)."""
-        todo = [(i, n) for i in range(len(self.pairs)) for n in range(self.cfg.mask_pool) if (i, n) not in self.pool]
+        todo = [(i, n) for i in range(len(self.pairs)) for n in range(self.pool_size) if (i, n) not in self.pool]
         timings, chunk = dict(self.timings), 4 * max(1, threads)
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for at in range(0, len(todo), chunk):
@@ -312,6 +319,13 @@ class TrainSamples(Dataset):
         for k, t in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.timings[k] += t
         return item
+
+
+def pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
+    """The samples kept per image (``cfg.mask_pool``; None: :data:`DEFAULT_POOL` when :func:`poolable`, else 0)."""
+    if cfg.mask_pool is not None:
+        return cfg.mask_pool
+    return DEFAULT_POOL if poolable(mcfg) else 0
 
 
 def poolable(mcfg: LMAEConfig) -> bool:
@@ -462,7 +476,8 @@ def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
     start = LabelCompleter.from_pretrained(cfg.init, device="cpu")
     sc = start.config
     same = sc.num_classes == from_data["num_classes"] and sc.class_agnostic == from_data.get("class_agnostic", False)
-    if not same and not cfg.new_classes:
+    takes_classes = sc.class_agnostic and not from_data.get("class_agnostic", False)  # slots -> the data's classes
+    if not same and not (cfg.new_classes or takes_classes):
         kind = "slots (class-agnostic)" if sc.class_agnostic else "classes"
         raise ValueError(
             f"--init {cfg.init} has {sc.num_classes} {kind} but the data {from_data['num_classes']} classes; "
@@ -543,6 +558,12 @@ def _setup_process(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def from_scratch(cfg: TrainConfig) -> bool:
+    """Whether a run builds the named config ``cfg.model`` (``"tiny"`` when neither it nor ``init`` is set)
+    rather than starting from the weights of ``cfg.init``."""
+    return cfg.model is not None or not cfg.init
+
+
 def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMAEConfig]:
     """The model of ``--init`` (fine-tuning) or of the named config, with the dataset's classes and the
     label prior on unless ``label_prior=False`` or ``--set label_prior=...`` says otherwise."""
@@ -555,10 +576,11 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
     )
     if cfg.class_agnostic:  # slots: no class list, no background class
         from_data.update(num_classes=cfg.num_slots, background_index=None, class_names=None, class_agnostic=True)
-    if cfg.init:
+    if not from_scratch(cfg):
         model, mcfg = init_model(cfg, from_data)
     else:
-        mcfg = NAMED_CONFIGS[cfg.model](**{**from_data, "label_prior": cfg.label_prior, **cfg.model_overrides})
+        named = NAMED_CONFIGS[cfg.model or "tiny"]
+        mcfg = named(**{**from_data, "label_prior": cfg.label_prior, **cfg.model_overrides})
         model = LMAE(mcfg)
     return model.to(device), mcfg
 
@@ -706,7 +728,7 @@ def run_epoch(run: Run) -> tuple[float, int, bool]:
     cfg, state = run.cfg, run.state
     run.model.train()
     run.loader.sampler.set_epoch(state["epoch"])
-    if cfg.mask_pool and run.loader.num_workers > 0 and not run.pool_filled:  # before the workers start
+    if run.loader.dataset.pool_size and run.loader.num_workers > 0 and not run.pool_filled:  # before workers start
         run.loader.dataset.fill_pool(torch.get_num_threads(), stop=lambda: _should_stop(run))
         run.pool_filled = True  # in the budget; a stop ends it early (the workers draw the rest)
     steps_per_epoch = len(run.loader)
@@ -868,14 +890,15 @@ _HELP = {
     "data": "dataset root (several, comma-separated, with --class-agnostic)",
     "dataset_kind": "folder (dataset.json + <split>/images, labels) | voc | cityscapes",
     "out": "run folder: log.jsonl, checkpoint.pt, best/ and last/ (Hub folders)",
-    "model": f"named model config: {', '.join(NAMED_CONFIGS)}",
-    "label_prior": "start from the nearest-label prior and learn corrections (--no-label-prior: the paper's model)",
+    "model": f"train this named model config from scratch ({', '.join(NAMED_CONFIGS)}) instead of starting from --init",
+    "label_prior": "from scratch (--model): start from the nearest-label prior and learn corrections "
+    "(--no-label-prior: the paper's model)",
     "max_minutes": "the run's wall-clock budget, counted over --resume; the cosine learning rate decays to 0 "
     "over it; stops cleanly (checkpointed)",
     "lr": f"learning rate (default: {BASE_LR:g} * sqrt(batch size / {BASE_BATCH}))",
     "schedule": "cosine (decays to 0 at --epochs) | plateau (the paper's ReduceLROnPlateau on the epoch loss)",
-    "init": "fine-tune: start from this model's weights and config (registered name, Hub repo id or folder); "
-    "--model is then ignored",
+    "init": "start from this model's weights and config (registered name, Hub repo id or folder); the default, "
+    f"the class-agnostic {DEFAULT_INIT}, takes the data's classes and starts at its random-walk prior",
     "block_holes": "share of samples (0-1) whose holes are blocks off the patch grid, as after resizing a "
     "label of another size: patches then come out partly known (default 0: the paper's patch masking only)",
     "block_range": "side range of those blocks in pixels at the model's size",
@@ -902,11 +925,12 @@ _HELP = {
     "save_every": "seconds between checkpoints and last/ exports (0: after every epoch; a stop always saves)",
     "progress": "progress bar and a log line per epoch on stdout (--no-progress: log.jsonl only)",
     "mask_pool": "N > 0: N crops + masks per image, drawn once and kept with their label prior, computed once "
-    "(the exact random-walk priors cost more than the model's step on a CPU); 0: new ones every step",
-    "new_classes": "with --init of another class list or a class-agnostic model: start from its weights with the "
-    "data's classes (label embeddings of class k from its class or slot k; a new head)",
+    "(the exact random-walk priors cost more than the model's step on a CPU); 0: new ones every step "
+    f"(default: {DEFAULT_POOL} with an exact random-walk prior, else 0)",
+    "new_classes": "with --init of another class list: start from its weights with the data's classes (label "
+    "embeddings of class k from its class k; a new head); a class-agnostic --init always does so, from slot k",
 }
-_INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers", "hole_index")
+_INT_OR_NONE = ("val_limit", "threads", "max_steps", "workers", "hole_index", "mask_pool")
 _FLOAT_OR_NONE = ("max_minutes", "lr")
 
 
@@ -939,9 +963,10 @@ def build_parser():
 
     ap = argparse.ArgumentParser(
         "label-mae train",
-        description="Train an L-MAE model. Defaults: the nearest-label prior, cross-entropy, AdamW with warm-up "
-        "and cosine decay (docs/training.md; the paper's recipe by flags). Checkpoints every epoch and on "
-        "SIGTERM; --resume continues. Runs unchanged under torchrun (DDP).",
+        description=f"Train an L-MAE model. Defaults: start from {DEFAULT_INIT} with the data's classes (its "
+        "random-walk prior, samples kept with their prior), cross-entropy, AdamW with warm-up and cosine decay; "
+        "--model NAME trains a named config from scratch (docs/training.md; the paper's recipe by flags). "
+        "Checkpoints every epoch and on SIGTERM; --resume continues. Runs unchanged under torchrun (DDP).",
     )
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
