@@ -651,3 +651,21 @@ def test_a_named_model_trains_from_scratch_and_excludes_another_init(tmp_path):
     assert cfg.mask_pool == 3 and cfg.init == "any-m0.5" and cfg.model is None
     cfg, _ = parse_train_args(["--data", "d", "--model", "small"])
     assert from_scratch(cfg) and cfg.mask_pool is None
+
+
+def test_handed_classes_are_not_mirrored_by_default():
+    """Mirroring an image of a car's left door shows a right door labelled left: classes in left / right
+    pairs turn the default flip off; --flip / --no-flip still decide."""
+    from torch_label_mae.config import LMAEConfig
+    from torch_label_mae.train import TrainSamples, handed_classes
+
+    assert handed_classes(["background", "front_left_door", "front_right_door"])
+    assert handed_classes(["Left_Mirror", "right_mirror"])
+    assert not handed_classes(["road", "sky", "left_turn_sign"])  # no right counterpart
+    assert not handed_classes(None)
+    names = ["background", "left_mirror", "right_mirror"]
+    mcfg = LMAEConfig.from_dict({"num_classes": 3, "class_names": names})
+    plain = LMAEConfig.from_dict({"num_classes": 3, "class_names": ["a", "b", "c"]})
+    assert not TrainSamples([], TrainConfig(), mcfg).flip and TrainSamples([], TrainConfig(), plain).flip
+    assert TrainSamples([], TrainConfig(flip=True), mcfg).flip
+    assert not TrainSamples([], TrainConfig(flip=False), plain).flip

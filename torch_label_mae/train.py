@@ -95,7 +95,7 @@ class TrainConfig:
     hole_index: int | None = None  # label value of the labels' own holes (unknown); hide_unknown then hides theirs only
     loss: str = "ce"  # ce | balanced (the paper's eq. 10-12; collapses, see docs/training.md)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
-    flip: bool = True
+    flip: bool | None = None  # mirror samples left-right; None: unless the classes are handed (handed_classes)
     val_split: str = "val"
     val_limit: int | None = None
     seed: int = 0
@@ -240,6 +240,7 @@ class TrainSamples(Dataset):
             raise ValueError("mask_pool needs an exact random-walk prior (solver 'direct'): it is kept and mirrored")
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
         self.pool_size = pool_size(cfg, mcfg)
+        self.flip = cfg.flip if cfg.flip is not None else not handed_classes(mcfg.class_names)
         self.rng = random.Random(seed)
         # without workers the model computes the prior of the whole batch, spread over its threads
         self.with_prior = (with_prior or self.pool_size > 0) and prior_in_workers(mcfg)
@@ -251,14 +252,14 @@ class TrainSamples(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self.pool_size <= 0:
-            return self.draw(i, self.rng, self.cfg.flip)
+            return self.draw(i, self.rng, self.flip)
         key = (i, self.rng.randrange(self.pool_size))
         if key not in self.pool:
             self.pool[key] = self.pooled(key)
         item = dict(self.pool[key])
         if "prior_prob" in item:
             item["prior_prob"] = item["prior_prob"].float()
-        if self.cfg.flip and self.rng.random() < 0.5:
+        if self.flip and self.rng.random() < 0.5:
             item = flip_sample(item, self.mcfg.grid)
         if self.mcfg.class_agnostic:  # fresh slots every use, as AOT assigns identities: a permutation
             item = permute_slots(item, self.rng.sample(range(self.mcfg.num_classes), self.mcfg.num_classes))
@@ -319,6 +320,13 @@ class TrainSamples(Dataset):
         for k, t in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.timings[k] += t
         return item
+
+
+def handed_classes(names) -> bool:
+    """Whether ``names`` hold a left / right pair (e.g. ``front_left_door`` and ``front_right_door``): a
+    mirrored image shows the one where its label names the other, so such classes are not mirrored."""
+    low = {str(n).lower() for n in names or ()}
+    return any("left" in n and n.replace("left", "right") in low for n in low)
 
 
 def pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
@@ -924,6 +932,8 @@ _HELP = {
     "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
     "save_every": "seconds between checkpoints and last/ exports (0: after every epoch; a stop always saves)",
     "progress": "progress bar and a log line per epoch on stdout (--no-progress: log.jsonl only)",
+    "flip": "mirror samples left-right at random (default: yes, unless the class names come in left / right pairs, "
+    "e.g. front_left_door and front_right_door, which a mirror would swap)",
     "mask_pool": "N > 0: N crops + masks per image, drawn once and kept with their label prior, computed once "
     "(the exact random-walk priors cost more than the model's step on a CPU); 0: new ones every step "
     f"(default: {DEFAULT_POOL} with an exact random-walk prior, else 0)",
@@ -942,7 +952,7 @@ def _add_flag(ap, f: dataclasses.Field, default) -> None:
     kw = {"help": _HELP.get(f.name, "") + shown, "dest": f.name}
     if f.name in CHOICES:
         kw["choices"] = CHOICES[f.name]
-    if isinstance(default, bool):
+    if isinstance(default, bool) or f.name == "flip":
         ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
     elif isinstance(default, tuple) or f.name == "ratio_range":
         n = 3 if f.name == "mix" else 2
