@@ -669,3 +669,17 @@ def test_handed_classes_are_not_mirrored_by_default():
     assert not TrainSamples([], TrainConfig(), mcfg).flip and TrainSamples([], TrainConfig(), plain).flip
     assert TrainSamples([], TrainConfig(flip=True), mcfg).flip
     assert not TrainSamples([], TrainConfig(flip=False), plain).flip
+
+
+def test_best_starts_at_the_prior_so_it_is_never_below_it(tmp_path):
+    """A run whose model starts as its prior alone exports that start to best/ at epoch 0; no epoch at all:
+    best/ is the prior, and its val figure is the prior's."""
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    state = train(_cfg(data, out, epochs=0))
+    assert state["step"] == 0 and state["best"] == state["prior_pa_miou"] >= 0
+    best = LabelCompleter.from_pretrained(str(out / "best"), device="cpu")
+    with torch.no_grad():
+        assert best.model.prior_alone()
+    state = train(_cfg(data, tmp_path / "run2", epochs=2))
+    assert state["best"] >= state["prior_pa_miou"]

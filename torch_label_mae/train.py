@@ -768,13 +768,22 @@ def run_epoch(run: Run) -> tuple[float, int, bool]:
 
 
 def prior_baseline(run: Run) -> None:
-    """Epoch 0: the val PA-mIoU of the prior alone, on the holes every epoch is evaluated on (logged once)."""
+    """Epoch 0: the val PA-mIoU of the prior alone, on the holes every epoch is evaluated on (logged once). A
+    model that starts as its prior alone (its head at zero) is exported to ``best/`` then: an epoch replaces
+    it only by scoring higher, so ``best/`` is never below the prior on val."""
     if run.validate is None or run.state.get("prior_pa_miou") is not None:
         return
     m = run.validate(_prior_method(run.model))
     run.state["prior_pa_miou"] = m["pa_miou"]
     kind = run.mcfg.prior.kind if run.mcfg.prior is not None else "nearest (the model has no prior)"
     _write_log(run, {"epoch": 0, "step": run.state["step"], "prior": kind, "prior_pa_miou": m["pa_miou"]})
+    with torch.no_grad():
+        alone = run.model.prior_alone()
+    if alone and m["pa_miou"] > run.state["best"]:  # the start is its prior: best/ starts there
+        run.state["best"] = m["pa_miou"]
+        run.state["best_metrics"] = {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
+        run.state["best_metrics"]["prior_pa_miou"] = m["pa_miou"]
+        save_hub_files(run.model, run.out / "best")
 
 
 def _validate(run: Run, rec: dict) -> None:
