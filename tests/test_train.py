@@ -683,3 +683,18 @@ def test_best_starts_at_the_prior_so_it_is_never_below_it(tmp_path):
         assert best.model.prior_alone()
     state = train(_cfg(data, tmp_path / "run2", epochs=2))
     assert state["best"] >= state["prior_pa_miou"]
+
+
+def test_resuming_with_another_model_is_a_one_line_error(tmp_path, capsys):
+    """A run begun from scratch (--model tiny) resumed without --model would build the default start's
+    model: one line that says how to resume, not a state-dict traceback."""
+    from torch_label_mae.train import main_train
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    train(_cfg(data, out, epochs=1, val_split=""))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main_train(["--data", str(data), "--out", str(out), "--resume", "--threads", "1", "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--model tiny" in err[0] and "checkpoint.pt" in err[0], err

@@ -647,7 +647,14 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     if resume and ckpt.is_file():
         # our own local checkpoint (never a downloaded file), loaded without pickle execution
         blob = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(blob["model"])
+        try:
+            model.load_state_dict(blob["model"])
+        except RuntimeError:
+            raise ValueError(
+                f"{ckpt}: made by another model than --model {cfg.model} --init {cfg.init} builds; resume with "
+                f"the run's own --model / --init (the default start became {DEFAULT_INIT}: runs begun from "
+                "the earlier default resume with --model tiny)"
+            ) from None
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
         if criterion is not None and "criterion" in blob:
