@@ -637,7 +637,7 @@ def test_the_default_run_starts_from_the_class_agnostic_model_with_the_data_clas
 
 def test_a_named_model_trains_from_scratch_and_excludes_another_init(tmp_path):
     from torch_label_mae.config import LMAEConfig
-    from torch_label_mae.train import DEFAULT_POOL, check_config, from_scratch, parse_train_args, pool_size
+    from torch_label_mae.train import DEFAULT_POOL, check_config, from_scratch, mask_pool_size, parse_train_args
 
     assert from_scratch(TrainConfig(model="small")) and from_scratch(TrainConfig(init=None))
     assert not from_scratch(TrainConfig(init="camvid-m0.5"))
@@ -645,8 +645,8 @@ def test_a_named_model_trains_from_scratch_and_excludes_another_init(tmp_path):
         check_config(TrainConfig(data="d", model="tiny", init="camvid-m0.5"), roots=False)
     walk = LMAEConfig.from_dict({"num_classes": 4, "prior": {"kind": "random_walk", "solver": "direct"}})
     nearest = LMAEConfig.from_dict({"num_classes": 4, "label_prior": True})
-    assert pool_size(TrainConfig(), walk) == DEFAULT_POOL and pool_size(TrainConfig(), nearest) == 0
-    assert pool_size(TrainConfig(mask_pool=0), walk) == 0 and pool_size(TrainConfig(mask_pool=3), walk) == 3
+    assert mask_pool_size(TrainConfig(), walk) == DEFAULT_POOL and mask_pool_size(TrainConfig(), nearest) == 0
+    assert mask_pool_size(TrainConfig(mask_pool=0), walk) == 0 and mask_pool_size(TrainConfig(mask_pool=3), walk) == 3
     cfg, _ = parse_train_args(["--data", "d", "--mask-pool", "3"])
     assert cfg.mask_pool == 3 and cfg.init == "any-m0.5" and cfg.model is None
     cfg, _ = parse_train_args(["--data", "d", "--model", "small"])

@@ -227,7 +227,7 @@ class TrainSamples(Dataset):
     label prior. Items are dicts of tensors; labels travel as uint8. ``timings`` adds up the seconds
     per stage in this process (``benchmarks/bench_train.py --profile``).
 
-    ``n = pool_size(cfg, mcfg) > 0``: each image gets ``n`` samples (crop and masks), drawn at first use (or
+    ``n = mask_pool_size(cfg, mcfg) > 0``: each image gets ``n`` samples (crop and masks), drawn at first use (or
     all at once by :meth:`fill_pool`) from their own seed and kept with their label prior, which is
     then computed once instead of every step (an exact random walk prior costs several times the
     model's step on a CPU); each use picks one of them at random and flips it at random (exact: the
@@ -239,7 +239,7 @@ class TrainSamples(Dataset):
         if cfg.mask_pool and not poolable(mcfg):
             raise ValueError("mask_pool needs an exact random-walk prior (solver 'direct'): it is kept and mirrored")
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
-        self.pool_size = pool_size(cfg, mcfg)
+        self.pool_size = mask_pool_size(cfg, mcfg)
         self.flip = cfg.flip if cfg.flip is not None else not handed_classes(mcfg.class_names)
         self.rng = random.Random(seed)
         # without workers the model computes the prior of the whole batch, spread over its threads
@@ -329,7 +329,7 @@ def handed_classes(names) -> bool:
     return any("left" in n and n.replace("left", "right") in low for n in low)
 
 
-def pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
+def mask_pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
     """The samples kept per image (``cfg.mask_pool``; None: :data:`DEFAULT_POOL` when :func:`poolable`, else 0)."""
     if cfg.mask_pool is not None:
         return cfg.mask_pool
@@ -786,11 +786,8 @@ def prior_baseline(run: Run) -> None:
     _write_log(run, {"epoch": 0, "step": run.state["step"], "prior": kind, "prior_pa_miou": m["pa_miou"]})
     with torch.no_grad():
         alone = run.model.prior_alone()
-    if alone and m["pa_miou"] > run.state["best"]:  # the start is its prior: best/ starts there
-        run.state["best"] = m["pa_miou"]
-        run.state["best_metrics"] = {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
-        run.state["best_metrics"]["prior_pa_miou"] = m["pa_miou"]
-        save_hub_files(run.model, run.out / "best")
+    if alone:  # the start is its prior: best/ starts there
+        _keep_if_best(run, m)
 
 
 def _validate(run: Run, rec: dict) -> None:
@@ -809,10 +806,16 @@ def _validate(run: Run, rec: dict) -> None:
                 RuntimeWarning,
                 stacklevel=2,
             )
+    _keep_if_best(run, m)
+
+
+def _keep_if_best(run: Run, m: dict) -> None:
+    """Export the model to ``best/`` when its val metrics ``m`` beat the best so far (kept in the state)."""
+    state = run.state
     if m["pa_miou"] > state["best"]:
         state["best"], state["best_metrics"] = m["pa_miou"], {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
-        if prior is not None:
-            state["best_metrics"]["prior_pa_miou"] = prior
+        if state.get("prior_pa_miou") is not None:
+            state["best_metrics"]["prior_pa_miou"] = state["prior_pa_miou"]
         save_hub_files(run.model, run.out / "best")
 
 
