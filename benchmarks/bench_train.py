@@ -28,7 +28,7 @@ from torch_label_mae import train as train_mod  # noqa: E402
 from torch_label_mae.train import TrainConfig, train  # noqa: E402
 
 
-def run_once(args, workers: int | None) -> dict:
+def run_once(args, workers: int | None, precision: str | None = None) -> dict:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = dict(
         data=args.data,
@@ -41,6 +41,8 @@ def run_once(args, workers: int | None) -> dict:
         loss="ce",
         model_overrides={"label_prior": True},
     )
+    if precision is not None:
+        kw["precision"] = precision
     if workers is not None and "workers" in fields:  # older train.py versions have no workers
         kw["workers"] = workers
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +55,7 @@ def run_once(args, workers: int | None) -> dict:
     seconds = sum(r["seconds"] for r in recs)  # training time of every epoch (no dataset reading, no val)
     return {
         "workers": workers if "workers" in fields else "n/a (in-loop pipeline)",
+        "precision": precision or "default",
         "steps": recs[-1]["step"],
         "seconds": round(seconds, 2),
         "img_s": round(recs[-1]["step"] * args.batch_size / seconds, 2),
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     ap.add_argument("--workers", type=int, nargs="*", default=[None], help="DataLoader workers to try")
+    ap.add_argument(
+        "--precision", nargs="*", default=[None], help="autocast settings to try (auto | float32 | bfloat16)"
+    )
     ap.add_argument("--profile", action="store_true", help="also time the per-sample host work alone")
     ap.add_argument("--json", help="also write the figures here")
     return ap
@@ -114,7 +120,7 @@ def main(argv=None) -> None:
         "threads": args.threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_start": os.getloadavg(),
-        "runs": [run_once(args, w) for w in args.workers],
+        "runs": [run_once(args, w, p) for w in args.workers for p in args.precision],
     }
     if args.profile:
         res["host"] = profile_host(args)

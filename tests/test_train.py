@@ -371,6 +371,32 @@ def test_cuda_training_with_bf16_autocast(tmp_path, compile_):
     assert torch.backends.cuda.matmul.allow_tf32 == tf32  # float32 after training is float32 again
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "auto"])
+def test_precision_sets_the_autocast_of_training_and_validation(tmp_path, monkeypatch, precision):
+    """Each forward pass of the model, in a training step and in validation, runs under the autocast that
+    ``precision`` resolves to on the CPU (auto: bfloat16 where the CPU has AMX, as completion does)."""
+    from torch_label_mae.inference import autocast_dtype
+    from torch_label_mae.model import LMAE
+
+    seen, forward = [], LMAE.forward
+
+    def spy(self, *a, **kw):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(LMAE, "forward", spy)
+    data = make_dataset(tmp_path / "data")
+    train(_cfg(data, tmp_path / "run", epochs=1, precision=precision))
+    want = autocast_dtype(precision, torch.device("cpu")) or torch.float32
+    assert len(seen) >= 3 and set(seen) == {want}  # 2 steps and validation
+
+
+def test_an_unknown_precision_is_refused_before_the_run_starts(tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train(_cfg(make_dataset(tmp_path / "data"), tmp_path / "run", precision="fp16"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_spent_budget_validates_and_exports_the_last_weights(tmp_path):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "run"

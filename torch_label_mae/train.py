@@ -1,17 +1,19 @@
 """Training, resumable and DDP-ready, with defaults that beat the label prior (``docs/training.md``).
 
-Default recipe: the nearest-label prior on (the model starts exactly at nearest fill and learns
-corrections), plain cross-entropy on the hidden pixels, AdamW (weight decay 0.05) with a 100-step
-warm-up and a cosine decay, lr ``1e-3 * sqrt(batch_size / 16)``, mixed masking 1:2:2, random crop +
-rescale to the model size, flips. The paper's recipe (section IV-A) stays available by flags:
+Default recipe: start from the class-agnostic ``DEFAULT_INIT`` with the data's classes (the run starts
+exactly at its random-walk prior and learns corrections), plain cross-entropy on the hidden pixels,
+AdamW (weight decay 0.05) with a 100-step warm-up and a cosine decay over the budget, lr
+``1e-3 * sqrt(batch_size / 16)``, mixed masking 1:2:2, random crop + rescale to the model size, flips
+unless the classes are handed. ``model=`` trains a named config from scratch on the nearest-label prior.
+The paper's recipe (section IV-A) stays available by flags:
 ``--no-label-prior --loss balanced --optimizer adam --schedule plateau --weight-decay 1e-4 --lr 5e-4``.
 
 Input pipeline: augmentation, masking and the label prior run in DataLoader workers (one torch thread
 each), batches come pinned and are copied without blocking. Every epoch: a JSONL log line (loss, lr,
 val PA-mIoU next to the prior alone's), a checkpoint, and the best model exported as a Hub folder
 (config.json + model.safetensors). SIGTERM saves a checkpoint and exits; ``resume=True`` continues from
-the last one. Under ``torchrun`` it runs DDP (gloo on CPU, nccl on CUDA). On CUDA the forward pass runs
-under bfloat16 autocast; ``compile=True`` wraps the model in ``torch.compile``.
+the last one. Under ``torchrun`` it runs DDP (gloo on CPU, nccl on CUDA). On CUDA and on AMX CPUs the forward
+pass runs under bfloat16 autocast (``precision``); ``compile=True`` wraps the model in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .config import NAMED_CONFIGS, LMAEConfig, RandomWalkPrior
 from .data import DatasetInfo, open_dataset
 from .evaluate import evaluate
 from .hub import save_hub_files
-from .inference import complete_tensors
+from .inference import autocast_dtype, complete_tensors
 from .io import atomic_write, resize_label
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
@@ -58,6 +60,7 @@ CHOICES = {
     "schedule": ("cosine", "plateau"),
     "optimizer": ("adamw", "adam"),
     "dataset_kind": ("folder", "voc", "cityscapes"),
+    "precision": ("auto", "float32", "bfloat16"),
 }
 
 
@@ -102,6 +105,7 @@ class TrainConfig:
     threads: int | None = None  # torch threads of the training process; None: the cores left by the workers
     workers: int | None = None  # DataLoader workers; None: auto (worker_count); 0: in the training process
     compile: bool = False  # torch.compile the model (CUDA mostly; the first steps compile)
+    precision: str = "auto"  # autocast of the steps (inference.autocast_dtype): auto = bfloat16 on CUDA and AMX
     class_agnostic: bool = False  # slots instead of classes (torch_label_mae.slots): any datasets, pooled
     num_slots: int = 32  # slots of a class-agnostic model: the most classes one sample can hold
     new_classes: bool = False  # --init of another class list: its weights, the data's classes (class-agnostic: always)
@@ -419,12 +423,13 @@ def make_loader(samples: TrainSamples, cfg: TrainConfig, rank: int, world: int, 
     )
 
 
-def _model_method(model: LMAE):
+def _model_method(model: LMAE, precision: str):
     device = next(model.parameters()).device
+    amp = autocast_dtype(precision, device)
 
     def method(images, labels, missing):
         batch = [torch.stack(t).to(device) for t in (images, labels, missing)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out, _ = complete_tensors(model, *batch)
         return list(out.cpu())
 
@@ -692,7 +697,8 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     cfg, mcfg, model = run.cfg, run.mcfg, run.model
     img, lab, known, pix, hidden, prior = _to_device(batch, run)
     set_lr(run.opt, cfg, step_in_schedule, total_steps, budget_spent(run))
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+    amp = autocast_dtype(cfg.precision, run.device)
+    with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         logits = run.net(img, known, hidden, prior, hidden_only=True)  # the loss needs the hidden pixels only
     target = torch.where(pix, lab, torch.full_like(lab, mcfg.ignore_index))  # known ones: no loss
     if mcfg.class_agnostic:  # a slot no visible pixel holds cannot be predicted: no loss there either
@@ -794,7 +800,7 @@ def _validate(run: Run, rec: dict) -> None:
     """Val PA-mIoU of the model, next to the prior alone's; warns when the model is below it."""
     state = run.state
     run.model.eval()
-    m = run.validate(_model_method(run.model))
+    m = run.validate(_model_method(run.model, run.cfg.precision))
     rec.update(val_pa_miou=m["pa_miou"], val_miou=m["miou"])
     prior = state.get("prior_pa_miou")
     if prior is not None:
@@ -946,6 +952,8 @@ _HELP = {
     "workers": "DataLoader workers doing augmentation, masking and the prior (default: on CUDA cores - 1, at most "
     "8; on the CPU 0 up to 4 cores, else cores / 4)",
     "compile": "torch.compile the model (mostly for CUDA)",
+    "precision": "autocast of the model's training steps and validation: auto is bfloat16 on CUDA and on CPUs with "
+    "AMX (native bfloat16 matrix units), float32 elsewhere",
     "class_agnostic": "train a class-agnostic model (slots, not classes; torch_label_mae.slots): it takes labels "
     "of any dataset; --data may then name several roots, comma-separated, pooled",
     "num_slots": "slots of a class-agnostic model: the most classes one sample may hold",
