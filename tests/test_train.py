@@ -697,6 +697,31 @@ def test_handed_classes_are_not_mirrored_by_default():
     assert not TrainSamples([], TrainConfig(flip=False), plain).flip
 
 
+@pytest.mark.parametrize("mix", [None, (1.0, 2.0, 2.0), (0.0, 1.0, 0.0)])
+@pytest.mark.parametrize("model", [None, "tiny"])
+def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(monkeypatch, model, mix):
+    """A run that starts from an init's prior learns corrections on Random masking alone (completion's holes
+    do not pick classes); from scratch, the paper's 1:2:2; ``mix`` decides when given. The weights that
+    reach the masking of each sample are checked, through the CLI's parser too."""
+    from torch_label_mae import train as train_mod
+    from torch_label_mae.config import LMAEConfig
+    from torch_label_mae.masking import PAPER_MIX
+
+    want = mix if mix is not None else (PAPER_MIX if model else (1.0, 0.0, 0.0))
+    seen, masking = [], train_mod.mixed_masking
+    monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+              torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(2)]  # fmt: skip
+    mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
+    samples = train_mod.TrainSamples(pairs, TrainConfig(model=model, mix=mix, mask_pool=0), mcfg)
+    samples[0], samples[1]
+    assert seen == [want, want]
+    argv = ["--data", "x"] + (["--model", model] if model else []) + (["--mix", *map(str, mix)] if mix else [])
+    cfg, _ = train_mod.parse_train_args(argv)
+    assert tuple(train_mod.masking_mix(cfg)) == want
+
+
 def test_best_starts_at_the_prior_so_it_is_never_below_it(tmp_path):
     """A run whose model starts as its prior alone exports that start to best/ at epoch 0; no epoch at all:
     best/ is the prior, and its val figure is the prior's."""

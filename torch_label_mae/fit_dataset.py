@@ -36,7 +36,7 @@ from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
 from .hub import save_hub_files, weights_digest
 from .io import atomic_write, resize_image, resize_label
-from .masking import hidden_from_missing, hidden_to_pixels
+from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
 from .outputs import check_outputs
 
@@ -311,6 +311,7 @@ def fit_dataset(
     settings.update(hide_unknown=hide_unknown, hole_index=args["hole_index"])
     if agnostic:  # slots as the start model has them, drawn at random per sample
         settings.update(class_agnostic=True, num_slots=start.config.num_classes)
+    settings.setdefault("mix", PAPER_MIX)  # as measured in docs/fit.md (train's default from an init: Random alone)
     cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
                       max_minutes=minutes, max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed,
                       threads=threads, save_every=60.0, progress=progress, **settings)  # fmt: skip

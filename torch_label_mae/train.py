@@ -3,9 +3,9 @@
 Default recipe: start from the class-agnostic ``DEFAULT_INIT`` with the data's classes (the run starts
 exactly at its random-walk prior and learns corrections), plain cross-entropy on the hidden pixels,
 AdamW (weight decay 0.05) with a 100-step warm-up and a cosine decay over the budget, lr
-``1e-3 * sqrt(batch_size / 16)``, mixed masking 1:2:2, random crop + rescale to the model size, flips
-unless the classes are handed. ``model=`` trains a named config from scratch on the nearest-label prior.
-The paper's recipe (section IV-A) stays available by flags:
+``1e-3 * sqrt(batch_size / 16)``, Random masking (the paper's 1:2:2 mix from scratch), random crop +
+rescale to the model size, flips unless the classes are handed. ``model=`` trains a named config from
+scratch on the nearest-label prior. The paper's recipe (section IV-A) stays available by flags:
 ``--no-label-prior --loss balanced --optimizer adam --schedule plateau --weight-decay 1e-4 --lr 5e-4``.
 
 Input pipeline: augmentation, masking and the label prior run in DataLoader workers (one torch thread
@@ -55,6 +55,7 @@ from .slots import from_slots, present_slots, random_slots, to_slots
 BASE_LR, BASE_BATCH = 1e-3, 16  # the lr rule: BASE_LR * sqrt(batch_size / BASE_BATCH)
 DEFAULT_INIT = "any-m0.5"  # what a run starts from unless it names a model config (docs/training.md)
 DEFAULT_POOL = 2  # mask_pool=None with an exact random-walk prior: samples kept per image with their prior
+FINE_TUNE_MIX = (1.0, 0.0, 0.0)  # mix=None from an init: Random masking alone (masking_mix)
 CHOICES = {
     "loss": ("ce", "balanced"),
     "schedule": ("cosine", "plateau"),
@@ -90,7 +91,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (the paper's, L2 weight decay)
     mask_ratio: float = 0.5
     ratio_range: tuple[float, float] | None = None  # sample the ratio per sample in [lo, hi]
-    mix: tuple[float, float, float] = PAPER_MIX
+    mix: tuple[float, float, float] | None = None  # Random : Label-First : Background-First; None: masking_mix
     block_holes: float = 0.0  # share of samples whose holes are blocks off the patch grid (masking.block_holes)
     block_range: tuple[int, int] = (8, 48)  # their side, in pixels at the model's size
     trunk_lr: float = 1.0  # the learning rate of every weight but the head, as a share of lr (fine-tuning: < 1)
@@ -310,7 +311,7 @@ class TrainSamples(Dataset):
             pix = pix[0]
         else:
             m = mixed_masking(lab[None], mcfg.patch_size, ratio, background_index=mcfg.background_index,
-                              ignore_index=mcfg.ignore_index, weights=cfg.mix, generator=gen)  # fmt: skip
+                              ignore_index=mcfg.ignore_index, weights=masking_mix(cfg), generator=gen)  # fmt: skip
             hidden, pix = m[0], hidden_to_pixels(m, mcfg.grid, mcfg.patch_size)[0]
         if cfg.hide_unknown:  # as at completion, where every patch that touches a hole is hidden
             hidden = hidden | hidden_from_missing(holes[None], mcfg.grid)[0]
@@ -331,6 +332,16 @@ def handed_classes(names) -> bool:
     mirrored image shows the one where its label names the other, so such classes are not mirrored."""
     low = {str(n).lower() for n in names or ()}
     return any("left" in n and n.replace("left", "right") in low for n in low)
+
+
+def masking_mix(cfg: TrainConfig) -> tuple[float, float, float]:
+    """The masking weights (``cfg.mix``; None: :data:`FINE_TUNE_MIX`, Random masking alone, when the run starts
+    from ``cfg.init``'s prior and learns corrections to it, the paper's 1:2:2 when ``cfg.model`` starts from
+    scratch). Label-First and Background-First hide the patches of some classes more than others; corrections
+    learned on them shift every hole toward those classes, and completion's holes do not choose classes."""
+    if cfg.mix is not None:
+        return cfg.mix
+    return PAPER_MIX if cfg.model is not None else FINE_TUNE_MIX
 
 
 def mask_pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
@@ -943,7 +954,8 @@ _HELP = {
     "that touch a hole and leaves void's visible, as completion does",
     "optimizer": "adamw (decoupled weight decay) | adam (the paper's; L2 weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
-    "mix": "Random : Label-First : Background-First weights (paper: 1 2 2)",
+    "mix": "Random : Label-First : Background-First weights (default: 1 0 0 from --init, the paper's 1 2 2 with "
+    "--model)",
     "loss": "ce | balanced (the paper's eq. 10-12; it drives frequent classes' weights to 0, see docs/training.md)",
     "crop_scale": "random crop side as a fraction of the image side, LO HI",
     "val_split": "split evaluated every epoch ('' to skip)",
@@ -975,13 +987,13 @@ def _add_flag(ap, f: dataclasses.Field, default) -> None:
     import argparse
 
     flag = "--" + f.name.replace("_", "-")
-    shown = "" if f.name == "lr" or default == "" else f" (default: {default})"  # --data: required, no default
+    shown = "" if f.name in ("lr", "mix") or default == "" else f" (default: {default})"  # --data: required, no default
     kw = {"help": _HELP.get(f.name, "") + shown, "dest": f.name}
     if f.name in CHOICES:
         kw["choices"] = CHOICES[f.name]
     if isinstance(default, bool) or f.name == "flip":
         ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
-    elif isinstance(default, tuple) or f.name == "ratio_range":
+    elif isinstance(default, tuple) or f.name in ("ratio_range", "mix"):
         n = 3 if f.name == "mix" else 2
         ap.add_argument(flag, type=int if f.name == "block_range" else float, nargs=n, default=default, **kw)
     elif f.name in _FLOAT_OR_NONE:
