@@ -41,7 +41,7 @@ def run_once(args, workers: int | None, precision: str | None = None) -> dict:
         loss="ce",
         model_overrides={"label_prior": True},
     )
-    if precision is not None:
+    if precision is not None and "precision" in fields:  # older train.py versions have no precision
         kw["precision"] = precision
     if workers is not None and "workers" in fields:  # older train.py versions have no workers
         kw["workers"] = workers
@@ -78,7 +78,7 @@ def profile_host(args) -> dict:
     )
     if not hasattr(train_mod, "TrainSamples"):
         return {"profile": "needs train.TrainSamples"}
-    cfg = TrainConfig(data=args.data, batch_size=args.batch_size)
+    cfg = TrainConfig(data=args.data, model=args.model, batch_size=args.batch_size)
     n = min(len(ds), 4 * args.batch_size)
     samples = train_mod.TrainSamples(train_mod.load_pairs(ds, limit=n), cfg, mcfg)
     torch.manual_seed(0)

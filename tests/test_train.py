@@ -378,16 +378,19 @@ def test_precision_sets_the_autocast_of_training_and_validation(tmp_path, monkey
     from torch_label_mae.inference import autocast_dtype
     from torch_label_mae.model import LMAE
 
+    if not hasattr(torch, "get_autocast_dtype"):  # torch < 2.4: no per-device autocast queries
+        pytest.skip("needs torch.get_autocast_dtype (torch >= 2.4)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # where train() runs
     seen, forward = [], LMAE.forward
 
     def spy(self, *a, **kw):
-        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        seen.append(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)
         return forward(self, *a, **kw)
 
     monkeypatch.setattr(LMAE, "forward", spy)
     data = make_dataset(tmp_path / "data")
     train(_cfg(data, tmp_path / "run", epochs=1, precision=precision))
-    want = autocast_dtype(precision, torch.device("cpu")) or torch.float32
+    want = autocast_dtype(precision, torch.device(dev)) or torch.float32
     assert len(seen) >= 3 and set(seen) == {want}  # 2 steps and validation
 
 
@@ -698,7 +701,7 @@ def test_handed_classes_are_not_mirrored_by_default():
 
 
 @pytest.mark.parametrize("mix", [None, (1.0, 2.0, 2.0), (0.0, 1.0, 0.0)])
-@pytest.mark.parametrize("model", [None, "tiny"])
+@pytest.mark.parametrize("model", [None, "tiny", ""])  # "": --init '' (from scratch, tiny)
 def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(monkeypatch, model, mix):
     """A run that starts from an init's prior learns corrections on Random masking alone (completion's holes
     do not pick classes); from scratch, the paper's 1:2:2; ``mix`` decides when given. The weights that
@@ -707,19 +710,40 @@ def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(monk
     from torch_label_mae.config import LMAEConfig
     from torch_label_mae.masking import PAPER_MIX
 
-    want = mix if mix is not None else (PAPER_MIX if model else (1.0, 0.0, 0.0))
+    scratch = model is not None
+    model, init = (model or None), ("" if model == "" else train_mod.DEFAULT_INIT)
+    want = mix if mix is not None else (PAPER_MIX if scratch else (1.0, 0.0, 0.0))
     seen, masking = [], train_mod.mixed_masking
     monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
     g = torch.Generator().manual_seed(0)
     pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(2)]  # fmt: skip
     mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
-    samples = train_mod.TrainSamples(pairs, TrainConfig(model=model, mix=mix, mask_pool=0), mcfg)
+    samples = train_mod.TrainSamples(pairs, TrainConfig(model=model, init=init, mix=mix, mask_pool=0), mcfg)
     samples[0], samples[1]
     assert seen == [want, want]
-    argv = ["--data", "x"] + (["--model", model] if model else []) + (["--mix", *map(str, mix)] if mix else [])
+    argv = ["--data", "x", "--init", init] + (["--model", model] if model else [])
+    argv += ["--mix", *map(str, mix)] if mix else []
     cfg, _ = train_mod.parse_train_args(argv)
     assert tuple(train_mod.masking_mix(cfg)) == want
+
+
+def test_a_resumed_run_keeps_the_masking_mix_it_started_with(tmp_path, monkeypatch):
+    """The checkpoint records the mix resolved at the start; resuming without --mix keeps it, so a run begun
+    under an earlier default does not change its masking halfway."""
+    from torch_label_mae import train as train_mod
+
+    data, out = make_dataset(tmp_path / "data"), tmp_path / "run"
+    train(_cfg(data, out, epochs=1, mix=(0.0, 1.0, 0.0)))
+    blob = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert json.loads(blob["train_config"])["mix"] == [0.0, 1.0, 0.0]
+    seen, masking = [], train_mod.mixed_masking
+    monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
+    train(_cfg(data, out, epochs=2), resume=True)  # no mix: the tiny model from scratch would take 1:2:2
+    assert seen and set(seen) == {(0.0, 1.0, 0.0)}
+    train(_cfg(data, tmp_path / "fresh", epochs=1))  # a new run records what it resolved
+    fresh = torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=True)
+    assert json.loads(fresh["train_config"])["mix"] == [1.0, 2.0, 2.0]
 
 
 def test_best_starts_at_the_prior_so_it_is_never_below_it(tmp_path):

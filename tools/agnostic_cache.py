@@ -31,6 +31,7 @@ from torch_label_mae.data import FolderDataset
 from torch_label_mae.hub import save_hub_files
 from torch_label_mae.io import atomic_write
 from torch_label_mae.loss import cross_entropy
+from torch_label_mae.masking import PAPER_MIX
 from torch_label_mae.model import LMAE
 from torch_label_mae.prior import LabelPrior
 from torch_label_mae.slots import present_slots
@@ -48,7 +49,9 @@ def model_config(size: str = "tiny") -> LMAEConfig:
 def make(args) -> None:
     torch.set_num_threads(1)
     mcfg = model_config(args.model)
-    cfg = TrainConfig(data=args.data, ratio_range=(0.25, 0.75), block_holes=args.block_holes, mask_pool=0)
+    cfg = TrainConfig(
+        data=args.data, ratio_range=(0.25, 0.75), block_holes=args.block_holes, mask_pool=0, mix=PAPER_MIX
+    )  # from scratch, as any-m0.5 was trained
     ds = FolderDataset(args.data, "train")
     samples = TrainSamples(load_pairs(ds, args.limit), cfg, mcfg, seed=args.seed, with_prior=True)
     items, t0 = [], time.time()

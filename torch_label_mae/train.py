@@ -341,7 +341,7 @@ def masking_mix(cfg: TrainConfig) -> tuple[float, float, float]:
     learned on them shift every hole toward those classes, and completion's holes do not choose classes."""
     if cfg.mix is not None:
         return cfg.mix
-    return PAPER_MIX if cfg.model is not None else FINE_TUNE_MIX
+    return PAPER_MIX if from_scratch(cfg) else FINE_TUNE_MIX
 
 
 def mask_pool_size(cfg: TrainConfig, mcfg: LMAEConfig) -> int:
@@ -659,7 +659,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         opt, mode="min", patience=cfg.plateau_patience, threshold=cfg.plateau_threshold, factor=cfg.plateau_factor
     )
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": None, "prior_pa_miou": None}
-    ckpt = out / "checkpoint.pt"
+    ckpt, recorded = out / "checkpoint.pt", {}
     if resume and ckpt.is_file():
         # our own local checkpoint (never a downloaded file), loaded without pickle execution
         blob = torch.load(ckpt, map_location=device, weights_only=True)
@@ -676,7 +676,10 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         if criterion is not None and "criterion" in blob:
             criterion.load_state_dict(blob["criterion"])
         state.update(json.loads(blob["state"]))
+        recorded = json.loads(blob.get("train_config", "{}"))
         torch.manual_seed(cfg.seed + rank + 7919 * state["epoch"])
+    # the mix resolved once and recorded: a resumed run keeps the mix it started with when --mix is not given
+    cfg = dataclasses.replace(cfg, mix=tuple(cfg.mix or recorded.get("mix") or masking_mix(cfg)))
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
@@ -954,8 +957,8 @@ _HELP = {
     "that touch a hole and leaves void's visible, as completion does",
     "optimizer": "adamw (decoupled weight decay) | adam (the paper's; L2 weight decay)",
     "ratio_range": "sample the mask ratio per sample in [LO, HI] (default: --mask-ratio for all)",
-    "mix": "Random : Label-First : Background-First weights (default: 1 0 0 from --init, the paper's 1 2 2 with "
-    "--model)",
+    "mix": "Random : Label-First : Background-First weights (default: 1 0 0 from an init, as by default; the "
+    "paper's 1 2 2 from scratch, --model; a resumed run keeps its own)",
     "loss": "ce | balanced (the paper's eq. 10-12; it drives frequent classes' weights to 0, see docs/training.md)",
     "crop_scale": "random crop side as a fraction of the image side, LO HI",
     "val_split": "split evaluated every epoch ('' to skip)",
