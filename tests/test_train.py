@@ -700,9 +700,19 @@ def test_handed_classes_are_not_mirrored_by_default():
     assert not TrainSamples([], TrainConfig(flip=False), plain).flip
 
 
+@pytest.fixture
+def masking_weights(monkeypatch) -> list:
+    """The ``weights`` (masking mix) of every ``mixed_masking`` call that training's samples make, in order."""
+    from torch_label_mae import train as train_mod
+
+    seen, masking = [], train_mod.mixed_masking
+    monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
+    return seen
+
+
 @pytest.mark.parametrize("mix", [None, (1.0, 2.0, 2.0), (0.0, 1.0, 0.0)])
 @pytest.mark.parametrize("model", [None, "tiny", ""])  # "": --init '' (from scratch, tiny)
-def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(monkeypatch, model, mix):
+def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(masking_weights, model, mix):
     """A run that starts from an init's prior learns corrections on Random masking alone (completion's holes
     do not pick classes); from scratch, the paper's 1:2:2; ``mix`` decides when given. The weights that
     reach the masking of each sample are checked, through the CLI's parser too."""
@@ -713,34 +723,29 @@ def test_the_masking_mix_is_random_from_an_init_and_the_papers_from_scratch(monk
     scratch = model is not None
     model, init = (model or None), ("" if model == "" else train_mod.DEFAULT_INIT)
     want = mix if mix is not None else (PAPER_MIX if scratch else (1.0, 0.0, 0.0))
-    seen, masking = [], train_mod.mixed_masking
-    monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
     g = torch.Generator().manual_seed(0)
     pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(2)]  # fmt: skip
     mcfg = LMAEConfig.tiny(**{**TINY, "num_classes": 4})
     samples = train_mod.TrainSamples(pairs, TrainConfig(model=model, init=init, mix=mix, mask_pool=0), mcfg)
     samples[0], samples[1]
-    assert seen == [want, want]
+    assert masking_weights == [want, want]
     argv = ["--data", "x", "--init", init] + (["--model", model] if model else [])
     argv += ["--mix", *map(str, mix)] if mix else []
     cfg, _ = train_mod.parse_train_args(argv)
     assert tuple(train_mod.masking_mix(cfg)) == want
 
 
-def test_a_resumed_run_keeps_the_masking_mix_it_started_with(tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_masking_mix_it_started_with(tmp_path, masking_weights):
     """The checkpoint records the mix resolved at the start; resuming without --mix keeps it, so a run begun
     under an earlier default does not change its masking halfway."""
-    from torch_label_mae import train as train_mod
-
     data, out = make_dataset(tmp_path / "data"), tmp_path / "run"
     train(_cfg(data, out, epochs=1, mix=(0.0, 1.0, 0.0)))
+    masking_weights.clear()
     blob = torch.load(out / "checkpoint.pt", weights_only=True)
     assert json.loads(blob["train_config"])["mix"] == [0.0, 1.0, 0.0]
-    seen, masking = [], train_mod.mixed_masking
-    monkeypatch.setattr(train_mod, "mixed_masking", lambda *a, **kw: seen.append(kw["weights"]) or masking(*a, **kw))
     train(_cfg(data, out, epochs=2), resume=True)  # no mix: the tiny model from scratch would take 1:2:2
-    assert seen and set(seen) == {(0.0, 1.0, 0.0)}
+    assert masking_weights and set(masking_weights) == {(0.0, 1.0, 0.0)}
     train(_cfg(data, tmp_path / "fresh", epochs=1))  # a new run records what it resolved
     fresh = torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=True)
     assert json.loads(fresh["train_config"])["mix"] == [1.0, 2.0, 2.0]
