@@ -503,3 +503,18 @@ def test_with_correction_scales_the_correction_alone(request, name, scale, seed)
 def test_with_correction_needs_a_prior(plain):
     with pytest.raises(ValueError, match="label prior"):
         with_correction(plain, 0.0)
+
+
+@given(st.integers(1, 40), st.integers(1, 8), st.integers(0, 8), st.integers(0, 99))
+def test_class_and_probability_is_softmax_argmax_and_max_with_absent_slots(m, k, absent, seed):
+    """The clamp before exp changes nothing: absent slots far below (-1e4) or logits spread wide."""
+    from torch_label_mae.inference import class_and_probability
+    from torch_label_mae.model import ABSENT_SLOT
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(m, k + absent, generator=g) * 30
+    logits[:, k:] = ABSENT_SLOT
+    pred, prob = class_and_probability(logits, dim=-1)
+    soft = torch.softmax(logits, dim=-1)
+    assert torch.equal(pred, logits.argmax(-1))
+    torch.testing.assert_close(prob, soft.amax(-1), rtol=1e-6, atol=0)

@@ -15,6 +15,7 @@ from torch_label_mae.model import LMAE
 from torch_label_mae.propagation import (
     OFFSETS,
     edge_weights,
+    most_likely_class,
     nearest_fill,
     present_classes,
     random_walk,
@@ -369,3 +370,14 @@ def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out[0], out[1])
+
+
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.integers(0, 99))
+def test_most_likely_class_is_the_first_maximum_as_argmax_takes_it(b, k, h, w, seed):
+    """Ties included (probabilities from a few values): the class of the first maximum, as argmax."""
+    g = torch.Generator().manual_seed(seed)
+    prob = torch.randint(0, 3, (b, k, h, w), generator=g).float() / 2  # many ties
+    classes = torch.randperm(200, generator=g)[: b * k].view(b, k)
+    known = torch.ones(b, h, w, dtype=torch.bool)
+    expected = classes.gather(1, prob.argmax(1).flatten(1)).view(b, h, w)
+    assert torch.equal(most_likely_class(prob, classes, known), expected)

@@ -133,7 +133,7 @@ class NearestPrior:
 class RandomWalkPrior:
     """The random walker's class probabilities (:mod:`torch_label_mae.propagation`), a soft prior:
     ``beta`` (edge sensitivity, scikit-image's), ``sweeps`` (over-relaxation sweeps from the nearest fill,
-    solver ``"sor"``) or ``solver="direct"`` (exact, sparse LU), the graph's ``connectivity`` (4, 8, 16)
+    solver ``"sor"``) or ``solver="direct"`` (exact, sparse LDL^T), the graph's ``connectivity`` (4, 8, 16)
     and the ``color`` space of its edge weights (``"rgb"``, ``"lab"``). ``scale``: as :class:`NearestPrior`."""
 
     kind: ClassVar[str] = "random_walk"

@@ -81,7 +81,9 @@ def class_and_probability(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor,
     """The chosen class along ``dim`` and its softmax probability, ``1 / sum(exp(logits - max))``: three
     passes over the logits, without the full softmax."""
     top, pred = logits.max(dim)
-    return pred, torch.exp(logits - top.unsqueeze(dim)).sum(dim).reciprocal_()
+    # terms below exp(-80) cannot change a float32 sum that is at least 1, and far below it (absent slots,
+    # -1e4) exp leaves its vectorised path: clamped, the same probability several times faster
+    return pred, (logits - top.unsqueeze(dim)).clamp_(min=-80.0).exp_().sum(dim).reciprocal_()
 
 
 def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
