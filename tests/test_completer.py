@@ -505,16 +505,26 @@ def test_with_correction_needs_a_prior(plain):
         with_correction(plain, 0.0)
 
 
-@given(st.integers(1, 40), st.integers(1, 8), st.integers(0, 8), st.integers(0, 99))
-def test_class_and_probability_is_softmax_argmax_and_max_with_absent_slots(m, k, absent, seed):
-    """The clamp before exp changes nothing: absent slots far below (-1e4) or logits spread wide."""
+@given(
+    st.integers(1, 40),
+    st.integers(1, 8),
+    st.integers(0, 40),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    st.integers(0, 99),
+)
+def test_class_and_probability_is_softmax_argmax_and_max_with_absent_slots(m, k, absent, dtype, seed):
+    """The clamp before exp changes no bit: absent slots far below (-1e4), logits spread wide, in the
+    dtypes autocast gives; and it is the softmax's largest probability."""
     from torch_label_mae.inference import class_and_probability
     from torch_label_mae.model import ABSENT_SLOT
 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(m, k + absent, generator=g) * 30
     logits[:, k:] = ABSENT_SLOT
+    logits = logits.to(dtype)
     pred, prob = class_and_probability(logits, dim=-1)
-    soft = torch.softmax(logits, dim=-1)
+    top = logits.max(-1, keepdim=True).values
     assert torch.equal(pred, logits.argmax(-1))
-    torch.testing.assert_close(prob, soft.amax(-1), rtol=1e-6, atol=0)
+    assert torch.equal(prob, torch.exp(logits - top).sum(-1).reciprocal())  # unclamped, bit for bit
+    if dtype == torch.float32:
+        torch.testing.assert_close(prob, torch.softmax(logits, dim=-1).amax(-1), rtol=1e-6, atol=0)

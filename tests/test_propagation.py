@@ -379,5 +379,7 @@ def test_most_likely_class_is_the_first_maximum_as_argmax_takes_it(b, k, h, w, s
     prob = torch.randint(0, 3, (b, k, h, w), generator=g).float() / 2  # many ties
     classes = torch.randperm(200, generator=g)[: b * k].view(b, k)
     known = torch.ones(b, h, w, dtype=torch.bool)
+    known[0] = seed % 2 == 0  # half the draws: a sample without a known pixel, all ignore_index
     expected = classes.gather(1, prob.argmax(1).flatten(1)).view(b, h, w)
-    assert torch.equal(most_likely_class(prob, classes, known), expected)
+    expected[0] = expected[0] if seed % 2 == 0 else IGNORE
+    assert torch.equal(most_likely_class(prob, classes, known, IGNORE), expected)
