@@ -383,3 +383,25 @@ def test_most_likely_class_is_the_first_maximum_as_argmax_takes_it(b, k, h, w, s
     expected = classes.gather(1, prob.argmax(1).flatten(1)).view(b, h, w)
     expected[0] = expected[0] if seed % 2 == 0 else IGNORE
     assert torch.equal(most_likely_class(prob, classes, known, IGNORE), expected)
+
+
+@given(st.integers(2, 12), st.integers(2, 12), st.sampled_from([4, 16]), st.integers(0, 99))
+def test_exact_walk_without_qdldl_falls_back_to_superlu_with_the_same_solution(h, w, connectivity, seed):
+    """Where ``qdldl`` is not installed (a source tree run on the GPU machine's image), SuperLU solves."""
+    import torch_label_mae.propagation as propagation
+
+    pytest.importorskip("qdldl", reason="qdldl is not installed here: SuperLU alone solves, nothing to compare")
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, h, w, generator=g)
+    label = torch.randint(0, 3, (1, h, w), generator=g)
+    known = torch.rand(1, h, w, generator=g) < 0.4
+    known[0, 0, 0] = True
+    kw = dict(solver="direct", connectivity=connectivity, color="lab", beta=2000.0)
+    ldl, _ = random_walk_probabilities(image, label, known, 3, **kw)
+    saved = propagation.qdldl
+    propagation.qdldl = None
+    try:
+        lu, _ = random_walk_probabilities(image, label, known, 3, **kw)
+    finally:
+        propagation.qdldl = saved
+    torch.testing.assert_close(lu, ldl, atol=1e-6, rtol=0)

@@ -35,11 +35,16 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import qdldl
 import scipy.sparse
+import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
+
+try:  # a dependency; a Python that runs the source tree without it (the GPU machine's image) gets SuperLU
+    import qdldl
+except ImportError:  # tests hide it to check SuperLU
+    qdldl = None
 
 DEFAULT_BETA = 2000.0  # chosen for scikit-image's random walker over 30..8000 (docs/training.md)
 DEFAULT_SWEEPS = 40  # relaxation sweeps from the nearest fill (docs/training.md: sweeps against the exact solve)
@@ -251,13 +256,26 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
         (n, h * w),
     )
     rhs = w_fk @ p[0].detach().cpu().double().flatten(1).numpy().T  # [n, K]: sum_{j known} w_ij p_j
-    # QDLDL releases the GIL, so a batch's samples factorise on parallel threads; on this symmetric system
-    # it is faster than SuperLU's LU, more so on two threads (docs/training.md, "The exact walk's solver")
-    factors = qdldl.Solver(upper, upper=True)
-    x = np.stack([factors.solve(np.ascontiguousarray(rhs[:, k])) for k in range(rhs.shape[1])])  # [K, n]
+    solve = _factorise(upper)
+    x = np.stack([solve(np.ascontiguousarray(rhs[:, k])) for k in range(rhs.shape[1])])  # [K, n]
     flat = p[0].view(p.shape[1], -1)  # [K, H*W], a view of p
     flat[:, f] = torch.from_numpy(x).to(p.dtype).to(p.device)
     return p
+
+
+def _factorise(upper: scipy.sparse.csc_matrix):
+    """The solver ``b [n] -> x [n]`` of ``A x = b``, ``A`` symmetric positive definite given by its upper
+    triangle (CSC, the diagonal included): QDLDL's LDL^T. QDLDL releases the GIL, so a batch's samples
+    factorise on parallel threads; on this system it is faster than SuperLU's LU, more so on two threads
+    (docs/training.md, "The exact walk's solver"). Without ``qdldl`` installed: SuperLU's LU of the whole
+    matrix, in a symmetric ordering without pivoting (the same solution, slower)."""
+    if qdldl is not None:
+        return qdldl.Solver(upper, upper=True).solve
+    whole = (upper + scipy.sparse.triu(upper, k=1).T).tocsc()
+    lu = scipy.sparse.linalg.splu(
+        whole, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+    )
+    return lu.solve
 
 
 def _solve_each(p, free, weights, counts: list[int], solver: str, sweeps: int, omega: float) -> None:
