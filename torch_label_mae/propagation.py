@@ -242,10 +242,12 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     a, b, weight = _edges(h, w, weights)
     degree = np.bincount(a, weight, h * w) + np.bincount(b, weight, h * w)
     free_a, free_b = fc[a], fc[b]
-    both = free_a & free_b  # an edge between two free pixels: one entry above the diagonal
+    # an edge between two free pixels: one entry above the diagonal, as b = a + offset comes after a in raster
+    # order (every offset points down, or right along a row) and index keeps that order
+    both = free_a & free_b
     ia, ib = index[a[both]], index[b[both]]
     diagonal = np.arange(n)
-    rows, cols = np.concatenate([np.minimum(ia, ib), diagonal]), np.concatenate([np.maximum(ia, ib), diagonal])
+    rows, cols = np.concatenate([ia, diagonal]), np.concatenate([ib, diagonal])
     upper = scipy.sparse.csc_matrix((np.concatenate([-weight[both], degree[fc]]), (rows, cols)), (n, n))  # L_ff
     out_a, out_b = free_a & ~free_b, free_b & ~free_a  # edges from a free pixel to a known one
     w_fk = scipy.sparse.csr_matrix(
