@@ -41,3 +41,37 @@ def test_scale_correction_writes_the_best_scale_and_scales_only_the_head(tmp_pat
     save_hub_files(LMAE(LMAEConfig(**TINY_MODEL, num_classes=4)), tmp_path / "plain")  # no prior
     with pytest.raises(SystemExit, match="needs a label prior"):
         scale_correction.main(["--model", str(tmp_path / "plain"), "--data", str(data)])
+
+
+def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, capsys):
+    import numpy as np
+    import torch
+    import train_combiner
+    from synth import make_dataset
+
+    from torch_label_mae.config import RandomWalkPrior
+    from torch_label_mae.data import degrade, read_image, read_label
+    from torch_label_mae.hub import save_hub_files
+    from torch_label_mae.model import LMAE
+
+    data = make_dataset(tmp_path / "data", splits=(("train", 4), ("val", 2)))
+    walk = RandomWalkPrior(solver="direct", connectivity=16, color="lab", beta=8000.0)
+    save_hub_files(LMAE(LMAEConfig(**TINY_MODEL, num_classes=4, prior=walk)), tmp_path / "init")
+    args = ["--init", str(tmp_path / "init"), "--data", str(data), "--images", "3", "--draws", "2", "--width", "8"]
+    args += ["--epochs", "2", "--batch", "256", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert train_combiner.main(args) == 0
+    assert "pixels from 6 labels" in capsys.readouterr().out and len(list((tmp_path / "cache").iterdir())) == 1
+    init = LabelCompleter.from_pretrained(str(tmp_path / "init"), device="cpu", precision="float32")
+    out = LabelCompleter.from_pretrained(str(tmp_path / "out"), device="cpu", precision="float32")
+    assert out.config.prior == RandomWalkPrior(**{**walk.__dict__, "combiner": 8})
+    state = out.model.state_dict()
+    for k, v in init.model.state_dict().items():  # the rest is the init model's, as stored (float16)
+        torch.testing.assert_close(state[k], v.half().float())
+    assert any(state[k].any() for k in state if k.startswith("prior_combiner.mlp.4"))  # it learned something
+    image, label = read_image(data / "val/images/val_000.jpg"), read_label(data / "val/labels/val_000.png")
+    broken, missing = degrade(label, 0.5, 8, seed=0, mode="blocks")
+    done = out.complete(image, broken).numpy()
+    assert np.array_equal(done[~missing.numpy()], broken.numpy()[~missing.numpy()])  # known pixels kept
+    assert train_combiner.main([*args[:-2], "--out", str(tmp_path / "again")]) == 0  # from the cache
+    again = LabelCompleter.from_pretrained(str(tmp_path / "again"), device="cpu").model.state_dict()
+    assert all(torch.equal(again[k], state[k]) for k in state)  # same seed, same cache: the same weights

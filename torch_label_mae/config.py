@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .combiner import NUM_FEATURES
 from .propagation import COLORS, CONNECTIVITIES, DEFAULT_BETA, DEFAULT_SWEEPS, SOLVERS
 
 CONFIG_VERSION = 2
@@ -41,6 +42,7 @@ MAX_NUM_PATCHES = 65536  # (H / p) * (W / p), e.g. a 256 x 256 grid
 MAX_PRIOR_SWEEPS = 100_000  # prior.sweeps
 MAX_PRIOR_BETA = 1e6  # prior.beta, in (0, 1e6]
 MAX_PRIOR_SCALE = 1e4  # prior.scale, None or in (0, 1e4]
+MAX_COMBINER_WIDTH = 1024  # prior.combiner: the prior combiner's hidden width, 0 (none) to 1024
 MAX_INDEX = 2**31 - 1  # ignore_index in [-2^31, 2^31 - 1] (an int32 label value)
 MAX_CLASS_NAME_LENGTH = 256  # characters of each class name
 MAX_ELEMENTS = 2_000_000_000  # parameters + buffers of the whole model (8 GB in float32)
@@ -57,6 +59,7 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "decoder_heads": (1, MAX_HEADS),
     "ignore_index": (-MAX_INDEX - 1, MAX_INDEX),
     "prior.sweeps": (0, MAX_PRIOR_SWEEPS),
+    "prior.combiner": (0, MAX_COMBINER_WIDTH),
 }
 """Inclusive ``[low, high]`` of every int field (``img_size``: :data:`MAX_IMG_SIZE`); ``prior.*``: of the
 prior section."""
@@ -134,7 +137,9 @@ class RandomWalkPrior:
     """The random walker's class probabilities (:mod:`torch_label_mae.propagation`), a soft prior:
     ``beta`` (edge sensitivity, scikit-image's), ``sweeps`` (over-relaxation sweeps from the nearest fill,
     solver ``"sor"``) or ``solver="direct"`` (exact, sparse LDL^T), the graph's ``connectivity`` (4, 8, 16)
-    and the ``color`` space of its edge weights (``"rgb"``, ``"lab"``). ``scale``: as :class:`NearestPrior`."""
+    and the ``color`` space of its edge weights (``"rgb"``, ``"lab"``). ``scale``: as :class:`NearestPrior`.
+    ``combiner``: the hidden width of the learned prior combiner (:mod:`torch_label_mae.combiner`), which
+    weighs the walk with each present class's colours and distances; 0: the walk alone."""
 
     kind: ClassVar[str] = "random_walk"
     scale: float | None = None
@@ -143,6 +148,7 @@ class RandomWalkPrior:
     solver: str = "sor"
     connectivity: int = 4
     color: str = "rgb"
+    combiner: int = 0
 
     def __post_init__(self):
         owner = "LMAEConfig.prior"
@@ -152,6 +158,7 @@ class RandomWalkPrior:
         _check_choice(owner, "solver", self.solver, SOLVERS)
         _check_choice(owner, "connectivity", self.connectivity, CONNECTIVITIES)
         _check_choice(owner, "color", self.color, COLORS)
+        _check_int(owner, "combiner", self.combiner, SIZE_LIMITS["prior.combiner"])
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **dataclasses.asdict(self)}
@@ -327,6 +334,8 @@ class LMAEConfig:
         total = (n * pp + 1) * de + linear(3 * pp, de) + self.encoder_depth * block(de) + 2 * de
         total += linear(de, dd) + (linear(3 * pp, dd) if self.ips else dd)
         total += ((n * pp + 1) * dd + 1) if self.prior is not None else 0
+        width = getattr(self.prior, "combiner", 0)
+        total += (linear(NUM_FEATURES, width) + linear(width, width) + linear(width, 1)) if width else 0
         total += self.decoder_depth * block(dd) + 2 * dd + linear(dd, pp * n) + length * (de + dd)
         return total
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .combiner import PriorCombiner
 from .config import NAMED_CONFIGS as NAMED_CONFIGS  # re-exported for train.py
 from .config import LMAEConfig
 from .fusion import normalize_image
@@ -47,11 +48,10 @@ class LMAE(nn.Module):
     """Label masked autoencoder.
 
     ``LMAE(cfg)(image [B,3,H,W] float, label [B,H,W] int64, hidden [B,L] bool) -> logits [B,N,H,W]``.
-    Unknown pixels of ``label`` must be ``ignore_index``: the encoder sees only the visible patches,
-    and the label prior (when on) is filled from every labelled pixel.
+    Unknown pixels of ``label`` must be ``ignore_index``: the encoder sees only the visible patches, and
+    the label prior (when on; a random walk's with ``prior_combiner``) is filled from every labelled pixel.
     Samples may hide different numbers of patches: visible tokens are padded to the batch's maximum
-    and padding is masked out of attention, which gives the same result as running them one by one.
-    """
+    and padding is masked out of attention, which gives the same result as running them one by one."""
 
     def __init__(self, config: LMAEConfig):
         super().__init__()
@@ -80,7 +80,6 @@ class LMAE(nn.Module):
             # default: start where the prior class gets probability 0.9; the head then learns corrections
             scale = c.prior.scale if c.prior.scale is not None else math.log(9.0 * max(n - 1, 1))
             self.prior_scale = nn.Parameter(torch.tensor(float(scale)))
-        self.prior = make_prior(c)  # None without a prior
         pos = torch.empty(c.num_patches, dd) if meta else sincos_pos_embed(dd, c.grid)
         self.register_buffer("decoder_pos_embed", pos, persistent=False)
         self.decoder_blocks = nn.ModuleList([Block(dd, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth)])
@@ -89,6 +88,8 @@ class LMAE(nn.Module):
         self.apply(self._init_weights)
         if c.prior is not None:  # start exactly at the prior; learning moves away from it where it helps
             nn.init.zeros_(self.head.weight)
+        self.prior_combiner = PriorCombiner(c.prior.combiner) if getattr(c.prior, "combiner", 0) else None
+        self.prior = make_prior(c, self.prior_combiner)  # None without a prior
 
     @staticmethod
     def state_shapes(config: LMAEConfig) -> dict[str, tuple[int, ...]]:

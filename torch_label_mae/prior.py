@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from .combiner import PriorCombiner
 from .config import LMAEConfig, RandomWalkPrior
 from .propagation import most_likely_class, nearest_fill, random_walk_probabilities
 
@@ -80,7 +81,13 @@ class NearestFill:
 
 class RandomWalk(NearestFill):
     """Soft prior: the random walker's class probabilities (:mod:`torch_label_mae.propagation`), with
-    the graph and solver of its config section. Needs the image at the label's size."""
+    the graph and solver of its config section, refined by ``combiner`` (the model's
+    :class:`~torch_label_mae.combiner.PriorCombiner`) when given and the section's ``combiner`` is not 0.
+    Needs the image at the label's size."""
+
+    def __init__(self, config: LMAEConfig, combiner: PriorCombiner | None = None):
+        super().__init__(config)
+        self.combiner = combiner
 
     def __call__(self, label: torch.Tensor, known=None, image=None) -> LabelPrior:
         if image is None or tuple(image.shape[-2:]) != tuple(label.shape[-2:]):
@@ -101,13 +108,21 @@ class RandomWalk(NearestFill):
             connectivity=s.connectivity,
             color=s.color,
         )  # [B, K, H, W], [B, K]
+        if self.combiner is not None and s.combiner:
+            img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+            valid = prob.flatten(2).any(2)  # [B, K]: a present class has its own known pixels at 1
+            with torch.autocast(image.device.type, enabled=False):
+                prob = self.combiner.refine(img, label, known, prob, index, valid)
         classes = most_likely_class(prob, index, known, self.config.ignore_index)
         return LabelPrior(classes, prob, index[:, :, None, None])
 
 
-def make_prior(config: LMAEConfig) -> NearestFill | None:
-    """The prior ``config.prior`` describes (None: no prior). It reads its section at each call, so a
-    completer's ``config.prior`` may be replaced (e.g. fewer sweeps) without rebuilding the model."""
+def make_prior(config: LMAEConfig, combiner: PriorCombiner | None = None) -> NearestFill | None:
+    """The prior ``config.prior`` describes (None: no prior), a random walk refined by ``combiner`` when
+    given. It reads its section at each call, so a completer's ``config.prior`` may be replaced (e.g. fewer
+    sweeps, or ``combiner=0`` for the walk alone) without rebuilding the model."""
     if config.prior is None:
         return None
-    return (RandomWalk if isinstance(config.prior, RandomWalkPrior) else NearestFill)(config)
+    if isinstance(config.prior, RandomWalkPrior):
+        return RandomWalk(config, combiner)
+    return NearestFill(config)

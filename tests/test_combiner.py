@@ -1,0 +1,193 @@
+"""The prior combiner (combiner.py): its features, its invariants and its place in the random-walk prior."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from synth import TINY_MODEL
+
+from torch_label_mae import LMAEConfig
+from torch_label_mae.combiner import NUM_FEATURES, PriorCombiner, appearance, distances, features
+from torch_label_mae.config import RandomWalkPrior
+from torch_label_mae.model import LMAE
+from torch_label_mae.propagation import random_walk_probabilities
+
+WALK = dict(beta=8000.0, solver="direct", connectivity=16, color="lab")
+
+
+@st.composite
+def samples(draw):
+    """``(image [3, H, W] float, label [H, W] int64 with 255 unknown, known [H, W])``: 2-4 classes, each
+    with known pixels, on an image whose colours follow the classes (with noise)."""
+    h, w = draw(st.integers(6, 20)), draw(st.integers(6, 20))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    k = draw(st.integers(2, 4))
+    truth = np.minimum((np.arange(w) * k) // w, k - 1)[None].repeat(h, 0)  # vertical bands
+    ids = rng.permutation(250)[:k]
+    colours = rng.random((k, 3))
+    image = np.clip(colours[truth].transpose(2, 0, 1) + 0.05 * rng.standard_normal((3, h, w)), 0, 1)
+    known = rng.random((h, w)) < draw(st.sampled_from([0.2, 0.5, 0.8]))
+    for c in range(k):  # every class keeps a known pixel
+        ys, xs = np.nonzero(truth == c)
+        j = rng.integers(len(ys))
+        known[ys[j], xs[j]] = True
+    label = np.where(known, ids[truth], 255)
+    return torch.from_numpy(image).float(), torch.from_numpy(label).long(), torch.from_numpy(known)
+
+
+def walk(image, label, known):
+    prob, index = random_walk_probabilities(image[None], label[None], known[None], 256, **WALK)
+    return prob, index, prob.flatten(2).any(2)
+
+
+def trained_combiner(width: int = 8, seed: int = 0) -> PriorCombiner:
+    """A combiner whose MLP is not zero (so it changes the walk)."""
+    torch.manual_seed(seed)
+    c = PriorCombiner(width)
+    for p in c.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return c.eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples())
+def test_features_shape_and_finite(sample):
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    k = int(valid[0].sum())
+    f = features(image, label, known, prob[0, :k], index[0, :k])
+    assert f.shape == (int((~known).sum()), k, NUM_FEATURES) and f.dtype == torch.float32
+    assert torch.isfinite(f).all()
+    assert (f[..., 1] <= 0).all() and (f[..., 3] <= 0).all() and (f[..., 5] >= 0).all()  # relative features
+    torch.testing.assert_close(f[..., 9], torch.full_like(f[..., 9], math.log(k)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples(), st.data())
+def test_permuting_the_classes_permutes_the_combined_probabilities(sample, data):
+    """Any class list, any order: relabelling the classes by a bijection relabels the output alike."""
+    image, label, known = sample
+    ids = sorted(set(label[known].tolist()))
+    new_ids = data.draw(st.permutations(list(range(250))))[: len(ids)]
+    relabel = torch.full((256,), 255, dtype=torch.long)
+    relabel[torch.tensor(ids)] = torch.tensor(new_ids)
+    other = relabel[label]
+    combiner = trained_combiner()
+    out = []
+    for lab in (label, other):
+        prob, index, valid = walk(image, lab, known)
+        refined = combiner.refine(image[None], lab[None], known[None], prob, index, valid)[0]
+        k = int(valid[0].sum())
+        out.append({int(c): refined[j] for j, c in enumerate(index[0, :k].tolist())})
+    for c, p in out[0].items():
+        torch.testing.assert_close(out[1][int(relabel[c])], p, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples())
+def test_refine_keeps_known_pixels_and_gives_distributions_over_present_classes(sample):
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    # a padded, absent class slot in a batch of two: it must stay at zero
+    prob2 = torch.cat([prob, torch.zeros_like(prob[:, :1])], 1)
+    index2 = torch.cat([index, torch.zeros_like(index[:, :1])], 1)
+    valid2 = torch.cat([valid, torch.zeros_like(valid[:, :1])], 1)
+    refined = trained_combiner().refine(image[None], label[None], known[None], prob2, index2, valid2)
+    assert torch.equal(refined[0][:, known], prob2[0][:, known])  # known pixels: untouched
+    assert (refined[0, -1] == 0).all()  # the absent slot
+    torch.testing.assert_close(refined[0].sum(0), torch.ones(label.shape))
+    assert (refined >= 0).all()
+    assert torch.equal(prob2, torch.cat([prob, torch.zeros_like(prob[:, :1])], 1))  # input not modified
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples())
+def test_a_new_combiner_is_the_walk(sample):
+    """The MLP's last layer starts at zero: the combined classes are the walk's."""
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    refined = PriorCombiner(16).refine(image[None], label[None], known[None], prob, index, valid)
+    p = prob[0][:, ~known].clamp(min=1e-6)
+    torch.testing.assert_close(refined[0][:, ~known], p / p.sum(0), atol=1e-6, rtol=1e-5)
+
+
+def test_distances_are_exact_and_scaled_to_the_reference_size():
+    rng = np.random.default_rng(0)
+    own = torch.from_numpy(rng.random((2, 30, 40)) < 0.05)
+    free = torch.from_numpy(rng.random((30, 40)) < 0.5)
+    d = distances(own, free)
+    scale = 224 / math.sqrt(30 * 40)
+    for k in range(2):
+        np.testing.assert_allclose(
+            d[k].numpy(), ndimage.distance_transform_edt(~own[k].numpy())[free.numpy()] * scale, rtol=1e-6
+        )
+    empty = distances(torch.zeros(1, 30, 40, dtype=torch.bool), free)
+    assert (empty == 448).all()  # a class without pixels: far beyond any hole
+
+
+def test_appearance_separates_classes_by_colour():
+    image = torch.zeros(3, 8, 8)
+    image[0, :, :4] = 1.0  # red left half, black right half
+    own = torch.zeros(2, 8, 8, dtype=torch.bool)
+    own[0, 0, 0] = own[1, 0, 7] = True
+    post = appearance(image, own)
+    torch.testing.assert_close(post.sum(0), torch.ones(8, 8))
+    assert (post[0, :, :4] > 0.9).all() and (post[1, :, 4:] > 0.9).all()
+
+
+def test_config_validates_and_round_trips_the_combiner():
+    for bad in (-1, 1025, 1.5, True):
+        with pytest.raises(ValueError, match="combiner"):
+            RandomWalkPrior(combiner=bad)
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=RandomWalkPrior(solver="direct", combiner=8))
+    assert LMAEConfig.from_dict(cfg.to_dict()) == cfg
+    model = LMAE(cfg)
+    assert cfg.num_elements() == sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+    assert LMAE.state_shapes(cfg)["prior_combiner.mlp.0.weight"] == (8, NUM_FEATURES)
+    plain = dataclasses.replace(cfg, prior=RandomWalkPrior(solver="direct"))
+    assert not any(k.startswith("prior_combiner") for k in LMAE.state_shapes(plain))
+
+
+def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=RandomWalkPrior(**WALK, combiner=8))
+    model = LMAE(cfg).eval()
+    with torch.no_grad():
+        for p in model.prior_combiner.parameters():
+            torch.nn.init.normal_(p, std=2.0, generator=torch.Generator().manual_seed(1))
+    rng = np.random.default_rng(3)
+    s = cfg.img_size
+    image = torch.from_numpy(rng.random((1, 3, s, s))).float()
+    label = torch.from_numpy(rng.integers(0, 4, (1, s, s)))
+    known = torch.from_numpy(rng.random((1, s, s)) < 0.3)
+    broken = torch.where(known, label, 255)
+    combined = model.prior(broken, image=image)
+    model.config.prior = dataclasses.replace(cfg.prior, combiner=0)
+    alone = model.prior(broken, image=image)
+    prob, _, _ = walk(image[0], broken[0], known[0])
+    torch.testing.assert_close(alone.prob, prob)
+    assert not torch.allclose(combined.prob, alone.prob)
+    assert torch.equal(combined.prob[..., known[0]], alone.prob[..., known[0]])
+
+
+@settings(max_examples=10, deadline=None)
+@given(samples())
+def test_the_mlp_in_chunks_gives_the_same_probabilities(sample):
+    import torch_label_mae.combiner as combiner_module
+
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    combiner = trained_combiner()
+    whole = combiner.refine(image[None], label[None], known[None], prob, index, valid)
+    chunk, combiner_module.CHUNK = combiner_module.CHUNK, 7
+    try:
+        parts = combiner.refine(image[None], label[None], known[None], prob, index, valid)
+    finally:
+        combiner_module.CHUNK = chunk
+    torch.testing.assert_close(parts, whole)

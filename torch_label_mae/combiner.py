@@ -1,0 +1,153 @@
+"""The prior combiner: a learned, class-agnostic refinement of the random-walk prior.
+
+The random walk decides each unknown pixel from colour steps between neighbours alone. Two other
+pieces of evidence that any label carries, whatever its classes, are left unused: how each present
+class *looks* in this image (the colours of its known pixels) and how *far* each class's known pixels
+are. The combiner weighs the three per pixel and per present class:
+
+    logit_k(x) = log P_walk(k | x) + MLP(features_k(x))           softmax over the classes present
+
+with one small MLP shared by every class (so any class list, any order: permuting the classes permutes
+the output), whose last layer starts at zero (so it starts as the walk). The features of class ``k`` at
+an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
+
+0. ``log P_walk(k | x)`` and 1. minus its maximum over the classes;
+2. ``log A(k | x)``, the class posterior of ``x``'s colour under per-class colour histograms of the
+   known pixels (:func:`appearance`), and 3. minus its maximum;
+4. ``log(1 + d_k(x))``, ``d_k`` the distance to the nearest known pixel of ``k`` (in pixels of a
+   224 x 224 image: scaled by ``224 / sqrt(H W)``), and 5. minus its minimum;
+6. the log share of ``k`` among the known pixels; 7. the walk's entropy at ``x``; 8. ``log(1 + d(x))``,
+   the distance to the nearest known pixel; 9. the log number of classes present.
+
+None of them names a class. What it was trained on and measured is in ``docs/training.md`` ("The prior
+combiner").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
+from torch import nn
+
+from .propagation import rgb_to_lab
+
+NUM_FEATURES = 10
+BINS = 16  # colour histogram bins per L*a*b* channel, over each image's own range
+SIGMA = 1.0  # Gaussian smoothing of the histograms, in bins
+REFERENCE_SIDE = 224  # distances are measured in pixels of an image of this many pixels' area side
+MIN_PROB = 1e-6  # probabilities are clipped here before their logarithm
+CHUNK = 1 << 16  # pixels per pass of the MLP (its hidden activations are [CHUNK, K, width])
+
+
+class PriorCombiner(nn.Module):
+    """``MLP: [.., NUM_FEATURES] -> [..]`` added to the walk's log-probability (feature 0): the logit of a
+    class at a pixel. ``width``: the MLP's hidden width (two hidden layers)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(NUM_FEATURES, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)  # start as the walk
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``feats [N, K, F]`` -> logits ``[N, K]`` (softmax over ``K``: the combined probabilities)."""
+        return feats[..., 0] + self.mlp(feats).squeeze(-1)
+
+    @torch.no_grad()
+    def refine(self, image, label, known, prob, index, valid) -> torch.Tensor:
+        """The walk's probabilities ``prob [B, K, H, W]`` of the classes ``index [B, K]`` (``valid [B, K]``)
+        replaced on the unknown pixels by the combined ones (a new tensor; known pixels keep theirs).
+        ``image [B, 3, H, W]`` float in [0, 1], ``label [B, H, W]``, ``known [B, H, W]`` bool."""
+        out = prob.clone()
+        for i in range(prob.shape[0]):
+            k = int(valid[i].sum())
+            free = ~known[i]
+            if k < 2 or not bool(free.any()):
+                continue
+            cpu = (t[i].cpu() for t in (image, label, known))  # the features are computed on the CPU
+            feats = features(*cpu, prob[i, :k].cpu(), index[i, :k].cpu())  # [n, K, F]
+            weight = self.mlp[0].weight
+            logits = [self(part.to(weight.device, weight.dtype)) for part in feats.split(CHUNK)]  # [n, K]
+            out[i, :k, free] = torch.cat(logits).float().softmax(-1).T.to(out)
+        return out
+
+
+def features(image, label, known, prob, classes) -> torch.Tensor:
+    """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
+    (raster order) and its ``K`` present ``classes [K]``: ``image [3, H, W]`` float in [0, 1],
+    ``label [H, W]``, ``known [H, W]`` bool, the walk's ``prob [K, H, W]``."""
+    free = ~known
+    p = prob[:, free].float().clamp(min=MIN_PROB)
+    lw = (p / p.sum(0, keepdim=True)).log().T  # [n, K]
+    own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
+    lq = appearance(image, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
+    dist = distances(own, free).T  # [n, K]
+    ld = dist.log1p()
+    share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
+    n, k = lw.shape
+    entropy = -(lw.exp() * lw).sum(1, keepdim=True)  # [n, 1]
+    cols = [
+        lw,
+        lw - lw.max(1, keepdim=True).values,
+        lq,
+        lq - lq.max(1, keepdim=True).values,
+        ld,
+        ld - ld.min(1, keepdim=True).values,
+        share.clamp(min=1e-12).log().expand(n, k),
+        entropy.expand(n, k),
+        dist.min(1, keepdim=True).values.log1p().expand(n, k),
+        torch.full((n, k), math.log(k)),
+    ]
+    return torch.stack(cols, -1)  # [n, K, F]
+
+
+def appearance(image: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The class posterior ``[K, H, W]`` of each pixel's colour under per-class colour histograms of the
+    pixels ``own [K, H, W]`` (bool; class ``k``'s known pixels), classes equally likely a priori.
+    Histograms: ``BINS`` per L*a*b* channel over the image's own range, smoothed by a Gaussian of
+    ``SIGMA`` bins."""
+    lab = rgb_to_lab(image.float().unsqueeze(0))[0]  # [3, H, W]
+    lo = lab.flatten(1).min(1).values.view(3, 1, 1)
+    hi = lab.flatten(1).max(1).values.view(3, 1, 1)
+    q = ((lab - lo) / (hi - lo).clamp(min=1e-6) * BINS).long().clamp(0, BINS - 1)
+    bin_of = ((q[0] * BINS + q[1]) * BINS + q[2]).flatten()  # [HW]
+    k = own.shape[0]
+    hist = torch.zeros(k, BINS**3)
+    hist.scatter_add_(1, bin_of.expand(k, -1), own.flatten(1).float())
+    hist = _smooth(hist.view(k, 1, BINS, BINS, BINS)).view(k, -1)
+    like = (hist + 1e-3 / BINS**3) / (hist.sum(1, keepdim=True) + 1e-3)  # [K, bins]: a density over the bins
+    post = like[:, bin_of]  # [K, HW]
+    return (post / post.sum(0, keepdim=True)).view(own.shape)
+
+
+def _smooth(hist: torch.Tensor) -> torch.Tensor:
+    """``hist [K, 1, D, D, D]`` convolved along each axis with a Gaussian of ``SIGMA`` (replicated edges)."""
+    r = int(2 * SIGMA + 0.5)
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = (-(t**2) / (2 * SIGMA**2)).exp()
+    g = g / g.sum()
+    for axis in range(3):
+        shape, pad = [1, 1, 1, 1, 1], [0] * 6
+        shape[2 + axis] = len(g)
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+        hist = F.conv3d(F.pad(hist, pad, mode="replicate"), g.view(shape))
+    return hist
+
+
+def distances(own: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``[K, n]``: from each of the ``free [H, W]`` pixels to the nearest pixel of each ``own [K, H, W]``
+    map (exact Euclidean), in pixels of an image of ``REFERENCE_SIDE`` squared pixels."""
+    h, w = free.shape
+    scale = REFERENCE_SIDE / math.sqrt(h * w)
+    maps = own.cpu().numpy()
+    f = free.cpu().numpy()
+    out = np.empty((maps.shape[0], int(f.sum())), dtype=np.float32)
+    for k, m in enumerate(maps):
+        out[k] = distance_transform_edt(~m)[f] * scale if m.any() else 2.0 * REFERENCE_SIDE
+    return torch.from_numpy(out)
