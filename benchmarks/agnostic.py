@@ -1,7 +1,8 @@
 """A class-agnostic completer against the classical anchors, on the same holes, over several hole draws.
 
 For each dataset and mask ratio: the model (``--model``: a name, folder or several, e.g. ``any-m0.5`` and
-a leave-out model), its random-walk prior alone, the tuned random walker (scikit-image, beta 2000), the
+a leave-out model), its label prior alone (no learned correction), its random walk alone (neither the
+correction nor the prior combiner; models with a combiner), the tuned random walker (scikit-image, beta 2000), the
 project's exact 16-connected L*a*b* walk and nearest fill. PA-mIoU counts the hidden pixels of every
 draw together; the spread is the lowest and highest draw. Run (benchmark-only dependencies:
 ``pip install -e ".[bench]"``)::
@@ -15,6 +16,7 @@ Prints one table per dataset and protocol; ``--json`` writes every figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -25,7 +27,7 @@ from torch_label_mae.completer import with_correction
 from torch_label_mae.data import FolderDataset
 from torch_label_mae.evaluate import completer_method, evaluate, nearest_fill_method, walk_method
 
-ANCHORS = ("prior", "rw", "walk16", "nearest")
+ANCHORS = ("prior", "walk", "rw", "walk16", "nearest")
 
 
 def methods_for(models: list[str], anchors: list[str]) -> dict:
@@ -35,6 +37,10 @@ def methods_for(models: list[str], anchors: list[str]) -> dict:
         out[name] = completer_method(c)
         if "prior" in anchors and name == models[0]:
             out[f"prior of {name}"] = completer_method(with_correction(c, 0.0))
+        if "walk" in anchors and name == models[0] and getattr(c.config.prior, "combiner", 0):
+            walk = with_correction(c, 0.0)  # its random walk alone: no correction, no combiner
+            walk.config.prior = dataclasses.replace(walk.config.prior, combiner=0)
+            out[f"walk of {name}"] = completer_method(walk)
     if "rw" in anchors:
         out["random walker b2000"] = random_walker(2000.0)
     if "walk16" in anchors:
