@@ -8,7 +8,7 @@
   label prior of the ``-rw`` models), ``--sweeps`` relaxation sweeps from the nearest fill, or solved
   exactly with ``--solver direct``; ``--connectivity 8|16 --color lab``: on the 8- or 16-connected
   graph with colour steps in L*a*b* (16: the graph of ``ccp-rw-m0.5``);
-- ``--walk-model MODEL``: a model's random-walk prior alone (with its learned edge weights, if any).
+- ``--walk-model MODEL``: a model's random walk alone (without its learned correction and prior combiner).
 
 Run (benchmark-only dependencies: ``pip install -e ".[bench]"``)::
 
@@ -21,6 +21,7 @@ Prints PA-mIoU, mIoU, pixel accuracy and images/s per method and writes JSON wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -34,14 +35,15 @@ __all__ = ["model_walk", "nearest_fill", "random_walker", "torch_random_walk"]
 
 
 def model_walk(model: str):
-    """The random-walk prior of a model alone (its learned edge weights, if it has them, and its sweeps),
-    without the model's correction: what the learned weights are worth by themselves."""
+    """The random walk of a model alone (its graph, beta and solver), without the model's correction and
+    prior combiner."""
     from torch_label_mae import LabelCompleter
 
     m = LabelCompleter.from_pretrained(model, device="cpu", precision="float32").model
     kind = m.config.prior.kind if m.config.prior is not None else None
     if kind != "random_walk":
         raise SystemExit(f"--walk-model {model}: its prior is {kind!r}, not a random walk")
+    m.config.prior = dataclasses.replace(m.config.prior, combiner=0)  # the walk alone, without a prior combiner
 
     @torch.inference_mode()
     def method(images, labels, missing):

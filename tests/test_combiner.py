@@ -191,3 +191,41 @@ def test_the_mlp_in_chunks_gives_the_same_probabilities(sample):
     finally:
         combiner_module.CHUNK = chunk
     torch.testing.assert_close(parts, whole)
+
+
+@settings(max_examples=10, deadline=None)
+@given(samples(), samples())
+def test_a_batch_equals_its_samples_one_by_one(one, two):
+    """Samples of different sizes of class list in one batch (the shorter padded), and a uint8 image."""
+    combiner = trained_combiner()
+    h, w = min(one[0].shape[1], two[0].shape[1]), min(one[0].shape[2], two[0].shape[2])
+    crop = [tuple(t[..., :h, :w] for t in s) for s in (one, two)]
+    image = torch.stack([c[0] for c in crop])
+    label, known = torch.stack([c[1] for c in crop]), torch.stack([c[2] for c in crop])
+    known = known & (label != 255)
+    prob, index = random_walk_probabilities(image, label, known, 256, **WALK)
+    valid = prob.flatten(2).any(2)
+    batch = combiner.refine(image, label, known, prob, index, valid)
+    for i in range(2):
+        alone = combiner.refine(image[i : i + 1], label[i : i + 1], known[i : i + 1], prob[i : i + 1],
+                                index[i : i + 1], valid[i : i + 1])  # fmt: skip
+        torch.testing.assert_close(batch[i : i + 1], alone)
+    as_uint8 = (image * 255).round().to(torch.uint8)
+    from_uint8 = combiner.refine(as_uint8, label, known, prob, index, valid)
+    from_float = combiner.refine(as_uint8.float() / 255, label, known, prob, index, valid)
+    torch.testing.assert_close(from_uint8, from_float)
+
+
+def test_one_class_or_nothing_unknown_leaves_the_walk_as_it_is():
+    combiner = trained_combiner()
+    image = torch.rand(1, 3, 8, 8)
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    for known in (torch.rand(1, 8, 8) < 0.5, torch.ones(1, 8, 8, dtype=torch.bool)):
+        lab = torch.where(known, label, 255)
+        if known.all():
+            lab[0, :, 4:] = 3  # two classes, every pixel known
+        prob, index = random_walk_probabilities(image, lab, known, 256, **WALK)
+        valid = prob.flatten(2).any(2)
+        assert torch.equal(combiner.refine(image, lab, known, prob, index, valid), prob)
+    with pytest.raises(ValueError, match="present classes must come first"):
+        combiner.refine(image, lab, known, prob, index, torch.tensor([[False, True]]))

@@ -32,9 +32,21 @@ def test_every_hub_config_is_written_out_in_full_as_the_current_version(name):
     new_file = ROOT / "hub" / name / "config.json"
     new = LMAEConfig.from_json(new_file)
     assert new.version == CONFIG_VERSION and new.prior is not None
-    # written out in full: exactly what to_dict gives, every option of the prior section present
+    # written out in full: exactly what to_dict gives, every option of the prior section present (a random
+    # walk's "combiner" only when it has one: without, the section stays what releases before it read)
     assert json.loads(new_file.read_text()) == new.to_dict()
-    assert set(new.to_dict()["prior"]) == {"kind", *(f for f in type(new.prior).__dataclass_fields__)}
+    unused = set() if getattr(new.prior, "combiner", 1) else {"combiner"}
+    assert set(new.to_dict()["prior"]) == {"kind", *(f for f in type(new.prior).__dataclass_fields__)} - unused
+
+
+def test_a_walk_without_a_combiner_writes_no_combiner_key_and_reads_back():
+    from torch_label_mae.config import RandomWalkPrior
+
+    assert "combiner" not in RandomWalkPrior().to_dict()
+    assert RandomWalkPrior(combiner=16).to_dict()["combiner"] == 16
+    for prior in (RandomWalkPrior(), RandomWalkPrior(combiner=16)):
+        cfg = LMAEConfig(num_classes=3, prior=prior)
+        assert LMAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_camvid_walk_config_that_omitted_keys_takes_the_version_1_defaults():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -239,21 +240,26 @@ def test_guard_warns_when_the_model_is_below_its_prior(tmp_path):
     assert state["best_metrics"]["prior_pa_miou"] == log[0]["prior_pa_miou"]
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_prior_from_the_workers_equals_the_models_own(tmp_path, soft):
+@pytest.mark.parametrize("soft, combiner", [(False, 0), (True, 0), (True, 8)])
+def test_prior_from_the_workers_equals_the_models_own(tmp_path, soft, combiner):
     from torch_label_mae.model import LMAE, LMAEConfig
     from torch_label_mae.train import TrainSamples, collate
 
     kind = dict(prior_kind="random_walk", prior_sweeps=3) if soft else {}
     mcfg = LMAEConfig.tiny(**{**TINY, **kind, "num_classes": 4})
+    if combiner:  # the prior combiner refines the walk: the workers must use the model's own
+        mcfg = dataclasses.replace(mcfg, prior=dataclasses.replace(mcfg.prior, combiner=combiner))
     torch.manual_seed(0)
     model = LMAE(mcfg).eval()
     torch.nn.init.normal_(model.head.weight, std=0.1)
+    for p in model.prior_combiner.parameters() if combiner else ():
+        torch.nn.init.normal_(p, std=0.5)
     g = torch.Generator().manual_seed(0)
     pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(3)]  # fmt: skip
     pairs[1][1][:, :30] = 2  # fewer classes in one sample: a soft prior's K differs per sample
-    batch = collate([TrainSamples(pairs, TrainConfig(), mcfg)[i] for i in range(3)])
+    samples = TrainSamples(pairs, TrainConfig(), mcfg, combiner=model.prior_combiner)
+    batch = collate([samples[i] for i in range(3)])
     img, known, hidden = batch["image"].float() / 255, batch["known"].long(), batch["hidden"]
     from torch_label_mae.train import LabelPrior
 
@@ -434,20 +440,26 @@ def test_several_roots_need_class_agnostic(tmp_path):
         train(_cfg(str(a), tmp_path / "run", class_agnostic=True, loss="balanced", max_steps=1))
 
 
-@given(seed=st.integers(0, 2**16), connectivity=st.sampled_from([4, 16]))
+@given(seed=st.integers(0, 2**16), connectivity=st.sampled_from([4, 16]), combiner=st.sampled_from([0, 8]))
 @settings(max_examples=15, deadline=None)
-def test_pooled_samples_reuse_their_prior_and_flip_exactly(seed, connectivity):
+def test_pooled_samples_reuse_their_prior_and_flip_exactly(seed, connectivity, combiner):
     from torch_label_mae.model import LMAE, LMAEConfig
     from torch_label_mae.train import LabelPrior, TrainSamples, collate, flip_sample
 
     kind = dict(prior_kind="random_walk", prior_solver="direct", prior_connectivity=connectivity)
     mcfg = LMAEConfig.tiny(**{**TINY, **kind, "num_classes": 4})
+    if combiner:  # the combined prior is mirrored exactly too (every feature is)
+        mcfg = dataclasses.replace(mcfg, prior=dataclasses.replace(mcfg.prior, combiner=combiner))
     model = LMAE(mcfg).eval()
     torch.nn.init.normal_(model.head.weight, std=0.1)
+    for p in model.prior_combiner.parameters() if combiner else ():
+        torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed)
     pairs = [(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
               torch.randint(0, 4, (40, 48), dtype=torch.uint8, generator=g)) for _ in range(2)]  # fmt: skip
-    samples = TrainSamples(pairs, TrainConfig(mask_pool=2, seed=seed), mcfg, seed=seed, with_prior=False)
+    samples = TrainSamples(
+        pairs, TrainConfig(mask_pool=2, seed=seed), mcfg, seed=seed, with_prior=False, combiner=model.prior_combiner
+    )
     items = [samples[i % 2] for i in range(8)]
     assert len(samples.pool) <= 4  # two samples per image, drawn once
     first = next(iter(samples.pool.values()))

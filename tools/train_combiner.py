@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -116,7 +118,11 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     rows = []
     for root in a.data:
-        cached = Path(a.cache) / f"{Path(root).name}-{a.images}-{a.draws}-{a.pixels}-{a.seed}.pt" if a.cache else None
+        key = json.dumps(
+            [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed]
+        )  # what the rows depend on
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        cached = Path(a.cache) / f"{Path(root).name}-{digest}.pt" if a.cache else None
         if cached is not None and cached.exists():
             rows += torch.load(cached, weights_only=True)
             continue

@@ -26,6 +26,7 @@ combiner").
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +46,8 @@ CHUNK = 4096  # pixels per pass of the MLP: its activations [CHUNK, K, width] st
 
 class PriorCombiner(nn.Module):
     """``MLP: [.., NUM_FEATURES] -> [..]`` added to the walk's log-probability (feature 0): the logit of a
-    class at a pixel. ``width``: the MLP's hidden width (two hidden layers)."""
+    class at a pixel. ``width``: the MLP's hidden width (two hidden layers). In an :class:`LMAE` it is
+    frozen (trained apart, by ``tools/train_combiner.py``)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -55,64 +57,110 @@ class PriorCombiner(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)  # start as the walk
         nn.init.zeros_(self.mlp[-1].bias)
 
+    @classmethod
+    def frozen(cls, width: int) -> PriorCombiner | None:
+        """A combiner of hidden ``width`` without gradients, as an :class:`LMAE` holds it; None for 0."""
+        return cls(width).requires_grad_(False) if width else None
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``feats [N, K, F]`` -> logits ``[N, K]`` (softmax over ``K``: the combined probabilities)."""
-        return feats[..., 0] + self.mlp(feats).squeeze(-1)
+        """``feats [N, K, F]`` -> logits ``[N, K]`` float32 (softmax over ``K``: the combined probabilities);
+        the MLP runs in its weights' dtype, the walk's term stays in ``feats``' precision."""
+        weight = self.mlp[0].weight
+        return feats[..., 0].float() + self.mlp(feats.to(weight.dtype)).squeeze(-1).float()
 
     @torch.no_grad()
-    def refine(self, image, label, known, prob, index, valid) -> torch.Tensor:
-        """The walk's probabilities ``prob [B, K, H, W]`` of the classes ``index [B, K]`` (``valid [B, K]``)
-        replaced on the unknown pixels by the combined ones (a new tensor; known pixels keep theirs).
-        ``image [B, 3, H, W]`` float in [0, 1], ``label [B, H, W]``, ``known [B, H, W]`` bool."""
+    def refine(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        known: torch.Tensor,
+        prob: torch.Tensor,
+        index: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """The walk's probabilities ``prob [B, K, H, W]`` of the classes ``index [B, K]`` (``valid [B, K]``:
+        each sample's present classes first, as :func:`~torch_label_mae.propagation.present_classes` gives
+        them) replaced on the unknown pixels by the combined ones: a new tensor; known pixels and absent
+        classes keep theirs. ``image [B, 3, H, W]`` (uint8, or float in [0, 1]), ``label [B, H, W]``,
+        ``known [B, H, W]`` bool. The features are computed on the CPU, the MLP where its weights are, on
+        ``CHUNK`` pixels at a time."""
         out = prob.clone()
+        device = self.mlp[0].weight.device
         for i in range(prob.shape[0]):
             k = int(valid[i].sum())
+            if not bool(valid[i, :k].all()):
+                raise ValueError(f"refine: sample {i}'s present classes must come first in valid, got {valid[i]}")
             free = ~known[i]
             if k < 2 or not bool(free.any()):
                 continue
-            cpu = (t[i].cpu() for t in (image, label, known))  # the features are computed on the CPU
-            feats = features(*cpu, prob[i, :k].cpu(), index[i, :k].cpu())  # [n, K, F]
-            weight = self.mlp[0].weight
-            logits = [self(part.to(weight.device, weight.dtype)) for part in feats.split(CHUNK)]  # [n, K]
-            out[i, :k, free] = torch.cat(logits).float().softmax(-1).T.to(out)
+            cpu = (t[i].cpu() for t in (image, label, known))
+            ev = evidence(*cpu, prob[i, :k].cpu(), index[i, :k].cpu())
+            n = ev.lw.shape[0]
+            logits = [self(ev.features(slice(s, s + CHUNK)).to(device)) for s in range(0, n, CHUNK)]  # [n, K]
+            out[i, :k, free] = torch.cat(logits).softmax(-1).T.to(out)
         return out
 
 
-def features(image, label, known, prob, classes) -> torch.Tensor:
-    """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
-    (raster order) and its ``K`` present ``classes [K]``: ``image [3, H, W]`` float in [0, 1],
-    ``label [H, W]``, ``known [H, W]`` bool, the walk's ``prob [K, H, W]``."""
+class Evidence(NamedTuple):
+    """What one sample's label says about its ``n`` unknown pixels (raster order) and ``K`` present
+    classes: the walk's log-probability ``lw [n, K]``, the colour's log-posterior ``lq [n, K]`` (see
+    :func:`appearance`), the distance to each class's known pixels ``dist [n, K]`` (see
+    :func:`distances`), the log share of each class among the known pixels ``log_share [K]``."""
+
+    lw: torch.Tensor
+    lq: torch.Tensor
+    dist: torch.Tensor
+    log_share: torch.Tensor
+
+    def features(self, rows: slice = slice(None)) -> torch.Tensor:
+        """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``."""
+        lw, lq, dist = self.lw[rows], self.lq[rows], self.dist[rows]
+        ld = dist.log1p()
+        n, k = lw.shape
+        cols = [
+            lw,
+            lw - lw.max(1, keepdim=True).values,
+            lq,
+            lq - lq.max(1, keepdim=True).values,
+            ld,
+            ld - ld.min(1, keepdim=True).values,
+            self.log_share.expand(n, k),
+            -(lw.exp() * lw).sum(1, keepdim=True).expand(n, k),  # the walk's entropy
+            dist.min(1, keepdim=True).values.log1p().expand(n, k),
+            torch.full((n, k), math.log(k)),
+        ]
+        return torch.stack(cols, -1)  # [r, K, F]
+
+
+def evidence(
+    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, prob: torch.Tensor, classes: torch.Tensor
+) -> Evidence:
+    """The :class:`Evidence` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]),
+    ``label [H, W]``, ``known [H, W]`` bool, the walk's ``prob [K, H, W]`` of the present ``classes [K]``."""
     free = ~known
     p = prob[:, free].float().clamp(min=MIN_PROB)
     lw = (p / p.sum(0, keepdim=True)).log().T  # [n, K]
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
     lq = appearance(image, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
-    dist = distances(own, free).T  # [n, K]
-    ld = dist.log1p()
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
-    n, k = lw.shape
-    entropy = -(lw.exp() * lw).sum(1, keepdim=True)  # [n, 1]
-    cols = [
-        lw,
-        lw - lw.max(1, keepdim=True).values,
-        lq,
-        lq - lq.max(1, keepdim=True).values,
-        ld,
-        ld - ld.min(1, keepdim=True).values,
-        share.clamp(min=1e-12).log().expand(n, k),
-        entropy.expand(n, k),
-        dist.min(1, keepdim=True).values.log1p().expand(n, k),
-        torch.full((n, k), math.log(k)),
-    ]
-    return torch.stack(cols, -1)  # [n, K, F]
+    return Evidence(lw, lq, distances(own, free).T, share.clamp(min=1e-12).log())
+
+
+def features(
+    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, prob: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
+    (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`evidence`)."""
+    return evidence(image, label, known, prob, classes).features()
 
 
 def appearance(image: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """The class posterior ``[K, H, W]`` of each pixel's colour under per-class colour histograms of the
-    pixels ``own [K, H, W]`` (bool; class ``k``'s known pixels), classes equally likely a priori.
-    Histograms: ``BINS`` per L*a*b* channel over the image's own range, smoothed by a Gaussian of
-    ``SIGMA`` bins."""
-    lab = rgb_to_lab(image.float().unsqueeze(0))[0]  # [3, H, W]
+    """The class posterior ``[K, H, W]`` of each pixel's colour (``image [3, H, W]``, uint8 or float in
+    [0, 1]) under per-class colour histograms of the pixels ``own [K, H, W]`` (bool; class ``k``'s known
+    pixels), classes equally likely a priori. Histograms: ``BINS`` per L*a*b* channel over the image's own
+    range, smoothed by a Gaussian of ``SIGMA`` bins."""
+    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    lab = rgb_to_lab(rgb.unsqueeze(0))[0]  # [3, H, W]
     lo = lab.flatten(1).min(1).values.view(3, 1, 1)
     hi = lab.flatten(1).max(1).values.view(3, 1, 1)
     q = ((lab - lo) / (hi - lo).clamp(min=1e-6) * BINS).long().clamp(0, BINS - 1)

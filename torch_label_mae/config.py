@@ -161,7 +161,10 @@ class RandomWalkPrior:
         _check_int(owner, "combiner", self.combiner, SIZE_LIMITS["prior.combiner"])
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        d = {"kind": self.kind, **dataclasses.asdict(self)}
+        if not self.combiner:  # without one, the section older releases read
+            del d["combiner"]
+        return d
 
 
 PRIORS = {p.kind: p for p in (NearestPrior, RandomWalkPrior)}

@@ -202,6 +202,7 @@ def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4,
     many as fit in ``share`` of the training ``seconds`` at the measured cost of one prior (timed here
     on the first label at the model's size), between 1 and ``most``; 0 unless the model ``config`` has an
     exact random-walk prior (:func:`torch_label_mae.train.poolable`)."""
+    from .combiner import PriorCombiner
     from .masking import random_masking
     from .prior import make_prior
     from .train import poolable
@@ -211,8 +212,9 @@ def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4,
     image = resize_image(samples[0].image[None], config.size)
     label = resize_label(samples[0].label[None].long(), config.size)
     hidden = hidden_to_pixels(random_masking(1, config.num_patches, 0.5), config.grid, config.patch_size)
+    combiner = PriorCombiner.frozen(getattr(config.prior, "combiner", 0))  # its cost counts; weights do not
     t0 = time.perf_counter()
-    make_prior(config)(torch.where(hidden, UNKNOWN, label), image=image)
+    make_prior(config, combiner)(torch.where(hidden, UNKNOWN, label), image=image)
     cost = time.perf_counter() - t0
     return int(np.clip(share * seconds / (len(samples) * cost), 1, most))
 

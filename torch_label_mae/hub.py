@@ -123,7 +123,7 @@ def _preset(label_set: str, weights: Pretrained) -> Pretrained:
 
 
 AGNOSTIC_MODEL = "any-m0.5"  # the class-agnostic model: the presets' weights, and what refusals point to
-_ANY = _entry("any", 0.5, bundled=True, agnostic=True, audit_threshold=0.99)  # its walk audits weakly
+_ANY = _entry("any", 0.5, bundled=True, agnostic=True, audit_threshold=0.99)  # its prior audits weakly
 REGISTRY: dict[str, Pretrained] = {
     e.name: e
     for e in (

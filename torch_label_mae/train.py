@@ -240,10 +240,13 @@ class TrainSamples(Dataset):
 
     STAGES = ("augment", "mask", "prior")
 
-    def __init__(self, pairs, cfg: TrainConfig, mcfg: LMAEConfig, seed: int = 0, with_prior: bool = True):
+    def __init__(
+        self, pairs, cfg: TrainConfig, mcfg: LMAEConfig, seed: int = 0, with_prior: bool = True, combiner=None
+    ):
         if cfg.mask_pool and not poolable(mcfg):
             raise ValueError("mask_pool needs an exact random-walk prior (solver 'direct'): it is kept and mirrored")
         self.pairs, self.cfg, self.mcfg = pairs, cfg, mcfg
+        self.combiner = combiner  # the model's prior combiner (its prior is computed here too), or None
         self.pool_size = mask_pool_size(cfg, mcfg)
         self.flip = cfg.flip if cfg.flip is not None else not handed_classes(mcfg.class_names)
         self.rng = random.Random(seed)
@@ -320,7 +323,7 @@ class TrainSamples(Dataset):
         t2 = time.perf_counter()
         item = dict(image=img, label=lab, known=known, pix=pix, hidden=hidden)
         if self.with_prior:
-            item.update(sample_prior(mcfg, known, img))
+            item.update(sample_prior(mcfg, known, img, self.combiner))
         t3 = time.perf_counter()
         for k, t in zip(self.STAGES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.timings[k] += t
@@ -383,10 +386,11 @@ def permute_slots(item: dict, perm: list[int]) -> dict:
     return out
 
 
-def sample_prior(mcfg: LMAEConfig, known: torch.Tensor, image: torch.Tensor) -> dict:
-    """The label prior of one sample, as :attr:`LMAE.prior` computes it (the same code, built from the
-    config alone): ``prior_classes`` and, for a soft prior, ``prior_prob [K, H, W]`` / ``prior_index [K]``."""
-    p = make_prior(mcfg)(known[None].long(), image=image[None].float() / 255)
+def sample_prior(mcfg: LMAEConfig, known: torch.Tensor, image: torch.Tensor, combiner=None) -> dict:
+    """The label prior of one sample, as :attr:`LMAE.prior` computes it (the same code, from the config and
+    the model's ``prior_combiner``): ``prior_classes`` and, for a soft prior, ``prior_prob [K, H, W]`` /
+    ``prior_index [K]``."""
+    p = make_prior(mcfg, combiner)(known[None].long(), image=image[None].float() / 255)
     out = {"prior_classes": p.classes[0].to(torch.uint8)}
     if p.prob is not None:
         out.update(prior_prob=p.prob[0], prior_index=p.index[0].flatten())
@@ -684,7 +688,8 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     if cfg.compile:
         net = torch.compile(net)
     seed = cfg.seed * 1000 + rank + 7919 * state["epoch"]
-    samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=worker_count(cfg, world) > 0)
+    workers = worker_count(cfg, world) > 0
+    samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=workers, combiner=model.prior_combiner)
     loader = make_loader(samples, cfg, rank, world, device)
     validate = data.validate if rank == 0 else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
