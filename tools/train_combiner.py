@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default="any-m0.5", help="a random-walk model: name or folder")
     ap.add_argument("--data", nargs="+", required=True, help="dataset roots (their train splits)")
     ap.add_argument("--out", required=True, help="model folder to write")
-    ap.add_argument("--images", type=int, default=80, help="train images per dataset")
+    ap.add_argument("--images", type=int, default=160, help="train images per dataset")
     ap.add_argument("--draws", type=int, default=2, help="hole draws per image")
     ap.add_argument("--pixels", type=int, default=3000, help="unknown pixels kept per label")
     ap.add_argument("--width", type=int, default=32)
