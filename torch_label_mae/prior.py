@@ -109,10 +109,9 @@ class RandomWalk(NearestFill):
             color=s.color,
         )  # [B, K, H, W], [B, K]
         if self.combiner is not None and s.combiner:
-            img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
             valid = prob.flatten(2).any(2)  # [B, K]: a present class has its own known pixels at 1
             with torch.autocast(image.device.type, enabled=False):
-                prob = self.combiner.refine(img, label, known, prob, index, valid)
+                prob = self.combiner.refine(image, label, known, prob, index, valid)
         classes = most_likely_class(prob, index, known, self.config.ignore_index)
         return LabelPrior(classes, prob, index[:, :, None, None])
 
