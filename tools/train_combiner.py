@@ -55,7 +55,7 @@ def rows_of(root: str, walk: dict, images: int, draws: int, pixels: int, rng: np
         image = resize_image(image.unsqueeze(0), SIZE)[0]
         label = resize_label(label.unsqueeze(0), SIZE)[0]
         for draw in range(draws):
-            broken, missing = varied_holes(label, key, draw)
+            broken, _ = varied_holes(label, key, draw)
             known = broken != 255
             prob, index = random_walk_probabilities(image[None], broken[None], known[None], 256, **walk)
             k = int(prob[0].flatten(1).any(1).sum())
@@ -113,8 +113,7 @@ def main(argv=None) -> int:
     prior = init.config.prior
     if getattr(prior, "kind", None) != "random_walk":
         raise SystemExit(f"--init {a.init}: its prior is {getattr(prior, 'kind', None)!r}, not a random walk")
-    walk = dict(beta=prior.beta, sweeps=prior.sweeps, solver=prior.solver, connectivity=prior.connectivity)
-    walk["color"] = prior.color
+    walk = {k: getattr(prior, k) for k in ("beta", "sweeps", "solver", "connectivity", "color")}
     t = time.perf_counter()
     rows = []
     for root in a.data:
