@@ -167,11 +167,18 @@ def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
     label = torch.from_numpy(rng.integers(0, 4, (1, s, s)))
     known = torch.from_numpy(rng.random((1, s, s)) < 0.3)
     broken = torch.where(known, label, 255)
-    combined = model.prior(broken, image=image)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the combiner's context on its thread, beside the walk's two
+        with torch.inference_mode():
+            combined = model.prior(broken, image=image)
+    finally:
+        torch.set_num_threads(before)
     model.config.prior = dataclasses.replace(cfg.prior, combiner=0)
     alone = model.prior(broken, image=image)
-    prob, _, _ = walk(image[0], broken[0], known[0])
+    prob, index, valid = walk(image[0], broken[0], known[0])
     torch.testing.assert_close(alone.prob, prob)
+    assert torch.equal(combined.prob, model.prior_combiner.refine(image, broken, known, prob, index, valid))
     assert not torch.allclose(combined.prob, alone.prob)
     assert torch.equal(combined.prob[..., known[0]], alone.prob[..., known[0]])
 

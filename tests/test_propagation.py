@@ -352,14 +352,16 @@ def test_direct_solver_properties(scene):
         assert torch.equal(t, c), "an input was modified"
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("inference", [True, False])
-def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference_mode(inference):
-    """The exact solves of a batch run on torch's threads; the result is the same as on one thread, and
-    the worker threads take the caller's inference mode (tensors made in it can be written)."""
+def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference_mode(inference, batch):
+    """The exact solves of a batch run on torch's threads (a sample's classes side by side when there are
+    fewer samples than threads); the result is the same as on one thread, and the worker threads take the
+    caller's inference mode (tensors made in it can be written)."""
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(3, 3, 24, 24, generator=g)
-    label = torch.randint(0, 3, (3, 24, 24), generator=g)
-    known = torch.rand(3, 24, 24, generator=g) < 0.5
+    image = torch.rand(batch, 3, 24, 24, generator=g)
+    label = torch.randint(0, 3, (batch, 24, 24), generator=g)
+    known = torch.rand(batch, 24, 24, generator=g) < 0.5
     before = torch.get_num_threads()
     out = []
     try:

@@ -69,6 +69,24 @@ class PriorCombiner(nn.Module):
         return feats[..., 0].float() + self.mlp(feats.to(weight.dtype)).squeeze(-1).float()
 
     @torch.no_grad()
+    def contexts(
+        self, image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+    ) -> list[Context | None]:
+        """The :class:`Context` of each sample, on the CPU (None where there is nothing to refine: fewer
+        than two present classes, or no unknown pixel); arguments as :meth:`refine`. It does not need the
+        walk, so it may be computed while the walk is solved."""
+        out = []
+        for i in range(label.shape[0]):
+            k = int(valid[i].sum())
+            if not bool(valid[i, :k].all()):
+                raise ValueError(f"refine: sample {i}'s present classes must come first in valid, got {valid[i]}")
+            if k < 2 or bool(known[i].all()):
+                out.append(None)
+                continue
+            out.append(context(*(t[i].cpu() for t in (image, label, known)), index[i, :k].cpu()))
+        return out
+
+    @torch.no_grad()
     def refine(
         self,
         image: torch.Tensor,
@@ -77,35 +95,43 @@ class PriorCombiner(nn.Module):
         prob: torch.Tensor,
         index: torch.Tensor,
         valid: torch.Tensor,
+        contexts: list[Context | None] | None = None,
     ) -> torch.Tensor:
         """The walk's probabilities ``prob [B, K, H, W]`` of the classes ``index [B, K]`` (``valid [B, K]``:
         each sample's present classes first, as :func:`~torch_label_mae.propagation.present_classes` gives
         them) replaced on the unknown pixels by the combined ones: a new tensor; known pixels and absent
         classes keep theirs. ``image [B, 3, H, W]`` (uint8, or float in [0, 1]), ``label [B, H, W]``,
-        ``known [B, H, W]`` bool. The features are computed on the CPU, the MLP where its weights are, on
-        ``CHUNK`` pixels at a time."""
+        ``known [B, H, W]`` bool. ``contexts``: :meth:`contexts` of the same arguments (computed here when
+        not given). The MLP runs where its weights are, on ``CHUNK`` pixels at a time."""
+        if contexts is None:
+            contexts = self.contexts(image, label, known, index, valid)
         out = prob.clone()
         device = self.mlp[0].weight.device
-        for i in range(prob.shape[0]):
-            k = int(valid[i].sum())
-            if not bool(valid[i, :k].all()):
-                raise ValueError(f"refine: sample {i}'s present classes must come first in valid, got {valid[i]}")
-            free = ~known[i]
-            if k < 2 or not bool(free.any()):
+        for i, ctx in enumerate(contexts):
+            if ctx is None:
                 continue
-            cpu = (t[i].cpu() for t in (image, label, known))
-            ev = evidence(*cpu, prob[i, :k].cpu(), index[i, :k].cpu())
+            k, free = ctx.log_share.shape[0], ~known[i]
+            ev = Evidence(walk_log_prob(prob[i, :k].cpu(), free.cpu()), *ctx)
             n = ev.lw.shape[0]
             logits = [self(ev.features(slice(s, s + CHUNK)).to(device)) for s in range(0, n, CHUNK)]  # [n, K]
             out[i, :k, free] = torch.cat(logits).softmax(-1).T.to(out)
         return out
 
 
-class Evidence(NamedTuple):
+class Context(NamedTuple):
     """What one sample's label says about its ``n`` unknown pixels (raster order) and ``K`` present
-    classes: the walk's log-probability ``lw [n, K]``, the colour's log-posterior ``lq [n, K]`` (see
-    :func:`appearance`), the distance to each class's known pixels ``dist [n, K]`` (see
-    :func:`distances`), the log share of each class among the known pixels ``log_share [K]``."""
+    classes, apart from the walk: the colour's log-posterior ``lq [n, K]`` (see :func:`appearance`), the
+    distance to each class's known pixels ``dist [n, K]`` (see :func:`distances`), the log share of each
+    class among the known pixels ``log_share [K]``."""
+
+    lq: torch.Tensor
+    dist: torch.Tensor
+    log_share: torch.Tensor
+
+
+class Evidence(NamedTuple):
+    """A :class:`Context` and the walk's log-probability ``lw [n, K]`` of the same pixels and classes (see
+    :func:`walk_log_prob`)."""
 
     lw: torch.Tensor
     lq: torch.Tensor
@@ -132,26 +158,30 @@ class Evidence(NamedTuple):
         return torch.stack(cols, -1)  # [r, K, F]
 
 
-def evidence(
-    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, prob: torch.Tensor, classes: torch.Tensor
-) -> Evidence:
-    """The :class:`Evidence` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]),
-    ``label [H, W]``, ``known [H, W]`` bool, the walk's ``prob [K, H, W]`` of the present ``classes [K]``."""
+def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:
+    """The :class:`Context` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]), ``label [H, W]``,
+    ``known [H, W]`` bool, its present ``classes [K]``."""
     free = ~known
-    p = prob[:, free].float().clamp(min=MIN_PROB)
-    lw = (p / p.sum(0, keepdim=True)).log().T  # [n, K]
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
     lq = appearance(image, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
-    return Evidence(lw, lq, distances(own, free).T, share.clamp(min=1e-12).log())
+    return Context(lq, distances(own, free).T, share.clamp(min=1e-12).log())
+
+
+def walk_log_prob(prob: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``[n, K]``: the log of the walk's ``prob [K, H, W]`` at the ``free [H, W]`` pixels, clipped at
+    ``MIN_PROB`` and renormalised."""
+    p = prob[:, free].float().clamp(min=MIN_PROB)
+    return (p / p.sum(0, keepdim=True)).log().T
 
 
 def features(
     image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, prob: torch.Tensor, classes: torch.Tensor
 ) -> torch.Tensor:
     """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
-    (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`evidence`)."""
-    return evidence(image, label, known, prob, classes).features()
+    (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`context`), the walk's
+    ``prob [K, H, W]`` of them."""
+    return Evidence(walk_log_prob(prob, ~known), *context(image, label, known, classes)).features()
 
 
 def appearance(image: torch.Tensor, own: torch.Tensor) -> torch.Tensor:

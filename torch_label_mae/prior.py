@@ -10,13 +10,14 @@ times its learned scale, to the logits (:meth:`LabelPrior.add_to`). The algorith
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 
 from .combiner import PriorCombiner
 from .config import LMAEConfig, RandomWalkPrior
-from .propagation import most_likely_class, nearest_fill, random_walk_probabilities
+from .propagation import most_likely_class, nearest_fill, present_classes, random_walk_probabilities
 
 
 class LabelPrior(NamedTuple):
@@ -97,21 +98,24 @@ class RandomWalk(NearestFill):
             )
         known = self.known(label) if known is None else known
         s = self.config.prior
-        prob, index = random_walk_probabilities(
-            image,
-            label,
-            known,
-            self.config.num_classes,
-            beta=s.beta,
-            sweeps=s.sweeps,
-            solver=s.solver,
-            connectivity=s.connectivity,
-            color=s.color,
-        )  # [B, K, H, W], [B, K]
-        if self.combiner is not None and s.combiner:
-            valid = prob.flatten(2).any(2)  # [B, K]: a present class has its own known pixels at 1
+        walk = dict(beta=s.beta, sweeps=s.sweeps, solver=s.solver, connectivity=s.connectivity, color=s.color)
+        n = self.config.num_classes
+        if self.combiner is None or not s.combiner:
+            prob, index = random_walk_probabilities(image, label, known, n, **walk)  # [B, K, H, W], [B, K]
+        else:  # the combiner's context needs no walk: it is computed on a second thread while the walk is solved
+            index, valid = present_classes(label, known, n)  # [B, K]: the walk's classes
+            inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
+
+            def contexts():
+                with torch.inference_mode(inference), torch.no_grad():
+                    return self.combiner.contexts(image, label, known, index, valid)
+
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(contexts)
+                prob, _ = random_walk_probabilities(image, label, known, n, **walk)
+                ctx = pending.result()
             with torch.autocast(image.device.type, enabled=False):
-                prob = self.combiner.refine(image, label, known, prob, index, valid)
+                prob = self.combiner.refine(image, label, known, prob, index, valid, ctx)
         classes = most_likely_class(prob, index, known, self.config.ignore_index)
         return LabelPrior(classes, prob, index[:, :, None, None])
 

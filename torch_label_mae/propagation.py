@@ -225,12 +225,12 @@ def _edges(h: int, w: int, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return a, b, np.concatenate(values)
 
 
-def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
+def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1) -> torch.Tensor:
     """The exact solution of ``L p = 0`` on the ``free`` pixels of one sample, known pixels fixed, in place:
     ``L_ff x = W_fk p_k`` (``W_fk``: the weights of the edges from free to known pixels). ``L_ff`` is
     symmetric and, on a connected graph with a known pixel, positive definite: one sparse LDL^T
-    factorisation (float64, on the CPU, no pivoting needed) serves all ``K`` classes.
-    ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
+    factorisation (float64, on the CPU, no pivoting needed) serves all ``K`` classes, solved on ``threads``
+    threads (QDLDL's solves release the GIL). ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
     f = free[0, 0].flatten().bool()
     n = int(f.sum())
     if n == 0:
@@ -259,7 +259,12 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights) -> torch.Tensor:
     )
     rhs = w_fk @ p[0].detach().cpu().double().flatten(1).numpy().T  # [n, K]: sum_{j known} w_ij p_j
     solve = _factorise(upper)
-    x = np.stack([solve(np.ascontiguousarray(rhs[:, k])) for k in range(rhs.shape[1])])  # [K, n]
+    columns = [np.ascontiguousarray(rhs[:, k]) for k in range(rhs.shape[1])]
+    if threads > 1 and len(columns) > 1:
+        with ThreadPoolExecutor(min(threads, len(columns))) as pool:
+            x = np.stack(list(pool.map(solve, columns)))  # [K, n]
+    else:
+        x = np.stack([solve(c) for c in columns])
     flat = p[0].view(p.shape[1], -1)  # [K, H*W], a view of p
     flat[:, f] = torch.from_numpy(x).to(p.dtype).to(p.device)
     return p
@@ -283,21 +288,22 @@ def _factorise(upper: scipy.sparse.csc_matrix):
 def _solve_each(p, free, weights, counts: list[int], solver: str, sweeps: int, omega: float) -> None:
     """Solve each sample of ``p [B, K, H, W]`` in place on its own ``counts[i]`` classes. Exact solves
     run on as many threads as torch uses, one sample each (QDLDL releases the GIL; the samples'
-    slices of ``p`` are disjoint)."""
+    slices of ``p`` are disjoint); the threads left over solve a sample's classes side by side."""
 
     inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
+    todo = [i for i, k in enumerate(counts) if k > 1]  # one class (or none): nothing to propagate
+    threads = torch.get_num_threads()
+    workers = min(len(todo), threads) if solver == "direct" else 1
 
     def one(i: int) -> None:
         k = counts[i]
         args = p[i : i + 1, :k], free[i : i + 1], tuple(wt[i : i + 1] for wt in weights)
         with torch.inference_mode(inference), torch.no_grad():
             if solver == "direct":
-                _solve_direct(*args)
+                _solve_direct(*args, threads=max(1, threads // max(workers, 1)))
             else:
                 _relax(*args, sweeps, omega)
 
-    todo = [i for i, k in enumerate(counts) if k > 1]  # one class (or none): nothing to propagate
-    workers = min(len(todo), torch.get_num_threads()) if solver == "direct" else 1
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, todo))
