@@ -14,10 +14,10 @@ from scipy import ndimage
 from synth import TINY_MODEL
 
 from torch_label_mae import LMAEConfig
-from torch_label_mae.combiner import NUM_FEATURES, PriorCombiner, appearance, distances, features
+from torch_label_mae.combiner import NUM_FEATURES, PriorCombiner, appearance, distances, features, local_colour
 from torch_label_mae.config import RandomWalkPrior
 from torch_label_mae.model import LMAE
-from torch_label_mae.propagation import random_walk_probabilities
+from torch_label_mae.propagation import random_walk_probabilities, rgb_to_lab
 
 WALK = dict(beta=8000.0, solver="direct", connectivity=16, color="lab")
 
@@ -137,9 +137,32 @@ def test_appearance_separates_classes_by_colour():
     image[0, :, :4] = 1.0  # red left half, black right half
     own = torch.zeros(2, 8, 8, dtype=torch.bool)
     own[0, 0, 0] = own[1, 0, 7] = True
-    post = appearance(image, own)
+    post = appearance(rgb_to_lab(image[None])[0], own)
     torch.testing.assert_close(post.sum(0), torch.ones(8, 8))
     assert (post[0, :, :4] > 0.9).all() and (post[1, :, 4:] > 0.9).all()
+
+
+@pytest.mark.parametrize("size", [(40, 60), (224, 224), (300, 180)])
+def test_local_colour_follows_the_nearby_pixels_of_a_class(size):
+    """Class 0 is red at the top and blue at the bottom: near the top its local mean is red, near the
+    bottom blue (a whole-image mean would be neither); class 1 has pixels far away only, so its whole-image
+    mean colour serves everywhere."""
+    h, w = size
+    image = torch.zeros(3, h, w)
+    image[0, : h // 2] = 1.0
+    image[2, h // 2 :] = 1.0
+    image[1, :, w - 2 :] = 1.0
+    own = torch.zeros(2, h, w, dtype=torch.bool)
+    own[0, :, :2] = True  # a strip at the left edge
+    own[1, :, w - 2 :] = True  # class 1: the right edge, its own colour
+    lab = rgb_to_lab(image[None])[0]
+    d = local_colour(lab, own)
+    assert d.shape == (2, h, w) and torch.isfinite(d).all() and (d >= 0).all()
+    assert d[0, 1, 4] < 0.05 and d[0, h - 2, 4] < 0.05  # red near red, blue near blue
+    far = lab[:, 0, 4] - lab[:, h - 1, 4]
+    assert d[0, 1, 4] < 0.1 * far.norm()
+    mean1 = lab[:, :, w - 2 :].flatten(1).mean(1)
+    torch.testing.assert_close(d[1, h // 4, 4], (lab[:, h // 4, 4] - mean1).norm(), atol=0.02, rtol=0.02)
 
 
 def test_config_validates_and_round_trips_the_combiner():

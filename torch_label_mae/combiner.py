@@ -17,7 +17,9 @@ an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
 4. ``log(1 + d_k(x))``, ``d_k`` the distance to the nearest known pixel of ``k`` (in pixels of a
    224 x 224 image: scaled by ``224 / sqrt(H W)``), and 5. minus its minimum;
 6. the log share of ``k`` among the known pixels; 7. the walk's entropy at ``x``; 8. ``log(1 + d(x))``,
-   the distance to the nearest known pixel; 9. the log number of classes present.
+   the distance to the nearest known pixel; 9. the log number of classes present;
+10. ``log(c_k(x) + 1e-3)``, ``c_k`` the L*a*b* distance from ``x``'s colour to the mean colour of ``k``'s
+    known pixels *near* ``x`` (:func:`local_colour`), and 11. minus its minimum.
 
 None of them names a class. What it was trained on and measured is in ``docs/training.md`` ("The prior
 combiner").
@@ -36,11 +38,13 @@ from torch import nn
 
 from .propagation import rgb_to_lab
 
-NUM_FEATURES = 10
+NUM_FEATURES = 12
 BINS = 16  # colour histogram bins per L*a*b* channel, over each image's own range
 SIGMA = 1.0  # Gaussian smoothing of the histograms, in bins
 REFERENCE_SIDE = 224  # distances are measured in pixels of an image of this many pixels' area side
 MIN_PROB = 1e-6  # probabilities are clipped here before their logarithm
+LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels of a REFERENCE_SIDE image
+LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
 CHUNK = 4096  # pixels per pass of the MLP: its activations [CHUNK, K, width] stay in cache (2x faster than 65536)
 
 
@@ -122,11 +126,13 @@ class Context(NamedTuple):
     """What one sample's label says about its ``n`` unknown pixels (raster order) and ``K`` present
     classes, apart from the walk: the colour's log-posterior ``lq [n, K]`` (see :func:`appearance`), the
     distance to each class's known pixels ``dist [n, K]`` (see :func:`distances`), the log share of each
-    class among the known pixels ``log_share [K]``."""
+    class among the known pixels ``log_share [K]``, the colour distance to each class's local mean colour
+    ``local [n, K]`` (see :func:`local_colour`)."""
 
     lq: torch.Tensor
     dist: torch.Tensor
     log_share: torch.Tensor
+    local: torch.Tensor
 
 
 class Evidence(NamedTuple):
@@ -137,11 +143,12 @@ class Evidence(NamedTuple):
     lq: torch.Tensor
     dist: torch.Tensor
     log_share: torch.Tensor
+    local: torch.Tensor
 
     def features(self, rows: slice = slice(None)) -> torch.Tensor:
         """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``."""
         lw, lq, dist = self.lw[rows], self.lq[rows], self.dist[rows]
-        ld = dist.log1p()
+        ld, lc = dist.log1p(), (self.local[rows] + 1e-3).log()
         n, k = lw.shape
         cols = [
             lw,
@@ -154,6 +161,8 @@ class Evidence(NamedTuple):
             -(lw.exp() * lw).sum(1, keepdim=True).expand(n, k),  # the walk's entropy
             dist.min(1, keepdim=True).values.log1p().expand(n, k),
             torch.full((n, k), math.log(k)),
+            lc,
+            lc - lc.min(1, keepdim=True).values,
         ]
         return torch.stack(cols, -1)  # [r, K, F]
 
@@ -163,9 +172,12 @@ def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, class
     ``known [H, W]`` bool, its present ``classes [K]``."""
     free = ~known
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
-    lq = appearance(image, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
+    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    lab = rgb_to_lab(rgb.unsqueeze(0))[0]  # [3, H, W]
+    lq = appearance(lab, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
-    return Context(lq, distances(own, free).T, share.clamp(min=1e-12).log())
+    local = local_colour(lab, own)[:, free].T  # [n, K]
+    return Context(lq, distances(own, free).T, share.clamp(min=1e-12).log(), local)
 
 
 def walk_log_prob(prob: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
@@ -184,13 +196,11 @@ def features(
     return Evidence(walk_log_prob(prob, ~known), *context(image, label, known, classes)).features()
 
 
-def appearance(image: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """The class posterior ``[K, H, W]`` of each pixel's colour (``image [3, H, W]``, uint8 or float in
-    [0, 1]) under per-class colour histograms of the pixels ``own [K, H, W]`` (bool; class ``k``'s known
-    pixels), classes equally likely a priori. Histograms: ``BINS`` per L*a*b* channel over the image's own
-    range, smoothed by a Gaussian of ``SIGMA`` bins."""
-    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    lab = rgb_to_lab(rgb.unsqueeze(0))[0]  # [3, H, W]
+def appearance(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The class posterior ``[K, H, W]`` of each pixel's colour (``lab [3, H, W]``, the image in L*a*b* as
+    :func:`~torch_label_mae.propagation.rgb_to_lab` gives it) under per-class colour histograms of the
+    pixels ``own [K, H, W]`` (bool; class ``k``'s known pixels), classes equally likely a priori.
+    Histograms: ``BINS`` per channel over the image's own range, smoothed by a Gaussian of ``SIGMA`` bins."""
     lo = lab.flatten(1).min(1).values.view(3, 1, 1)
     hi = lab.flatten(1).max(1).values.view(3, 1, 1)
     q = ((lab - lo) / (hi - lo).clamp(min=1e-6) * BINS).long().clamp(0, BINS - 1)
@@ -202,6 +212,38 @@ def appearance(image: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     like = (hist + 1e-3 / BINS**3) / (hist.sum(1, keepdim=True) + 1e-3)  # [K, bins]: a density over the bins
     post = like[:, bin_of]  # [K, HW]
     return (post / post.sum(0, keepdim=True)).view(own.shape)
+
+
+def local_colour(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """``[K, H, W]``: the L*a*b* distance from each pixel's colour (``lab [3, H, W]``, as for
+    :func:`appearance`) to the mean colour of class ``k``'s pixels ``own [K, H, W]`` near it, weighted by a
+    Gaussian window of ``LOCAL_SIGMA`` pixels of a ``REFERENCE_SIDE`` image (normalised convolution on a
+    grid of about ``LOCAL_CELLS`` cells a side, upsampled bilinearly); where a class has few pixels in the
+    window, its mean over the whole image takes over."""
+    h, w = lab.shape[-2:]
+    side = math.sqrt(h * w)
+    cell = max(1, round(side / LOCAL_CELLS))
+    own = own.float().unsqueeze(1)  # [K, 1, H, W]
+    sums = torch.cat([own * lab, own], 1)  # [K, 4, H, W]: the colour sums and counts of each class
+    grid = F.avg_pool2d(sums, cell, ceil_mode=True) if cell > 1 else sums
+    sigma = LOCAL_SIGMA * side / REFERENCE_SIDE / cell
+    r = int(3 * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = (-(t**2) / (2 * sigma**2)).exp()
+    g = g / g.sum()
+    c = grid.shape[0] * 4
+    x = grid.reshape(1, c, *grid.shape[-2:])
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    x = x.view(-1, 4, *grid.shape[-2:])
+    if cell > 1:
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    count = own.flatten(1).sum(1).clamp(min=1)  # [K]
+    whole = sums[:, :3].flatten(2).sum(2) / count.view(-1, 1)  # [K, 3]: each class's mean colour
+    eps = 1e-2  # the window's weight below which the whole image's mean takes over
+    mean = (x[:, :3] + eps * whole.view(-1, 3, 1, 1)) / (x[:, 3:] + eps)  # [K, 3, H, W]
+    d = lab - mean
+    return (d[:, 0] ** 2 + d[:, 1] ** 2 + d[:, 2] ** 2).sqrt()  # not .norm(dim=1): 4x slower on the CPU
 
 
 def _smooth(hist: torch.Tensor) -> torch.Tensor:
