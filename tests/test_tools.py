@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synth import TINY_MODEL
 
 from torch_label_mae import LabelCompleter, LMAEConfig
@@ -75,3 +77,20 @@ def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, 
     assert train_combiner.main([*args[:-2], "--out", str(tmp_path / "again")]) == 0  # from the cache
     again = LabelCompleter.from_pretrained(str(tmp_path / "again"), device="cpu").model.state_dict()
     assert all(torch.equal(again[k], state[k]) for k in state)  # same seed, same cache: the same weights
+    fixed = [*args[:-2], "--ratios", "0.25", "0.25", "--out", str(tmp_path / "fixed")]
+    assert train_combiner.main(fixed) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # other holes: a cache of their own
+    with pytest.raises(SystemExit):
+        train_combiner.main([*fixed[:-2], "--ratios", "0.6", "0.3", "--out", str(tmp_path / "bad")])
+
+
+@given(st.floats(0.1, 0.9), st.integers(0, 20))
+@settings(max_examples=20, deadline=None)
+def test_train_combiner_holes_follow_the_ratios_asked_for(ratio, draw):
+    import torch
+    import train_combiner
+
+    label = torch.randint(0, 3, (224, 224))
+    broken, missing = train_combiner.varied_holes(label, f"k{draw}", draw, (ratio, ratio))
+    assert abs(float(missing.float().mean()) - ratio) < 0.12
+    assert torch.equal(broken[~missing], label[~missing])

@@ -2,11 +2,12 @@
 the model with it.
 
 Per dataset: ``--images`` train images spread over the split, at 224 px, each degraded ``--draws`` times
-with varied holes (a hidden ratio drawn in [0.25, 0.75]; half on the 16 px patch grid, half blocks of 8
-to 32 px off it); the init model's walk on them; the combiner's features of ``--pixels`` unknown pixels
-per label whose true class a known pixel carries; cross-entropy on them (AdamW, one-cycle, batches of
-4,096 pixels, each batch from labels with the same number of classes). The rest of the model is copied
-from ``--init``. ``any-m0.5`` was made with it (its card has the command and what it measured)::
+with varied holes (a hidden ratio drawn in ``--ratios``, [0.25, 0.75] by default; half on the 16 px patch
+grid, half blocks of 8 to 32 px off it); the init model's walk on them; the combiner's features of
+``--pixels`` unknown pixels per label whose true class a known pixel carries; cross-entropy on them
+(AdamW, one-cycle, batches of 4,096 pixels, each batch from labels with the same number of classes). The
+rest of the model is copied from ``--init``. ``any-m0.5`` was made with it (its card has the command and
+what it measured)::
 
     python tools/train_combiner.py --init any-m0.5 --images 160 --cache runs/comb-cache --out runs/any-comb \
         --data ../shared/data/{camvid,ccp,carparts,marsscapes,dronedeploy,wbc}
@@ -37,15 +38,16 @@ from torch_label_mae.propagation import random_walk_probabilities
 SIZE = (224, 224)
 
 
-def varied_holes(label: torch.Tensor, key: str, draw: int):
-    """``(broken, missing)``: a ratio in [0.25, 0.75], on the 16 px grid or in blocks of 8 to 32 px."""
+def varied_holes(label: torch.Tensor, key: str, draw: int, ratios: tuple[float, float] = (0.25, 0.75)):
+    """``(broken, missing)``: a ratio drawn in ``ratios`` (low, high), on the 16 px grid or in blocks of 8
+    to 32 px."""
     g = np.random.default_rng(seed_for(key, draw) + 17)
-    ratio, on_grid = float(g.uniform(0.25, 0.75)), bool(g.random() < 0.5)
+    ratio, on_grid = float(g.uniform(*ratios)), bool(g.random() < 0.5)
     block = 16 if on_grid else int(g.integers(8, 33))
     return degrade(label, ratio, block, seed=seed_for(key, draw), mode="patches" if on_grid else "blocks")
 
 
-def rows_of(root: str, walk: dict, images: int, draws: int, pixels: int, rng: np.random.Generator):
+def rows_of(root: str, walk: dict, images: int, draws: int, pixels: int, rng: np.random.Generator, ratios=(0.25, 0.75)):
     """``[(features [m, K, F] float16, target [m] int64)]`` of one dataset's train split."""
     ds = FolderDataset(root, "train")
     picks = np.unique(np.linspace(0, len(ds) - 1, min(images, len(ds))).round().astype(int))
@@ -55,7 +57,7 @@ def rows_of(root: str, walk: dict, images: int, draws: int, pixels: int, rng: np
         image = resize_image(image.unsqueeze(0), SIZE)[0]
         label = resize_label(label.unsqueeze(0), SIZE)[0]
         for draw in range(draws):
-            broken, _ = varied_holes(label, key, draw)
+            broken, _ = varied_holes(label, key, draw, ratios)
             known = broken != 255
             prob, index = random_walk_probabilities(image[None], broken[None], known[None], 256, **walk)
             k = int(prob[0].flatten(1).any(1).sum())
@@ -108,7 +110,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", help="a folder: each dataset's features are saved there, or loaded if saved")
+    ap.add_argument(
+        "--ratios", type=float, nargs=2, default=[0.25, 0.75], metavar=("LOW", "HIGH"), help="hidden ratios drawn in"
+    )
     a = ap.parse_args(argv)
+    if not 0 < a.ratios[0] <= a.ratios[1] < 1:
+        ap.error(f"--ratios must satisfy 0 < LOW <= HIGH < 1, got {a.ratios[0]} {a.ratios[1]}")
     init = LabelCompleter.from_pretrained(a.init, device="cpu", precision="float32")
     prior = init.config.prior
     if getattr(prior, "kind", None) != "random_walk":
@@ -117,15 +124,17 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     rows = []
     for root in a.data:
+        ratios = tuple(a.ratios)
+        same = ratios == (0.25, 0.75)  # the default keeps the keys of caches made before --ratios
         key = json.dumps(
-            [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed]
+            [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed, *([] if same else [ratios])]
         )  # what the rows depend on
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         cached = Path(a.cache) / f"{Path(root).name}-{digest}.pt" if a.cache else None
         if cached is not None and cached.exists():
             rows += torch.load(cached, weights_only=True)
             continue
-        new = rows_of(root, walk, a.images, a.draws, a.pixels, np.random.default_rng(a.seed))
+        new = rows_of(root, walk, a.images, a.draws, a.pixels, np.random.default_rng(a.seed), ratios)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save(new, cached)
