@@ -165,6 +165,24 @@ def test_local_colour_follows_the_nearby_pixels_of_a_class(size):
     torch.testing.assert_close(d[1, h // 4, 4], (lab[:, h // 4, 4] - mean1).norm(), atol=0.02, rtol=0.02)
 
 
+@pytest.mark.parametrize("side", [224, 229, 230, 232])
+def test_local_colour_on_its_grid_matches_the_exact_window_at_any_size(side, monkeypatch):
+    """The means are computed on a coarse grid and upsampled: away from the borders they agree with the
+    window computed at every pixel, also where the side is not a multiple of the grid's cell."""
+    import torch_label_mae.combiner as combiner_module
+
+    ramp = torch.linspace(0, 1, side).view(side, 1).expand(side, side)
+    image = torch.stack([ramp, torch.zeros_like(ramp), 1 - ramp])
+    own = torch.zeros(1, side, side, dtype=torch.bool)
+    own[0, :, ::3] = True
+    lab = rgb_to_lab(image[None])[0]
+    coarse = local_colour(lab, own)
+    monkeypatch.setattr(combiner_module, "LOCAL_CELLS", 10_000)  # a cell of one pixel: the exact window
+    exact = local_colour(lab, own)
+    inner = (slice(None), slice(60, side - 60), slice(60, side - 60))  # beyond the window's reach of the edges
+    assert (coarse[inner] - exact[inner]).abs().max() < 0.002
+
+
 def test_config_validates_and_round_trips_the_combiner():
     for bad in (-1, 1025, 1.5, True):
         with pytest.raises(ValueError, match="combiner"):

@@ -82,6 +82,10 @@ def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, 
     assert len(list((tmp_path / "cache").iterdir())) == 2  # other holes: a cache of their own
     with pytest.raises(SystemExit):
         train_combiner.main([*fixed[:-2], "--ratios", "0.6", "0.3", "--out", str(tmp_path / "bad")])
+    for cache in (tmp_path / "cache").iterdir():  # as an older version's features would be
+        torch.save([(x[..., :10], y) for x, y in torch.load(cache, weights_only=True)], cache)
+    with pytest.raises(SystemExit, match="features of another size"):
+        train_combiner.main([*args[:-2], "--out", str(tmp_path / "stale")])
 
 
 @given(st.floats(0.1, 0.9), st.integers(0, 20))

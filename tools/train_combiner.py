@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from torch_label_mae import LabelCompleter
-from torch_label_mae.combiner import PriorCombiner, features
+from torch_label_mae import combiner as combiner_module
+from torch_label_mae.combiner import NUM_FEATURES, PriorCombiner, features
 from torch_label_mae.data import FolderDataset, degrade, seed_for
 from torch_label_mae.hub import save_hub_files
 from torch_label_mae.io import resize_image, resize_label
@@ -36,6 +37,15 @@ from torch_label_mae.model import LMAE
 from torch_label_mae.propagation import random_walk_probabilities
 
 SIZE = (224, 224)
+# what the combiner's features depend on besides the data: a change of any of them makes new caches
+FEATURES = {
+    "count": NUM_FEATURES,
+    **{
+        k: getattr(combiner_module, k)
+        for k in ("BINS", "SIGMA", "REFERENCE_SIDE", "MIN_PROB", "LOCAL_SIGMA", "LOCAL_CELLS")
+    },
+    "version": 2,  # raise when a feature's computation changes otherwise
+}
 
 
 def varied_holes(label: torch.Tensor, key: str, draw: int, ratios: tuple[float, float] = (0.25, 0.75)):
@@ -128,11 +138,15 @@ def main(argv=None) -> int:
         same = ratios == (0.25, 0.75)  # the default keeps the keys of caches made before --ratios
         key = json.dumps(
             [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed, *([] if same else [ratios])]
-        )  # what the rows depend on
+            + [FEATURES]
+        )  # what the rows depend on, the features' definition included
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         cached = Path(a.cache) / f"{Path(root).name}-{digest}.pt" if a.cache else None
         if cached is not None and cached.exists():
-            rows += torch.load(cached, weights_only=True)
+            loaded = torch.load(cached, weights_only=True)
+            if any(x.shape[-1] != NUM_FEATURES for x, _ in loaded):
+                raise SystemExit(f"{cached}: features of another size than {NUM_FEATURES}; delete it")
+            rows += loaded
             continue
         new = rows_of(root, walk, a.images, a.draws, a.pixels, np.random.default_rng(a.seed), ratios)
         if cached is not None:

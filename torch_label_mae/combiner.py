@@ -109,6 +109,8 @@ class PriorCombiner(nn.Module):
         not given). The MLP runs where its weights are, on ``CHUNK`` pixels at a time."""
         if contexts is None:
             contexts = self.contexts(image, label, known, index, valid)
+        if len(contexts) != prob.shape[0]:
+            raise ValueError(f"refine: {len(contexts)} contexts for a batch of {prob.shape[0]}")
         out = prob.clone()
         device = self.mlp[0].weight.device
         for i, ctx in enumerate(contexts):
@@ -236,8 +238,9 @@ def local_colour(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     x = x.view(-1, 4, *grid.shape[-2:])
-    if cell > 1:
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    if cell > 1:  # the grid covers ceil(h / cell) * cell rows: upsample to that, then crop, so cells stay in place
+        size = (grid.shape[-2] * cell, grid.shape[-1] * cell)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
     count = own.flatten(1).sum(1).clamp(min=1)  # [K]
     whole = sums[:, :3].flatten(2).sum(2) / count.view(-1, 1)  # [K, 3]: each class's mean colour
     eps = 1e-2  # the window's weight below which the whole image's mean takes over

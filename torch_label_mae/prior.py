@@ -105,10 +105,11 @@ class RandomWalk(NearestFill):
         else:  # the combiner's context needs no walk: it is computed on a second thread while the walk is solved
             index, valid = present_classes(label, known, n)  # [B, K]: the walk's classes
             inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
+            on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
 
             def contexts():
                 with torch.inference_mode(inference), torch.no_grad():
-                    return self.combiner.contexts(image, label, known, index, valid)
+                    return self.combiner.contexts(*on_cpu)
 
             with ThreadPoolExecutor(1) as pool:
                 pending = pool.submit(contexts)
