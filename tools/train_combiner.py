@@ -133,12 +133,10 @@ def main(argv=None) -> int:
     walk = {k: getattr(prior, k) for k in ("beta", "sweeps", "solver", "connectivity", "color")}
     t = time.perf_counter()
     rows = []
+    ratios = tuple(a.ratios)
     for root in a.data:
-        ratios = tuple(a.ratios)
-        same = ratios == (0.25, 0.75)  # the default keeps the keys of caches made before --ratios
         key = json.dumps(
-            [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed, *([] if same else [ratios])]
-            + [FEATURES]
+            [str(Path(root).resolve()), walk, a.images, a.draws, a.pixels, a.seed, ratios, FEATURES]
         )  # what the rows depend on, the features' definition included
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         cached = Path(a.cache) / f"{Path(root).name}-{digest}.pt" if a.cache else None

@@ -117,7 +117,7 @@ class PriorCombiner(nn.Module):
             if ctx is None:
                 continue
             k, free = ctx.log_share.shape[0], ~known[i]
-            ev = Evidence(walk_log_prob(prob[i, :k].cpu(), free.cpu()), *ctx)
+            ev = Evidence(walk_log_prob(prob[i, :k].cpu(), free.cpu()), ctx)
             n = ev.lw.shape[0]
             logits = [self(ev.features(slice(s, s + CHUNK)).to(device)) for s in range(0, n, CHUNK)]  # [n, K]
             out[i, :k, free] = torch.cat(logits).softmax(-1).T.to(out)
@@ -138,19 +138,17 @@ class Context(NamedTuple):
 
 
 class Evidence(NamedTuple):
-    """A :class:`Context` and the walk's log-probability ``lw [n, K]`` of the same pixels and classes (see
-    :func:`walk_log_prob`)."""
+    """The walk's log-probability ``lw [n, K]`` (see :func:`walk_log_prob`) and the :class:`Context` of the
+    same pixels and classes."""
 
     lw: torch.Tensor
-    lq: torch.Tensor
-    dist: torch.Tensor
-    log_share: torch.Tensor
-    local: torch.Tensor
+    context: Context
 
     def features(self, rows: slice = slice(None)) -> torch.Tensor:
         """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``."""
-        lw, lq, dist = self.lw[rows], self.lq[rows], self.dist[rows]
-        ld, lc = dist.log1p(), (self.local[rows] + 1e-3).log()
+        ctx = self.context
+        lw, lq, dist = self.lw[rows], ctx.lq[rows], ctx.dist[rows]
+        ld, lc = dist.log1p(), (ctx.local[rows] + 1e-3).log()
         n, k = lw.shape
         cols = [
             lw,
@@ -159,7 +157,7 @@ class Evidence(NamedTuple):
             lq - lq.max(1, keepdim=True).values,
             ld,
             ld - ld.min(1, keepdim=True).values,
-            self.log_share.expand(n, k),
+            ctx.log_share.expand(n, k),
             -(lw.exp() * lw).sum(1, keepdim=True).expand(n, k),  # the walk's entropy
             dist.min(1, keepdim=True).values.log1p().expand(n, k),
             torch.full((n, k), math.log(k)),
@@ -195,7 +193,7 @@ def features(
     """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
     (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`context`), the walk's
     ``prob [K, H, W]`` of them."""
-    return Evidence(walk_log_prob(prob, ~known), *context(image, label, known, classes)).features()
+    return Evidence(walk_log_prob(prob, ~known), context(image, label, known, classes)).features()
 
 
 def appearance(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
