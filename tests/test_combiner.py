@@ -14,7 +14,15 @@ from scipy import ndimage
 from synth import TINY_MODEL
 
 from torch_label_mae import LMAEConfig
-from torch_label_mae.combiner import NUM_FEATURES, PriorCombiner, appearance, distances, features, local_colour
+from torch_label_mae.combiner import (
+    NUM_FEATURES,
+    TOP_CLASSES,
+    PriorCombiner,
+    appearance,
+    distances,
+    features,
+    local_colour,
+)
 from torch_label_mae.config import RandomWalkPrior
 from torch_label_mae.model import LMAE
 from torch_label_mae.propagation import random_walk_probabilities, rgb_to_lab
@@ -24,11 +32,12 @@ WALK = dict(beta=8000.0, solver="direct", connectivity=16, color="lab")
 
 @st.composite
 def samples(draw):
-    """``(image [3, H, W] float, label [H, W] int64 with 255 unknown, known [H, W])``: 2-4 classes, each
-    with known pixels, on an image whose colours follow the classes (with noise)."""
+    """``(image [3, H, W] float, label [H, W] int64 with 255 unknown, known [H, W])``: 2-8 classes (more than
+    the combiner's ``TOP_CLASSES`` at a pixel at times), each with known pixels, on an image whose colours
+    follow the classes (with noise)."""
     h, w = draw(st.integers(6, 20)), draw(st.integers(6, 20))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    k = draw(st.integers(2, 4))
+    k = draw(st.integers(2, min(8, w)))
     truth = np.minimum((np.arange(w) * k) // w, k - 1)[None].repeat(h, 0)  # vertical bands
     ids = rng.permutation(250)[:k]
     colours = rng.random((k, 3))
@@ -110,12 +119,16 @@ def test_refine_keeps_known_pixels_and_gives_distributions_over_present_classes(
 @settings(max_examples=25, deadline=None)
 @given(samples())
 def test_a_new_combiner_is_the_walk(sample):
-    """The MLP's last layer starts at zero: the combined classes are the walk's."""
+    """The MLP's last layer starts at zero: the combined classes are the walk's, with its probabilities
+    renormalised over each pixel's ``TOP_CLASSES`` most likely classes (the others 0)."""
     image, label, known = sample
     prob, index, valid = walk(image, label, known)
     refined = PriorCombiner(16).refine(image[None], label[None], known[None], prob, index, valid)
-    p = prob[0][:, ~known].clamp(min=1e-6)
+    p = prob[0][:, ~known].clamp(min=1e-6)  # [K, n]
+    top = p.topk(min(TOP_CLASSES, p.shape[0]), dim=0).indices
+    p = torch.zeros_like(p).scatter_(0, top, p.gather(0, top))
     torch.testing.assert_close(refined[0][:, ~known], p / p.sum(0), atol=1e-6, rtol=1e-5)
+    assert torch.equal(refined[0][:, ~known].argmax(0), prob[0][:, ~known].argmax(0))
 
 
 def test_distances_are_exact_and_scaled_to_the_reference_size():
@@ -137,7 +150,7 @@ def test_appearance_separates_classes_by_colour():
     image[0, :, :4] = 1.0  # red left half, black right half
     own = torch.zeros(2, 8, 8, dtype=torch.bool)
     own[0, 0, 0] = own[1, 0, 7] = True
-    post = appearance(rgb_to_lab(image[None])[0], own)
+    post = appearance(rgb_to_lab(image[None])[0], own, torch.arange(64)).view(2, 8, 8)
     torch.testing.assert_close(post.sum(0), torch.ones(8, 8))
     assert (post[0, :, :4] > 0.9).all() and (post[1, :, 4:] > 0.9).all()
 
@@ -156,7 +169,7 @@ def test_local_colour_follows_the_nearby_pixels_of_a_class(size):
     own[0, :, :2] = True  # a strip at the left edge
     own[1, :, w - 2 :] = True  # class 1: the right edge, its own colour
     lab = rgb_to_lab(image[None])[0]
-    d = local_colour(lab, own)
+    d = local_colour(lab, own, torch.arange(h * w)).view(2, h, w)
     assert d.shape == (2, h, w) and torch.isfinite(d).all() and (d >= 0).all()
     assert d[0, 1, 4] < 0.05 and d[0, h - 2, 4] < 0.05  # red near red, blue near blue
     far = lab[:, 0, 4] - lab[:, h - 1, 4]
@@ -176,9 +189,10 @@ def test_local_colour_on_its_grid_matches_the_exact_window_at_any_size(side, mon
     own = torch.zeros(1, side, side, dtype=torch.bool)
     own[0, :, ::3] = True
     lab = rgb_to_lab(image[None])[0]
-    coarse = local_colour(lab, own)
+    every = torch.arange(side * side)
+    coarse = local_colour(lab, own, every).view(1, side, side)
     monkeypatch.setattr(combiner_module, "LOCAL_CELLS", 10_000)  # a cell of one pixel: the exact window
-    exact = local_colour(lab, own)
+    exact = local_colour(lab, own, every).view(1, side, side)
     inner = (slice(None), slice(60, side - 60), slice(60, side - 60))  # beyond the window's reach of the edges
     assert (coarse[inner] - exact[inner]).abs().max() < 0.002
 
@@ -277,3 +291,59 @@ def test_one_class_or_nothing_unknown_leaves_the_walk_as_it_is():
         assert torch.equal(combiner.refine(image, lab, known, prob, index, valid), prob)
     with pytest.raises(ValueError, match="present classes must come first"):
         combiner.refine(image, lab, known, prob, index, torch.tensor([[False, True]]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(samples())
+def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
+    """Beyond ``TOP_CLASSES`` present classes, a pixel's combined probabilities are the softmax of the MLP's
+    logits over its walk's most likely classes, computed from the features of all its classes, and 0 for
+    the others."""
+    import torch_label_mae.combiner as combiner_module
+
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    k = int(valid.sum())
+    combiner = trained_combiner()
+    refined = combiner.refine(image[None], label[None], known[None], prob, index, valid)[0][:, ~known].T  # [n, K]
+    ctx = combiner_module.context(image, label, known, index[0, :k])
+    evidence = combiner_module.Evidence(combiner_module.walk_log_prob(prob[0, :k], ctx.pixels), ctx)
+    logits = combiner(evidence.features())  # [n, K]: every class
+    m = min(TOP_CLASSES, k)
+    top = evidence.lw.topk(m, dim=1).indices
+    torch.testing.assert_close(
+        evidence.features(top=top), evidence.features().gather(1, top[..., None].expand(-1, -1, NUM_FEATURES))
+    )
+    want = torch.zeros_like(logits).scatter_(1, top, logits.gather(1, top).softmax(1))
+    torch.testing.assert_close(refined, want)
+    assert ((refined > 0).sum(1) <= m).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
+    """On the CPU a batch's samples are walked and combined one per thread: the same probabilities as
+    each sample alone."""
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=8, prior=RandomWalkPrior(**WALK, combiner=8))
+    model = LMAE(cfg).eval()
+    with torch.no_grad():
+        for p in model.prior_combiner.parameters():
+            torch.nn.init.normal_(p, std=1.0, generator=torch.Generator().manual_seed(2))
+    rng = np.random.default_rng(4)
+    s = cfg.img_size
+    image = torch.from_numpy(rng.random((3, 3, s, s))).float()
+    label = torch.from_numpy(rng.integers(0, 8, (3, s, s)))
+    known = torch.from_numpy(rng.random((3, s, s)) < 0.4)
+    broken = torch.where(known, label, 255)
+    broken[1] = torch.where(known[1], 5, 255)  # one class only
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            batch = model.prior(broken, image=image)
+            alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(3)]
+    finally:
+        torch.set_num_threads(before)
+    for i, one in enumerate(alone):
+        k = one.prob.shape[1]
+        assert torch.equal(batch.prob[i, :k], one.prob[0]) and not batch.prob[i, k:].any()
+        assert torch.equal(batch.classes[i], one.classes[0])

@@ -46,6 +46,7 @@ MIN_PROB = 1e-6  # probabilities are clipped here before their logarithm
 LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels of a REFERENCE_SIDE image
 LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
 CHUNK = 4096  # pixels per pass of the MLP: its activations [CHUNK, K, width] stay in cache (2x faster than 65536)
+TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0)
 
 
 class PriorCombiner(nn.Module):
@@ -112,25 +113,36 @@ class PriorCombiner(nn.Module):
         if len(contexts) != prob.shape[0]:
             raise ValueError(f"refine: {len(contexts)} contexts for a batch of {prob.shape[0]}")
         out = prob.clone()
-        device = self.mlp[0].weight.device
         for i, ctx in enumerate(contexts):
-            if ctx is None:
-                continue
-            k, free = ctx.log_share.shape[0], ~known[i]
-            ev = Evidence(walk_log_prob(prob[i, :k].cpu(), free.cpu()), ctx)
-            n = ev.lw.shape[0]
-            logits = [self(ev.features(slice(s, s + CHUNK)).to(device)) for s in range(0, n, CHUNK)]  # [n, K]
-            out[i, :k, free] = torch.cat(logits).softmax(-1).T.to(out)
+            if ctx is not None:
+                k = ctx.log_share.shape[0]
+                combined = self.combine(Evidence(walk_log_prob(prob[i, :k].cpu(), ctx.pixels), ctx))  # [n, K]
+                out[i, :k].view(k, -1).index_copy_(1, ctx.pixels.to(out.device), combined.T.to(out))
+        return out
+
+    def combine(self, evidence: Evidence) -> torch.Tensor:
+        """The combined probabilities ``[n, K]`` of one sample's unknown pixels: the softmax of the logits
+        over each pixel's ``TOP_CLASSES`` most likely classes under the walk, 0 for the others. The MLP
+        runs where its weights are, on ``CHUNK`` pixels at a time."""
+        n, k = evidence.lw.shape
+        device = self.mlp[0].weight.device
+        out = torch.zeros(n, k)
+        for s in range(0, n, CHUNK):
+            rows = slice(s, s + CHUNK)
+            top = evidence.lw[rows].topk(TOP_CLASSES, dim=1).indices if k > TOP_CLASSES else None  # [r, M]
+            p = self(evidence.features(rows, top).to(device)).softmax(-1).cpu()  # [r, M]
+            out[rows] = p if top is None else out[rows].scatter_(1, top, p)
         return out
 
 
 class Context(NamedTuple):
-    """What one sample's label says about its ``n`` unknown pixels (raster order) and ``K`` present
-    classes, apart from the walk: the colour's log-posterior ``lq [n, K]`` (see :func:`appearance`), the
-    distance to each class's known pixels ``dist [n, K]`` (see :func:`distances`), the log share of each
-    class among the known pixels ``log_share [K]``, the colour distance to each class's local mean colour
-    ``local [n, K]`` (see :func:`local_colour`)."""
+    """What one sample's label says about its ``n`` unknown pixels (``pixels [n]``, flat indices in raster
+    order) and ``K`` present classes, apart from the walk: the colour's log-posterior ``lq [n, K]`` (see
+    :func:`appearance`), the distance to each class's known pixels ``dist [n, K]`` (see :func:`distances`),
+    the log share of each class among the known pixels ``log_share [K]``, the colour distance to each
+    class's local mean colour ``local [n, K]`` (see :func:`local_colour`)."""
 
+    pixels: torch.Tensor
     lq: torch.Tensor
     dist: torch.Tensor
     log_share: torch.Tensor
@@ -144,46 +156,48 @@ class Evidence(NamedTuple):
     lw: torch.Tensor
     context: Context
 
-    def features(self, rows: slice = slice(None)) -> torch.Tensor:
-        """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``."""
+    def features(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
+        """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``; with ``top [r, M]``
+        (positions among the ``K`` classes, per pixel) those of the ``M`` classes it names, ``[r, M, F]``.
+        The features relative to the other classes compare with all ``K``."""
         ctx = self.context
-        lw, lq, dist = self.lw[rows], ctx.lq[rows], ctx.dist[rows]
-        ld, lc = dist.log1p(), (ctx.local[rows] + 1e-3).log()
+        lw, lq, dist, local = self.lw[rows], ctx.lq[rows], ctx.dist[rows], ctx.local[rows]
         n, k = lw.shape
-        cols = [
-            lw,
-            lw - lw.max(1, keepdim=True).values,
-            lq,
-            lq - lq.max(1, keepdim=True).values,
-            ld,
-            ld - ld.min(1, keepdim=True).values,
-            ctx.log_share.expand(n, k),
-            -(lw.exp() * lw).sum(1, keepdim=True).expand(n, k),  # the walk's entropy
-            dist.min(1, keepdim=True).values.log1p().expand(n, k),
-            torch.full((n, k), math.log(k)),
-            lc,
-            lc - lc.min(1, keepdim=True).values,
+        pixel = [  # per pixel, over all the classes: [r, 1] each
+            lw.max(1, keepdim=True).values,
+            lq.max(1, keepdim=True).values,
+            dist.min(1, keepdim=True).values.log1p(),
+            (local.min(1, keepdim=True).values + 1e-3).log(),
+            -(lw.exp() * lw).sum(1, keepdim=True),  # the walk's entropy
         ]
-        return torch.stack(cols, -1)  # [r, K, F]
+        share = ctx.log_share.expand(n, k)
+        if top is not None:
+            lw, lq, dist, local, share = (t.gather(1, top) for t in (lw, lq, dist, local, share))
+        best_w, best_q, nearest, best_c, entropy = (t.expand_as(lw) for t in pixel)
+        ld, lc = dist.log1p(), (local + 1e-3).log()
+        cols = [lw, lw - best_w, lq, lq - best_q, ld, ld - nearest, share, entropy, nearest]
+        cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c]
+        return torch.stack(cols, -1)  # [r, K or M, F]
 
 
 def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:
     """The :class:`Context` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]), ``label [H, W]``,
     ``known [H, W]`` bool, its present ``classes [K]``."""
     free = ~known
+    pixels = free.flatten().nonzero().squeeze(1)  # [n]: the unknown pixels, raster order
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
     rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     lab = rgb_to_lab(rgb.unsqueeze(0))[0]  # [3, H, W]
-    lq = appearance(lab, own)[:, free].clamp(min=MIN_PROB).log().T  # [n, K]
+    lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log().T  # [n, K]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
-    local = local_colour(lab, own)[:, free].T  # [n, K]
-    return Context(lq, distances(own, free).T, share.clamp(min=1e-12).log(), local)
+    local = local_colour(lab, own, pixels).T  # [n, K]
+    return Context(pixels, lq, distances(own, free).T, share.clamp(min=1e-12).log(), local)
 
 
-def walk_log_prob(prob: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    """``[n, K]``: the log of the walk's ``prob [K, H, W]`` at the ``free [H, W]`` pixels, clipped at
+def walk_log_prob(prob: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``[n, K]``: the log of the walk's ``prob [K, H, W]`` at the ``pixels [n]`` (flat indices), clipped at
     ``MIN_PROB`` and renormalised."""
-    p = prob[:, free].float().clamp(min=MIN_PROB)
+    p = prob.flatten(1).index_select(1, pixels).float().clamp(min=MIN_PROB)
     return (p / p.sum(0, keepdim=True)).log().T
 
 
@@ -193,14 +207,16 @@ def features(
     """The combiner's features ``[n, K, NUM_FEATURES]`` (float32) of one sample's ``n`` unknown pixels
     (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`context`), the walk's
     ``prob [K, H, W]`` of them."""
-    return Evidence(walk_log_prob(prob, ~known), context(image, label, known, classes)).features()
+    ctx = context(image, label, known, classes)
+    return Evidence(walk_log_prob(prob, ctx.pixels), ctx).features()
 
 
-def appearance(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """The class posterior ``[K, H, W]`` of each pixel's colour (``lab [3, H, W]``, the image in L*a*b* as
-    :func:`~torch_label_mae.propagation.rgb_to_lab` gives it) under per-class colour histograms of the
-    pixels ``own [K, H, W]`` (bool; class ``k``'s known pixels), classes equally likely a priori.
-    Histograms: ``BINS`` per channel over the image's own range, smoothed by a Gaussian of ``SIGMA`` bins."""
+def appearance(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """The class posterior ``[K, n]`` of the colours of the ``pixels [n]`` (flat indices into ``lab [3, H, W]``,
+    the image in L*a*b* as :func:`~torch_label_mae.propagation.rgb_to_lab` gives it) under per-class colour
+    histograms of the pixels ``own [K, H, W]`` (bool; class ``k``'s known pixels), classes equally likely a
+    priori. Histograms: ``BINS`` per channel over the image's own range, smoothed by a Gaussian of ``SIGMA``
+    bins."""
     lo = lab.flatten(1).min(1).values.view(3, 1, 1)
     hi = lab.flatten(1).max(1).values.view(3, 1, 1)
     q = ((lab - lo) / (hi - lo).clamp(min=1e-6) * BINS).long().clamp(0, BINS - 1)
@@ -210,41 +226,55 @@ def appearance(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     hist.scatter_add_(1, bin_of.expand(k, -1), own.flatten(1).float())
     hist = _smooth(hist.view(k, 1, BINS, BINS, BINS)).view(k, -1)
     like = (hist + 1e-3 / BINS**3) / (hist.sum(1, keepdim=True) + 1e-3)  # [K, bins]: a density over the bins
-    post = like[:, bin_of]  # [K, HW]
-    return (post / post.sum(0, keepdim=True)).view(own.shape)
+    post = like.index_select(1, bin_of.index_select(0, pixels))  # [K, n]
+    return post / post.sum(0, keepdim=True)
 
 
-def local_colour(lab: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """``[K, H, W]``: the L*a*b* distance from each pixel's colour (``lab [3, H, W]``, as for
-    :func:`appearance`) to the mean colour of class ``k``'s pixels ``own [K, H, W]`` near it, weighted by a
-    Gaussian window of ``LOCAL_SIGMA`` pixels of a ``REFERENCE_SIDE`` image (normalised convolution on a
-    grid of about ``LOCAL_CELLS`` cells a side, upsampled bilinearly); where a class has few pixels in the
-    window, its mean over the whole image takes over."""
+def local_colour(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``[K, n]``: the L*a*b* distance from the colour of each of the ``pixels [n]`` (flat indices into
+    ``lab [3, H, W]``, as for :func:`appearance`) to the mean colour of class ``k``'s pixels ``own [K, H, W]``
+    near it, weighted by a Gaussian window of ``LOCAL_SIGMA`` pixels of a ``REFERENCE_SIDE`` image
+    (normalised convolution on a grid of about ``LOCAL_CELLS`` cells a side, upsampled bilinearly); where a
+    class has few pixels in the window, its mean over the whole image takes over."""
     h, w = lab.shape[-2:]
     side = math.sqrt(h * w)
     cell = max(1, round(side / LOCAL_CELLS))
-    own = own.float().unsqueeze(1)  # [K, 1, H, W]
-    sums = torch.cat([own * lab, own], 1)  # [K, 4, H, W]: the colour sums and counts of each class
-    grid = F.avg_pool2d(sums, cell, ceil_mode=True) if cell > 1 else sums
+    grid, whole = _cell_means(lab, own, cell)  # [K, 4, gh, gw], [K, 3]
+    k, c = own.shape[0], own.shape[0] * 4
     sigma = LOCAL_SIGMA * side / REFERENCE_SIDE / cell
     r = int(3 * sigma + 0.5)
     t = torch.arange(-r, r + 1, dtype=torch.float32)
     g = (-(t**2) / (2 * sigma**2)).exp()
     g = g / g.sum()
-    c = grid.shape[0] * 4
     x = grid.reshape(1, c, *grid.shape[-2:])
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    x = x.view(-1, 4, *grid.shape[-2:])
+    x = x.view(k, 4, *grid.shape[-2:])
     if cell > 1:  # the grid covers ceil(h / cell) * cell rows: upsample to that, then crop, so cells stay in place
         size = (grid.shape[-2] * cell, grid.shape[-1] * cell)
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
-    count = own.flatten(1).sum(1).clamp(min=1)  # [K]
-    whole = sums[:, :3].flatten(2).sum(2) / count.view(-1, 1)  # [K, 3]: each class's mean colour
+    x = x.flatten(2).index_select(2, pixels)  # [K, 4, n]
     eps = 1e-2  # the window's weight below which the whole image's mean takes over
-    mean = (x[:, :3] + eps * whole.view(-1, 3, 1, 1)) / (x[:, 3:] + eps)  # [K, 3, H, W]
-    d = lab - mean
+    mean = (x[:, :3] + eps * whole.view(-1, 3, 1)) / (x[:, 3:] + eps)  # [K, 3, n]
+    d = lab.flatten(1).index_select(1, pixels).unsqueeze(0) - mean
     return (d[:, 0] ** 2 + d[:, 1] ** 2 + d[:, 2] ** 2).sqrt()  # not .norm(dim=1): 4x slower on the CPU
+
+
+def _cell_means(lab: torch.Tensor, own: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's colour sums and pixel counts per ``cell x cell`` cell, divided by the cell's area in
+    the image, ``[K, 4, ceil(H / cell), ceil(W / cell)]``, and its mean colour over the whole image ``[K, 3]``:
+    of ``lab [3, H, W]`` over the pixels ``own [K, H, W]``."""
+    h, w = lab.shape[-2:]
+    k, gh, gw = own.shape[0], -(-h // cell), -(-w // cell)
+    slot, pixel = own.flatten(1).nonzero().unbind(1)  # [m] each: the class and the pixel of each known pixel
+    at = slot * (gh * gw) + (pixel // w // cell) * gw + pixel % w // cell
+    values = torch.cat([lab.flatten(1).index_select(1, pixel), torch.ones(1, pixel.shape[0])]).T  # [m, 4]
+    sums = torch.zeros(k * gh * gw, 4).index_add_(0, at, values).view(k, gh, gw, 4).permute(0, 3, 1, 2)
+    rows = (h - torch.arange(gh) * cell).clamp(max=cell)
+    cols = (w - torch.arange(gw) * cell).clamp(max=cell)
+    area = (rows.view(-1, 1) * cols.view(1, -1)).float()  # [gh, gw]: the cells at the far edges are cut
+    whole = sums[:, :3].flatten(2).sum(2) / sums[:, 3].flatten(1).sum(1).clamp(min=1).view(-1, 1)
+    return sums / area, whole
 
 
 def _smooth(hist: torch.Tensor) -> torch.Tensor:

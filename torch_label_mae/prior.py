@@ -97,28 +97,58 @@ class RandomWalk(NearestFill):
                 f"prior kind 'random_walk' needs the image at the label's size {tuple(label.shape)}, got {got}"
             )
         known = self.known(label) if known is None else known
-        s = self.config.prior
-        walk = dict(beta=s.beta, sweeps=s.sweeps, solver=s.solver, connectivity=s.connectivity, color=s.color)
         n = self.config.num_classes
-        if self.combiner is None or not s.combiner:
-            prob, index = random_walk_probabilities(image, label, known, n, **walk)  # [B, K, H, W], [B, K]
-        else:  # the combiner's context needs no walk: it is computed on a second thread while the walk is solved
+        if self.combiner is None or not self.config.prior.combiner:
+            prob, index = random_walk_probabilities(image, label, known, n, **self._walk())  # [B, K, H, W], [B, K]
+        else:
             index, valid = present_classes(label, known, n)  # [B, K]: the walk's classes
-            inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
-            on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
-
-            def contexts():
-                with torch.inference_mode(inference), torch.no_grad():
-                    return self.combiner.contexts(*on_cpu)
-
-            with ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(contexts)
-                prob, _ = random_walk_probabilities(image, label, known, n, **walk)
-                ctx = pending.result()
-            with torch.autocast(image.device.type, enabled=False):
-                prob = self.combiner.refine(image, label, known, prob, index, valid, ctx)
+            threads = torch.get_num_threads()
+            if label.shape[0] > 1 and threads > 1 and image.device.type == "cpu":
+                prob = self._combined_per_sample(image, label, known, index, valid, threads)
+            else:
+                prob = self._combined(image, label, known, index, valid)
         classes = most_likely_class(prob, index, known, self.config.ignore_index)
         return LabelPrior(classes, prob, index[:, :, None, None])
+
+    def _walk(self, **kwargs) -> dict:
+        """The walk's options from the config's prior section, and ``kwargs``."""
+        s = self.config.prior
+        return dict(beta=s.beta, sweeps=s.sweeps, solver=s.solver, connectivity=s.connectivity, color=s.color) | kwargs
+
+    def _combined(self, image, label, known, index, valid) -> torch.Tensor:
+        """The combined probabilities ``[B, K, H, W]`` of ``index [B, K]``: the combiner's contexts (they need
+        no walk) computed on a second thread while the walk is solved."""
+        inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
+        on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
+
+        def contexts():
+            with torch.inference_mode(inference), torch.no_grad():
+                return self.combiner.contexts(*on_cpu)
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(contexts)
+            prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **self._walk())
+            ctx = pending.result()
+        with torch.autocast(image.device.type, enabled=False):
+            return self.combiner.refine(image, label, known, prob, index, valid, ctx)
+
+    def _combined_per_sample(self, image, label, known, index, valid, threads: int) -> torch.Tensor:
+        """:meth:`_combined` of a batch on the CPU, one sample per thread on ``threads`` threads, each sample's
+        walk, contexts and refinement in turn (the same probabilities: the samples do not interact)."""
+        inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
+        prob = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
+
+        def one(i: int) -> None:
+            k = max(int(valid[i].sum()), 1)
+            args = image[i : i + 1], label[i : i + 1], known[i : i + 1]
+            mine = index[i : i + 1, :k], valid[i : i + 1, :k]
+            with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
+                walk, _ = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=1))
+                prob[i, :k] = self.combiner.refine(*args, walk, *mine, self.combiner.contexts(*args, *mine))[0]
+
+        with ThreadPoolExecutor(min(threads, label.shape[0])) as pool:
+            list(pool.map(one, range(label.shape[0])))
+        return prob
 
 
 def make_prior(config: LMAEConfig, combiner: PriorCombiner | None = None) -> NearestFill | None:

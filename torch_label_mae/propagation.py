@@ -285,14 +285,16 @@ def _factorise(upper: scipy.sparse.csc_matrix):
     return lu.solve
 
 
-def _solve_each(p, free, weights, counts: list[int], solver: str, sweeps: int, omega: float) -> None:
+def _solve_each(
+    p, free, weights, counts: list[int], solver: str, sweeps: int, omega: float, threads: int | None = None
+) -> None:
     """Solve each sample of ``p [B, K, H, W]`` in place on its own ``counts[i]`` classes. Exact solves
-    run on as many threads as torch uses, one sample each (QDLDL releases the GIL; the samples'
-    slices of ``p`` are disjoint); the threads left over solve a sample's classes side by side."""
+    run on ``threads`` threads (default: as many as torch uses), one sample each (QDLDL releases the GIL;
+    the samples' slices of ``p`` are disjoint); the threads left over solve a sample's classes side by side."""
 
     inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
     todo = [i for i, k in enumerate(counts) if k > 1]  # one class (or none): nothing to propagate
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     workers = min(len(todo), threads) if solver == "direct" else 1
 
     def one(i: int) -> None:
@@ -324,12 +326,14 @@ def random_walk_probabilities(
     solver: str = "sor",
     connectivity: int = 4,
     color: str = "rgb",
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random-walker probabilities ``[B, K, H, W]`` of each sample's present classes (see
     :func:`present_classes`, returned with them), from ``sweeps`` over-relaxation sweeps started at the
     nearest fill. ``image [B, 3, H, W]`` (uint8 or float in [0, 1]), ``label [B, H, W]`` int,
     ``known [B, H, W]`` bool. The graph: :func:`edge_weights` ``(image, beta, connectivity, color)``.
-    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused). No gradients;
+    ``solver="direct"``: the exact solution (:func:`_solve_direct`, ``sweeps`` unused), on ``threads``
+    threads (default: as many as torch uses). No gradients;
     float32 even inside an autocast region (bfloat16 colour conversion changed the walk's classes)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -344,7 +348,7 @@ def random_walk_probabilities(
             if solver == "sor" and p.device.type == "cuda":  # one batched solve: few, large kernels
                 _relax(p, free, weights, sweeps, omega)
             else:  # one sample at a time, its own classes only (sor: the working set stays in cache, 2x faster)
-                _solve_each(p, free, weights, valid.sum(1).tolist(), solver, sweeps, omega)
+                _solve_each(p, free, weights, valid.sum(1).tolist(), solver, sweeps, omega, threads)
             # over-relaxed iterates may overshoot [0, 1] before they settle: clip and renormalise (the order
             # of the classes at a pixel, and so its class, is unchanged)
             p = p.clamp(min=0)
