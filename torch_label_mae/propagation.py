@@ -340,7 +340,11 @@ def random_walk_probabilities(
     with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
         img = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         cls, valid = present_classes(label, known, num_classes)  # [B, K]
-        fill = nearest_fill(label, known)  # [B, H, W]
+        if solver == "direct":  # the solve sets every unknown pixel of a sample of several classes: no fill needed
+            alone = torch.where(valid.sum(1) == 1, cls[:, 0], -1).view(-1, 1, 1)  # a sample's one class, or none
+            fill = torch.where(known, label.long(), alone)  # [B, H, W]
+        else:
+            fill = nearest_fill(label, known)  # [B, H, W]: where the relaxation starts
         p = ((fill.unsqueeze(1) == cls[:, :, None, None]) & valid[:, :, None, None]).float()  # [B, K, H, W]
         if sweeps > 0 or solver == "direct":
             weights = edge_weights(img, beta, connectivity, color)
