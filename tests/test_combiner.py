@@ -222,18 +222,19 @@ def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
     label = torch.from_numpy(rng.integers(0, 4, (1, s, s)))
     known = torch.from_numpy(rng.random((1, s, s)) < 0.3)
     broken = torch.where(known, label, 255)
+    prob, index, valid = walk(image[0], broken[0], known[0])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # the combiner's context on its thread, beside the walk's two
         with torch.inference_mode():
             combined = model.prior(broken, image=image)
+        refined = model.prior_combiner.refine(image, broken, known, prob, index, valid)  # at as many threads
     finally:
         torch.set_num_threads(before)
     model.config.prior = dataclasses.replace(cfg.prior, combiner=0)
     alone = model.prior(broken, image=image)
-    prob, index, valid = walk(image[0], broken[0], known[0])
     torch.testing.assert_close(alone.prob, prob)
-    assert torch.equal(combined.prob, model.prior_combiner.refine(image, broken, known, prob, index, valid))
+    assert torch.equal(combined.prob, refined)
     assert not torch.allclose(combined.prob, alone.prob)
     assert torch.equal(combined.prob[..., known[0]], alone.prob[..., known[0]])
 
@@ -305,18 +306,17 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
     prob, index, valid = walk(image, label, known)
     k = int(valid.sum())
     combiner = trained_combiner()
-    refined = combiner.refine(image[None], label[None], known[None], prob, index, valid)[0][:, ~known].T  # [n, K]
+    refined = combiner.refine(image[None], label[None], known[None], prob, index, valid)[0][:, ~known]  # [K, n]
     ctx = combiner_module.context(image, label, known, index[0, :k])
     evidence = combiner_module.Evidence(combiner_module.walk_log_prob(prob[0, :k], ctx.pixels), ctx)
-    logits = combiner(evidence.features())  # [n, K]: every class
+    logits = combiner(evidence.features())  # [K, n]: every class
     m = min(TOP_CLASSES, k)
-    top = evidence.lw.topk(m, dim=1).indices
-    torch.testing.assert_close(
-        evidence.features(top=top), evidence.features().gather(1, top[..., None].expand(-1, -1, NUM_FEATURES))
-    )
-    want = torch.zeros_like(logits).scatter_(1, top, logits.gather(1, top).softmax(1))
+    top = evidence.lw.topk(m, dim=0).indices  # [M, n]
+    every = evidence.features().gather(0, top[..., None].expand(-1, -1, NUM_FEATURES))
+    torch.testing.assert_close(evidence.features(top=top), every)
+    want = torch.zeros_like(logits).scatter_(0, top, logits.gather(0, top).softmax(0))
     torch.testing.assert_close(refined, want)
-    assert ((refined > 0).sum(1) <= m).all()
+    assert ((refined > 0).sum(0) <= m).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2])

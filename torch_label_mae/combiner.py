@@ -5,11 +5,13 @@ pieces of evidence that any label carries, whatever its classes, are left unused
 class *looks* in this image (the colours of its known pixels) and how *far* each class's known pixels
 are. The combiner weighs the three per pixel and per present class:
 
-    logit_k(x) = log P_walk(k | x) + MLP(features_k(x))           softmax over the classes present
+    logit_k(x) = log P_walk(k | x) + MLP(features_k(x))           softmax over x's top classes
 
 with one small MLP shared by every class (so any class list, any order: permuting the classes permutes
-the output), whose last layer starts at zero (so it starts as the walk). The features of class ``k`` at
-an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
+the output), whose last layer starts at zero (so it starts as the walk). The softmax runs over the
+``TOP_CLASSES`` classes most likely at ``x`` under the walk; the others get 0 (where more classes than
+that tie at the walk's floor ``MIN_PROB``, the first in order are weighed). The features of class ``k``
+at an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
 
 0. ``log P_walk(k | x)`` and 1. minus its maximum over the classes;
 2. ``log A(k | x)``, the class posterior of ``x``'s colour under per-class colour histograms of the
@@ -68,8 +70,9 @@ class PriorCombiner(nn.Module):
         return cls(width).requires_grad_(False) if width else None
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``feats [N, K, F]`` -> logits ``[N, K]`` float32 (softmax over ``K``: the combined probabilities);
-        the MLP runs in its weights' dtype, the walk's term stays in ``feats``' precision."""
+        """``feats [..., F]`` (one row per pixel and class) -> logits ``[...]`` float32 (a softmax over the
+        classes gives the combined probabilities); the MLP runs in its weights' dtype, the walk's term stays
+        in ``feats``' precision."""
         weight = self.mlp[0].weight
         return feats[..., 0].float() + self.mlp(feats.to(weight.dtype)).squeeze(-1).float()
 
@@ -116,31 +119,32 @@ class PriorCombiner(nn.Module):
         for i, ctx in enumerate(contexts):
             if ctx is not None:
                 k = ctx.log_share.shape[0]
-                combined = self.combine(Evidence(walk_log_prob(prob[i, :k].cpu(), ctx.pixels), ctx))  # [n, K]
-                out[i, :k].view(k, -1).index_copy_(1, ctx.pixels.to(out.device), combined.T.to(out))
+                combined = self.combine(Evidence(walk_log_prob(prob[i, :k].cpu(), ctx.pixels), ctx))  # [K, n]
+                out[i, :k].view(k, -1).index_copy_(1, ctx.pixels.to(out.device), combined.to(out))
         return out
 
     def combine(self, evidence: Evidence) -> torch.Tensor:
-        """The combined probabilities ``[n, K]`` of one sample's unknown pixels: the softmax of the logits
+        """The combined probabilities ``[K, n]`` of one sample's unknown pixels: the softmax of the logits
         over each pixel's ``TOP_CLASSES`` most likely classes under the walk, 0 for the others. The MLP
         runs where its weights are, on ``CHUNK`` pixels at a time."""
-        n, k = evidence.lw.shape
+        k, n = evidence.lw.shape
         device = self.mlp[0].weight.device
-        out = torch.zeros(n, k)
+        out = torch.zeros(k, n)
         for s in range(0, n, CHUNK):
             rows = slice(s, s + CHUNK)
-            top = evidence.lw[rows].topk(TOP_CLASSES, dim=1).indices if k > TOP_CLASSES else None  # [r, M]
-            p = self(evidence.features(rows, top).to(device)).softmax(-1).cpu()  # [r, M]
-            out[rows] = p if top is None else out[rows].scatter_(1, top, p)
+            top = evidence.lw[:, rows].topk(TOP_CLASSES, dim=0).indices if k > TOP_CLASSES else None  # [M, r]
+            p = self(evidence.features(rows, top).to(device)).softmax(0).cpu()  # [M, r]
+            out[:, rows] = p if top is None else out[:, rows].scatter_(0, top, p)
         return out
 
 
 class Context(NamedTuple):
     """What one sample's label says about its ``n`` unknown pixels (``pixels [n]``, flat indices in raster
-    order) and ``K`` present classes, apart from the walk: the colour's log-posterior ``lq [n, K]`` (see
-    :func:`appearance`), the distance to each class's known pixels ``dist [n, K]`` (see :func:`distances`),
+    order) and ``K`` present classes, apart from the walk: the colour's log-posterior ``lq [K, n]`` (see
+    :func:`appearance`), the distance to each class's known pixels ``dist [K, n]`` (see :func:`distances`),
     the log share of each class among the known pixels ``log_share [K]``, the colour distance to each
-    class's local mean colour ``local [n, K]`` (see :func:`local_colour`)."""
+    class's local mean colour ``local [K, n]`` (see :func:`local_colour`). Class-major, so that what
+    compares the classes at a pixel runs along the pixels."""
 
     pixels: torch.Tensor
     lq: torch.Tensor
@@ -150,34 +154,34 @@ class Context(NamedTuple):
 
 
 class Evidence(NamedTuple):
-    """The walk's log-probability ``lw [n, K]`` (see :func:`walk_log_prob`) and the :class:`Context` of the
+    """The walk's log-probability ``lw [K, n]`` (see :func:`walk_log_prob`) and the :class:`Context` of the
     same pixels and classes."""
 
     lw: torch.Tensor
     context: Context
 
     def features(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
-        """The combiner's features ``[r, K, NUM_FEATURES]`` (float32) of the pixels ``rows``; with ``top [r, M]``
-        (positions among the ``K`` classes, per pixel) those of the ``M`` classes it names, ``[r, M, F]``.
+        """The combiner's features ``[K, r, NUM_FEATURES]`` (float32) of the pixels ``rows``; with ``top [M, r]``
+        (positions among the ``K`` classes, per pixel) those of the ``M`` classes it names, ``[M, r, F]``.
         The features relative to the other classes compare with all ``K``."""
         ctx = self.context
-        lw, lq, dist, local = self.lw[rows], ctx.lq[rows], ctx.dist[rows], ctx.local[rows]
-        n, k = lw.shape
-        pixel = [  # per pixel, over all the classes: [r, 1] each
-            lw.max(1, keepdim=True).values,
-            lq.max(1, keepdim=True).values,
-            dist.min(1, keepdim=True).values.log1p(),
-            (local.min(1, keepdim=True).values + 1e-3).log(),
-            -(lw.exp() * lw).sum(1, keepdim=True),  # the walk's entropy
+        lw, lq, dist, local = self.lw[:, rows], ctx.lq[:, rows], ctx.dist[:, rows], ctx.local[:, rows]  # [K, r]
+        k, n = lw.shape
+        pixel = [  # per pixel, over all the classes: [1, r] each
+            lw.max(0, keepdim=True).values,
+            lq.max(0, keepdim=True).values,
+            dist.min(0, keepdim=True).values.log1p(),
+            (local.min(0, keepdim=True).values + 1e-3).log(),
+            -(lw.exp() * lw).sum(0, keepdim=True),  # the walk's entropy
         ]
-        share = ctx.log_share.expand(n, k)
+        share = ctx.log_share.view(k, 1).expand(k, n)
         if top is not None:
-            lw, lq, dist, local, share = (t.gather(1, top) for t in (lw, lq, dist, local, share))
+            lw, lq, dist, local, share = (t.gather(0, top) for t in (lw, lq, dist, local, share))
         best_w, best_q, nearest, best_c, entropy = (t.expand_as(lw) for t in pixel)
         ld, lc = dist.log1p(), (local + 1e-3).log()
         cols = [lw, lw - best_w, lq, lq - best_q, ld, ld - nearest, share, entropy, nearest]
         cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c]
-        return torch.stack(cols, -1)  # [r, K or M, F]
+        return torch.stack(cols, -1)  # [K or M, r, F]
 
 
 def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:
@@ -188,17 +192,17 @@ def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, class
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
     rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     lab = rgb_to_lab(rgb.unsqueeze(0))[0]  # [3, H, W]
-    lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log().T  # [n, K]
+    lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log()  # [K, n]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
-    local = local_colour(lab, own, pixels).T  # [n, K]
-    return Context(pixels, lq, distances(own, free).T, share.clamp(min=1e-12).log(), local)
+    local = local_colour(lab, own, pixels)  # [K, n]
+    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local)
 
 
 def walk_log_prob(prob: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """``[n, K]``: the log of the walk's ``prob [K, H, W]`` at the ``pixels [n]`` (flat indices), clipped at
+    """``[K, n]``: the log of the walk's ``prob [K, H, W]`` at the ``pixels [n]`` (flat indices), clipped at
     ``MIN_PROB`` and renormalised."""
     p = prob.flatten(1).index_select(1, pixels).float().clamp(min=MIN_PROB)
-    return (p / p.sum(0, keepdim=True)).log().T
+    return (p / p.sum(0, keepdim=True)).log()
 
 
 def features(
@@ -208,7 +212,7 @@ def features(
     (raster order) and its ``K`` present ``classes [K]`` (arguments as :func:`context`), the walk's
     ``prob [K, H, W]`` of them."""
     ctx = context(image, label, known, classes)
-    return Evidence(walk_log_prob(prob, ctx.pixels), ctx).features()
+    return Evidence(walk_log_prob(prob, ctx.pixels), ctx).features().transpose(0, 1)
 
 
 def appearance(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
