@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from synth import TINY_MODEL
 
-from torch_label_mae import LMAEConfig
+from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.combiner import (
     NUM_FEATURES,
     TOP_CLASSES,
@@ -81,22 +81,43 @@ def test_features_shape_and_finite(sample):
 @settings(max_examples=25, deadline=None)
 @given(samples(), st.data())
 def test_permuting_the_classes_permutes_the_combined_probabilities(sample, data):
-    """Any class list, any order: relabelling the classes by a bijection relabels the output alike."""
+    """Any class list, any order: relabelling the classes by a bijection relabels the output alike, also
+    which classes a pixel weighs where the walk's least likely ones tie at its floor (the shipped
+    combiner lifts such classes by up to 0.3 in probability: a tie broken by class order would show)."""
     image, label, known = sample
     ids = sorted(set(label[known].tolist()))
     new_ids = data.draw(st.permutations(list(range(250))))[: len(ids)]
     relabel = torch.full((256,), 255, dtype=torch.long)
     relabel[torch.tensor(ids)] = torch.tensor(new_ids)
     other = relabel[label]
-    combiner = trained_combiner()
+    combiner = LabelCompleter.from_pretrained("any-m0.5").model.prior_combiner  # bundled; lifts floor classes
     out = []
     for lab in (label, other):
         prob, index, valid = walk(image, lab, known)
         refined = combiner.refine(image[None], lab[None], known[None], prob, index, valid)[0]
         k = int(valid[0].sum())
         out.append({int(c): refined[j] for j, c in enumerate(index[0, :k].tolist())})
+    tied = _full_ties_at_the_cut(image, label, known)
     for c, p in out[0].items():
-        torch.testing.assert_close(out[1][int(relabel[c])], p, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[1][int(relabel[c])][~tied], p[~tied], atol=1e-3, rtol=1e-3)
+
+
+def _full_ties_at_the_cut(image, label, known) -> torch.Tensor:
+    """``[H, W]``: the unknown pixels whose ``TOP_CLASSES``-th and next class tie on every key of
+    :func:`~torch_label_mae.combiner.top_classes` (the walk, the distance, the colour): there the choice
+    is arbitrary (with real images it does not happen)."""
+    import torch_label_mae.combiner as combiner_module
+
+    prob, index, valid = walk(image, label, known)
+    k = int(valid[0].sum())
+    out = torch.zeros(label.numel(), dtype=torch.bool)
+    if k > TOP_CLASSES:
+        ctx = combiner_module.context(image, label, known, index[0, :k])
+        lw = combiner_module.walk_log_prob(prob[0, :k], ctx.pixels)
+        for j, pixel in enumerate(ctx.pixels.tolist()):
+            keys = sorted((-float(lw[c, j]), float(ctx.dist[c, j]), -float(ctx.lq[c, j])) for c in range(k))
+            out[pixel] = keys[TOP_CLASSES - 1] == keys[TOP_CLASSES]
+    return out.view(label.shape)
 
 
 @settings(max_examples=25, deadline=None)
@@ -121,11 +142,15 @@ def test_refine_keeps_known_pixels_and_gives_distributions_over_present_classes(
 def test_a_new_combiner_is_the_walk(sample):
     """The MLP's last layer starts at zero: the combined classes are the walk's, with its probabilities
     renormalised over each pixel's ``TOP_CLASSES`` most likely classes (the others 0)."""
+    import torch_label_mae.combiner as combiner_module
+
     image, label, known = sample
     prob, index, valid = walk(image, label, known)
     refined = PriorCombiner(16).refine(image[None], label[None], known[None], prob, index, valid)
     p = prob[0][:, ~known].clamp(min=1e-6)  # [K, n]
-    top = p.topk(min(TOP_CLASSES, p.shape[0]), dim=0).indices
+    k = p.shape[0]
+    ctx = combiner_module.context(image, label, known, index[0, :k])
+    top = combiner_module.top_classes(combiner_module.Evidence(p.log(), ctx))
     p = torch.zeros_like(p).scatter_(0, top, p.gather(0, top))
     torch.testing.assert_close(refined[0][:, ~known], p / p.sum(0), atol=1e-6, rtol=1e-5)
     assert torch.equal(refined[0][:, ~known].argmax(0), prob[0][:, ~known].argmax(0))

@@ -9,9 +9,9 @@ are. The combiner weighs the three per pixel and per present class:
 
 with one small MLP shared by every class (so any class list, any order: permuting the classes permutes
 the output), whose last layer starts at zero (so it starts as the walk). The softmax runs over the
-``TOP_CLASSES`` classes most likely at ``x`` under the walk; the others get 0 (where more classes than
-that tie at the walk's floor ``MIN_PROB``, the first in order are weighed). The features of class ``k``
-at an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
+``TOP_CLASSES`` classes most likely at ``x`` under the walk (:func:`top_classes`: ties at the walk's
+floor go to the nearer class); the others get 0. The features of class ``k`` at an unknown pixel ``x``
+(:func:`features`, ``NUM_FEATURES``):
 
 0. ``log P_walk(k | x)`` and 1. minus its maximum over the classes;
 2. ``log A(k | x)``, the class posterior of ``x``'s colour under per-class colour histograms of the
@@ -47,8 +47,8 @@ REFERENCE_SIDE = 224  # distances are measured in pixels of an image of this man
 MIN_PROB = 1e-6  # probabilities are clipped here before their logarithm
 LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels of a REFERENCE_SIDE image
 LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
-CHUNK = 4096  # pixels per pass of the MLP: its activations [CHUNK, K, width] stay in cache (2x faster than 65536)
-TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0)
+CHUNK = 4096  # pixels per pass of the MLP: its activations [M, CHUNK, width] stay in cache (2x faster than 65536)
+TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0; see top_classes)
 
 
 class PriorCombiner(nn.Module):
@@ -115,7 +115,7 @@ class PriorCombiner(nn.Module):
             contexts = self.contexts(image, label, known, index, valid)
         if len(contexts) != prob.shape[0]:
             raise ValueError(f"refine: {len(contexts)} contexts for a batch of {prob.shape[0]}")
-        out = prob.clone()
+        out = prob.clone(memory_format=torch.contiguous_format)
         for i, ctx in enumerate(contexts):
             if ctx is not None:
                 k = ctx.log_share.shape[0]
@@ -125,14 +125,14 @@ class PriorCombiner(nn.Module):
 
     def combine(self, evidence: Evidence) -> torch.Tensor:
         """The combined probabilities ``[K, n]`` of one sample's unknown pixels: the softmax of the logits
-        over each pixel's ``TOP_CLASSES`` most likely classes under the walk, 0 for the others. The MLP
-        runs where its weights are, on ``CHUNK`` pixels at a time."""
+        over each pixel's :func:`top_classes`, 0 for the others. The MLP runs where its weights are, on
+        ``CHUNK`` pixels at a time."""
         k, n = evidence.lw.shape
         device = self.mlp[0].weight.device
         out = torch.zeros(k, n)
         for s in range(0, n, CHUNK):
             rows = slice(s, s + CHUNK)
-            top = evidence.lw[:, rows].topk(TOP_CLASSES, dim=0).indices if k > TOP_CLASSES else None  # [M, r]
+            top = top_classes(evidence, rows) if k > TOP_CLASSES else None  # [M, r]
             p = self(evidence.features(rows, top).to(device)).softmax(0).cpu()  # [M, r]
             out[:, rows] = p if top is None else out[:, rows].scatter_(0, top, p)
         return out
@@ -182,6 +182,18 @@ class Evidence(NamedTuple):
         cols = [lw, lw - best_w, lq, lq - best_q, ld, ld - nearest, share, entropy, nearest]
         cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c]
         return torch.stack(cols, -1)  # [K or M, r, F]
+
+
+def top_classes(evidence: Evidence, rows: slice = slice(None)) -> torch.Tensor:
+    """``[TOP_CLASSES, r]``: the positions of the classes the MLP weighs at each of the pixels ``rows``, the
+    most likely under the walk first. The walk's probabilities tie at its floor (``MIN_PROB``) wherever
+    fewer classes reach a pixel, so ties go to the nearer class (its known pixels), then to the better
+    colour posterior: the choice depends on the classes' evidence, never on their order."""
+    ctx = evidence.context
+    order = ctx.lq[:, rows].argsort(dim=0, descending=True, stable=True)  # least significant key first
+    for key, descending in ((ctx.dist[:, rows], False), (evidence.lw[:, rows], True)):
+        order = order.gather(0, key.gather(0, order).argsort(dim=0, descending=descending, stable=True))
+    return order[:TOP_CLASSES]
 
 
 def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:

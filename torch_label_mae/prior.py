@@ -143,10 +143,12 @@ class RandomWalk(NearestFill):
             args = image[i : i + 1], label[i : i + 1], known[i : i + 1]
             mine = index[i : i + 1, :k], valid[i : i + 1, :k]
             with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
-                walk, _ = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=1))
+                walk, _ = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))
                 prob[i, :k] = self.combiner.refine(*args, walk, *mine, self.combiner.contexts(*args, *mine))[0]
 
-        with ThreadPoolExecutor(min(threads, label.shape[0])) as pool:
+        workers = min(threads, label.shape[0])
+        share = max(1, threads // workers)  # the threads a sample's class solves may use
+        with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(label.shape[0])))
         return prob
 
