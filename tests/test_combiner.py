@@ -304,6 +304,25 @@ def test_a_batch_equals_its_samples_one_by_one(one, two):
     torch.testing.assert_close(from_uint8, from_float)
 
 
+def test_refine_takes_probabilities_in_any_memory_layout():
+    image, label, known = (t[:, :12, :12] if t.dim() == 3 else t[:12, :12] for t in _bands(6))
+    prob, index, valid = walk(image, label, known)
+    strided = prob.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, H and W strides swapped
+    combiner = trained_combiner()
+    want = combiner.refine(image[None], label[None], known[None], prob, index, valid)
+    assert torch.equal(combiner.refine(image[None], label[None], known[None], strided, index, valid), want)
+
+
+def _bands(k: int):
+    """``(image [3, 16, 16], label [16, 16], known [16, 16])``: ``k`` vertical bands, a third of them known."""
+    rng = np.random.default_rng(k)
+    truth = np.minimum((np.arange(16) * k) // 16, k - 1)[None].repeat(16, 0)
+    image = torch.from_numpy(rng.random((k, 3))[truth].transpose(2, 0, 1).copy()).float()
+    known = torch.from_numpy(rng.random((16, 16)) < 0.35)
+    known[0] = True  # every band keeps a known pixel
+    return image, torch.where(known, torch.from_numpy(truth), 255), known
+
+
 def test_one_class_or_nothing_unknown_leaves_the_walk_as_it_is():
     combiner = trained_combiner()
     image = torch.rand(1, 3, 8, 8)
@@ -360,12 +379,14 @@ def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
     known = torch.from_numpy(rng.random((3, s, s)) < 0.4)
     broken = torch.where(known, label, 255)
     broken[1] = torch.where(known[1], 5, 255)  # one class only
+    broken = torch.cat([broken, torch.full_like(broken[:1], 255), label[:1]])  # nothing known; all known
+    image = torch.cat([image, image[:2]])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         with torch.inference_mode():
             batch = model.prior(broken, image=image)
-            alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(3)]
+            alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(5)]
     finally:
         torch.set_num_threads(before)
     for i, one in enumerate(alone):
