@@ -235,18 +235,29 @@ def test_config_validates_and_round_trips_the_combiner():
     assert not any(k.startswith("prior_combiner") for k in LMAE.state_shapes(plain))
 
 
-def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
-    cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=RandomWalkPrior(**WALK, combiner=8))
+def model_with_combiner(num_classes: int, std: float, seed: int) -> LMAE:
+    """A tiny model whose combiner's weights are random (not zero: it changes the walk)."""
+    cfg = LMAEConfig(**TINY_MODEL, num_classes=num_classes, prior=RandomWalkPrior(**WALK, combiner=8))
     model = LMAE(cfg).eval()
     with torch.no_grad():
         for p in model.prior_combiner.parameters():
-            torch.nn.init.normal_(p, std=2.0, generator=torch.Generator().manual_seed(1))
-    rng = np.random.default_rng(3)
-    s = cfg.img_size
-    image = torch.from_numpy(rng.random((1, 3, s, s))).float()
-    label = torch.from_numpy(rng.integers(0, 4, (1, s, s)))
-    known = torch.from_numpy(rng.random((1, s, s)) < 0.3)
-    broken = torch.where(known, label, 255)
+            torch.nn.init.normal_(p, std=std, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def random_batch(b: int, size: int, classes: int, known_share: float, seed: int):
+    """``(image [b, 3, size, size], label, known, broken)``: random classes, ``known_share`` of them known."""
+    rng = np.random.default_rng(seed)
+    image = torch.from_numpy(rng.random((b, 3, size, size))).float()
+    label = torch.from_numpy(rng.integers(0, classes, (b, size, size)))
+    known = torch.from_numpy(rng.random((b, size, size)) < known_share)
+    return image, label, known, torch.where(known, label, 255)
+
+
+def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
+    model = model_with_combiner(4, std=2.0, seed=1)
+    cfg = model.config
+    image, label, known, broken = random_batch(1, cfg.img_size, 4, 0.3, seed=3)
     prob, index, valid = walk(image[0], broken[0], known[0])
     before = torch.get_num_threads()
     try:
@@ -367,17 +378,8 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
 def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
     """On the CPU a batch's samples are walked and combined one per thread: the same probabilities as
     each sample alone."""
-    cfg = LMAEConfig(**TINY_MODEL, num_classes=8, prior=RandomWalkPrior(**WALK, combiner=8))
-    model = LMAE(cfg).eval()
-    with torch.no_grad():
-        for p in model.prior_combiner.parameters():
-            torch.nn.init.normal_(p, std=1.0, generator=torch.Generator().manual_seed(2))
-    rng = np.random.default_rng(4)
-    s = cfg.img_size
-    image = torch.from_numpy(rng.random((3, 3, s, s))).float()
-    label = torch.from_numpy(rng.integers(0, 8, (3, s, s)))
-    known = torch.from_numpy(rng.random((3, s, s)) < 0.4)
-    broken = torch.where(known, label, 255)
+    model = model_with_combiner(8, std=1.0, seed=2)
+    image, label, known, broken = random_batch(3, model.config.img_size, 8, 0.4, seed=4)
     broken[1] = torch.where(known[1], 5, 255)  # one class only
     broken = torch.cat([broken, torch.full_like(broken[:1], 255), label[:1]])  # nothing known; all known
     image = torch.cat([image, image[:2]])
