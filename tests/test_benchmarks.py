@@ -224,3 +224,29 @@ def test_fit_curve_scores_the_fits_and_the_anchors_on_the_same_holes(tmp_path):
     assert res["anchors"]["nearest fill"] == pytest.approx(100 * want["pa_miou"], abs=1e-6)
     zero = evaluate(completer_method(LabelCompleter.from_pretrained(str(start))), ds, ds.info.num_classes)
     assert res["anchors"][f"zero-shot {start}"] == pytest.approx(100 * zero["pa_miou"], abs=1e-6)
+
+
+def test_vs_random_walker_interleaves_rounds_and_reports_their_ratios(tmp_path):
+    pytest.importorskip("skimage.segmentation", reason="scikit-image is a benchmark extra ([bench])")
+    import statistics
+
+    import vs_random_walker
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 2),), num_classes=3)
+    folder = tmp_path / "model"
+    cfg = {**TINY_MODEL, "num_classes": 8, "label_prior": True, "class_agnostic": True}
+    LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(folder)
+    out = tmp_path / "vs.json"
+    args = ["--model", str(folder), "--data", str(data), "--size", "32x32", "--images", "2", "--batch-sizes", "1", "2"]
+    assert vs_random_walker.main([*args, "--rounds", "3", "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["rounds"]) == 3 and all(set(r) == {"b1", "b2", "random walker"} for r in res["rounds"])
+    assert all(v > 0 for r in res["rounds"] for v in r.values())
+    for name in ("b1", "b2"):
+        ratios = [r[name] / r["random walker"] for r in res["rounds"]]
+        assert res["ratios"][name] == pytest.approx(
+            dict(median=statistics.median(ratios), low=min(ratios), high=max(ratios))
+        )
+    with pytest.raises(SystemExit):
+        vs_random_walker.main([*args, "--rounds", "0"])
