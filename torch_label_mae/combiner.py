@@ -185,15 +185,14 @@ class Evidence(NamedTuple):
 
 
 def top_classes(evidence: Evidence, rows: slice = slice(None)) -> torch.Tensor:
-    """``[TOP_CLASSES, r]``: the positions of the classes the MLP weighs at each of the pixels ``rows``, the
-    most likely under the walk first. The walk's probabilities tie at its floor (``MIN_PROB``) wherever
-    fewer classes reach a pixel, so ties go to the nearer class (its known pixels), then to the better
-    colour posterior: the choice depends on the classes' evidence, never on their order."""
+    """``[M, r]``: the positions of the ``M = min(TOP_CLASSES, K)`` classes the MLP weighs at each of the
+    pixels ``rows``, the most likely under the walk first. The walk's probabilities tie at its floor
+    (``MIN_PROB``) wherever fewer classes reach a pixel, so ties go to the nearer class (its known pixels),
+    then to the better colour posterior: the choice depends on the classes' evidence, never on their
+    order. One float64 key whose smaller terms only order what the larger ones leave (nearly) tied."""
     ctx = evidence.context
-    order = ctx.lq[:, rows].argsort(dim=0, descending=True, stable=True)  # least significant key first
-    for key, descending in ((ctx.dist[:, rows], False), (evidence.lw[:, rows], True)):
-        order = order.gather(0, key.gather(0, order).argsort(dim=0, descending=descending, stable=True))
-    return order[:TOP_CLASSES]
+    key = evidence.lw[:, rows].double() - 1e-9 * ctx.dist[:, rows].double() + 1e-15 * ctx.lq[:, rows].double()
+    return key.topk(min(TOP_CLASSES, key.shape[0]), dim=0).indices
 
 
 def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:
