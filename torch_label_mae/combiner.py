@@ -134,7 +134,10 @@ class PriorCombiner(nn.Module):
             rows = slice(s, s + CHUNK)
             top = top_classes(evidence, rows) if k > TOP_CLASSES else None  # [M, r]
             p = self(evidence.features(rows, top).to(device)).softmax(0).cpu()  # [M, r]
-            out[:, rows] = p if top is None else out[:, rows].scatter_(0, top, p)
+            if top is None:
+                out[:, rows] = p
+            else:  # a view of out: written in place
+                out[:, rows].scatter_(0, top, p)
         return out
 
 

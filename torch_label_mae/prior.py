@@ -137,6 +137,8 @@ class RandomWalk(NearestFill):
         walk, contexts and refinement in turn (the same probabilities: the samples do not interact)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
         prob = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
+        workers = min(threads, label.shape[0])
+        share = max(1, threads // workers)  # the threads a sample's class solves may use
 
         def one(i: int) -> None:
             k = max(int(valid[i].sum()), 1)
@@ -146,8 +148,6 @@ class RandomWalk(NearestFill):
                 walk, _ = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))
                 prob[i, :k] = self.combiner.refine(*args, walk, *mine, self.combiner.contexts(*args, *mine))[0]
 
-        workers = min(threads, label.shape[0])
-        share = max(1, threads // workers)  # the threads a sample's class solves may use
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(label.shape[0])))
         return prob
