@@ -211,18 +211,39 @@ def _relax(p: torch.Tensor, free: torch.Tensor, weights, sweeps: int, omega: flo
     return p
 
 
-def _edges(h: int, w: int, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every edge of the graph of one sample's ``weights`` (see :func:`edge_weights`, batch 1): the flat
-    pixel indices of its two ends ``a [E]`` and ``b [E]`` (``b = a + offset``) and its weight ``[E]``
-    (float64, on the CPU)."""
-    grid = np.arange(h * w).reshape(h, w)
-    ends, values = [], []
-    for (dy, dx), weight in _kinds(weights):
-        (ar, ac), (br, bc) = _ends(dy, dx, h, w)
-        ends.append((grid[ar, ac].ravel(), grid[br, bc].ravel()))
-        values.append(weight[0, 0].detach().to("cpu", torch.float64).numpy().ravel())
-    a, b = (np.concatenate(e) for e in zip(*ends, strict=True))
-    return a, b, np.concatenate(values)
+def _system(free: np.ndarray, h: int, w: int, weights):
+    """The walk's system on the ``n`` free pixels of one sample (``free [H*W]`` bool, raster order; ``weights``
+    as :func:`edge_weights` gives them, batch 1), read off the pixel grid without an edge list: ``L_ff``'s
+    upper triangle (CSC, the diagonal included, the rows of each column ascending) and the edges from a free
+    pixel to a known one as ``(row [E], known pixel [E], weight [E])`` (float64, on the CPU)."""
+    cols = np.flatnonzero(free)  # [n]: the free pixels, raster order; column j of L_ff is pixel cols[j]
+    n = cols.size
+    index = np.full(h * w, -1, dtype=np.int64)
+    index[cols] = np.arange(n)
+    degree = np.zeros(n)
+    rows, values, out = [], [], []  # per kind: the upper triangle's entries [n]; the edges to known pixels
+    # the other end of a column's edges lies at pixel - offset (above it in raster order) or pixel + offset;
+    # kinds in decreasing offset, so that the rows above the diagonal come in ascending order
+    for (dy, dx), weight in sorted(_kinds(weights), key=lambda kind: -(kind[0][0] * w + kind[0][1])):
+        offset = dy * w + dx
+        weight = weight[0, 0].detach().to("cpu", torch.float64)
+        for pad, sign in zip(_pads(dy, dx, h, w), (1, -1), strict=True):  # the edge to pixel + sign * offset
+            at = F.pad(weight, pad).flatten().numpy()[cols]  # [n]; 0 where the pixel has no such edge
+            other = np.where(at > 0, cols + sign * offset, cols)  # every edge weighs 1e-10 or more
+            degree += at
+            to_known = (at > 0) & ~free[other]
+            out.append((np.flatnonzero(to_known), other[to_known], at[to_known]))
+            if sign == -1:
+                above = (at > 0) & free[other]
+                rows.append(np.where(above, index[other], -1))
+                values.append(-at)
+    rows.append(np.arange(n))
+    values.append(degree)
+    rows, values = np.stack(rows, 1), np.stack(values, 1)  # [n, kinds + 1]: row j holds column j
+    keep = rows >= 0
+    pointers = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    upper = scipy.sparse.csc_matrix((values[keep], rows[keep], pointers), (n, n))
+    return upper, tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
 def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1) -> torch.Tensor:
@@ -232,34 +253,15 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1
     factorisation (float64, on the CPU, no pivoting needed) serves all ``K`` classes, solved on ``threads``
     threads (QDLDL's solves release the GIL). ``p [1, K, H, W]``, ``free [1, 1, H, W]`` (0 / 1)."""
     f = free[0, 0].flatten().bool()
-    n = int(f.sum())
-    if n == 0:
+    if not bool(f.any()):
         return p
     h, w = free.shape[-2:]
-    fc = f.cpu().numpy()
-    index = np.full(h * w, -1, dtype=np.int64)
-    index[fc] = np.arange(n)
-    a, b, weight = _edges(h, w, weights)
-    degree = np.bincount(a, weight, h * w) + np.bincount(b, weight, h * w)
-    free_a, free_b = fc[a], fc[b]
-    # an edge between two free pixels: one entry above the diagonal, as b = a + offset comes after a in raster
-    # order (every offset points down, or right along a row) and index keeps that order
-    both = free_a & free_b
-    ia, ib = index[a[both]], index[b[both]]
-    diagonal = np.arange(n)
-    rows, cols = np.concatenate([ia, diagonal]), np.concatenate([ib, diagonal])
-    upper = scipy.sparse.csc_matrix((np.concatenate([-weight[both], degree[fc]]), (rows, cols)), (n, n))  # L_ff
-    out_a, out_b = free_a & ~free_b, free_b & ~free_a  # edges from a free pixel to a known one
-    w_fk = scipy.sparse.csr_matrix(
-        (
-            np.concatenate([weight[out_a], weight[out_b]]),
-            (np.concatenate([index[a[out_a]], index[b[out_b]]]), np.concatenate([b[out_a], a[out_b]])),
-        ),
-        (n, h * w),
-    )
-    rhs = w_fk @ p[0].detach().cpu().double().flatten(1).numpy().T  # [n, K]: sum_{j known} w_ij p_j
+    upper, (row, pixel, weight) = _system(f.cpu().numpy(), h, w, weights)
+    known = p[0].detach().cpu().double().flatten(1)[:, pixel]  # [K, E]: the known ends' probabilities
+    rhs = torch.zeros(known.shape[0], upper.shape[0], dtype=torch.float64)
+    rhs.index_add_(1, torch.from_numpy(row), known * torch.from_numpy(weight))  # [K, n]: sum_{j known} w_ij p_j
     solve = _factorise(upper)
-    columns = [np.ascontiguousarray(rhs[:, k]) for k in range(rhs.shape[1])]
+    columns = list(rhs.numpy())
     if threads > 1 and len(columns) > 1:
         with ThreadPoolExecutor(min(threads, len(columns))) as pool:
             x = np.stack(list(pool.map(solve, columns)))  # [K, n]
