@@ -247,17 +247,9 @@ def cleanlab_mask(labels, probs) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    from torch_label_mae import LabelCompleter
-    from torch_label_mae.audit import (
-        DEFAULT_MIN_AREA,
-        DEFAULT_SHIFTS,
-        default_threshold,
-        model_predictor,
-        random_walk_predictor,
-    )
-    from torch_label_mae.data import FolderDataset
-    from torch_label_mae.io import resize_image, resize_label
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line."""
+    from torch_label_mae.audit import DEFAULT_MIN_AREA, DEFAULT_SHIFTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -278,26 +270,29 @@ def main(argv=None) -> int:
 
     if a.every < 1:
         ap.error(f"--every must be >= 1, got {a.every}")
-    completer = LabelCompleter.from_pretrained(a.model, device="cpu")
-    a.threshold = default_threshold(completer) if a.threshold is None else a.threshold
-    cfg = completer.config
-    n, size = cfg.num_classes, cfg.size
-    ds = FolderDataset(a.data, a.split)
-    picked = list(range(0, len(ds), a.every))[: a.limit]
-    count = len(picked)
+    return a
+
+
+def read_images(ds, picked: list[int], size) -> tuple[list[torch.Tensor], list[np.ndarray], list[str]]:
+    """The ``picked`` samples resized to the model's ``size`` -> ``(images, true labels, keys)``."""
+    from torch_label_mae.io import resize_image, resize_label
+
     images, truths, keys = [], [], []
     for i in picked:
         image, label, key = ds[i]
         images.append(resize_image(image.unsqueeze(0), size)[0])
         truths.append(resize_label(label.unsqueeze(0), size)[0].numpy().astype(np.int64))
         keys.append(key)
-    predictors = {"model": model_predictor(completer), "rw": random_walk_predictor(n)}
+    return images, truths, keys
+
+
+def print_header(a: argparse.Namespace, dataset: str, count: int, size) -> None:
+    """The run's settings line and the table's header (the sweep's or the methods')."""
     print(
-        f"{ds.info.name} [{a.split}] {count} images at {size[0]}x{size[1]}, model {a.model}, threshold "
+        f"{dataset} [{a.split}] {count} images at {size[0]}x{size[1]}, model {a.model}, threshold "
         f"{a.threshold:g}, min area {a.min_area:g}, grid shifts {a.shifts}, seed {a.seed}",
         flush=True,
     )
-    results: dict = {}
     if a.sweep:
         print(f"{'kind':8s} " + " ".join(f"{t:>13g}" for t in a.sweep) + "   (mIoU after - before, points)")
     else:
@@ -305,47 +300,84 @@ def main(argv=None) -> int:
             f"{'kind':8s} {'method':9s} {'pix AP':>7s} {'AUROC':>7s} {'reg P':>6s} {'reg R':>6s} {'img AP':>7s} "
             f"{'mIoU before':>11s} {'after':>6s} {'gain':>6s} {'s':>5s}"
         )
+
+
+def sweep_kind(a: argparse.Namespace, kind: str, predict, images, corrupted, truths, flags, grid, n: int) -> dict:
+    """The model's figures on one kind at every ``--sweep`` threshold; prints the mIoU gains as a row."""
+    results = {}
+    sc, pr = leave_out(predict, images, corrupted, grid, n, a.batch_size, shifts=a.shifts)
+    row = []
+    for t in a.sweep:
+        f = figures(sc, pr, corrupted, truths, flags, n, t, a.min_area)
+        results[str(t)] = f
+        row.append(f"{100 * (f['miou_after'] - f['miou_before']):+13.2f}")
+    print(f"{kind:8s} " + " ".join(row), flush=True)
+    return results
+
+
+def print_method_row(kind: str, method: str, f: dict) -> None:
+    """One method's figures on one kind, as a row of the table."""
+    print(
+        f"{kind:8s} {method:9s} {f['pixel_ap']:7.3f} {f['pixel_auroc']:7.3f} {f['region_precision']:6.2f} "
+        f"{f['region_recall']:6.2f} {f['image_ap']:7.3f} {100 * f['miou_before']:11.2f} "
+        f"{100 * f['miou_after']:6.2f} {100 * (f['miou_after'] - f['miou_before']):+6.2f} {f['seconds']:5.0f}",
+        flush=True,
+    )
+
+
+def score_kind(a: argparse.Namespace, kind: str, predictors, images, corrupted, truths, flags, grid, n: int) -> dict:
+    """Every ``--methods`` method's figures on one kind, at ``--threshold``; prints a row per method."""
+    results = {}
+    model_out = None
+    for method in a.methods:
+        t0 = time.perf_counter()
+        if method in ("model", "cleanlab"):
+            if model_out is None:
+                model_out = leave_out(
+                    predictors["model"],
+                    images,
+                    corrupted,
+                    grid,
+                    n,
+                    a.batch_size,
+                    "cleanlab" in a.methods,
+                    a.shifts,
+                )
+            sc, pr = model_out[0], model_out[1]
+            binary = cleanlab_mask(corrupted, model_out[2]) if method == "cleanlab" else None
+        else:
+            sc, pr = leave_out(predictors["rw"], images, corrupted, grid, n, a.batch_size, shifts=a.shifts)
+            binary = None
+        f = figures(sc, pr, corrupted, truths, flags, n, a.threshold, a.min_area, binary)
+        f["seconds"] = time.perf_counter() - t0
+        results[method] = f
+        print_method_row(kind, method, f)
+    return results
+
+
+def main(argv=None) -> int:
+    """Corrupt, audit and repair every ``--kinds`` kind with every method; print the table, write the JSON."""
+    from torch_label_mae import LabelCompleter
+    from torch_label_mae.audit import default_threshold, model_predictor, random_walk_predictor
+    from torch_label_mae.data import FolderDataset
+
+    a = parse_args(argv)
+    completer = LabelCompleter.from_pretrained(a.model, device="cpu")
+    a.threshold = default_threshold(completer) if a.threshold is None else a.threshold
+    cfg = completer.config
+    n, size = cfg.num_classes, cfg.size
+    ds = FolderDataset(a.data, a.split)
+    picked = list(range(0, len(ds), a.every))[: a.limit]
+    images, truths, keys = read_images(ds, picked, size)
+    predictors = {"model": model_predictor(completer), "rw": random_walk_predictor(n)}
+    print_header(a, ds.info.name, len(picked), size)
+    results: dict = {}
     for kind in a.kinds:
         corrupted, flags = corrupted_set(truths, keys, kind, a.seed, n)
-        results[kind] = {}
         if a.sweep:
-            sc, pr = leave_out(predictors["model"], images, corrupted, cfg.grid, n, a.batch_size, shifts=a.shifts)
-            row = []
-            for t in a.sweep:
-                f = figures(sc, pr, corrupted, truths, flags, n, t, a.min_area)
-                results[kind][str(t)] = f
-                row.append(f"{100 * (f['miou_after'] - f['miou_before']):+13.2f}")
-            print(f"{kind:8s} " + " ".join(row), flush=True)
-            continue
-        model_out = None
-        for method in a.methods:
-            t0 = time.perf_counter()
-            if method in ("model", "cleanlab"):
-                if model_out is None:
-                    model_out = leave_out(
-                        predictors["model"],
-                        images,
-                        corrupted,
-                        cfg.grid,
-                        n,
-                        a.batch_size,
-                        "cleanlab" in a.methods,
-                        a.shifts,
-                    )
-                sc, pr = model_out[0], model_out[1]
-                binary = cleanlab_mask(corrupted, model_out[2]) if method == "cleanlab" else None
-            else:
-                sc, pr = leave_out(predictors["rw"], images, corrupted, cfg.grid, n, a.batch_size, shifts=a.shifts)
-                binary = None
-            f = figures(sc, pr, corrupted, truths, flags, n, a.threshold, a.min_area, binary)
-            f["seconds"] = time.perf_counter() - t0
-            results[kind][method] = f
-            print(
-                f"{kind:8s} {method:9s} {f['pixel_ap']:7.3f} {f['pixel_auroc']:7.3f} {f['region_precision']:6.2f} "
-                f"{f['region_recall']:6.2f} {f['image_ap']:7.3f} {100 * f['miou_before']:11.2f} "
-                f"{100 * f['miou_after']:6.2f} {100 * (f['miou_after'] - f['miou_before']):+6.2f} {f['seconds']:5.0f}",
-                flush=True,
-            )
+            results[kind] = sweep_kind(a, kind, predictors["model"], images, corrupted, truths, flags, cfg.grid, n)
+        else:
+            results[kind] = score_kind(a, kind, predictors, images, corrupted, truths, flags, cfg.grid, n)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"args": vars(a), "results": results}, fh, indent=2)

@@ -55,6 +55,19 @@ from torch_label_mae.inference import complete_tensors
 from torch_label_mae.transforms import CompleteLabels
 
 RW_BETA = 2000.0
+# printed under the tables and written to the JSON
+NOTES = [
+    "sizes are W x H of the inputs; the model runs at its config size (inputs resized inside complete_tensors)",
+    "img/s = images per timing / median seconds; warm-up excluded",
+    "CPU peak MiB is the process's peak RSS so far (ru_maxrss): monotone over the run, so a config shows "
+    "its own peak only where it raises the figure; CUDA peak MiB is torch.cuda.max_memory_allocated per config",
+    "GFLOP/img: FlopCounterMode on complete_tensors at batch 1 (matmul, conv, attention), mean over up to 4 "
+    "images; batched runs pad visible tokens to the batch maximum, so they do slightly more work",
+    "roofline: matmul in the precision the model computes in (float32, or bfloat16 under autocast), at the "
+    "torch thread count; the roofline fraction is against that one (on the CPU the float32 one is "
+    "printed too when the model runs in bfloat16)",
+    "DataLoader workers run torch with 1 thread each; baselines (scipy, skimage) run single-threaded",
+]
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -306,7 +319,8 @@ def print_table(rows) -> None:
         )
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[torch.device]]:
+    """Parse and check the command line -> ``(options, devices to run on)``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="camvid-m0.5", help="registered name, Hub repo id or local folder")
     ap.add_argument("--data", help="dataset folder (<data>/<split>/images, labels); synthetic inputs without it")
@@ -338,44 +352,39 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if min(a.batch_sizes) < 1 or a.repeats < 1 or a.warmup < 0 or a.workers < 0:
         ap.error("batch sizes and --repeats must be >= 1, --warmup and --workers >= 0")
-
-    torch.set_num_threads(a.threads)
     devices = [torch.device(d) for d in (a.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))]
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
         ap.error("--devices cuda given but CUDA is not available")
-    n = a.images or max(a.batch_sizes)
-    n_tf = min(a.transform_images or n, n)
-    notes = [
-        "sizes are W x H of the inputs; the model runs at its config size (inputs resized inside complete_tensors)",
-        "img/s = images per timing / median seconds; warm-up excluded",
-        "CPU peak MiB is the process's peak RSS so far (ru_maxrss): monotone over the run, so a config shows "
-        "its own peak only where it raises the figure; CUDA peak MiB is torch.cuda.max_memory_allocated per config",
-        "GFLOP/img: FlopCounterMode on complete_tensors at batch 1 (matmul, conv, attention), mean over up to 4 "
-        "images; batched runs pad visible tokens to the batch maximum, so they do slightly more work",
-        "roofline: matmul in the precision the model computes in (float32, or bfloat16 under autocast), at the "
-        "torch thread count; the roofline fraction is against that one (on the CPU the float32 one is "
-        "printed too when the model runs in bfloat16)",
-        "DataLoader workers run torch with 1 thread each; baselines (scipy, skimage) run single-threaded",
-    ]
+    return a, devices
+
+
+def describe_machine(devices: list[torch.device], n: int, repeats: int) -> dict:
+    """Print the thread count, devices and machine -> the machine info."""
     print(
         f"threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), devices: "
-        f"{', '.join(str(d) for d in devices)}, images per timing: {n}, repeats: {a.repeats}"
+        f"{', '.join(str(d) for d in devices)}, images per timing: {n}, repeats: {repeats}"
     )
     machine = machine_info(torch.get_num_threads(), devices)
     print(
         f"torch {machine['torch']}, CPU {machine['cpu_model']} ({machine['cpus_usable']} usable), "
         f"device {machine['device_name']}, load average {machine['loadavg_start']}"
     )
+    return machine
 
-    completers = {d.type: load_completer(a.model, d, a.precision) for d in devices}
-    first = completers[devices[0].type]
-    cfg = first.config
-    n_params = sum(p.numel() for p in first.model.parameters())
+
+def describe_model(name: str, completer: LabelCompleter) -> int:
+    """Print the model's size, working size and classes -> its parameter count."""
+    cfg = completer.config
+    n_params = sum(p.numel() for p in completer.model.parameters())
     print(
-        f"model {a.model}: {n_params / 1e6:.2f}M parameters, works at {cfg.size[1]}x{cfg.size[0]}, "
+        f"model {name}: {n_params / 1e6:.2f}M parameters, works at {cfg.size[1]}x{cfg.size[0]}, "
         f"{cfg.num_classes} classes"
     )
+    return n_params
 
+
+def make_inputs(a: argparse.Namespace, cfg, n: int) -> tuple[dict, str]:
+    """``n`` inputs per size from ``--data`` or synthetic, with their share missing printed -> (inputs, source)."""
     # inputs per size, the same for every path
     inputs = {}
     source = "synthetic"
@@ -394,119 +403,172 @@ def main(argv=None) -> int:
         print(f"inputs {size_name(hw)}: {n} from {source}, {100 * frac:.1f}% of pixels missing (holes + void)")
     if max(a.batch_sizes) > n:
         print(f"note: batch sizes above --images {n} run as one batch of {n}")
+    return inputs, source
 
-    # FLOPs per image, per size
+
+def measure_flops(completer: LabelCompleter, inputs: dict) -> dict:
+    """FLOPs per image, per size (keyed by the size's name)."""
     flops = {}
     for hw, (images, labels) in inputs.items():
-        f, k = flops_per_image(first, images, labels)
+        f, k = flops_per_image(completer, images, labels)
         flops[size_name(hw)] = dict(flops_per_image=f, gflop_per_image=f / 1e9, images_counted=k)
+    return flops
 
-    rooflines, rows, baselines, transforms, compile_info = {}, [], [], [], {}
+
+def measure_rooflines(devices: list[torch.device], completers: dict, n: int, repeats: int) -> dict:
+    """The matmul roofline of every device in the model's precision (and float32 on the CPU), printed."""
+    rooflines = {}
     for dev in devices:
         amp = completers[dev.type].autocast_dtype() or torch.float32
         # the CPU's bfloat16 roofline only where the model runs in it: without AMX a large bfloat16
         # matmul takes minutes (CHANGELOG)
         kinds = [amp] if dev.type == "cuda" else list(dict.fromkeys([amp, torch.float32]))
         for i, dt in enumerate(kinds):
-            r = roofline(dev, a.roofline_n, a.repeats, dt)
+            r = roofline(dev, n, repeats, dt)
             rooflines[dev.type if i == 0 else f"{dev.type}-{r['dtype']}"] = r
             print(f"roofline {dev.type}: {r['dtype']} {r['n']}x{r['n']} matmul, {r['gflops']:.1f} GFLOP/s")
         print(f"model precision on {dev.type}: {str(amp).replace('torch.', '')}")
+    return rooflines
 
-    # baselines (CPU, on the same images)
-    if not a.no_baselines:
-        for hw, (images, labels) in inputs.items():
-            runs = [("nearest", nearest_fill, n)]
-            if a.rw_images > 0:
-                try:
-                    import skimage  # noqa: F401
 
-                    runs.append((f"rw b{RW_BETA:g}", random_walker(RW_BETA), min(a.rw_images, n)))
-                except ImportError:
-                    print("random walker skipped: scikit-image is not installed (pip install -e '.[bench]')")
-            for name, method, k in runs:
-                secs = run_baseline(method, images[:k], labels[:k], a.repeats)
-                baselines.append(row(device="cpu", size=size_name(hw), path=name, batch=None, images=k, seconds=secs))
+def bench_baselines(inputs: dict, n: int, rw_images: int, repeats: int) -> list[dict]:
+    """Rows of the classical baselines (CPU, on the same images): nearest fill, and the random walker."""
+    baselines = []
+    for hw, (images, labels) in inputs.items():
+        runs = [("nearest", nearest_fill, n)]
+        if rw_images > 0:
+            try:
+                import skimage  # noqa: F401
 
-    for dev in devices:
-        completer = completers[dev.type]
-        compiled = None
-        if a.compile:
-            first_hw = a.sizes[0]
-            compiled, err = try_compile(completer, inputs[first_hw][0][0], inputs[first_hw][1][0])
-            compile_info[dev.type] = dict(ok=compiled is not None, error=err)
-            print(f"torch.compile on {dev.type}: " + ("ok" if compiled is not None else f"skipped ({err})"))
-        roof = rooflines[dev.type]["gflops"]
-        for hw in a.sizes:
-            images, labels = inputs[hw]
-            gflop = flops[size_name(hw)]["gflop_per_image"]
-            for b in a.batch_sizes:
-                paths = [("api", completer.model), ("raw", completer.model)]
-                if compiled is not None:
-                    paths += [("api-compiled", compiled), ("raw-compiled", compiled)]
-                done = {}
-                for path, model in paths:
-                    reset_peak(dev)
-                    try:
-                        if path.startswith("api"):
-                            original = completer.model
-                            completer.model = model
-                            try:
-                                secs = bench_api(completer, images, labels, b, a.repeats, a.warmup)
-                            finally:
-                                completer.model = original
-                        else:
-                            amp = completer.autocast_dtype()
-                            secs = bench_raw(model, dev, amp, images, labels, b, a.repeats, a.warmup)
-                    except Exception as e:  # e.g. a compile failure on a new shape, out of memory
-                        msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-                        rows.append(dict(device=dev.type, size=size_name(hw), path=path, batch=b, error=msg))
-                        continue
-                    r = row(
-                        device=dev.type,
-                        size=size_name(hw),
-                        path=path,
-                        batch=b,
-                        effective_batch=min(b, n),
-                        images=n,
-                        seconds=secs,
-                        peak_mib=peak_mib(dev),
-                        peak_kind="cuda max_memory_allocated" if dev.type == "cuda" else "process peak RSS so far",
-                        gflop_per_image=gflop,
-                        precision=str(completer.autocast_dtype() or torch.float32).replace("torch.", ""),
-                    )
-                    r["achieved_gflops"] = gflop * r["images_per_s"]
-                    r["roofline_fraction"] = r["achieved_gflops"] / roof
-                    done[path] = r
-                    rows.append(r)
-                for path, r in done.items():
-                    raw = done.get("raw-compiled" if path.endswith("compiled") else "raw")
-                    if path.startswith("api") and raw is not None:
-                        r["vs_raw"] = r["images_per_s"] / raw["images_per_s"]
-                print(f"  done {dev.type} {size_name(hw)} batch {b}", flush=True)
+                runs.append((f"rw b{RW_BETA:g}", random_walker(RW_BETA), min(rw_images, n)))
+            except ImportError:
+                print("random walker skipped: scikit-image is not installed (pip install -e '.[bench]')")
+        for name, method, k in runs:
+            secs = run_baseline(method, images[:k], labels[:k], repeats)
+            baselines.append(row(device="cpu", size=size_name(hw), path=name, batch=None, images=k, seconds=secs))
+    return baselines
 
-            if not a.no_transform:
-                ti, tl = images[:n_tf], labels[:n_tf]
-                secs, how = bench_transform(completer, a.model, dev, ti, tl, a.workers, a.repeats)
-                t = row(images=n_tf, seconds=secs)
-                bsecs = bench_api(completer, ti, tl, a.transform_batch, a.repeats, a.warmup)
-                bt = row(images=n_tf, seconds=bsecs)
-                transforms.append(
-                    dict(
-                        device=dev.type,
-                        size=size_name(hw),
-                        workers=a.workers,
-                        transform_holds=how,
-                        images=n_tf,
-                        transform_seconds=secs,
-                        transform_images_per_s=t["images_per_s"],
-                        batch_size=a.transform_batch,
-                        batch_seconds=bsecs,
-                        batch_images_per_s=bt["images_per_s"],
-                        ratio=t["images_per_s"] / bt["images_per_s"],
-                    )
-                )
 
+def time_path(
+    completer: LabelCompleter, path: str, model, dev: torch.device, images, labels, b: int, a: argparse.Namespace
+) -> list[float]:
+    """Seconds per timing of one path: ``api*`` through ``complete_batch`` with ``model`` swapped in, else raw."""
+    if path.startswith("api"):
+        original = completer.model
+        completer.model = model
+        try:
+            return bench_api(completer, images, labels, b, a.repeats, a.warmup)
+        finally:
+            completer.model = original
+    amp = completer.autocast_dtype()
+    return bench_raw(model, dev, amp, images, labels, b, a.repeats, a.warmup)
+
+
+def bench_paths(
+    a: argparse.Namespace, dev: torch.device, completer, compiled, hw, images, labels, b: int, n: int, gflop, roof
+) -> list[dict]:
+    """Rows of the api and raw paths (and their compiled twins) at one size and batch size, with ``vs_raw``."""
+    paths = [("api", completer.model), ("raw", completer.model)]
+    if compiled is not None:
+        paths += [("api-compiled", compiled), ("raw-compiled", compiled)]
+    rows, done = [], {}
+    for path, model in paths:
+        reset_peak(dev)
+        try:
+            secs = time_path(completer, path, model, dev, images, labels, b, a)
+        except Exception as e:  # e.g. a compile failure on a new shape, out of memory
+            msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            rows.append(dict(device=dev.type, size=size_name(hw), path=path, batch=b, error=msg))
+            continue
+        r = row(
+            device=dev.type,
+            size=size_name(hw),
+            path=path,
+            batch=b,
+            effective_batch=min(b, n),
+            images=n,
+            seconds=secs,
+            peak_mib=peak_mib(dev),
+            peak_kind="cuda max_memory_allocated" if dev.type == "cuda" else "process peak RSS so far",
+            gflop_per_image=gflop,
+            precision=str(completer.autocast_dtype() or torch.float32).replace("torch.", ""),
+        )
+        r["achieved_gflops"] = gflop * r["images_per_s"]
+        r["roofline_fraction"] = r["achieved_gflops"] / roof
+        done[path] = r
+        rows.append(r)
+    for path, r in done.items():
+        raw = done.get("raw-compiled" if path.endswith("compiled") else "raw")
+        if path.startswith("api") and raw is not None:
+            r["vs_raw"] = r["images_per_s"] / raw["images_per_s"]
+    return rows
+
+
+def transform_vs_batch(a: argparse.Namespace, dev: torch.device, completer, hw, images, labels, n_tf: int) -> dict:
+    """The transform path against ``complete_batch`` on the same ``n_tf`` images -> one transform row."""
+    ti, tl = images[:n_tf], labels[:n_tf]
+    secs, how = bench_transform(completer, a.model, dev, ti, tl, a.workers, a.repeats)
+    t = row(images=n_tf, seconds=secs)
+    bsecs = bench_api(completer, ti, tl, a.transform_batch, a.repeats, a.warmup)
+    bt = row(images=n_tf, seconds=bsecs)
+    return dict(
+        device=dev.type,
+        size=size_name(hw),
+        workers=a.workers,
+        transform_holds=how,
+        images=n_tf,
+        transform_seconds=secs,
+        transform_images_per_s=t["images_per_s"],
+        batch_size=a.transform_batch,
+        batch_seconds=bsecs,
+        batch_images_per_s=bt["images_per_s"],
+        ratio=t["images_per_s"] / bt["images_per_s"],
+    )
+
+
+def bench_device(
+    a: argparse.Namespace, dev: torch.device, completer, inputs: dict, flops: dict, roof: float, n: int, n_tf: int
+) -> tuple[list[dict], list[dict], dict | None]:
+    """Every path, size and batch size on one device -> ``(rows, transform rows, compile info or None)``."""
+    compiled, compile_info = None, None
+    if a.compile:
+        first_hw = a.sizes[0]
+        compiled, err = try_compile(completer, inputs[first_hw][0][0], inputs[first_hw][1][0])
+        compile_info = dict(ok=compiled is not None, error=err)
+        print(f"torch.compile on {dev.type}: " + ("ok" if compiled is not None else f"skipped ({err})"))
+    rows, transforms = [], []
+    for hw in a.sizes:
+        images, labels = inputs[hw]
+        gflop = flops[size_name(hw)]["gflop_per_image"]
+        for b in a.batch_sizes:
+            rows += bench_paths(a, dev, completer, compiled, hw, images, labels, b, n, gflop, roof)
+            print(f"  done {dev.type} {size_name(hw)} batch {b}", flush=True)
+
+        if not a.no_transform:
+            transforms.append(transform_vs_batch(a, dev, completer, hw, images, labels, n_tf))
+    return rows, transforms, compile_info
+
+
+def print_transforms(transforms: list[dict]) -> None:
+    """The transform path's table."""
+    head = (
+        f"{'device':6s} {'size':>8s} {'workers':>7s} {'images':>6s} {'transform img/s':>15s} "
+        f"{'complete_batch img/s':>20s} {'ratio':>6s}  transform holds"
+    )
+    print(head)
+    print("-" * len(head))
+    for t in transforms:
+        print(
+            f"{t['device']:6s} {t['size']:>8s} {t['workers']:7d} {t['images']:6d} "
+            f"{t['transform_images_per_s']:15.1f} {t['batch_images_per_s']:12.1f} (b={t['batch_size']:>3d}) "
+            f"{t['ratio']:6.2f}  {t['transform_holds']}"
+        )
+
+
+def print_summary(
+    a: argparse.Namespace, n_params: int, source: str, rooflines: dict, rows, baselines, transforms
+) -> None:
+    """The run's summary line, the rooflines, the tables and the notes."""
     print()
     print(
         f"model {a.model} ({n_params / 1e6:.2f}M parameters), threads {torch.get_num_threads()}, "
@@ -518,34 +580,63 @@ def main(argv=None) -> int:
     print_table(rows + baselines)
     if transforms:
         print()
-        head = (
-            f"{'device':6s} {'size':>8s} {'workers':>7s} {'images':>6s} {'transform img/s':>15s} "
-            f"{'complete_batch img/s':>20s} {'ratio':>6s}  transform holds"
-        )
-        print(head)
-        print("-" * len(head))
-        for t in transforms:
-            print(
-                f"{t['device']:6s} {t['size']:>8s} {t['workers']:7d} {t['images']:6d} "
-                f"{t['transform_images_per_s']:15.1f} {t['batch_images_per_s']:12.1f} (b={t['batch_size']:>3d}) "
-                f"{t['ratio']:6.2f}  {t['transform_holds']}"
-            )
-    for note in notes:
+        print_transforms(transforms)
+    for note in NOTES:
         print(f"- {note}")
 
+
+def settings_of(a: argparse.Namespace, n: int, n_tf: int, devices: list[torch.device], source: str) -> dict:
+    """The options as the JSON records them: sizes, image counts, devices and inputs spelled out."""
+    settings = {k: v for k, v in vars(a).items() if k != "sizes"}
+    settings.update(
+        sizes=[size_name(hw) for hw in a.sizes],
+        images=n,
+        transform_images=n_tf,
+        devices=[d.type for d in devices],
+        inputs=source,
+    )
+    return settings
+
+
+def write_json(path: str, **sections) -> None:
+    """Write ``sections`` (one top-level key each, in order) as JSON to ``path`` and say so."""
+    Path(path).write_text(json.dumps(sections, indent=2))
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    """Time every path on every device and size, print the tables, write the JSON -> exit status 0."""
+    a, devices = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    n = a.images or max(a.batch_sizes)
+    n_tf = min(a.transform_images or n, n)
+    machine = describe_machine(devices, n, a.repeats)
+
+    completers = {d.type: load_completer(a.model, d, a.precision) for d in devices}
+    first = completers[devices[0].type]
+    cfg = first.config
+    n_params = describe_model(a.model, first)
+    inputs, source = make_inputs(a, cfg, n)
+    flops = measure_flops(first, inputs)
+    rooflines = measure_rooflines(devices, completers, a.roofline_n, a.repeats)
+    baselines = [] if a.no_baselines else bench_baselines(inputs, n, a.rw_images, a.repeats)
+
+    rows, transforms, compile_info = [], [], {}
+    for dev in devices:
+        roof = rooflines[dev.type]["gflops"]
+        dev_rows, dev_transforms, info = bench_device(a, dev, completers[dev.type], inputs, flops, roof, n, n_tf)
+        rows += dev_rows
+        transforms += dev_transforms
+        if info is not None:
+            compile_info[dev.type] = info
+
+    print_summary(a, n_params, source, rooflines, rows, baselines, transforms)
     machine["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if a.json:
-        settings = {k: v for k, v in vars(a).items() if k != "sizes"}
-        settings.update(
-            sizes=[size_name(hw) for hw in a.sizes],
-            images=n,
-            transform_images=n_tf,
-            devices=[d.type for d in devices],
-            inputs=source,
-        )
-        out = dict(
+        write_json(
+            a.json,
             machine=machine,
-            settings=settings,
+            settings=settings_of(a, n, n_tf, devices, source),
             model=dict(name=a.model, parameters=n_params, config=cfg.to_dict()),
             flops=flops,
             roofline=rooflines,
@@ -553,10 +644,8 @@ def main(argv=None) -> int:
             results=rows,
             baselines=baselines,
             transform=transforms,
-            notes=notes,
+            notes=NOTES,
         )
-        Path(a.json).write_text(json.dumps(out, indent=2))
-        print(f"wrote {a.json}")
     return 0
 
 

@@ -44,7 +44,8 @@ def _seeds(result: dict) -> list[int]:
     return result.get("seeds", [0])
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True, help="registered name; the card goes to <hub>/<name>/README.md")
     ap.add_argument("--hub", default=str(Path(__file__).resolve().parents[1] / "hub"), help="model folders' parent")
@@ -61,17 +62,21 @@ def main(argv=None) -> int:
         "--seed", type=int, nargs="+", default=[0], help="hole draws, as given to baselines.py (e.g. 0 1 2)"
     )
     ap.add_argument("--native-seed", type=int, nargs="+", default=[0], help="the same, native protocol")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    folder = Path(a.hub) / a.name
-    completer = LabelCompleter.from_folder(folder, device="cpu")
-    ds = FolderDataset(a.data, a.split)
+
+def _trained(a: argparse.Namespace) -> str:
+    """The "Trained on N images for T" phrase of the limits, from the train split and ``--train-time``."""
     trained = "Trained"
     if (Path(a.data) / "train").is_dir():
         trained += f" on {len(FolderDataset(a.data, 'train'))} images"
     if a.train_time:
         trained += f" for {a.train_time}"
+    return trained
 
+
+def _evaluate(a: argparse.Namespace, completer: LabelCompleter, ds: FolderDataset) -> list[tuple[str, dict, dict]]:
+    """The model evaluated per protocol next to its baselines' JSON -> ``[(protocol, ours, baselines)]``."""
     method = completer_method(completer)
     rows = []
     for protocol, bpath, seeds in (("paper", a.baselines, a.seed), ("native", a.baselines_native, a.native_seed)):
@@ -84,21 +89,23 @@ def main(argv=None) -> int:
         ours = evaluate(method, ds, ds.info.num_classes, protocol=protocol, seed=seeds)
         print(f"{a.name} {protocol}: PA-mIoU {_pct(ours['pa_miou'])}", file=sys.stderr)
         rows.append((protocol, ours, base))
+    return rows
 
-    cfg = completer.config
-    n_params = sum(p.numel() for p in completer.parameters())
-    lines = [
+
+def _intro_lines(a: argparse.Namespace, dataset: str, cfg, n_params: int) -> list[str]:
+    """The card's front matter, usage, model description and training recipe."""
+    return [
         "---",
         "library_name: torch-label-mae",
         "license: apache-2.0",
         "tags: [image-segmentation, label-completion, l-mae]",
-        f"datasets: [{ds.info.name}]",
+        f"datasets: [{dataset}]",
         "metrics: [mean_iou]",
         "---",
         "",
-        f"# {a.name}: L-MAE label completer for {ds.info.name}",
+        f"# {a.name}: L-MAE label completer for {dataset}",
         "",
-        f"Fills missing pixels of {ds.info.name} segmentation labels ({cfg.num_classes} classes: "
+        f"Fills missing pixels of {dataset} segmentation labels ({cfg.num_classes} classes: "
         f"{', '.join(cfg.class_names or [])}) from the image and the remaining labels.",
         "",
         "```python",
@@ -123,19 +130,36 @@ def main(argv=None) -> int:
         "```",
         "",
     ]
-    if a.log:
-        log = [json.loads(line) for line in Path(a.log).read_text().splitlines()]
-        done = [r for r in log if not r.get("partial")]
-        if done:
-            last = done[-1]
-            lines += [
-                f"{last['epoch']} epochs, {last['step']} steps on {ds.info.name} train (CPU). "
-                f"Validation PA-mIoU per epoch: "
-                + ", ".join(f"{_pct(r['val_pa_miou'])}" for r in done if r.get("val_pa_miou") is not None)
-                + ". The shipped weights are the last epoch's (no selection on the validation split).",
-                "",
-            ]
-    lines += [
+
+
+def _log_lines(log_path: str | None, dataset: str) -> list[str]:
+    """Epochs, steps and validation PA-mIoU per epoch from the training log (none without a finished epoch)."""
+    if not log_path:
+        return []
+    log = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    done = [r for r in log if not r.get("partial")]
+    if not done:
+        return []
+    last = done[-1]
+    return [
+        f"{last['epoch']} epochs, {last['step']} steps on {dataset} train (CPU). "
+        f"Validation PA-mIoU per epoch: "
+        + ", ".join(f"{_pct(r['val_pa_miou'])}" for r in done if r.get("val_pa_miou") is not None)
+        + ". The shipped weights are the last epoch's (no selection on the validation split).",
+        "",
+    ]
+
+
+def _table_row(protocol: str, name: str, r: dict, bold: bool = False) -> str:
+    """One method's row of the validation table."""
+    each = per_draw(r) or _pct(r["pa_miou"])
+    pa = f"**{_pct(r['pa_miou'])}**" if bold else _pct(r["pa_miou"])
+    return f"| {protocol} | {name} | {pa} | {_pct(r['miou'])} | {_pct(r['pixel_acc'])} | {each} |"
+
+
+def _figures_lines(a: argparse.Namespace, ds: FolderDataset, cfg, rows) -> list[str]:
+    """The validation section: the hole draws, the table of every method, per-class PA-IoU, how to reproduce."""
+    lines = [
         f"## Validation figures ({ds.info.name} {a.split}, {len(ds)} images, ratio 0.5, holes seeded per image id)",
         "",
         "Same holes for every method; PA-mIoU = mIoU over the hidden pixels (void excluded), confusion "
@@ -155,15 +179,9 @@ def main(argv=None) -> int:
         "| protocol | method | PA-mIoU | mIoU | pixel acc | PA-mIoU per draw |",
         "|---|---|---|---|---|---|",
     ]
-
-    def row(protocol, name, r, bold=False):
-        each = per_draw(r) or _pct(r["pa_miou"])
-        pa = f"**{_pct(r['pa_miou'])}**" if bold else _pct(r["pa_miou"])
-        return f"| {protocol} | {name} | {pa} | {_pct(r['miou'])} | {_pct(r['pixel_acc'])} | {each} |"
-
     for protocol, ours, base in rows:
-        lines.append(row(protocol, f"**{a.name}**", ours, bold=True))
-        lines += [row(protocol, name, r) for name, r in base.items()]
+        lines.append(_table_row(protocol, f"**{a.name}**", ours, bold=True))
+        lines += [_table_row(protocol, name, r) for name, r in base.items()]
     lines += ["", "Per-class PA-IoU (paper protocol):", "", "| class | PA-IoU |", "|---|---|"]
     ours = rows[0][1]
     for name, v in zip(cfg.class_names or [], ours["pa_iou"], strict=False):
@@ -177,14 +195,17 @@ def main(argv=None) -> int:
         + "`",
         "",
     ]
-    if a.paper_figure:
-        lines += ["## The paper-faithful configuration", "", a.paper_figure, ""]
+    return lines
+
+
+def _limits_lines(trained: str, dataset: str, cfg, rows) -> list[str]:
+    """The limits section, with the model's standing against the best baseline of each protocol."""
     standing = []
     for protocol, ours, base in rows:
         best_name, best = max(base.items(), key=lambda kv: kv[1]["pa_miou"])
         gap = 100 * (ours["pa_miou"] - best["pa_miou"])
         standing.append(f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} {best_name} ({protocol} protocol)")
-    lines += [
+    return [
         "## Limits",
         "",
         f"- {trained} on 2 CPU cores: far from the paper's 250M-parameter, "
@@ -192,11 +213,34 @@ def main(argv=None) -> int:
         "- Works at 224x224 internally; thin structures lost by the resize are restored by taking the "
         f"label prior ({_prior(cfg)}) at full resolution, but predictions inside large holes are coarse.",
         "- Only this dataset's classes; a label with ids outside them is refused.",
-        "- Data: " + ds.info.name + " (research dataset; cite it; not redistributed here).",
+        "- Data: " + dataset + " (research dataset; cite it; not redistributed here).",
     ]
+
+
+def card_text(a: argparse.Namespace, completer: LabelCompleter, ds: FolderDataset, rows, trained: str) -> str:
+    """The whole card (markdown) from the evaluated ``rows`` and the options."""
+    cfg = completer.config
+    n_params = sum(p.numel() for p in completer.parameters())
+    lines = _intro_lines(a, ds.info.name, cfg, n_params)
+    lines += _log_lines(a.log, ds.info.name)
+    lines += _figures_lines(a, ds, cfg, rows)
+    if a.paper_figure:
+        lines += ["## The paper-faithful configuration", "", a.paper_figure, ""]
+    lines += _limits_lines(trained, ds.info.name, cfg, rows)
     if a.notes:
         lines += ["", a.notes]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """Evaluate the model, build its card from the figures and write it to <hub>/<name>/README.md."""
+    a = parse_args(argv)
+    folder = Path(a.hub) / a.name
+    completer = LabelCompleter.from_folder(folder, device="cpu")
+    ds = FolderDataset(a.data, a.split)
+    trained = _trained(a)
+    rows = _evaluate(a, completer, ds)
+    text = card_text(a, completer, ds, rows, trained)
     atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"wrote {folder / 'README.md'}")
     return 0
