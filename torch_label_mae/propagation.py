@@ -229,12 +229,13 @@ def _system(free: np.ndarray, h: int, w: int, weights):
         weight = weight[0, 0].detach().to("cpu", torch.float64)
         for pad, sign in zip(_pads(dy, dx, h, w), (1, -1), strict=True):  # the edge to pixel + sign * offset
             at = F.pad(weight, pad).flatten().numpy()[cols]  # [n]; 0 where the pixel has no such edge
-            other = np.where(at > 0, cols + sign * offset, cols)  # every edge weighs 1e-10 or more
+            edge = F.pad(torch.ones_like(weight), pad).flatten().numpy()[cols] > 0  # [n]: whether it has one
+            other = np.where(edge, cols + sign * offset, cols)
             degree += at
-            to_known = (at > 0) & ~free[other]
+            to_known = edge & ~free[other]
             out.append((np.flatnonzero(to_known), other[to_known], at[to_known]))
             if sign == -1:
-                above = (at > 0) & free[other]
+                above = edge & free[other]
                 rows.append(np.where(above, index[other], -1))
                 values.append(-at)
     rows.append(np.arange(n))
@@ -257,11 +258,10 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1
         return p
     h, w = free.shape[-2:]
     upper, (row, pixel, weight) = _system(f.cpu().numpy(), h, w, weights)
-    known = p[0].detach().cpu().double().flatten(1)[:, pixel]  # [K, E]: the known ends' probabilities
-    rhs = torch.zeros(known.shape[0], upper.shape[0], dtype=torch.float64)
-    rhs.index_add_(1, torch.from_numpy(row), known * torch.from_numpy(weight))  # [K, n]: sum_{j known} w_ij p_j
+    known = p[0].detach().cpu().double().flatten(1).numpy()  # [K, H*W]
+    n = upper.shape[0]
+    columns = [np.bincount(row, weight * pk[pixel], n) for pk in known]  # K x [n]: sum_{j known} w_ij p_j
     solve = _factorise(upper)
-    columns = list(rhs.numpy())
     if threads > 1 and len(columns) > 1:
         with ThreadPoolExecutor(min(threads, len(columns))) as pool:
             x = np.stack(list(pool.map(solve, columns)))  # [K, n]
