@@ -3,6 +3,8 @@ Dirichlet problem, against scikit-image where it is installed, and by property."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,11 @@ def test_graph_option_errors():
         edge_weights(image, 2000.0, color="hsv")
     with pytest.raises(ValueError, match="connectivity must be one of"):
         edge_weights(image, 2000.0, connectivity=8.0)
+    for beta in (-1.0, math.inf, math.nan, "2000"):
+        with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+            edge_weights(image, beta)
+        with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+            random_walk(image, torch.tensor([[[0, 0, 1, 1]] * 3 + [[0, 255, 255, 1]]]), beta=beta, solver="direct")
 
 
 def test_direct_solver_reaches_the_solution_that_sweeps_approach():

@@ -32,6 +32,7 @@ solve, the factorisations) is in ``docs/training.md``.
 from __future__ import annotations
 
 import math
+import numbers
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -142,6 +143,8 @@ def edge_weights(
         raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
     if color not in COLORS:
         raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")  # else the walk comes back NaN
     if color == "lab":
         image = rgb_to_lab(image)
     b, c, h, w = image.shape
