@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from common import parse_size, random_walker, read_samples, real_inputs
+from common import MISSING, parse_size, random_walker, read_samples, real_inputs
 
 from torch_label_mae import LabelCompleter
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     completer = LabelCompleter.from_pretrained(a.model, device="cpu")
     _, samples = read_samples(a.data, a.split, a.images)
     images, labels = real_inputs(samples, a.size, 0.5, 0)
-    missing = [lb == 255 for lb in labels]
+    missing = [lb == MISSING for lb in labels]
     walker = random_walker(RW_BETA)
     runs = {f"b{b}": (lambda b=b: completer.complete_batch(images, labels, batch_size=b)) for b in a.batch_sizes}
     runs["random walker"] = lambda: walker(images, labels, missing)

@@ -261,9 +261,9 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1
         return p
     h, w = free.shape[-2:]
     upper, (row, pixel, weight) = _system(f.cpu().numpy(), h, w, weights)
-    known = p[0].detach().cpu().double().flatten(1).numpy()  # [K, H*W]
+    prob = p[0].detach().cpu().double().flatten(1).numpy()  # [K, H*W]
     n = upper.shape[0]
-    columns = [np.bincount(row, weight * pk[pixel], n) for pk in known]  # K x [n]: sum_{j known} w_ij p_j
+    columns = [np.bincount(row, weight * pk[pixel], n) for pk in prob]  # K x [n]: sum_{j known} w_ij p_j
     solve = _factorise(upper)
     if threads > 1 and len(columns) > 1:
         with ThreadPoolExecutor(min(threads, len(columns))) as pool:
