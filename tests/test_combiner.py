@@ -15,6 +15,7 @@ from synth import TINY_MODEL
 
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.combiner import (
+    FEATURE_COUNTS,
     NUM_FEATURES,
     TOP_CLASSES,
     PriorCombiner,
@@ -22,6 +23,7 @@ from torch_label_mae.combiner import (
     distances,
     features,
     local_colour,
+    rays,
 )
 from torch_label_mae.config import RandomWalkPrior
 from torch_label_mae.model import LMAE
@@ -75,6 +77,7 @@ def test_features_shape_and_finite(sample):
     assert f.shape == (int((~known).sum()), k, NUM_FEATURES) and f.dtype == torch.float32
     assert torch.isfinite(f).all()
     assert (f[..., 1] <= 0).all() and (f[..., 3] <= 0).all() and (f[..., 5] >= 0).all()  # relative features
+    assert (f[..., 13] <= 0).all() and (f[..., 12] >= 0).all() and (f[..., 12].sum(1) <= 1 + 1e-6).all()
     torch.testing.assert_close(f[..., 9], torch.full_like(f[..., 9], math.log(k)))
 
 
@@ -226,13 +229,66 @@ def test_config_validates_and_round_trips_the_combiner():
     for bad in (-1, 1025, 1.5, True):
         with pytest.raises(ValueError, match="combiner"):
             RandomWalkPrior(combiner=bad)
-    cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=RandomWalkPrior(solver="direct", combiner=8))
-    assert LMAEConfig.from_dict(cfg.to_dict()) == cfg
-    model = LMAE(cfg)
-    assert cfg.num_elements() == sum(t.numel() for t in [*model.parameters(), *model.buffers()])
-    assert LMAE.state_shapes(cfg)["prior_combiner.mlp.0.weight"] == (8, NUM_FEATURES)
+    for bad in (0, 13, 15, 14.0, True, None):
+        with pytest.raises(ValueError, match="combiner_features"):
+            RandomWalkPrior(combiner=8, combiner_features=bad)
+    for count in FEATURE_COUNTS:
+        prior = RandomWalkPrior(solver="direct", combiner=8, combiner_features=count)
+        cfg = LMAEConfig(**TINY_MODEL, num_classes=4, prior=prior)
+        assert LMAEConfig.from_dict(cfg.to_dict()) == cfg
+        model = LMAE(cfg)
+        assert cfg.num_elements() == sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+        assert LMAE.state_shapes(cfg)["prior_combiner.mlp.0.weight"] == (8, count)
+    # a config written before the rays has no combiner_features: its combiner reads the first 12
+    legacy = {k: v for k, v in cfg.to_dict()["prior"].items() if k != "combiner_features"}
+    assert RandomWalkPrior(**{k: v for k, v in legacy.items() if k != "kind"}).combiner_features == 12
+    assert "combiner_features" not in dataclasses.replace(cfg.prior, combiner_features=12).to_dict()
     plain = dataclasses.replace(cfg, prior=RandomWalkPrior(solver="direct"))
     assert not any(k.startswith("prior_combiner") for k in LMAE.state_shapes(plain))
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples())
+def test_a_combiner_of_twelve_features_reads_only_the_first_twelve(sample):
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    k = int(valid[0].sum())
+    f = features(image, label, known, prob[0, :k], index[0, :k])
+    old = PriorCombiner(8, num_features=12)
+    for p in old.parameters():
+        torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(0))
+    other = f.clone()
+    other[..., 12:] = torch.randn_like(other[..., 12:])
+    torch.testing.assert_close(old(f), old(other))
+    torch.testing.assert_close(old(f), old(f[..., :12]))
+
+
+def ray_march(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`rays` by walking each ray pixel by pixel."""
+    k, h, w = own.shape
+    out = torch.zeros(k, len(pixels))
+    for j, p in enumerate(pixels.tolist()):
+        for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            y, x = p // w + dy, p % w + dx
+            while 0 <= y < h and 0 <= x < w:
+                if own[:, y, x].any():
+                    out[int(own[:, y, x].nonzero()[0, 0]), j] += 0.25
+                    break
+                y, x = y + dy, x + dx
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_rays_find_the_first_known_pixel_in_each_direction(h, w, k, share, seed):
+    rng = np.random.default_rng(seed)
+    label = torch.from_numpy(rng.integers(0, k, (h, w)))
+    known = torch.from_numpy(rng.random((h, w)) < share)
+    own = known & (label == torch.arange(k).view(-1, 1, 1))  # [K, H, W]
+    pixels = (~known).flatten().nonzero().squeeze(1)
+    got = rays(own, pixels)
+    assert got.shape == (k, len(pixels))
+    torch.testing.assert_close(got, ray_march(own, pixels), rtol=0, atol=0)
 
 
 def model_with_combiner(num_classes: int, std: float, seed: int) -> LMAE:
@@ -366,7 +422,8 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
     evidence = combiner_module.Evidence(combiner_module.walk_log_prob(prob[0, :k], ctx.pixels), ctx)
     logits = combiner(evidence.features())  # [K, n]: every class
     m = min(TOP_CLASSES, k)
-    top = evidence.lw.topk(m, dim=0).indices  # [M, n]
+    top = combiner_module.top_classes(evidence)  # [M, n]: the walk's most likely (ties: the nearer class)
+    assert (evidence.lw.gather(0, top) == evidence.lw.topk(m, dim=0).values).all()
     every = evidence.features().gather(0, top[..., None].expand(-1, -1, NUM_FEATURES))
     torch.testing.assert_close(evidence.features(top=top), every)
     want = torch.zeros_like(logits).scatter_(0, top, logits.gather(0, top).softmax(0))

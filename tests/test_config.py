@@ -33,9 +33,12 @@ def test_every_hub_config_is_written_out_in_full_as_the_current_version(name):
     new = LMAEConfig.from_json(new_file)
     assert new.version == CONFIG_VERSION and new.prior is not None
     # written out in full: exactly what to_dict gives, every option of the prior section present (a random
-    # walk's "combiner" only when it has one: without, the section stays what releases before it read)
+    # walk's "combiner" only when it has one, its "combiner_features" only when not the first 12: without,
+    # the section stays what releases before it read)
     assert json.loads(new_file.read_text()) == new.to_dict()
-    unused = set() if getattr(new.prior, "combiner", 1) else {"combiner"}
+    unused = set() if getattr(new.prior, "combiner", 1) else {"combiner", "combiner_features"}
+    if getattr(new.prior, "combiner_features", None) == 12:
+        unused.add("combiner_features")
     assert set(new.to_dict()["prior"]) == {"kind", *(f for f in type(new.prior).__dataclass_fields__)} - unused
 
 

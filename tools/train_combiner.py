@@ -155,7 +155,9 @@ def main(argv=None) -> int:
     if a.epochs == 0:
         return 0
     combiner = train(rows, a.width, a.epochs, a.lr, a.batch, a.seed)
-    config = dataclasses.replace(init.config, prior=dataclasses.replace(prior, combiner=a.width))
+    config = dataclasses.replace(
+        init.config, prior=dataclasses.replace(prior, combiner=a.width, combiner_features=NUM_FEATURES)
+    )
     model = LMAE(config)
     model.load_state_dict(
         {**init.model.state_dict(), **{f"prior_combiner.{k}": v for k, v in combiner.state_dict().items()}}

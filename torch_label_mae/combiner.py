@@ -22,6 +22,11 @@ floor go to the nearer class); the others get 0. The features of class ``k`` at 
    the distance to the nearest known pixel; 9. the log number of classes present;
 10. ``log(c_k(x) + 1e-3)``, ``c_k`` the L*a*b* distance from ``x``'s colour to the mean colour of ``k``'s
     known pixels *near* ``x`` (:func:`local_colour`), and 11. minus its minimum.
+12. ``r_k(x)``, the share of the four straight rays from ``x`` (left, right, up, down) whose first known
+    pixel is of class ``k`` (:func:`rays`), and 13. minus its maximum.
+
+A combiner reads the first ``num_features`` of them (``FEATURE_COUNTS``: 12 for those trained before the
+rays, 14 since).
 
 None of them names a class. What it was trained on and measured is in ``docs/training.md`` ("The prior
 combiner").
@@ -40,7 +45,8 @@ from torch import nn
 
 from .propagation import rgb_to_lab
 
-NUM_FEATURES = 12
+NUM_FEATURES = 14
+FEATURE_COUNTS = (12, NUM_FEATURES)  # the feature sets a combiner may read: the first 12 (before the rays) or all
 BINS = 16  # colour histogram bins per L*a*b* channel, over each image's own range
 SIGMA = 1.0  # Gaussian smoothing of the histograms, in bins
 REFERENCE_SIDE = 224  # distances are measured in pixels of an image of this many pixels' area side
@@ -52,29 +58,36 @@ TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely
 
 
 class PriorCombiner(nn.Module):
-    """``MLP: [.., NUM_FEATURES] -> [..]`` added to the walk's log-probability (feature 0): the logit of a
-    class at a pixel. ``width``: the MLP's hidden width (two hidden layers). In an :class:`LMAE` it is
-    frozen (trained apart, by ``tools/train_combiner.py``)."""
+    """``MLP: [.., num_features] -> [..]`` added to the walk's log-probability (feature 0): the logit of a
+    class at a pixel. ``width``: the MLP's hidden width (two hidden layers); ``num_features``: how many of
+    the features it reads (one of ``FEATURE_COUNTS``). In an :class:`LMAE` it is frozen (trained apart, by
+    ``tools/train_combiner.py``)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, num_features: int = NUM_FEATURES):
         super().__init__()
+        if num_features not in FEATURE_COUNTS:
+            raise ValueError(f"num_features must be one of {FEATURE_COUNTS}, got {num_features!r}")
+        self.num_features = num_features
         self.mlp = nn.Sequential(
-            nn.Linear(NUM_FEATURES, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
+            nn.Linear(num_features, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
         )
         nn.init.zeros_(self.mlp[-1].weight)  # start as the walk
         nn.init.zeros_(self.mlp[-1].bias)
 
     @classmethod
-    def frozen(cls, width: int) -> PriorCombiner | None:
-        """A combiner of hidden ``width`` without gradients, as an :class:`LMAE` holds it; None for 0."""
-        return cls(width).requires_grad_(False) if width else None
+    def frozen(cls, prior) -> PriorCombiner | None:
+        """The combiner a config's ``prior`` section describes (its ``combiner`` width and
+        ``combiner_features``), without gradients, as an :class:`LMAE` holds it; None when it has none."""
+        width = getattr(prior, "combiner", 0)
+        return cls(width, prior.combiner_features).requires_grad_(False) if width else None
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``feats [..., F]`` (one row per pixel and class) -> logits ``[...]`` float32 (a softmax over the
-        classes gives the combined probabilities); the MLP runs in its weights' dtype, the walk's term stays
-        in ``feats``' precision."""
+        """``feats [..., F]`` (one row per pixel and class, ``F`` at least ``num_features``: the first are
+        read) -> logits ``[...]`` float32 (a softmax over the classes gives the combined probabilities); the
+        MLP runs in its weights' dtype, the walk's term stays in ``feats``' precision."""
         weight = self.mlp[0].weight
-        return feats[..., 0].float() + self.mlp(feats.to(weight.dtype)).squeeze(-1).float()
+        x = feats[..., : self.num_features].to(weight.dtype)
+        return feats[..., 0].float() + self.mlp(x).squeeze(-1).float()
 
     @torch.no_grad()
     def contexts(
@@ -146,14 +159,16 @@ class Context(NamedTuple):
     order) and ``K`` present classes, apart from the walk: the colour's log-posterior ``lq [K, n]`` (see
     :func:`appearance`), the distance to each class's known pixels ``dist [K, n]`` (see :func:`distances`),
     the log share of each class among the known pixels ``log_share [K]``, the colour distance to each
-    class's local mean colour ``local [K, n]`` (see :func:`local_colour`). Class-major, so that what
-    compares the classes at a pixel runs along the pixels."""
+    class's local mean colour ``local [K, n]`` (see :func:`local_colour`), each class's share of the straight
+    rays ``ray [K, n]`` (see :func:`rays`). Class-major, so that what compares the classes at a pixel runs
+    along the pixels."""
 
     pixels: torch.Tensor
     lq: torch.Tensor
     dist: torch.Tensor
     log_share: torch.Tensor
     local: torch.Tensor
+    ray: torch.Tensor
 
 
 class Evidence(NamedTuple):
@@ -168,7 +183,7 @@ class Evidence(NamedTuple):
         (positions among the ``K`` classes, per pixel) those of the ``M`` classes it names, ``[M, r, F]``.
         The features relative to the other classes compare with all ``K``."""
         ctx = self.context
-        lw, lq, dist, local = self.lw[:, rows], ctx.lq[:, rows], ctx.dist[:, rows], ctx.local[:, rows]  # [K, r]
+        lw, lq, dist, local, ray = (t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray))  # [K, r]
         k, n = lw.shape
         pixel = [  # per pixel, over all the classes: [1, r] each
             lw.max(0, keepdim=True).values,
@@ -176,14 +191,15 @@ class Evidence(NamedTuple):
             dist.min(0, keepdim=True).values.log1p(),
             (local.min(0, keepdim=True).values + 1e-3).log(),
             -(lw.exp() * lw).sum(0, keepdim=True),  # the walk's entropy
+            ray.max(0, keepdim=True).values,
         ]
         share = ctx.log_share.view(k, 1).expand(k, n)
         if top is not None:
-            lw, lq, dist, local, share = (t.gather(0, top) for t in (lw, lq, dist, local, share))
-        best_w, best_q, nearest, best_c, entropy = (t.expand_as(lw) for t in pixel)
+            lw, lq, dist, local, share, ray = (t.gather(0, top) for t in (lw, lq, dist, local, share, ray))
+        best_w, best_q, nearest, best_c, entropy, best_r = (t.expand_as(lw) for t in pixel)
         ld, lc = dist.log1p(), (local + 1e-3).log()
         cols = [lw, lw - best_w, lq, lq - best_q, ld, ld - nearest, share, entropy, nearest]
-        cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c]
+        cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c, ray, ray - best_r]
         return torch.stack(cols, -1)  # [K or M, r, F]
 
 
@@ -209,7 +225,7 @@ def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, class
     lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log()  # [K, n]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
     local = local_colour(lab, own, pixels)  # [K, n]
-    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local)
+    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, rays(own, pixels))
 
 
 def walk_log_prob(prob: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -307,6 +323,34 @@ def _smooth(hist: torch.Tensor) -> torch.Tensor:
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
         hist = F.conv3d(F.pad(hist, pad, mode="replicate"), g.view(shape))
     return hist
+
+
+def rays(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``[K, n]``: for each of the ``pixels [n]`` (flat indices, unknown pixels), the share of the four
+    straight rays from it (left, right, up, down) whose first known pixel is of class ``k`` (``own [K, H, W]``:
+    each class's known pixels, disjoint). A ray that leaves the image before meeting a known pixel counts for
+    no class. The walk's steps follow the colours; the rays say which classes enclose a pixel."""
+    k = own.shape[0]
+    slot = torch.full(own.shape[1:], k)  # [H, W]: each known pixel's class, k where unknown
+    for i in range(k):
+        slot.masked_fill_(own[i], i)  # not argmax over the classes: 15x slower on the CPU
+    count = torch.zeros(k + 1, pixels.shape[0])
+    ones = torch.ones(1, pixels.shape[0])
+    for transpose in (False, True):
+        for flip in (False, True):
+            s = slot.T if transpose else slot
+            hit = _first_known(s.flip(1), k).flip(1) if flip else _first_known(s, k)  # rightward, else leftward
+            hit = hit.T if transpose else hit  # [H, W]
+            count.scatter_add_(0, hit.flatten().index_select(0, pixels).view(1, -1), ones)
+    return count[:k] / 4
+
+
+def _first_known(slot: torch.Tensor, k: int) -> torch.Tensor:
+    """``[H, W]``: along each row of ``slot [H, W]`` (a class, or ``k`` where unknown), the class of the last
+    known pixel at or left of each pixel; ``k`` where there is none."""
+    w = slot.shape[1]
+    at = torch.where(slot < k, torch.arange(w), -1).cummax(1).values  # [H, W]: its column, -1 for none
+    return torch.where(at >= 0, slot.gather(1, at.clamp(min=0)), k)
 
 
 def distances(own: torch.Tensor, free: torch.Tensor) -> torch.Tensor:

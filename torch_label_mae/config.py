@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .combiner import NUM_FEATURES
+from .combiner import FEATURE_COUNTS
 from .propagation import COLORS, CONNECTIVITIES, DEFAULT_BETA, DEFAULT_SWEEPS, SOLVERS
 
 CONFIG_VERSION = 2
@@ -139,7 +139,9 @@ class RandomWalkPrior:
     solver ``"sor"``) or ``solver="direct"`` (exact, sparse LDL^T), the graph's ``connectivity`` (4, 8, 16)
     and the ``color`` space of its edge weights (``"rgb"``, ``"lab"``). ``scale``: as :class:`NearestPrior`.
     ``combiner``: the hidden width of the learned prior combiner (:mod:`torch_label_mae.combiner`), which
-    weighs the walk with each present class's colours and distances; 0: the walk alone."""
+    weighs the walk with each present class's colours, distances and rays; 0: the walk alone.
+    ``combiner_features``: how many of the combiner's features it reads (12: a combiner trained before the
+    rays, the default of configs written then; 14: all)."""
 
     kind: ClassVar[str] = "random_walk"
     scale: float | None = None
@@ -149,6 +151,7 @@ class RandomWalkPrior:
     connectivity: int = 4
     color: str = "rgb"
     combiner: int = 0
+    combiner_features: int = FEATURE_COUNTS[0]
 
     def __post_init__(self):
         owner = "LMAEConfig.prior"
@@ -159,10 +162,13 @@ class RandomWalkPrior:
         _check_choice(owner, "connectivity", self.connectivity, CONNECTIVITIES)
         _check_choice(owner, "color", self.color, COLORS)
         _check_int(owner, "combiner", self.combiner, SIZE_LIMITS["prior.combiner"])
+        _check_choice(owner, "combiner_features", self.combiner_features, FEATURE_COUNTS)
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, **dataclasses.asdict(self)}
-        if not self.combiner:  # without one, the section older releases read
+        if d["combiner_features"] == FEATURE_COUNTS[0]:  # the section older releases read
+            del d["combiner_features"]
+        if not self.combiner:
             del d["combiner"]
         return d
 
@@ -337,8 +343,8 @@ class LMAEConfig:
         total = (n * pp + 1) * de + linear(3 * pp, de) + self.encoder_depth * block(de) + 2 * de
         total += linear(de, dd) + (linear(3 * pp, dd) if self.ips else dd)
         total += ((n * pp + 1) * dd + 1) if self.prior is not None else 0
-        width = getattr(self.prior, "combiner", 0)
-        total += (linear(NUM_FEATURES, width) + linear(width, width) + linear(width, 1)) if width else 0
+        width, feats = getattr(self.prior, "combiner", 0), getattr(self.prior, "combiner_features", 0)
+        total += (linear(feats, width) + linear(width, width) + linear(width, 1)) if width else 0
         total += self.decoder_depth * block(dd) + 2 * dd + linear(dd, pp * n) + length * (de + dd)
         return total
 

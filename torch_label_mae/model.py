@@ -88,7 +88,7 @@ class LMAE(nn.Module):
         self.apply(self._init_weights)
         if c.prior is not None:  # start exactly at the prior; learning moves away from it where it helps
             nn.init.zeros_(self.head.weight)
-        self.prior_combiner = PriorCombiner.frozen(getattr(c.prior, "combiner", 0))  # a random walk's, or None
+        self.prior_combiner = PriorCombiner.frozen(c.prior)  # a random walk's, or None
         self.prior = make_prior(c, self.prior_combiner)  # None without a prior
 
     @staticmethod
