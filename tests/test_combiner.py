@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -18,12 +19,15 @@ from torch_label_mae.combiner import (
     FEATURE_COUNTS,
     NUM_FEATURES,
     TOP_CLASSES,
+    Context,
+    Evidence,
     PriorCombiner,
     appearance,
     distances,
     features,
     local_colour,
     rays,
+    top_classes,
 )
 from torch_label_mae.config import RandomWalkPrior
 from torch_label_mae.model import LMAE
@@ -243,6 +247,8 @@ def test_config_validates_and_round_trips_the_combiner():
     legacy = {k: v for k, v in cfg.to_dict()["prior"].items() if k != "combiner_features"}
     assert RandomWalkPrior(**{k: v for k, v in legacy.items() if k != "kind"}).combiner_features == 12
     assert "combiner_features" not in dataclasses.replace(cfg.prior, combiner_features=12).to_dict()
+    off = dataclasses.replace(cfg.prior, combiner=0)  # switched off (as the benchmarks do): neither key
+    assert not {"combiner", "combiner_features"} & set(off.to_dict())
     plain = dataclasses.replace(cfg, prior=RandomWalkPrior(solver="direct"))
     assert not any(k.startswith("prior_combiner") for k in LMAE.state_shapes(plain))
 
@@ -261,6 +267,13 @@ def test_a_combiner_of_twelve_features_reads_only_the_first_twelve(sample):
     other[..., 12:] = torch.randn_like(other[..., 12:])
     torch.testing.assert_close(old(f), old(other))
     torch.testing.assert_close(old(f), old(f[..., :12]))
+    # its contexts skip the rays: the same probabilities as with them
+    import torch_label_mae.combiner as combiner_module
+
+    args = image[None], label[None], known[None], prob, index, valid
+    ctx = [combiner_module.context(image, label, known, index[0, :k], with_rays=True)]
+    torch.testing.assert_close(old.refine(*args), old.refine(*args, contexts=ctx), rtol=0, atol=0)
+    assert not old.contexts(image[None], label[None], known[None], index, valid)[0].ray.any()
 
 
 def ray_march(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -423,7 +436,8 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
     logits = combiner(evidence.features())  # [K, n]: every class
     m = min(TOP_CLASSES, k)
     top = combiner_module.top_classes(evidence)  # [M, n]: the walk's most likely (ties: the nearer class)
-    assert (evidence.lw.gather(0, top) == evidence.lw.topk(m, dim=0).values).all()
+    chosen = evidence.lw.gather(0, top).sort(0, descending=True).values
+    assert (chosen == evidence.lw.topk(m, dim=0).values).all()
     every = evidence.features().gather(0, top[..., None].expand(-1, -1, NUM_FEATURES))
     torch.testing.assert_close(evidence.features(top=top), every)
     want = torch.zeros_like(logits).scatter_(0, top, logits.gather(0, top).softmax(0))
@@ -452,3 +466,42 @@ def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
         k = one.prob.shape[1]
         assert torch.equal(batch.prob[i, :k], one.prob[0]) and not batch.prob[i, k:].any()
         assert torch.equal(batch.classes[i], one.classes[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(6, 9), st.data())
+def test_top_classes_break_ties_by_distance_then_colour_never_by_order(k, data):
+    """Classes tied at the walk's floor, some at the same distance, with colour posteriors a little apart
+    (below what one float64 key resolves at the floor): the classes kept are the same whatever the order."""
+    n = 3
+    lw = torch.full((k, n), math.log(1e-6))
+    lw[0] = 0.0  # one class reaches the pixels; the others tie at the floor
+    dist = torch.tensor(data.draw(st.lists(st.sampled_from([2.0, 9.0, 14.9666]), min_size=k, max_size=k)))
+    lq = torch.tensor(data.draw(st.lists(st.sampled_from([-13.0, -12.5, -12.0]), min_size=k, max_size=k)))
+    dist, lq = dist.view(k, 1).expand(k, n), lq.view(k, 1).expand(k, n)
+    perm = torch.tensor(data.draw(st.permutations(range(k))))
+
+    def kept(order):
+        ctx = Context(torch.arange(n), lq[order], dist[order], torch.zeros(k), torch.zeros(k, n), torch.zeros(k, n))
+        top = top_classes(Evidence(lw[order], ctx))  # [M, n]: positions in this order
+        return {tuple(sorted(order[top[:, j]].tolist())) for j in range(n)}
+
+    # the kept classes: the first five by (walk, then nearer, then better colour), in either order; where all
+    # three tie at the cut, any of the tied classes may be kept, so their keys are compared
+    key = [(-float(lw[c, 0]), float(dist[c, 0]), -float(lq[c, 0])) for c in range(k)]
+    want = sorted(key)[:TOP_CLASSES]
+    for order in (torch.arange(k), perm):
+        (got,) = kept(order)  # the same at every pixel
+        assert sorted(key[c] for c in got) == want
+
+
+def test_a_combiner_of_the_other_feature_count_is_refused_with_a_hint(tmp_path):
+    from torch_label_mae import hub
+
+    model = model_with_combiner(4, std=0.5, seed=0)  # 12 features (the default of a prior section)
+    hub.save_hub_files(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["prior"]["combiner_features"] = 14
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(hub.CorruptWeightsError, match=r"\[8, 12\], the config needs \[8, 14\].*combiner_features"):
+        LabelCompleter.from_folder(tmp_path)

@@ -3,7 +3,8 @@
 The random walk decides each unknown pixel from colour steps between neighbours alone. Two other
 pieces of evidence that any label carries, whatever its classes, are left unused: how each present
 class *looks* in this image (the colours of its known pixels) and how *far* each class's known pixels
-are. The combiner weighs the three per pixel and per present class:
+are, and, for a third, which classes the straight rays from a pixel meet first. The combiner weighs
+them with the walk per pixel and per present class:
 
     logit_k(x) = log P_walk(k | x) + MLP(features_k(x))           softmax over x's top classes
 
@@ -104,7 +105,8 @@ class PriorCombiner(nn.Module):
             if k < 2 or bool(known[i].all()):
                 out.append(None)
                 continue
-            out.append(context(*(t[i].cpu() for t in (image, label, known)), index[i, :k].cpu()))
+            sample = (t[i].cpu() for t in (image, label, known))
+            out.append(context(*sample, index[i, :k].cpu(), with_rays=self.num_features > 12))
         return out
 
     @torch.no_grad()
@@ -205,18 +207,30 @@ class Evidence(NamedTuple):
 
 def top_classes(evidence: Evidence, rows: slice = slice(None)) -> torch.Tensor:
     """``[M, r]``: the positions of the ``M = min(TOP_CLASSES, K)`` classes the MLP weighs at each of the
-    pixels ``rows``, the most likely under the walk first. The walk's probabilities tie at its floor
-    (``MIN_PROB``) wherever fewer classes reach a pixel, so ties go to the nearer class (its known pixels),
-    then to the better colour posterior: the choice depends on the classes' evidence, never on their
-    order. One float64 key whose smaller terms only order what the larger ones leave (nearly) tied."""
+    pixels ``rows``: the most likely under the walk. The walk's probabilities tie at its floor
+    (``MIN_PROB``) wherever fewer classes reach a pixel; the classes tied at a pixel's lowest probability
+    go in order of distance (the nearer first), then of colour posterior (the better first), so that the
+    choice depends on the classes' evidence, never on their order (where all three tie, on the order).
+    One exact integer key: the order-preserving bit patterns of the float32 values."""
     ctx = evidence.context
-    key = evidence.lw[:, rows].double() - 1e-9 * ctx.dist[:, rows].double() + 1e-15 * ctx.lq[:, rows].double()
-    return key.topk(min(TOP_CLASSES, key.shape[0]), dim=0).indices
+    lw, dist, lq = evidence.lw[:, rows], ctx.dist[:, rows], ctx.lq[:, rows]  # [K, r], lw and lq <= 0, dist >= 0
+    key = _bits(-lw)  # [K, r] int64: smaller is more likely
+    lowest = lw == lw.min(0, keepdim=True).values  # [K, r]: the classes tied at the pixel's lowest (the floor)
+    key = torch.where(lowest, (1 << 62) + (_bits(dist) << 31) + _bits(-lq), key)
+    return key.topk(min(TOP_CLASSES, key.shape[0]), dim=0, largest=False).indices
 
 
-def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor) -> Context:
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of float32 ``x >= 0`` as int64 (below 2^31), in the order of the values."""
+    return (x.float().clamp(min=0) + 0.0).view(torch.int32).long()  # + 0.0: -0.0 becomes 0.0
+
+
+def context(
+    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor, with_rays: bool = True
+) -> Context:
     """The :class:`Context` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]), ``label [H, W]``,
-    ``known [H, W]`` bool, its present ``classes [K]``."""
+    ``known [H, W]`` bool, its present ``classes [K]``. ``with_rays=False``: zeros for the rays (for a
+    combiner that reads the first 12 features only)."""
     free = ~known
     pixels = free.flatten().nonzero().squeeze(1)  # [n]: the unknown pixels, raster order
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
@@ -225,7 +239,8 @@ def context(image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, class
     lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log()  # [K, n]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
     local = local_colour(lab, own, pixels)  # [K, n]
-    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, rays(own, pixels))
+    ray = rays(own, pixels) if with_rays else torch.zeros(classes.shape[0], pixels.shape[0])  # [K, n]
+    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, ray)
 
 
 def walk_log_prob(prob: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class RandomWalkPrior:
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, **dataclasses.asdict(self)}
-        if d["combiner_features"] == FEATURE_COUNTS[0]:  # the section older releases read
+        if not self.combiner or self.combiner_features == FEATURE_COUNTS[0]:  # the section older releases read
             del d["combiner_features"]
         if not self.combiner:
             del d["combiner"]

@@ -601,9 +601,14 @@ def load_weights(path: Path, shapes):
         )
     for k, (_, shape) in header.items():
         if shape != want[k]:
+            hint = (  # the one shape a config's prior section sets apart from the widths
+                " (the prior section's combiner_features: 12 for a combiner trained before the rays, 14 since)"
+                if k == "model.prior_combiner.mlp.0.weight" and shape[0] == want[k][0]
+                else ""
+            )
             raise CorruptWeightsError(
                 f"{path} does not match its config: tensor {k!r} has shape {list(shape)}, the config needs "
-                f"{list(want[k])}"
+                f"{list(want[k])}{hint}"
             )
     try:
         state = load_file(str(path))
