@@ -51,6 +51,7 @@ def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, 
     import train_combiner
     from synth import make_dataset
 
+    from torch_label_mae.combiner import NUM_FEATURES
     from torch_label_mae.config import RandomWalkPrior
     from torch_label_mae.data import degrade, read_image, read_label
     from torch_label_mae.hub import save_hub_files
@@ -65,7 +66,7 @@ def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, 
     assert "pixels from 6 labels" in capsys.readouterr().out and len(list((tmp_path / "cache").iterdir())) == 1
     init = LabelCompleter.from_pretrained(str(tmp_path / "init"), device="cpu", precision="float32")
     out = LabelCompleter.from_pretrained(str(tmp_path / "out"), device="cpu", precision="float32")
-    assert out.config.prior == RandomWalkPrior(**{**walk.__dict__, "combiner": 8})
+    assert out.config.prior == RandomWalkPrior(**{**walk.__dict__, "combiner": 8, "combiner_features": NUM_FEATURES})
     state = out.model.state_dict()
     for k, v in init.model.state_dict().items():  # the rest is the init model's, as stored (float16)
         torch.testing.assert_close(state[k], v.half().float())
