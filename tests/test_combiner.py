@@ -62,6 +62,13 @@ def walk(image, label, known):
     return prob, index, prob.flatten(2).any(2)
 
 
+def walk_and_features(image, label, known):
+    """``(prob, index, valid, k, features [n, K, F])`` of one sample: :func:`walk`, then the combiner's features."""
+    prob, index, valid = walk(image, label, known)
+    k = int(valid[0].sum())
+    return prob, index, valid, k, features(image, label, known, prob[0, :k], index[0, :k])
+
+
 def trained_combiner(width: int = 8, seed: int = 0) -> PriorCombiner:
     """A combiner whose MLP is not zero (so it changes the walk)."""
     torch.manual_seed(seed)
@@ -75,9 +82,7 @@ def trained_combiner(width: int = 8, seed: int = 0) -> PriorCombiner:
 @given(samples())
 def test_features_shape_and_finite(sample):
     image, label, known = sample
-    prob, index, valid = walk(image, label, known)
-    k = int(valid[0].sum())
-    f = features(image, label, known, prob[0, :k], index[0, :k])
+    _, _, _, k, f = walk_and_features(image, label, known)
     assert f.shape == (int((~known).sum()), k, NUM_FEATURES) and f.dtype == torch.float32
     assert torch.isfinite(f).all()
     assert (f[..., 1] <= 0).all() and (f[..., 3] <= 0).all() and (f[..., 5] >= 0).all()  # relative features
@@ -257,9 +262,7 @@ def test_config_validates_and_round_trips_the_combiner():
 @given(samples())
 def test_a_combiner_of_twelve_features_reads_only_the_first_twelve(sample):
     image, label, known = sample
-    prob, index, valid = walk(image, label, known)
-    k = int(valid[0].sum())
-    f = features(image, label, known, prob[0, :k], index[0, :k])
+    prob, index, valid, k, f = walk_and_features(image, label, known)
     old = PriorCombiner(8, num_features=12)
     for p in old.parameters():
         torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(0))
