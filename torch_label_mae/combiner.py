@@ -106,7 +106,7 @@ class PriorCombiner(nn.Module):
                 out.append(None)
                 continue
             sample = (t[i].cpu() for t in (image, label, known))
-            out.append(context(*sample, index[i, :k].cpu(), with_rays=self.num_features > 12))
+            out.append(context(*sample, index[i, :k].cpu(), with_rays=self.num_features > FEATURE_COUNTS[0]))
         return out
 
     @torch.no_grad()
