@@ -602,7 +602,7 @@ def load_weights(path: Path, shapes):
     for k, (_, shape) in header.items():
         if shape != want[k]:
             hint = (  # the one shape a config's prior section sets apart from the widths
-                " (the prior section's combiner_features: 12 for a combiner trained before the rays, 14 since)"
+                " (the prior section's combiner_features must be the combiner's input size)"
                 if k == "model.prior_combiner.mlp.0.weight" and shape[0] == want[k][0]
                 else ""
             )
