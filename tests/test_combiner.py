@@ -279,6 +279,31 @@ def test_a_combiner_of_twelve_features_reads_only_the_first_twelve(sample):
     assert not old.contexts(image[None], label[None], known[None], index, valid)[0].ray.any()
 
 
+@settings(max_examples=20, deadline=None)
+@given(samples(), st.sampled_from(FEATURE_COUNTS), st.booleans())
+def test_the_logits_from_the_parts_are_the_mlp_on_the_features(sample, num_features, with_top):
+    """``PriorCombiner.logits`` applies the first layer to the features' class and pixel parts apart; the
+    same logits as the MLP on the features, which are those parts mapped by ``feature_maps``."""
+    import torch_label_mae.combiner as combiner_module
+
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    k = int(valid.sum())
+    ctx = combiner_module.context(image, label, known, index[0, :k])
+    evidence = Evidence(combiner_module.walk_log_prob(prob[0, :k], ctx.pixels), ctx)
+    top = top_classes(evidence) if with_top else None
+    per_class, per_pixel = evidence.parts(top=top)  # [6, M, r], [7, r]
+    of_class, of_pixel = combiner_module.feature_maps()
+    mapped = per_class.permute(1, 2, 0) @ of_class + per_pixel.T @ of_pixel  # [M, r, F]
+    torch.testing.assert_close(evidence.features(top=top), mapped)
+    combiner = PriorCombiner(8, num_features)
+    for p in combiner.parameters():
+        torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(combiner.logits(evidence, top=top), combiner(evidence.features(top=top)))
+    rows = slice(1, max(2, ctx.pixels.shape[0] // 2))
+    torch.testing.assert_close(combiner.logits(evidence, rows), combiner(evidence.features(rows)))
+
+
 def ray_march(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """:func:`rays` by walking each ray pixel by pixel."""
     k, h, w = own.shape

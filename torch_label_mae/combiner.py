@@ -56,6 +56,23 @@ LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels o
 LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
 CHUNK = 4096  # pixels per pass of the MLP: its activations [M, CHUNK, width] stay in cache (2x faster than 65536)
 TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0; see top_classes)
+# each feature as the class part and the pixel part it reads (Evidence.parts; None: none), the latter with its sign
+_FEATURE_PARTS = (
+    (0, None, 0),  # 0. log P_walk(k | x)
+    (0, 0, -1),  # 1. minus its maximum
+    (1, None, 0),  # 2. log A(k | x)
+    (1, 1, -1),  # 3. minus its maximum
+    (2, None, 0),  # 4. log(1 + d_k(x))
+    (2, 2, -1),  # 5. minus its minimum
+    (3, None, 0),  # 6. the log share of k
+    (None, 3, 1),  # 7. the walk's entropy at x
+    (None, 2, 1),  # 8. log(1 + d(x))
+    (None, 4, 1),  # 9. the log number of classes
+    (4, None, 0),  # 10. log(c_k(x) + 1e-3)
+    (4, 5, -1),  # 11. minus its minimum
+    (5, None, 0),  # 12. r_k(x)
+    (5, 6, -1),  # 13. minus its maximum
+)
 
 
 class PriorCombiner(nn.Module):
@@ -89,6 +106,22 @@ class PriorCombiner(nn.Module):
         weight = self.mlp[0].weight
         x = feats[..., : self.num_features].to(weight.dtype)
         return feats[..., 0].float() + self.mlp(x).squeeze(-1).float()
+
+    def logits(self, evidence: Evidence, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits ``[K, r]`` of :meth:`forward` on ``evidence.features(rows, top)`` (``[M, r]`` with ``top``),
+        on the device of the weights, without building the features: the MLP's first layer applied to
+        the class parts and to the pixel parts apart (:meth:`Evidence.parts`; features are sums of them)."""
+        weight, bias = self.mlp[0].weight, self.mlp[0].bias  # [width, F], [width]
+        of_class, of_pixel = (  # [6, width], [7, width]: the first layer's weight on each part
+            (m[:, : self.num_features].to(weight.device) @ weight.float().T).to(weight.dtype) for m in feature_maps()
+        )
+        per_class, per_pixel = evidence.parts(rows, top)  # [6, M, r], [7, r] float32
+        walk = per_class[0].to(weight.device)  # [M, r]: the walk's log-probability, kept in float32
+        per_class, per_pixel = per_class.to(weight), per_pixel.to(weight)
+        _, m, r = per_class.shape
+        h = torch.addmm(bias, per_pixel.T, of_pixel)  # [r, width]
+        h = torch.mm(per_class.view(per_class.shape[0], -1).T, of_class).view(m, r, -1).add_(h)  # [M, r, width]
+        return walk + self.mlp[1:](h).squeeze(-1).float()  # [M, r]
 
     @torch.no_grad()
     def contexts(
@@ -143,12 +176,11 @@ class PriorCombiner(nn.Module):
         over each pixel's :func:`top_classes`, 0 for the others. The MLP runs where its weights are, on
         ``CHUNK`` pixels at a time."""
         k, n = evidence.lw.shape
-        device = self.mlp[0].weight.device
         out = torch.zeros(k, n)
         for s in range(0, n, CHUNK):
             rows = slice(s, s + CHUNK)
             top = top_classes(evidence, rows) if k > TOP_CLASSES else None  # [M, r]
-            p = self(evidence.features(rows, top).to(device)).softmax(0).cpu()  # [M, r]
+            p = self.logits(evidence, rows, top).softmax(0).cpu()  # [M, r]
             if top is None:
                 out[:, rows] = p
             else:  # a view of out: written in place
@@ -180,29 +212,56 @@ class Evidence(NamedTuple):
     lw: torch.Tensor
     context: Context
 
+    def parts(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parts the features of the pixels ``rows`` are sums of (with ``top [M, r]``, positions among the
+        ``K`` classes per pixel, those of the ``M`` classes it names): the class parts ``[6, K or M, r]``
+        (``log P_walk``, ``log A``, ``log(1 + d_k)``, the log share, ``log(c_k + 1e-3)``, ``r_k``) and the pixel
+        parts ``[7, r]``, over all ``K`` classes (their maxima or minima, the walk's entropy, the log number
+        of classes); float32. :func:`feature_maps` says which feature reads which."""
+        ctx = self.context
+        lw, lq, dist, local, ray = (t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray))  # [K, r]
+        k, n = lw.shape
+        per_pixel = torch.stack(  # amax / amin, not max / min: 20x faster along the classes on the CPU
+            [
+                lw.amax(0),
+                lq.amax(0),
+                dist.amin(0).log1p(),
+                -(lw.exp() * lw).sum(0),  # the walk's entropy
+                torch.full((n,), math.log(k)),
+                (local.amin(0) + 1e-3).log(),
+                ray.amax(0),
+            ]
+        )  # [7, r]
+        share = ctx.log_share.view(k, 1).expand(k, n)
+        if top is not None:
+            lw, lq, dist, local, share, ray = (t.gather(0, top) for t in (lw, lq, dist, local, share, ray))
+        per_class = torch.stack([lw, lq, dist.log1p(), share, (local + 1e-3).log(), ray])  # [6, K or M, r]
+        return per_class, per_pixel
+
     def features(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
         """The combiner's features ``[K, r, NUM_FEATURES]`` (float32) of the pixels ``rows``; with ``top [M, r]``
         (positions among the ``K`` classes, per pixel) those of the ``M`` classes it names, ``[M, r, F]``.
         The features relative to the other classes compare with all ``K``."""
-        ctx = self.context
-        lw, lq, dist, local, ray = (t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray))  # [K, r]
-        k, n = lw.shape
-        pixel = [  # per pixel, over all the classes: [1, r] each
-            lw.max(0, keepdim=True).values,
-            lq.max(0, keepdim=True).values,
-            dist.min(0, keepdim=True).values.log1p(),
-            (local.min(0, keepdim=True).values + 1e-3).log(),
-            -(lw.exp() * lw).sum(0, keepdim=True),  # the walk's entropy
-            ray.max(0, keepdim=True).values,
+        per_class, per_pixel = self.parts(rows, top)
+        zero = torch.zeros_like(per_class[0])
+        cols = [
+            (zero if c is None else per_class[c]) + (0 if p is None else sign * per_pixel[p])
+            for c, p, sign in _FEATURE_PARTS
         ]
-        share = ctx.log_share.view(k, 1).expand(k, n)
-        if top is not None:
-            lw, lq, dist, local, share, ray = (t.gather(0, top) for t in (lw, lq, dist, local, share, ray))
-        best_w, best_q, nearest, best_c, entropy, best_r = (t.expand_as(lw) for t in pixel)
-        ld, lc = dist.log1p(), (local + 1e-3).log()
-        cols = [lw, lw - best_w, lq, lq - best_q, ld, ld - nearest, share, entropy, nearest]
-        cols += [torch.full_like(lw, math.log(k)), lc, lc - best_c, ray, ray - best_r]
         return torch.stack(cols, -1)  # [K or M, r, F]
+
+
+def feature_maps() -> tuple[torch.Tensor, torch.Tensor]:
+    """``[6, NUM_FEATURES]`` and ``[7, NUM_FEATURES]``: each feature as a linear map of the class parts and of
+    the pixel parts of :meth:`Evidence.parts` (0, 1 or -1), so that a linear layer on the features is one
+    on each part."""
+    of_class, of_pixel = torch.zeros(6, NUM_FEATURES), torch.zeros(7, NUM_FEATURES)
+    for f, (c, p, sign) in enumerate(_FEATURE_PARTS):
+        if c is not None:
+            of_class[c, f] = 1.0
+        if p is not None:
+            of_pixel[p, f] = float(sign)
+    return of_class, of_pixel
 
 
 def top_classes(evidence: Evidence, rows: slice = slice(None)) -> torch.Tensor:
@@ -215,7 +274,7 @@ def top_classes(evidence: Evidence, rows: slice = slice(None)) -> torch.Tensor:
     ctx = evidence.context
     lw, dist, lq = evidence.lw[:, rows], ctx.dist[:, rows], ctx.lq[:, rows]  # [K, r], lw and lq <= 0, dist >= 0
     key = _bits(-lw)  # [K, r] int64: smaller is more likely
-    lowest = lw == lw.min(0, keepdim=True).values  # [K, r]: the classes tied at the pixel's lowest (the floor)
+    lowest = lw == lw.amin(0, keepdim=True)  # [K, r]: the classes tied at the pixel's lowest (the floor)
     key = torch.where(lowest, (1 << 62) + (_bits(dist) << 31) + _bits(-lq), key)
     return key.topk(min(TOP_CLASSES, key.shape[0]), dim=0, largest=False).indices
 
