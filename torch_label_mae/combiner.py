@@ -110,17 +110,19 @@ class PriorCombiner(nn.Module):
     def logits(self, evidence: Evidence, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
         """The logits ``[K, r]`` of :meth:`forward` on ``evidence.features(rows, top)`` (``[M, r]`` with ``top``),
         on the device of the weights, without building the features: the MLP's first layer applied to
-        the class parts and to the pixel parts apart (:meth:`Evidence.parts`; features are sums of them)."""
+        the class parts and to the pixel parts apart (:meth:`Evidence.parts`; features are sums of them).
+        The same up to float32 rounding; with weights in a lower precision, up to its rounding (the parts
+        are rounded instead of their differences)."""
         weight, bias = self.mlp[0].weight, self.mlp[0].bias  # [width, F], [width]
-        of_class, of_pixel = (  # [6, width], [7, width]: the first layer's weight on each part
+        on_class, on_pixel = (  # [6, width], [7, width]: the first layer's weight on each part
             (m[:, : self.num_features].to(weight.device) @ weight.float().T).to(weight.dtype) for m in feature_maps()
         )
         per_class, per_pixel = evidence.parts(rows, top)  # [6, M, r], [7, r] float32
         walk = per_class[0].to(weight.device)  # [M, r]: the walk's log-probability, kept in float32
         per_class, per_pixel = per_class.to(weight), per_pixel.to(weight)
         _, m, r = per_class.shape
-        h = torch.addmm(bias, per_pixel.T, of_pixel)  # [r, width]
-        h = torch.mm(per_class.view(per_class.shape[0], -1).T, of_class).view(m, r, -1).add_(h)  # [M, r, width]
+        h = torch.addmm(bias, per_pixel.T, on_pixel)  # [r, width]
+        h = torch.mm(per_class.flatten(1).T, on_class).view(m, r, h.shape[1]).add_(h)  # [M, r, width]
         return walk + self.mlp[1:](h).squeeze(-1).float()  # [M, r]
 
     @torch.no_grad()
@@ -216,8 +218,9 @@ class Evidence(NamedTuple):
         """The parts the features of the pixels ``rows`` are sums of (with ``top [M, r]``, positions among the
         ``K`` classes per pixel, those of the ``M`` classes it names): the class parts ``[6, K or M, r]``
         (``log P_walk``, ``log A``, ``log(1 + d_k)``, the log share, ``log(c_k + 1e-3)``, ``r_k``) and the pixel
-        parts ``[7, r]``, over all ``K`` classes (their maxima or minima, the walk's entropy, the log number
-        of classes); float32. :func:`feature_maps` says which feature reads which."""
+        parts ``[7, r]``, over all ``K`` classes (the largest ``log P_walk`` and ``log A``, the smallest
+        ``log(1 + d_k)``, the walk's entropy, ``log K``, the smallest ``log(c_k + 1e-3)``, the largest ``r_k``);
+        float32, on the evidence's device. :func:`feature_maps` says which feature reads which."""
         ctx = self.context
         lw, lq, dist, local, ray = (t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray))  # [K, r]
         k, n = lw.shape
@@ -227,7 +230,7 @@ class Evidence(NamedTuple):
                 lq.amax(0),
                 dist.amin(0).log1p(),
                 -(lw.exp() * lw).sum(0),  # the walk's entropy
-                torch.full((n,), math.log(k)),
+                lw.new_full((n,), math.log(k)),
                 (local.amin(0) + 1e-3).log(),
                 ray.amax(0),
             ]
