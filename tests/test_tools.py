@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -83,6 +84,10 @@ def test_train_combiner_writes_the_init_model_with_a_trained_combiner(tmp_path, 
     assert len(list((tmp_path / "cache").iterdir())) == 2  # other holes: a cache of their own
     with pytest.raises(SystemExit):
         train_combiner.main([*fixed[:-2], "--ratios", "0.6", "0.3", "--out", str(tmp_path / "bad")])
+    assert train_combiner.main([*args[:-2], "--beta", "16000", "--out", str(tmp_path / "sharper")]) == 0
+    sharper = LabelCompleter.from_pretrained(str(tmp_path / "sharper"), device="cpu")
+    assert sharper.config.prior == dataclasses.replace(out.config.prior, beta=16000.0)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # the features of another walk: a cache of their own
     for cache in (tmp_path / "cache").iterdir():  # as an older version's features would be
         torch.save([(x[..., :10], y) for x, y in torch.load(cache, weights_only=True)], cache)
     with pytest.raises(SystemExit, match="features of another size"):

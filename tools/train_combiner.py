@@ -109,6 +109,7 @@ def train(rows, width: int, epochs: float, lr: float, batch: int, seed: int) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init", default="any-m0.5", help="a random-walk model: name or folder")
+    ap.add_argument("--beta", type=float, help="the walk's beta (default: --init's)")
     ap.add_argument("--data", nargs="+", required=True, help="dataset roots (their train splits)")
     ap.add_argument("--out", required=True, help="model folder to write")
     ap.add_argument("--images", type=int, default=160, help="train images per dataset")
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     prior = init.config.prior
     if getattr(prior, "kind", None) != "random_walk":
         raise SystemExit(f"--init {a.init}: its prior is {getattr(prior, 'kind', None)!r}, not a random walk")
+    if a.beta is not None:
+        prior = dataclasses.replace(prior, beta=a.beta)  # validated there
     walk = {k: getattr(prior, k) for k in ("beta", "sweeps", "solver", "connectivity", "color")}
     t = time.perf_counter()
     rows = []
