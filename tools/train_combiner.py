@@ -6,11 +6,11 @@ with varied holes (a hidden ratio drawn in ``--ratios``, [0.25, 0.75] by default
 grid, half blocks of 8 to 32 px off it); the init model's walk on them; the combiner's features of
 ``--pixels`` unknown pixels per label whose true class a known pixel carries; cross-entropy on them
 (AdamW, one-cycle, batches of 4,096 pixels, each batch from labels with the same number of classes). The
-rest of the model is copied from ``--init``. ``any-m0.5`` was made with it (its card has the command and
-what it measured)::
+rest of the model is copied from ``--init`` (its walk too, or at ``--beta``). ``any-m0.5`` was made with it
+(its card has the command and what it measured)::
 
-    python tools/train_combiner.py --init any-m0.5 --images 160 --cache runs/comb-cache --out runs/any-comb \
-        --data ../shared/data/{camvid,ccp,carparts,marsscapes,dronedeploy,wbc}
+    python tools/train_combiner.py --init any-m0.5 --beta 32000 --images 160 --cache runs/comb-cache \
+        --out runs/any-comb --data ../shared/data/{camvid,ccp,carparts,marsscapes,dronedeploy,wbc}
 """
 
 from __future__ import annotations
