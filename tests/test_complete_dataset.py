@@ -184,6 +184,62 @@ def test_a_label_without_known_pixels_is_filled_with_a_warning_in_the_report(tmp
     assert rep["warnings"][0]["file"] == name
 
 
+@pytest.fixture(scope="module")
+def agnostic_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("agnostic")
+    LabelCompleter(LMAEConfig.tiny(**dict(TINY, num_classes=8, class_agnostic=True))).save_pretrained(folder)
+    return folder
+
+
+def test_a_class_agnostic_rerun_redoes_outputs_whose_holes_were_not_filled(tmp_path, agnostic_dir):
+    """With a class-agnostic model every id of a palette PNG is a class, the missing index too: an output
+    whose holes still hold it is not done. The broken labels copied to --out, completed in place, or
+    completed first without the --missing-index that marks their holes, are completed on the rerun."""
+    images, broken, _ = make_data(tmp_path)
+    names = pngs(broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:
+        (out / name).write_bytes((broken / name).read_bytes())
+    assert run(images, broken, out, agnostic_dir) == 0
+    assert run(images, out, out, agnostic_dir, "--in-place") == 0  # in place: the holes are filled already
+    for name in names:
+        holes = array(broken / name) == 255
+        assert holes.any() and not (array(out / name)[holes] == 255).any()
+    marked = tmp_path / "marked254"  # holes marked 254, completed first as if 255 marked them: nothing filled
+    marked.mkdir()
+    for name in names:
+        lab = array(broken / name)
+        save_p(np.where(lab == 255, 254, lab).astype(np.uint8), marked / name)
+    out2 = tmp_path / "out2"
+    assert run(images, marked, out2, agnostic_dir) == 0
+    assert all(np.array_equal(array(out2 / n), array(marked / n)) for n in names)
+    assert run(images, marked, out2, agnostic_dir, "--missing-index", 254) == 0
+    report = json.loads((out2 / "completion_report.json").read_text())
+    assert report["done"] == len(names) and report["skipped"] == 0
+    assert all(not (array(out2 / n)[array(marked / n) == 254] == 254).any() for n in names)
+
+
+def test_a_class_agnostic_model_fails_a_label_without_known_pixels_and_writes_nothing(tmp_path, agnostic_dir):
+    images, broken, _ = make_data(tmp_path, n=2)
+    name = pngs(broken)[1]
+    save_p(np.full_like(array(broken / name), 255), broken / name)
+    r = complete_dataset(images, broken, tmp_path / "out", model=str(agnostic_dir), progress=False)
+    assert r.done == 1 and [f for f, _ in r.failed] == [name] and "no known pixel" in r.failed[0][1]
+    assert not (tmp_path / "out" / name).exists()
+
+
+def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(tmp_path, agnostic_dir, capsys):
+    images, broken, _ = make_data(tmp_path, n=2)
+    with pytest.raises(SystemExit) as e:
+        run(images, broken, tmp_path / "out", agnostic_dir, "--missing-index", -1)
+    assert e.value.code == 2 and "--missing-index: must be in 0..2147483647, got -1" in capsys.readouterr().err
+    r = complete_dataset(images, broken, tmp_path / "out", model=str(agnostic_dir), missing_index=300, progress=False)
+    assert len(r.failed) == 2
+    assert all(reason.startswith("completion failed: ") and "labels[0]" not in reason for _, reason in r.failed)
+
+
 def test_labels_of_several_sizes_in_one_batch_and_reader_processes(tmp_path, model_dir):
     images, broken, _ = make_data(tmp_path / "a", n=3, size=(40, 56), seed=1)
     images2, broken2, _ = make_data(tmp_path / "b", n=3, size=(32, 48), seed=2)

@@ -210,7 +210,7 @@ def voc_root(tmp_path_factory) -> Path:
 
 def test_voc_segmentation_with_the_voc_preset(voc_root, no_network):
     transform = CompleteLabels("voc-m0.5", device="cpu")
-    assert "missing_index=None" in repr(transform)
+    assert "missing_index=254 (the completer's), void_index=255 (the completer's)" in repr(transform)
     raw_ds, ds = voc_segmentation(voc_root), voc_segmentation(voc_root, transforms=transform)
     for i in range(len(ds)):
         (_, raw_target), (_, target) = raw_ds[i], ds[i]

@@ -129,11 +129,31 @@ def test_more_classes_than_slots_keeps_the_largest_and_never_changes_visible_pix
     label[:4, :4], label[-4:, -4:], label[:4, -4:] = 100, 101, 102  # three small ones: only one fits
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     label[8:24, 8:24] = 255
-    out = c.complete(image, label)
+    with pytest.warns(UserWarning, match=r"labels\[0\] carries 5 classes, more than .* 3 slots") as caught:
+        out = c.complete(image, label)
+    assert [w.filename for w in caught] == [__file__]  # told at the caller's line, not inside the library
     known = label != 255
     assert np.array_equal(out[known], label[known])
     kept = {0, 9, 100}  # by count, then raster order: 100 is met first among the small ones
     assert set(np.unique(out[~known]).tolist()) <= kept
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(missing=st.integers(0, 254), void=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_label_with_no_known_pixel_comes_back_as_it_is(completer, missing, void, seed):
+    """Nothing to fill from: the holes keep their own value (not the model's unknown marker 255), void
+    pixels stay void, confidence 0 on the holes, and the warning says so."""
+    rng = np.random.default_rng(seed)
+    label = np.full((17, 23), missing, np.uint8)
+    if void:
+        label[rng.random((17, 23)) < 0.3] = 255
+    with pytest.warns(UserWarning, match=r"labels\[0\] has no known pixel: .* left as they are"):
+        out, conf = completer.complete(
+            np.zeros((17, 23, 3), np.uint8), label, missing_index=missing, void_index=255 if void else None,
+            return_confidence=True,
+        )  # fmt: skip
+    assert np.array_equal(out, label)
+    assert (conf[label == missing] == 0).all() and (conf[label != missing] == 1).all()
 
 
 def test_absent_slots_get_the_absent_logit_in_both_forward_paths():

@@ -76,8 +76,10 @@ def test_completes_the_target_and_passes_the_image_through(completer):
     assert t(image) == (image, None) and t(image, None) == (image, None)
     with pytest.raises(TypeError, match="dict"):
         t(image, {"masks": target})
-    assert "missing_index=None" in repr(t)  # the completer's: 255 for this one
+    assert repr(t) == "CompleteLabels(completer='LabelCompleter', missing_index=255 (the completer's))"
     assert "missing_index=254, void_index=255" in repr(CompleteLabels(completer, 254, void_index=255))
+    preset = "completer='voc-m0.5', missing_index=254 (the completer's), void_index=255 (the completer's)"
+    assert repr(CompleteLabels("voc-m0.5")) == f"CompleteLabels({preset})"  # not loaded, nothing printed of it
 
 
 def test_other_missing_index(completer):

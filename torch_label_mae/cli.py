@@ -183,6 +183,11 @@ def _byte(text: str) -> int:
     return _int_in(text, 0, 255)
 
 
+def _label_value(text: str) -> int:
+    """argparse type: a value a label PNG can hold (8, 16 or 32 bits): an integer in 0..2^31 - 1."""
+    return _int_in(text, 0, 2**31 - 1)
+
+
 def cmd_degrade(args) -> int:
     from .data import degrade_folder
 
@@ -571,9 +576,9 @@ def _add_complete(sub) -> None:
     _add_model(p)
     p.add_argument(
         "--missing-index",
-        type=int,
+        type=_label_value,
         default=None,
-        help="label value of missing pixels (default: the model's: 254 for the dataset presets voc-m0.5, "
+        help="label value of missing pixels, >= 0 (default: the model's: 254 for the dataset presets voc-m0.5, "
         "cityscapes-m0.5, ade20k-m0.5, else 255)",
     )
     p.add_argument(

@@ -281,12 +281,15 @@ def output_is_valid(
     void_index: int | None = None,
     colors: ColorTable | None = None,
     rgb: np.ndarray | None = None,
+    agnostic: bool = False,
 ) -> bool:
     """True when ``out`` is a complete palette PNG of ``label``'s size with ids in ``[0, num_classes)``
     (or ``void_index`` where the label is void) equal to ``label`` on its known pixels (and
     ``confidence``, when given, a grayscale PNG of that size). For a colour label (``rgb``, ``HxWx3``,
     with ``label`` its ids decoded by ``colors``): an RGB PNG equal to ``rgb`` on every pixel that is not
-    of the missing colour, and class colours of ``[0, num_classes)`` on those."""
+    of the missing colour, and class colours of ``[0, num_classes)`` on those. A hole still holding
+    ``missing_index`` is not filled unless that is a class id (``agnostic``: a class-agnostic model fills
+    only with ids its visible pixels carry, never the missing index), so such an output is not complete."""
     if rgb is not None:
         arr = _read_png(out, ("RGB", "RGBA"))
         if arr is None or arr.shape[:2] != rgb.shape[:2] or (arr.shape[2] == 4 and (arr[..., 3] != 255).any()):
@@ -311,6 +314,8 @@ def output_is_valid(
         known = label != missing_index
         if not np.array_equal(arr[known], label[known]):
             return False
+        if (agnostic or missing_index >= num_classes) and (arr[~known] == missing_index).any():
+            return False  # a hole left as it was: the input itself, or an unfinished output
     if confidence is not None:
         c = _read_png(confidence, ("L",))
         if c is None or c.shape != label.shape:
@@ -339,10 +344,12 @@ class _Reader(torch.utils.data.Dataset):
     """Item -> a record dict: ``status`` is ``"todo"`` (with image, label, palette), ``"skip"``
     (a valid output exists) or ``"fail"`` (with ``reason``)."""
 
-    def __init__(self, items, out_dir, confidence_dir, num_classes, coding: _Coding, overwrite, max_pixels):
+    def __init__(self, items, out_dir, confidence_dir, coding: _Coding, overwrite, max_pixels, completer):
         self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
-        self.n, self.coding, self.overwrite = num_classes, coding, overwrite
-        self.max_pixels = max_pixels
+        self.coding, self.overwrite, self.max_pixels = coding, overwrite, max_pixels
+        self.n = completer.num_ids or 256  # class-agnostic: any id of a palette PNG
+        self.agnostic = completer.config.class_agnostic  # then its unknown marker is not a class either:
+        self.unknown = completer.config.ignore_index if self.agnostic else None  # (the completer is not kept)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -393,6 +400,7 @@ class _Reader(torch.utils.data.Dataset):
                 void_index=c.void_index,
                 colors=c.colors,
                 rgb=rgb,
+                agnostic=self.agnostic,
             )
             if valid:
                 return {"name": it.name, "status": "skip"}
@@ -425,8 +433,9 @@ class _Reader(torch.utils.data.Dataset):
                 return (
                     f"ids out of range: {int(bad.sum())} pixels have colours of class ids {vals}, not in [0, {self.n})"
                 )
-            return None
-        allowed = (lab_np == c.missing_index) | (lab_np == c.void_index if c.void_index is not None else False)
+            return _unfillable(lab_np == MISSING_ID, lab_np >= 0) if self.agnostic else None
+        holes = lab_np == c.missing_index
+        allowed = holes | (lab_np == c.void_index if c.void_index is not None else False)
         bad = ~allowed & ((lab_np < 0) | (lab_np >= self.n))
         if bad.any():
             vals = np.unique(lab_np[bad]).tolist()
@@ -435,7 +444,29 @@ class _Reader(torch.utils.data.Dataset):
                 f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} outside [0, {self.n}) "
                 f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}"
             )
+        # a class-agnostic model takes its own unknown marker (ignore_index) for unknown, as completion does
+        return _unfillable(holes, ~allowed & (lab_np != self.unknown)) if self.agnostic else None
+
+    def _check_known(self, holes: np.ndarray, known: np.ndarray) -> str | None:
+        """Why a label with ``holes`` cannot be completed: a class-agnostic model fills a hole only with a
+        class the label's ``known`` pixels carry, so a label with none has nothing to fill them from."""
+        if holes.any() and not known.any():
+            return (
+                "no known pixel: a class-agnostic model fills holes only with classes the label's own visible "
+                "pixels carry, so this label's holes cannot be filled"
+            )
         return None
+
+
+def _unfillable(holes: np.ndarray, known: np.ndarray) -> str | None:
+    """Why a label with ``holes`` cannot be completed by a class-agnostic model, which fills a hole only with
+    a class the label's ``known`` pixels carry: it has none. None when it can be."""
+    if holes.any() and not known.any():
+        return (
+            "no known pixel: a class-agnostic model fills holes only with classes the label's own visible "
+            "pixels carry, so this label's holes cannot be filled"
+        )
+    return None
 
 
 class _Skip(Exception):
@@ -529,8 +560,9 @@ class _Completion:
                     (lab,), (conf,) = self._run([r])
                 except (KeyboardInterrupt, SystemExit):
                     raise
-                except Exception as e:
-                    _fail(self.report, r["name"], f"completion failed: {e}", self.strict)
+                except Exception as e:  # named by its file: not by its place in this one-label call
+                    reason = str(e).removeprefix("labels[0]: ")
+                    _fail(self.report, r["name"], f"completion failed: {reason}", self.strict)
                     continue
                 self._write(r, lab, conf)
             return
@@ -742,8 +774,7 @@ def complete_dataset(
     coding = _Coding.of(completer, missing_index, void_index, colors)
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
-    ids = completer.num_ids or 256  # class-agnostic: any id of a palette PNG
-    reader = _Reader(mine, out_dir, conf_dir, ids, coding, overwrite, max_pixels)
+    reader = _Reader(mine, out_dir, conf_dir, coding, overwrite, max_pixels, completer)
     loop_args = (batch_size, max_batch_pixels, num_workers, progress)
     complete = _Completion(
         completer,

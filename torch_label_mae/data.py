@@ -74,7 +74,7 @@ def read_image(path: str | Path) -> torch.Tensor:
             else:
                 wide, arr = None, np.asarray(im.convert("RGB"))
     except Exception as e:  # PIL raises several types for corrupt files
-        raise ValueError(f"{path}: cannot read image ({e})") from None
+        raise ValueError(f"{path}: cannot read image: {e}") from None
     if wide is not None:
         arr = np.repeat(gray_to_uint8(wide, str(path))[:, :, None], 3, axis=2)
     _check_pixels(arr.shape[:2], path, "image")
@@ -90,7 +90,7 @@ def read_label(path: str | Path) -> torch.Tensor:
                 raise ValueError(f"mode {im.mode!r}; expected a palette or grayscale PNG of class ids")
             arr = np.asarray(im)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read label ({e})") from None
+        raise ValueError(f"{path}: cannot read label: {e}") from None
     _check_pixels(arr.shape[:2], path, "label")
     return torch.from_numpy(arr.astype(np.int64))
 

@@ -7,6 +7,8 @@ neither missing nor void, missing / void indices that cannot occur or collide, c
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -64,12 +66,47 @@ def prepare(
     bad = context & ~allowed
     if bad.any():
         _refuse(name, lab_t, bad, what, void_value if rgb is None else None, table, config, label_set, model_name)
-    if not config.class_agnostic:
-        _warn_narrow(name, lab_t, ~miss & ~context, n)
-    if bool((miss | context).all()):
-        warnings.warn(f"{name} has no known pixel: it is filled from the image alone", stacklevel=3)
+    known = ~miss & ~context
+    if config.class_agnostic:
+        _warn_slots(name, lab_t[known], config.num_classes)
+    else:
+        _warn_narrow(name, lab_t, known, n)
+    fills = True
+    if bool(miss.any()) and not bool(known.any()):
+        fills = not config.class_agnostic  # it fills only with classes the visible pixels carry: none
+        how = "it is filled from the image alone" if fills else (
+            "a class-agnostic model fills holes only with classes the visible pixels carry, so its holes are "
+            "left as they are"
+        )  # fmt: skip
+        warn_caller(f"{name} has no known pixel: {how}")
     lab_in = torch.where(miss | context, torch.full_like(lab_t, config.ignore_index), lab_t)
-    return Sample(img_t, lab_in, miss, lab_t, context, rgb)
+    return Sample(img_t, lab_in, miss, lab_t, context, rgb, fills)
+
+
+def warn_caller(message: str) -> None:
+    """``warnings.warn(message)`` at the first frame outside this package: the user's call of
+    ``complete``, ``complete_batch`` or a ``CompleteLabels`` transform, whichever they called."""
+    frame, level = sys._getframe(1), 2  # level 2: warn_caller's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _warn_slots(name: str, ids: torch.Tensor, num_slots: int) -> None:
+    """Warn when a label's known ``ids`` hold more classes than a class-agnostic model has slots: the
+    smallest classes cannot fill holes (:mod:`torch_label_mae.slots`)."""
+    if ids.numel() <= num_slots:
+        return
+    small = int(ids.max()) < 1 << 16  # a bincount is several times faster than unique there
+    count = int((torch.bincount(ids) > 0).sum()) if small else int(ids.unique().numel())
+    if count > num_slots:
+        warn_caller(
+            f"{name} carries {count} classes, more than this class-agnostic model's {num_slots} slots: its holes "
+            f"are filled with the {num_slots} largest only (the other classes' visible pixels are kept)"
+        )
 
 
 # a label whose known ids are at least NARROW_MIN_IDS distinct values, all below num_classes / 4 and
@@ -167,11 +204,10 @@ def _warn_narrow(name: str, label: torch.Tensor, known: torch.Tensor, n: int) ->
         return
     ids = torch.bincount(label[known].flatten(), minlength=n).nonzero().flatten().tolist()
     if len(ids) >= NARROW_MIN_IDS and ids[-1] < n / 4 and 2 * len(ids) >= ids[-1] + 1:
-        warnings.warn(
+        warn_caller(
             f"{name} uses only class ids {_id_ranges(ids)}, all in the lowest quarter of this model's {n} "
             f"classes: the model may be the wrong one for these labels (of a dataset of about {ids[-1] + 1} "
-            "classes?)",
-            stacklevel=4,
+            "classes?)"
         )
 
 
@@ -186,13 +222,15 @@ class Sample(NamedTuple):
     original: torch.Tensor
     context: torch.Tensor
     rgb: np.ndarray | None
+    fills: bool = True  # False: nothing to fill the holes from (a class-agnostic model, no known pixel)
 
     def output(self, completed: torch.Tensor, like, table):
         """The completed ids -> ``like``'s type; every pixel that was not filled is the input's own."""
+        kept = self.context if self.fills else self.context | self.miss
         if self.rgb is None:
-            return label_like(torch.where(self.context, self.original, completed), like)
+            return label_like(torch.where(kept, self.original, completed), like)
         rgb = self.rgb.copy()
-        changed = ((completed != self.original) & ~self.context).numpy()
+        changed = ((completed != self.original) & ~kept).numpy()
         rgb[changed] = table.encode(completed.numpy()[changed])
         return color_label_like(rgb, like)
 

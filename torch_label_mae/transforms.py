@@ -96,8 +96,17 @@ class CompleteLabels(nn.Module):
             state["_modules"] = {k: v for k, v in self._modules.items() if k != "_completer"}
         return state
 
+    def __repr__(self) -> str:  # nn.Module's would print a loaded completer's whole model
+        return f"{type(self).__name__}({self.extra_repr()})"
+
     def extra_repr(self) -> str:
-        void = f", void_index={self.void_index}" if self.void_index is not None else ""
-        colors = f", colors={self.colors.name!r}" if self.colors is not None else ""
-        name = self._spec or type(self._completer).__name__
-        return f"completer={name!r}, missing_index={self.missing_index}{void}{colors}"
+        """The arguments; indices left at None show the completer's conventions as known now."""
+        missing, void = resolve_indices(self._label_set(), self.missing_index, self.void_index)
+        args = [f"completer={self._spec or type(self._completer).__name__!r}"]
+        given = (("missing_index", self.missing_index, missing), ("void_index", self.void_index, void))
+        for what, arg, value in given:
+            if arg is not None or value is not None:
+                args.append(f"{what}={value}" + (" (the completer's)" if arg is None else ""))
+        if self.colors is not None:
+            args.append(f"colors={self.colors.name!r}")
+        return ", ".join(args)
