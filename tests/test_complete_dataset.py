@@ -222,22 +222,49 @@ def test_a_class_agnostic_rerun_redoes_outputs_whose_holes_were_not_filled(tmp_p
 
 
 def test_a_class_agnostic_model_fails_a_label_without_known_pixels_and_writes_nothing(tmp_path, agnostic_dir):
-    images, broken, _ = make_data(tmp_path, n=2)
-    name = pngs(broken)[1]
-    save_p(np.full_like(array(broken / name), 255), broken / name)
+    images, broken, _ = make_data(tmp_path, n=3)
+    first, second, third = pngs(broken)
+    save_p(np.full_like(array(broken / second), 255), broken / second)
     r = complete_dataset(images, broken, tmp_path / "out", model=str(agnostic_dir), progress=False)
-    assert r.done == 1 and [f for f, _ in r.failed] == [name] and "no known pixel" in r.failed[0][1]
-    assert not (tmp_path / "out" / name).exists()
+    assert r.done == 2 and [f for f, _ in r.failed] == [second] and "no known pixel" in r.failed[0][1]
+    assert not (tmp_path / "out" / second).exists()
+    # holes marked 254: the model's unknown marker 255 is no class, refused as completion refuses it
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    lab = array(broken / first)
+    for name in (first, second):
+        save_p(np.where(lab == 255, 254, lab).astype(np.uint8), marked / name)
+    save_p(np.full_like(lab, 255), marked / third)
+    out = tmp_path / "out254"
+    out.mkdir()
+    save_p(np.where(lab == 255, 255, lab).astype(np.uint8), out / first)  # an output holding 255 in the holes
+    r = complete_dataset(images, marked, out, model=str(agnostic_dir), missing_index=254, progress=False)
+    assert r.done == 2 and r.skipped == 0  # redone: 255 is no class of this model
+    assert [f for f, _ in r.failed] == [third] and r.failed[0][1].startswith("ids out of range: ")
+    assert "ids [255] outside [0, 255)" in r.failed[0][1]
 
 
-def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(tmp_path, agnostic_dir, capsys):
+def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(
+    tmp_path, agnostic_dir, capsys, monkeypatch
+):
     images, broken, _ = make_data(tmp_path, n=2)
     with pytest.raises(SystemExit) as e:
         run(images, broken, tmp_path / "out", agnostic_dir, "--missing-index", -1)
     assert e.value.code == 2 and "--missing-index: must be in 0..2147483647, got -1" in capsys.readouterr().err
+    for bad in (-1, 2**31, 1.5, True):
+        with pytest.raises(ValueError, match=r"missing_index must be an integer in 0\.\.2\^31 - 1"):
+            complete_dataset(images, broken, tmp_path / "out", model=str(agnostic_dir), missing_index=bad)
     r = complete_dataset(images, broken, tmp_path / "out", model=str(agnostic_dir), missing_index=300, progress=False)
-    assert len(r.failed) == 2
-    assert all(reason.startswith("completion failed: ") and "labels[0]" not in reason for _, reason in r.failed)
+    assert [reason.split(" pixels")[0] for _, reason in r.failed] == ["ids out of range: " + str(n) for n in (
+        int((array(broken / name) == 255).sum()) for name in pngs(broken))]  # fmt: skip
+    assert all("that are not the missing index 300" in reason for _, reason in r.failed)
+
+    def boom(self, images, labels, *args, **kwargs):
+        raise ValueError(f"labels[{len(labels) - 1}]: boom")
+
+    monkeypatch.setattr(LabelCompleter, "complete_batch", boom)
+    r = complete_dataset(images, broken, tmp_path / "out3", model=str(agnostic_dir), progress=False)
+    assert [reason for _, reason in r.failed] == ["completion failed: boom"] * 2  # each named by its file alone
 
 
 def test_labels_of_several_sizes_in_one_batch_and_reader_processes(tmp_path, model_dir):

@@ -4,6 +4,7 @@ the classes commutes with completion, and a hidden pixel only ever gets a class 
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -132,6 +133,9 @@ def test_more_classes_than_slots_keeps_the_largest_and_never_changes_visible_pix
     with pytest.warns(UserWarning, match=r"labels\[0\] carries 5 classes, more than .* 3 slots") as caught:
         out = c.complete(image, label)
     assert [w.filename for w in caught] == [__file__]  # told at the caller's line, not inside the library
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c.complete(image, np.where(label == 255, 0, label).astype(np.uint8))  # no hole: nothing to warn of
     known = label != 255
     assert np.array_equal(out[known], label[known])
     kept = {0, 9, 100}  # by count, then raster order: 100 is met first among the small ones

@@ -80,6 +80,18 @@ def test_completes_the_target_and_passes_the_image_through(completer):
     assert "missing_index=254, void_index=255" in repr(CompleteLabels(completer, 254, void_index=255))
     preset = "completer='voc-m0.5', missing_index=254 (the completer's), void_index=255 (the completer's)"
     assert repr(CompleteLabels("voc-m0.5")) == f"CompleteLabels({preset})"  # not loaded, nothing printed of it
+    agnostic = CompleteLabels("any-m0.5", device="cpu")
+    agnostic.completer.label_set = "voc"  # loaded, then given VOC's conventions: those a call uses now
+    assert "missing_index=254 (the completer's), void_index=255 (the completer's)" in repr(agnostic)
+
+
+def test_a_warning_inside_compose_points_at_the_caller():
+    """Not at torchvision's ``Compose`` nor inside the library: at the line that called the transform."""
+    t = v2.Compose([CompleteLabels("any-m0.5", device="cpu")])
+    image, target = np.zeros((9, 11, 3), np.uint8), np.full((9, 11), 255, np.uint8)
+    with pytest.warns(UserWarning, match="has no known pixel") as caught:
+        t(image, target)
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_other_missing_index(completer):

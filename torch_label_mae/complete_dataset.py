@@ -27,11 +27,13 @@ Promises:
   the label's size, ids in ``[0, N)`` but on void pixels, equal to the label on every pixel that is
   not missing, void included; for a colour label an RGB PNG equal to it on every pixel that is not
   of the missing colour, with class colours on those; and its confidence map, when asked for, a
-  readable grayscale PNG of that size) unless ``overwrite=True``.
+  readable grayscale PNG of that size; with a class-agnostic model, no hole left holding the missing
+  index) unless ``overwrite=True``.
 - **Bad input does not stop the run.** An unreadable image or label, a label whose size differs from
   its image, ids ``>= N`` that are neither ``missing_index`` nor ``void_index``, colours not in the
   colour table (each named with its pixel count), an image without label or a label without
-  image: the file is recorded with the reason and the rest go on. ``strict=True`` raises
+  image, a label with holes but no known pixel given to a class-agnostic model (nothing to fill them
+  from): the file is recorded with the reason and the rest go on. ``strict=True`` raises
   :class:`CompletionError` at the first failure instead (every file before it is done, none after).
 - **Sharding.** ``rank`` / ``world_size`` default to ``torch.distributed`` when a process group is
   initialised, else to the ``RANK`` / ``WORLD_SIZE`` environment variables (set by ``torchrun``),
@@ -287,9 +289,9 @@ def output_is_valid(
     (or ``void_index`` where the label is void) equal to ``label`` on its known pixels (and
     ``confidence``, when given, a grayscale PNG of that size). For a colour label (``rgb``, ``HxWx3``,
     with ``label`` its ids decoded by ``colors``): an RGB PNG equal to ``rgb`` on every pixel that is not
-    of the missing colour, and class colours of ``[0, num_classes)`` on those. A hole still holding
-    ``missing_index`` is not filled unless that is a class id (``agnostic``: a class-agnostic model fills
-    only with ids its visible pixels carry, never the missing index), so such an output is not complete."""
+    of the missing colour, and class colours of ``[0, num_classes)`` on those. ``agnostic`` (a
+    class-agnostic model's output, which fills only with ids the label's visible pixels carry): a hole that
+    still holds ``missing_index`` was not filled, though the missing index is in the class range."""
     if rgb is not None:
         arr = _read_png(out, ("RGB", "RGBA"))
         if arr is None or arr.shape[:2] != rgb.shape[:2] or (arr.shape[2] == 4 and (arr[..., 3] != 255).any()):
@@ -314,7 +316,7 @@ def output_is_valid(
         known = label != missing_index
         if not np.array_equal(arr[known], label[known]):
             return False
-        if (agnostic or missing_index >= num_classes) and (arr[~known] == missing_index).any():
+        if agnostic and (arr[~known] == missing_index).any():
             return False  # a hole left as it was: the input itself, or an unfinished output
     if confidence is not None:
         c = _read_png(confidence, ("L",))
@@ -347,9 +349,9 @@ class _Reader(torch.utils.data.Dataset):
     def __init__(self, items, out_dir, confidence_dir, coding: _Coding, overwrite, max_pixels, completer):
         self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
         self.coding, self.overwrite, self.max_pixels = coding, overwrite, max_pixels
-        self.n = completer.num_ids or 256  # class-agnostic: any id of a palette PNG
-        self.agnostic = completer.config.class_agnostic  # then its unknown marker is not a class either:
-        self.unknown = completer.config.ignore_index if self.agnostic else None  # (the completer is not kept)
+        self.agnostic, ignore = completer.config.class_agnostic, completer.config.ignore_index
+        # the ids of a palette PNG, but a class-agnostic model's unknown marker, which completion refuses
+        self.n = completer.num_ids or (ignore if self.agnostic and 0 < ignore < 256 else 256)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -444,18 +446,7 @@ class _Reader(torch.utils.data.Dataset):
                 f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} outside [0, {self.n}) "
                 f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}"
             )
-        # a class-agnostic model takes its own unknown marker (ignore_index) for unknown, as completion does
-        return _unfillable(holes, ~allowed & (lab_np != self.unknown)) if self.agnostic else None
-
-    def _check_known(self, holes: np.ndarray, known: np.ndarray) -> str | None:
-        """Why a label with ``holes`` cannot be completed: a class-agnostic model fills a hole only with a
-        class the label's ``known`` pixels carry, so a label with none has nothing to fill them from."""
-        if holes.any() and not known.any():
-            return (
-                "no known pixel: a class-agnostic model fills holes only with classes the label's own visible "
-                "pixels carry, so this label's holes cannot be filled"
-            )
-        return None
+        return _unfillable(holes, ~allowed) if self.agnostic else None
 
 
 def _unfillable(holes: np.ndarray, known: np.ndarray) -> str | None:
@@ -627,6 +618,16 @@ class _Coding:
         return cls(*completer.conventions(missing_index, void_index, colors))
 
 
+def _check_missing(missing_index):
+    """``missing_index``: None (the model's) or an integer a label PNG can hold, in 0..2^31 - 1."""
+    if missing_index is None:
+        return None
+    integer = isinstance(missing_index, (int, np.integer)) and not isinstance(missing_index, bool)
+    if not integer or not 0 <= missing_index <= 2**31 - 1:
+        raise ValueError(f"missing_index must be an integer in 0..2^31 - 1 or None, got {missing_index!r}")
+    return int(missing_index)
+
+
 def _check_void(void_index):
     """``void_index``: None or an integer in 0..255 (outputs are palette PNGs)."""
     if void_index is None:
@@ -760,7 +761,7 @@ def complete_dataset(
     finished); both carry the written report as ``.report``.
     """
     _check_numbers(batch_size, num_workers, max_pixels, max_batch_pixels)
-    void_index, colors = _check_void(void_index), load_colors(colors)
+    missing_index, void_index, colors = _check_missing(missing_index), _check_void(void_index), load_colors(colors)
     images_dir, labels_dir, items, inputs = _items(images_dir, labels_dir, voc_root, image_set, year)
     out_dir = Path(out_dir).resolve()
     conf_dir = Path(confidence_dir).resolve() if confidence_dir is not None else None

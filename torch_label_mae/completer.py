@@ -238,7 +238,7 @@ class LabelCompleter(
         Only missing pixels change: every other pixel comes back byte-identical, whatever its value;
         every filled value is a class id in ``[0, N)`` (its colour for RGB labels). Each output has its
         input label's type, size and dtype. With ``return_confidence`` also returns, per label, the
-        probability of the chosen class per pixel (1 on pixels that were kept).
+        probability of the chosen class per pixel (1 on pixels kept, 0 on holes left unfilled: docs/labels.md).
         """
         if batch_size is None:
             batch_size = 64 if self.device.type == "cuda" else 8

@@ -66,13 +66,13 @@ def prepare(
     bad = context & ~allowed
     if bad.any():
         _refuse(name, lab_t, bad, what, void_value if rgb is None else None, table, config, label_set, model_name)
-    known = ~miss & ~context
-    if config.class_agnostic:
+    known, holes = ~miss & ~context, bool(miss.any())
+    if config.class_agnostic and holes:
         _warn_slots(name, lab_t[known], config.num_classes)
-    else:
+    elif not config.class_agnostic:
         _warn_narrow(name, lab_t, known, n)
     fills = True
-    if bool(miss.any()) and not bool(known.any()):
+    if holes and not bool(known.any()):
         fills = not config.class_agnostic  # it fills only with classes the visible pixels carry: none
         how = "it is filled from the image alone" if fills else (
             "a class-agnostic model fills holes only with classes the visible pixels carry, so its holes are "
@@ -84,12 +84,18 @@ def prepare(
 
 
 def warn_caller(message: str) -> None:
-    """``warnings.warn(message)`` at the first frame outside this package: the user's call of
-    ``complete``, ``complete_batch`` or a ``CompleteLabels`` transform, whichever they called."""
+    """``warnings.warn(message)`` at the first frame outside this package, torch and torchvision: the
+    user's call of ``complete`` or ``complete_batch``, of a ``CompleteLabels`` transform (also inside a
+    ``v2.Compose``), or of the torchvision dataset that applies it."""
+    skip = (_PACKAGE, *(_folder(sys.modules[m]) for m in ("torch", "torchvision") if m in sys.modules))
     frame, level = sys._getframe(1), 2  # level 2: warn_caller's caller
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, stacklevel=level)
+
+
+def _folder(module) -> str:
+    return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -62,7 +62,7 @@ class CompleteLabels(nn.Module):
 
     def _label_set(self):
         """The completer's label set: a loaded one's, else that of the registered name (or family), else None."""
-        if self._spec is None:
+        if self._completer is not None:
             return getattr(self._completer, "label_set", None)
         names = hub.names_for(self._spec)
         return load_label_set(hub.REGISTRY[names[0]].label_set) if names else None
