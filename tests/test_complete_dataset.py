@@ -221,6 +221,22 @@ def test_a_class_agnostic_rerun_redoes_outputs_whose_holes_were_not_filled(tmp_p
     assert all(not (array(out2 / n)[array(marked / n) == 254] == 254).any() for n in names)
 
 
+def test_in_place_with_a_missing_index_that_is_a_class_is_refused(tmp_path, model_dir, agnostic_dir):
+    """A class-specific model may fill a hole with the very id that marks the holes: in place, a completed
+    label could not be told from one still to complete. A class-agnostic model never fills with it."""
+    images, broken, _ = make_data(tmp_path)
+    before = hashes(broken)
+    with pytest.raises(ValueError, match=r"in_place=True with missing_index 0, a class id of this model \(0\.\.3\)"):
+        complete_dataset(images, broken, broken, model=str(model_dir), in_place=True, missing_index=0)
+    assert hashes(broken) == before
+    for name in pngs(broken):  # holes 0, classes 1..4
+        lab = array(broken / name)
+        save_p(np.where(lab == 255, 0, lab + 1).astype(np.uint8), broken / name)
+    r = complete_dataset(images, broken, broken, model=str(agnostic_dir), in_place=True, missing_index=0)
+    assert r.done == len(pngs(broken)) and not r.failed
+    assert all((array(broken / name) > 0).all() for name in pngs(broken))
+
+
 def test_a_class_agnostic_model_fails_a_label_without_known_pixels_and_writes_nothing(tmp_path, agnostic_dir):
     images, broken, _ = make_data(tmp_path, n=3)
     first, second, third = pngs(broken)

@@ -612,10 +612,20 @@ class _Coding:
     colors: ColorTable | None
 
     @classmethod
-    def of(cls, completer, missing_index: int | None, void_index: int | None, colors) -> _Coding:
+    def of(cls, completer, missing_index: int | None, void_index: int | None, colors, in_place: bool) -> _Coding:
         """The arguments given, else the completer's conventions (a preset's label set; else holes 255,
-        no void, no table), checked before any work (:meth:`LabelCompleter.conventions`)."""
-        return cls(*completer.conventions(missing_index, void_index, colors))
+        no void, no table), checked before any work (:meth:`LabelCompleter.conventions`). In place, a
+        missing index that is one of a class-specific model's classes is refused: a label completed in
+        place could not be told from one still to complete."""
+        coding = cls(*completer.conventions(missing_index, void_index, colors))
+        n, m = completer.num_ids, coding.missing_index
+        if in_place and not completer.config.class_agnostic and 0 <= m < n:
+            raise ValueError(
+                f"in_place=True with missing_index {m}, a class id of this model (0..{n - 1}): a label completed in "
+                f"place could not be told from one still to complete (its pixels filled with class {m} would look "
+                "missing). Mark the holes with a value that is no class (e.g. 255), or write to another folder"
+            )
+        return coding
 
 
 def _check_missing(missing_index):
@@ -772,7 +782,7 @@ def complete_dataset(
     files = [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
     _check_output_paths(out_dir, conf_dir, rpath, inputs + files, names, in_place)
     completer = _load_completer(model, device, precision)
-    coding = _Coding.of(completer, missing_index, void_index, colors)
+    coding = _Coding.of(completer, missing_index, void_index, colors, in_place)
 
     report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
     reader = _Reader(mine, out_dir, conf_dir, coding, overwrite, max_pixels, completer)
