@@ -170,6 +170,56 @@ def test_label_set_by_hand(any_model, tmp_path):
         camvid.label_set = "voc"
 
 
+label_sets_st = st.builds(
+    lambda n, colors, void, name: LabelSet(name, [f"c{i}" for i in range(n)], colors, void, 254),
+    st.integers(1, 200), st.sampled_from([None, "voc", "camvid"]), st.sampled_from([None, 255]), st.text(max_size=8),
+)  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(label_set=label_sets_st)
+def test_a_label_set_survives_its_json(label_set):
+    import json
+
+    assert LabelSet.from_dict(json.loads(json.dumps(label_set.to_dict()))) == label_set
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[], {"name": "x"}, {"name": "x", "class_names": ["a"], "extra": 1}, {"name": 3, "class_names": ["a"]},
+     {"name": "x", "class_names": "ab"}, {"name": "x", "class_names": ["a"], "missing_index": 0}],
+)  # fmt: skip
+def test_a_label_set_from_json_is_checked(data):
+    with pytest.raises(ValueError):
+        LabelSet.from_dict(data)
+
+
+def test_a_saved_preset_reloads_with_its_label_set(voc, tmp_path):
+    """save_pretrained writes label_set.json beside the weights; the folder loads as the preset did (VOC's
+    254 holes filled, its 255 borders kept), and a completer saved without one removes a stale file."""
+    voc.save_pretrained(tmp_path / "myvoc")
+    again = LabelCompleter.from_pretrained(tmp_path / "myvoc", device="cpu", precision="float32")
+    assert again.label_set == voc.label_set and again.conventions() == voc.conventions()
+    label = voc_label(40, 48, 3, 21, 254)
+    assert np.array_equal(again.complete(_image(40, 48), label), voc.complete(_image(40, 48), label))
+    plain = LabelCompleter.from_pretrained("any-m0.5", device="cpu")
+    plain.save_pretrained(tmp_path / "myvoc")
+    assert not (tmp_path / "myvoc" / hub.LABEL_SET_NAME).exists()
+    assert LabelCompleter.from_pretrained(tmp_path / "myvoc", device="cpu").label_set is None
+
+
+@pytest.mark.parametrize(
+    "text", ["{", "[1]", '{"name": "x", "class_names": []}', '{"name": "x", "class_names": ["a"]}']
+)
+def test_a_bad_label_set_file_is_refused_naming_it(voc, tmp_path, text):
+    voc.save_pretrained(tmp_path / "m")
+    if text.endswith('["a"]}'):  # a valid set, beside a class-specific model
+        LabelCompleter.from_pretrained("camvid-m0.5", device="cpu").save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / hub.LABEL_SET_NAME).write_text(text)
+    with pytest.raises(hub.CorruptWeightsError, match=r"label_set\.json"):
+        LabelCompleter.from_pretrained(tmp_path / "m", device="cpu")
+
+
 def test_list_marks_class_agnostic_names_and_label_sets(capsys):
     assert main(["list"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}

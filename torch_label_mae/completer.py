@@ -59,8 +59,7 @@ class LabelCompleter(
 
     def __init__(self, config: LMAEConfig | dict):
         super().__init__()
-        if isinstance(config, dict):
-            config = LMAEConfig.from_dict(config)
+        config = LMAEConfig.from_dict(config) if isinstance(config, dict) else config
         if not isinstance(config, LMAEConfig):
             raise TypeError(f"config must be an LMAEConfig or a dict, got {type(config).__name__}")
         self.config = config
@@ -92,6 +91,7 @@ class LabelCompleter(
     # -- hub ---------------------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
         save_hub_files(self.model, save_directory)
+        hub.save_label_set(self.label_set, save_directory)
 
     @classmethod
     def from_pretrained(
@@ -145,7 +145,7 @@ class LabelCompleter(
 
     @classmethod
     def from_folder(cls, folder, device=None, precision: str = "auto") -> LabelCompleter:
-        """Load ``config.json`` + ``model.safetensors`` from a local folder (strict).
+        """Load ``config.json`` + ``model.safetensors`` (+ a saved ``label_set.json``) from a local folder (strict).
 
         Checked in this order, each failure a :class:`hub.CorruptWeightsError` naming the file: the config
         (size, JSON, every field in range; :meth:`LMAEConfig.validate`), the weights file's header (every
@@ -154,7 +154,7 @@ class LabelCompleter(
         config, state = hub.load_folder(folder)
         completer = cls(config)
         completer.load_state_dict(state)  # keys and shapes were checked against the config already
-        completer.precision = precision
+        completer.precision, completer.label_set = precision, hub.load_label_set_file(folder, config)
         return completer.to(resolve_device(device)).eval()
 
     @classmethod

@@ -35,6 +35,7 @@ from pathlib import Path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LABEL_SET_NAME = "label_set.json"  # a completer's label set, beside its config (LabelCompleter.label_set)
 HUB_ORG = "torch-label-mae"
 DEFAULT_TIMEOUT = 120.0  # seconds for a whole Hub call (both files), unless timeout= or LABEL_MAE_HUB_TIMEOUT
 TIMEOUT_ENV = "LABEL_MAE_HUB_TIMEOUT"
@@ -578,6 +579,40 @@ def save_hub_files(model, folder, dtype=None) -> None:
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(model.config.to_dict(), indent=2)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_label_set(label_set, folder) -> None:
+    """Write a completer's :class:`~torch_label_mae.label_sets.LabelSet` to ``folder/label_set.json``
+    (atomically); None removes a stale one, so that the folder loads as the completer was."""
+    from .io import atomic_write
+
+    path = Path(folder) / LABEL_SET_NAME
+    if label_set is None:
+        path.unlink(missing_ok=True)
+        return
+    text = json.dumps(label_set.to_dict(), indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def load_label_set_file(folder, config):
+    """The :class:`~torch_label_mae.label_sets.LabelSet` of ``folder/label_set.json``; None without that
+    file. A :class:`CorruptWeightsError` naming the file when it is not one (JSON of at most
+    :data:`~torch_label_mae.config.MAX_CONFIG_BYTES` bytes, checked by ``LabelSet.from_dict``) or the model
+    of ``config`` is not class-agnostic (a label set is for those)."""
+    from .config import MAX_CONFIG_BYTES
+    from .label_sets import LabelSet
+
+    path = Path(folder) / LABEL_SET_NAME
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"over {MAX_CONFIG_BYTES} bytes")
+        if not config.class_agnostic:
+            raise ValueError("a label set is for class-agnostic models; this model has its own classes")
+        return LabelSet.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        raise CorruptWeightsError(f"{path}: invalid label set ({e})") from None
 
 
 def load_weights(path: Path, shapes):

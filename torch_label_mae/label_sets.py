@@ -16,7 +16,7 @@ ids reduced by one: the original 0 "other" becomes 255). Each marks holes with 2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 DEFAULT_MISSING_INDEX = 255  # the holes' value when neither the caller nor a label set says otherwise
 
@@ -55,6 +55,26 @@ class LabelSet:
     def num_classes(self) -> int:
         """How many classes the set has (ids ``0..num_classes-1``)."""
         return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        """The set as JSON-ready values (``label_set.json`` beside a saved model)."""
+        return asdict(self) | {"class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, d) -> LabelSet:
+        """The inverse of :meth:`to_dict`, checked: a JSON object of the set's keys (``name`` and
+        ``class_names`` required), the name and colour table name strings; ``ValueError`` otherwise."""
+        keys = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or not {"name", "class_names"} <= set(d) <= keys:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(
+                f"a label set is a JSON object of the keys {sorted(keys)} (name, class_names required), got {got}"
+            )
+        if not isinstance(d["name"], str) or not isinstance(d.get("colors"), (str, type(None))):
+            raise ValueError(f"label set: name and colors must be strings, got {d['name']!r} and {d.get('colors')!r}")
+        if not isinstance(d["class_names"], list):
+            raise ValueError(f"label set {d['name']!r}: class_names must be a list of names")
+        return cls(**d)
 
 
 def load_label_set(spec) -> LabelSet | None:
