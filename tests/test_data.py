@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from synth import make_dataset
 
-from torch_label_mae.data import FolderDataset, degrade, pair_files, read_label, seed_for
+from torch_label_mae.data import FolderDataset, degrade, degrade_folder, pair_files, read_label, seed_for
 from torch_label_mae.evaluate import degraded_samples, evaluate
 
 
@@ -85,8 +86,31 @@ def test_degrade_cli_writes_a_broken_copy_and_refuses_the_input_folder(tmp_path)
         hole = broken == 255
         assert hole.any() and torch.equal(broken[~hole], orig[~hole])
         assert Image.open(out / name).mode == "P"
+    assert "warning" not in r.stderr  # the synthetic labels hold no 255
     r = subprocess.run(cmd[:-1] + [str(labels / "sub")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "inside" in r.stderr
+    r = subprocess.run(cmd[:5] + [str(out), "--out", str(tmp_path / "again")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.startswith("label-mae degrade: warning: 3 of 3 labels in ")
+
+
+def test_degrade_warns_when_the_labels_already_hold_the_missing_index(tmp_path):
+    """Labels whose own void is 255 (CamVid, VOC): holes written as 255 could not be told from it."""
+    root = make_dataset(tmp_path / "d", splits=(("val", 3),))
+    labels = root / "val" / "labels"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        degrade_folder(labels, tmp_path / "clean")  # synthetic labels hold no 255: nothing to say
+    first = sorted(labels.glob("*.png"))[0]
+    lab = read_label(first).numpy().astype(np.uint8)
+    lab[0, :5] = 255
+    Image.fromarray(lab, mode="L").save(first)
+    with pytest.warns(
+        UserWarning, match=r"1 of 3 labels in .* already hold 255 .*--missing-index 254 --void-index 255"
+    ):
+        degrade_folder(labels, tmp_path / "broken")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        degrade_folder(labels, tmp_path / "broken254", missing_index=254)
 
 
 @pytest.mark.parametrize("protocol", ["paper", "native"])

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from .hub import DEFAULT_MODEL
@@ -191,9 +192,13 @@ def _label_value(text: str) -> int:
 def cmd_degrade(args) -> int:
     from .data import degrade_folder
 
-    n = degrade_folder(
-        args.labels, args.out, ratio=args.ratio, block=args.block, seed=args.seed, missing_index=args.missing_index
-    )
+    with warnings.catch_warnings(record=True) as caught:  # told as the command's, not as a code location
+        warnings.simplefilter("always")
+        n = degrade_folder(
+            args.labels, args.out, ratio=args.ratio, block=args.block, seed=args.seed, missing_index=args.missing_index
+        )
+    for w in caught:
+        print(f"label-mae degrade: warning: {w.message}", file=sys.stderr)
     print(f"wrote {n} degraded labels to {args.out}")
     return 0
 

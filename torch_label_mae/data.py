@@ -12,6 +12,7 @@ Samples are ``(image uint8 [3, H, W], label int64 [H, W])`` tensors plus the id.
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,10 +293,21 @@ def degrade_folder(
         raise FileNotFoundError(f"{src}: no such folder")
     check_outputs([("out_dir", dst)], [("labels folder", src)])
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
+    holding = 0  # labels that already hold the missing index: their own void, most likely
     for p in files:
         with Image.open(p) as im:
             palette = im.getpalette() if im.mode == "P" else None
         label = read_label(p)
+        holding += bool((label == missing_index).any())
         broken, _ = degrade(label, ratio, block, seed=seed_for(p.stem, seed), mode="blocks", ignore_index=missing_index)
         save_label_png(broken, dst / p.name, palette)
+    if holding:
+        other = 254 if missing_index == 255 else 255
+        warnings.warn(
+            f"{holding} of {len(files)} labels in {src} already hold {missing_index} (their own void?): the holes "
+            f"written as {missing_index} cannot be told from those pixels, which fit and complete will take for "
+            f"holes too. Degrade with missing_index={other} (--missing-index {other}), then pass "
+            f"--missing-index {other} --void-index {missing_index} to fit and complete",
+            stacklevel=2,
+        )
     return len(files)
