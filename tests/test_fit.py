@@ -284,12 +284,16 @@ def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
     images, labels = _broken(tmp_path)
     out = tmp_path / "f"
     args = [sys.executable, "-m", "torch_label_mae", "fit", "--images", str(images), "--labels", str(labels),
-            "--out", str(out), "--init", str(start), "--batch-size", "4", "--val-images", "2", "--quiet"]  # fmt: skip
+            "--out", str(out), "--init", str(start), "--batch-size", "4", "--val-images", "2", "--quiet",
+            "--threads", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*args, "--minutes", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600  # the first checkpoint comes after the first epoch: later on a loaded machine
     while not (out / "fit-run" / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    second = subprocess.run([*args, "--minutes", "10", "--resume"], env=env, capture_output=True, timeout=600)
+    assert second.returncode == 2 and b"another label-mae run writes here" in second.stderr  # while it lives
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

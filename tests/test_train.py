@@ -65,6 +65,25 @@ def _run_cli(args, **kw):
     )
 
 
+def test_a_second_run_on_the_same_out_is_refused_and_the_callers_threads_come_back(tmp_path):
+    """One run per --out (the lock of ``outputs.OutputLock``, as ``complete`` and ``audit`` take it); train
+    sets torch's threads for itself and gives the caller's back, also when it is refused."""
+    from torch_label_mae.outputs import OutputLock, OutputLockedError
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with OutputLock(out), pytest.raises(OutputLockedError, match="another label-mae run writes here"):
+            train(dataclasses.replace(_cfg(data, out, epochs=1), threads=2))
+        assert torch.get_num_threads() == 1 and not (out / "log.jsonl").exists()
+        train(dataclasses.replace(_cfg(data, out, epochs=1, max_steps=1), threads=2))  # the lock released: it runs
+        assert torch.get_num_threads() == 1 and not list(out.glob(".label-mae*.lock"))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     data = make_dataset(tmp_path / "data", splits=(("train", 64), ("val", 2)))
     out = tmp_path / "run"

@@ -455,6 +455,7 @@ def cmd_fit(args) -> int:
             seed=args.seed,
             resume=args.resume,
             max_steps=args.max_steps,
+            threads=args.threads,
             progress=not args.quiet,
             agnostic=args.agnostic,
             hide_unknown=args.hide_unknown,
@@ -721,6 +722,7 @@ def _add_fit(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out blocks and training (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the fit in OUT (the budget counts over resumes)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps (smoke runs)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of the fit (default: every core)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_fit)
 

@@ -47,7 +47,7 @@ from .io import atomic_write, resize_label
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE
-from .outputs import check_outputs
+from .outputs import OutputLock, check_outputs
 from .prior import LabelPrior, make_prior
 from .propagation import nearest_fill
 from .slots import from_slots, present_slots, random_slots, to_slots
@@ -896,9 +896,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     ``best_metrics`` hold the best validation metrics (and the prior alone's PA-mIoU). Safe to call
     again with ``resume=True``."""
     check_config(cfg, roots=data is None)
-    tf32 = torch.backends.cuda.matmul.allow_tf32  # _setup_process sets it on CUDA; restored at the end
+    # _setup_process sets both (tf32 on CUDA, the threads on the CPU): the caller's are restored at the end
+    tf32, threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
     rank, world, device = _setup_process(cfg)
-    run, term = None, {"seen": False}
+    lock, run, term = OutputLock(cfg.out, rank, world), None, {"seen": False}  # one run per --out
 
     def on_term(*_):
         term["seen"] = True
@@ -907,6 +908,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
 
     prev = signal.signal(signal.SIGTERM, on_term)
     try:
+        lock.__enter__()
         run = build(cfg, resume, rank, world, device, data)
         run.stop = term["seen"]
         prior_baseline(run)
@@ -922,6 +924,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     finally:
         signal.signal(signal.SIGTERM, prev)
         torch.backends.cuda.matmul.allow_tf32 = tf32  # float32 completions after training stay float32
+        torch.set_num_threads(threads)
+        lock.__exit__(None, None, None)
         if run is not None and run.log:
             run.log.close()
         if world > 1 and dist.is_initialized():
