@@ -221,6 +221,21 @@ def test_a_class_agnostic_rerun_redoes_outputs_whose_holes_were_not_filled(tmp_p
     assert all(not (array(out2 / n)[array(marked / n) == 254] == 254).any() for n in names)
 
 
+def test_a_rerun_with_another_model_says_the_outputs_there_are_kept(tmp_path, model_dir, agnostic_dir):
+    images, broken, _ = make_data(tmp_path, n=2)
+    out = tmp_path / "out"
+    first = complete_dataset(images, broken, out, model=str(model_dir), progress=False)
+    assert first.model == str(model_dir.resolve()) and not first.notes
+    again = complete_dataset(images, broken, out, model=str(agnostic_dir), progress=False)
+    assert again.skipped == 2 and len(again.notes) == 1 and f"made by the model {model_dir.resolve()}" in again.notes[0]
+    assert "note: the outputs already in" in again.summary()
+    assert json.loads((out / "completion_report.json").read_text())["model"] == str(agnostic_dir.resolve())
+    same = complete_dataset(images, broken, out, model=str(agnostic_dir), progress=False)
+    assert not same.notes  # the report names this model now
+    redo = complete_dataset(images, broken, out, model=str(model_dir), overwrite=True, progress=False)
+    assert redo.done == 2 and not redo.notes
+
+
 def test_in_place_with_a_missing_index_that_is_a_class_is_refused(tmp_path, model_dir, agnostic_dir):
     """A class-specific model may fill a hole with the very id that marks the holes: in place, a completed
     label could not be told from one still to complete. A class-agnostic model never fills with it."""

@@ -117,6 +117,8 @@ class Report(RunReport):
     world_size: int = 1
     warnings: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    model: str | None = None  # the model's name, or its folder
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -136,7 +138,7 @@ class Report(RunReport):
             lines.append(f"  failed: {f}: {r}")
         if len(self.failed) > 10:
             lines.append(f"  ... and {len(self.failed) - 10} more")
-        lines += [f"  error: {e}" for e in self.errors]
+        lines += [f"  error: {e}" for e in self.errors] + [f"  note: {n}" for n in self.notes]
         lines.append(f"  report: {self.report_path}" if self.report_path else "  report: could not be written anywhere")
         return "\n".join(lines)
 
@@ -695,6 +697,26 @@ def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, input
         raise ValueError(f"report {rpath} would collide with an output file or folder of the same name")
 
 
+def _new_report(total: int, rank: int, world_size: int, out_dir: Path, rpath: Path, model, completer, overwrite):
+    """The run's :class:`Report`, naming its model; with a note when the report already at ``rpath`` names
+    another: the outputs found complete there are kept (``overwrite=True`` redoes them)."""
+    if isinstance(model, (str, os.PathLike)):
+        name = str(Path(model).resolve()) if Path(model).is_dir() else os.fspath(model)
+    else:
+        name = completer.pretrained_name or type(model).__name__
+    report = Report(total=total, rank=rank, world_size=world_size, out_dir=str(out_dir), model=name)
+    try:
+        before = json.loads(rpath.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):  # none there, unreadable, or not an object
+        before = None
+    if before and before != name and not overwrite:
+        report.notes.append(
+            f"the outputs already in {out_dir} were made by the model {before}; this run's is {name}: the ones "
+            "found complete are kept as they are (overwrite=True, --overwrite, redoes them)"
+        )
+    return report
+
+
 def _run(report: Report, locks, rank: int, world_size: int, rpath: Path, loop) -> Report:
     """Run ``loop(stop)`` holding the output folders' locks (``locks``: ``(folder, own file names)``; stale
     temp files removed), time it and write ``report`` at ``rpath`` whatever happens. :class:`Interrupted`
@@ -784,7 +806,7 @@ def complete_dataset(
     completer = _load_completer(model, device, precision)
     coding = _Coding.of(completer, missing_index, void_index, colors, in_place)
 
-    report = Report(total=len(mine), rank=rank, world_size=world_size, out_dir=str(out_dir))
+    report = _new_report(len(mine), rank, world_size, out_dir, rpath, model, completer, overwrite)
     reader = _Reader(mine, out_dir, conf_dir, coding, overwrite, max_pixels, completer)
     loop_args = (batch_size, max_batch_pixels, num_workers, progress)
     complete = _Completion(
