@@ -250,6 +250,13 @@ def test_missing_map_shape_mismatch_names_it(plain):
         plain.complete_batch([image, image], [label, label], missing=[np.zeros((10, 12), bool)])
     with pytest.raises(ValueError, match="missing must be None"):
         plain.complete(image, label, missing="everything")
+    for values in ([0.0, 0.3], [0.0, float("nan")], [0, 2]):  # not a mask: refused, not read as nonzero
+        bad = np.resize(np.asarray(values), (10, 12))
+        with pytest.raises(ValueError, match=r"missing\[0\]: a missing map is boolean \(or 0 / 1\)"):
+            plain.complete(image, label, missing=bad)
+    ones = np.zeros((10, 12), np.uint8)
+    ones[:2] = 1  # 0 / 1 numbers are a mask
+    assert np.array_equal(plain.complete(image, label, missing=ones), plain.complete(image, label, missing=ones > 0))
 
 
 def test_flagged_invalid_ids_are_accepted(plain):

@@ -138,6 +138,8 @@ def test_any_garbage_weights_file_is_corrupt_weights(tmp_path_factory, good, dat
     with pytest.raises(hub.CorruptWeightsError, match="unreadable safetensors file") as e:
         LabelCompleter.from_folder(d)
     assert str(d / hub.WEIGHTS_NAME) in str(e.value)
+    if len(prefix + data) < 8:  # too short for a header's length
+        assert "truncated or not safetensors" in str(e.value)
 
 
 def test_header_entries_that_lie_are_refused(tmp_path, good):
@@ -543,6 +545,13 @@ def test_explicit_path_or_unregistered_partial_folder_still_errors(tmp_path, mon
             LabelCompleter.from_pretrained(f"./{hub.DEFAULT_MODEL}")
         with pytest.raises(hub.ModelNotFoundError, match=f"mine is a folder but holds no {hub.CONFIG_NAME}$"):
             hub.resolve("mine")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(hub.ModelNotFoundError, match="pytorch_model.bin is not read: weights load from safetensors"):
+        hub.resolve("pickled")
+    for path in (str(tmp_path / "nowhere"), "./nowhere", "a/b/c"):
+        with pytest.raises(hub.UnknownModelError, match=f"no such model folder '{path}': it does not exist\\. Reg"):
+            hub.resolve(path)
 
 
 def test_complete_folder_named_like_a_registered_model_is_used(tmp_path, monkeypatch, good):

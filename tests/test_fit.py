@@ -346,6 +346,7 @@ def test_read_ids_names_the_file_at_fault(tmp_path):
     [
         (["--val-fraction", "1.5"], "val_fraction"),
         (["--minutes", "0"], "minutes"),
+        (["--minutes", "inf"], "minutes must be a finite number > 0, got inf"),
     ],
 )
 def test_fit_cli_errors_are_one_line(tmp_path, capsys, args, match):

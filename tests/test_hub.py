@@ -464,6 +464,8 @@ def test_routed_needs_members_of_one_label_space(tmp_path):
         LabelCompleter.routed([a, b])
     with pytest.raises(ValueError, match="at least one"):
         LabelCompleter.routed([])
+    with pytest.raises(TypeError, match=r"routed\(\) takes loaded completers, got str 'camvid-m0.5'"):
+        LabelCompleter.routed([a, "camvid-m0.5"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -477,6 +479,7 @@ def test_unknown_name_lists_the_registered_ones(name):
     msg = str(e.value)
     assert repr(name) in msg and "camvid" in msg
     assert all(n in msg for n in hub.REGISTRY)
+    assert ("no such model folder" in msg) == ("/" in name)  # a path is told apart from a name
 
 
 def test_repo_not_found(server, cache):

@@ -46,7 +46,8 @@ class DatasetInfo:
         path = Path(root) / "dataset.json"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found: a dataset root holds dataset.json and <split>/images, <split>/labels"
+                f"{path} not found: a dataset root holds dataset.json and <split>/images, <split>/labels; "
+                'dataset.json names the classes, e.g. {"classes": ["road", "sky"], "ignore_index": 255}'
             )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -125,7 +126,9 @@ def read_ids(
     with Image.open(path) as im:
         if is_color_label(im):
             if colors is None:
-                raise ValueError(f"{path}: a colour label; pass colors (a colour table) to read it")
+                raise ValueError(
+                    f"{path}: a colour label; pass colors= (a colour table: --colors NAME|FILE) to read it"
+                )
             ids = torch.from_numpy(colors.decode(color_label_to_array(im, str(path)), str(path)))
             holes = ids == MISSING_ID
             return torch.where(ids < 0, UNKNOWN, ids), holes
@@ -220,8 +223,8 @@ def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4,
 
 
 def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors) -> None:
-    if minutes is None or not minutes > 0:
-        raise ValueError(f"minutes must be a number > 0, got {minutes!r}")
+    if minutes is None or not 0 < minutes < math.inf:
+        raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if val_images < 1 or batch_size < 1:

@@ -199,11 +199,12 @@ def names_for(name: str) -> list[str]:
 
 def _unknown(name: str) -> UnknownModelError:
     families = sorted({e.family for e in REGISTRY.values()})
+    path = name.startswith(("/", ".", "~")) or name.count("/") > 1  # not a name nor a repo id 'owner/name'
     return UnknownModelError(
-        f"unknown model {name!r}: not a registered name, a local folder with {CONFIG_NAME} + "
-        f"{WEIGHTS_NAME}, or a Hub repo id 'owner/name'. Registered: {sorted(REGISTRY)} "
-        f"(or a family for all its ratios: {families})"
-    )
+        (f"no such model folder {name!r}: it does not exist" if path else f"unknown model {name!r}: not a registered "
+         f"name, a local folder with {CONFIG_NAME} + {WEIGHTS_NAME}, or a Hub repo id 'owner/name'")
+        + f". Registered: {sorted(REGISTRY)} (or a family for all its ratios: {families})"
+    )  # fmt: skip
 
 
 def model_folder(path: str | os.PathLike) -> Path | None:
@@ -229,7 +230,14 @@ def local_folder(name_or_path: str | os.PathLike) -> Path | None:
     if names_for(name):
         warnings.warn(f"the folder {p} holds no {missing}: using the registered model {name!r} instead", stacklevel=3)
         return None
-    raise ModelNotFoundError(f"{p} is a folder but holds no {missing}")
+    pickled = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")] + [f.name for f in p.glob("*.pth")]
+    hint = (
+        f"; {', '.join(sorted(pickled))} is not read: weights load from safetensors only (a pickle can run code), "
+        "so convert it with safetensors.torch.save_file where you trust it"
+        if pickled
+        else ""
+    )
+    raise ModelNotFoundError(f"{p} is a folder but holds no {missing}{hint}")
 
 
 def hub_timeout(timeout: float | None = None) -> float:
@@ -502,8 +510,8 @@ def read_weights_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[i
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
             raise CorruptWeightsError(
-                f"{path}: unreadable safetensors file (header of {n} bytes in a file of {size}; "
-                f"at most {MAX_HEADER_BYTES})"
+                f"{path}: unreadable safetensors file, truncated or not safetensors (header of {n} bytes in a "
+                f"file of {size}; at most {MAX_HEADER_BYTES})"
             )
         raw = f.read(n)
     try:

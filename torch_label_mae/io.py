@@ -171,7 +171,8 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
 
 
 def missing_to_tensor(missing, shape, name: str = "missing") -> torch.Tensor:
-    """A boolean HxW map (numpy, tensor or PIL) -> ``bool [H, W]``, checked against ``shape``."""
+    """A boolean HxW map (numpy, tensor or PIL; numbers must be 0 or 1) -> ``bool [H, W]``, checked against
+    ``shape``."""
     if isinstance(missing, Image.Image):
         missing = np.array(missing) > 0
     t = torch.as_tensor(np.asarray(missing) if not isinstance(missing, torch.Tensor) else missing.detach().cpu())
@@ -179,7 +180,11 @@ def missing_to_tensor(missing, shape, name: str = "missing") -> torch.Tensor:
         t = t[0]
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name}: shape {tuple(t.shape)} differs from the label's {tuple(shape)}")
-    return t.as_subclass(torch.Tensor).bool()
+    t = t.as_subclass(torch.Tensor)
+    if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):  # NaN, 0.3, 2, -1: not a mask
+        bad = t[(t != 0) & (t != 1)].unique()[:5].tolist()
+        raise ValueError(f"{name}: a missing map is boolean (or 0 / 1), got {t.dtype} values {bad}")
+    return t.bool()
 
 
 def label_like(values: torch.Tensor, like):

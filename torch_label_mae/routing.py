@@ -10,6 +10,12 @@ from .masking import hidden_from_missing
 
 def check_members(members: Sequence) -> list:
     """``members`` (anything with a ``config``) sorted by ratio; they must share ``num_classes``."""
+    for m in members:
+        if not hasattr(m, "config"):
+            raise TypeError(
+                f"routed() takes loaded completers, got {type(m).__name__} {m!r}: load each with "
+                "LabelCompleter.from_pretrained, or pass a family name to from_pretrained (e.g. 'any')"
+            )
     members = sorted(members, key=lambda m: m.config.mask_ratio)
     if not members:
         raise ValueError("routed() needs at least one completer")
