@@ -357,6 +357,31 @@ def test_fit_cli_errors_are_one_line(tmp_path, capsys, args, match):
     assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
+def test_a_fit_holds_its_out_folder_and_keeps_no_stale_label_set(tmp_path):
+    """One fit per --out (a second is refused while the first lives, its files untouched); the threads
+    asked for serve the whole fit and the caller's come back; a label set left in --out by an earlier
+    save does not outlive the model it went with."""
+    from torch_label_mae import LabelCompleter
+    from torch_label_mae.outputs import OutputLock, OutputLockedError
+
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    out = tmp_path / "f"
+    agnostic = LabelCompleter.from_pretrained(str(start))
+    agnostic.label_set = "voc"
+    agnostic.save_pretrained(out)  # an earlier model there, with a label set
+    before = _digest(out)
+    with OutputLock(out), pytest.raises(OutputLockedError, match="another label-mae run writes here"):
+        fit_dataset(images, labels, out, init=str(start), minutes=5, max_steps=1, batch_size=4, progress=False)
+    assert _digest(out) == before
+    threads = torch.get_num_threads()
+    report = fit_dataset(images, labels, out, init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1,
+                         progress=False)  # fmt: skip
+    assert torch.get_num_threads() == threads and not list(out.glob(".label-mae*.lock"))
+    fitted = LabelCompleter.from_pretrained(str(out))  # loads: no label set beside a class-specific model
+    assert fitted.label_set is None and (report["kept"] == "fitted") != fitted.config.class_agnostic
+
+
 def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):
     start = _tiny_start(tmp_path)
     images, labels = _broken(tmp_path, n=4)

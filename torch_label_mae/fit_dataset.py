@@ -17,6 +17,7 @@ model card: what it was fitted on and what it measured), with ``fit.json`` (the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,11 +36,11 @@ from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label
 from .complete_dataset import list_pairs
 from .data import DatasetInfo, degrade, read_image, seed_for
 from .evaluate import completer_method, walk_method
-from .hub import save_hub_files, weights_digest
+from .hub import save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
-from .outputs import check_outputs
+from .outputs import OutputLock, check_outputs
 
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
 HOLE = 254  # how hide_unknown's training labels mark holes and held-out pixels apart from void
@@ -222,6 +223,22 @@ def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4,
     return int(np.clip(share * seconds / (len(samples) * cost), 1, most))
 
 
+@contextlib.contextmanager
+def _holding(out: Path, threads: int | None):
+    """For the block: ``out``'s output lock (one fit at a time) and torch's threads set to ``threads`` (None:
+    left as they are). After it the caller's threads, and no ``out`` folder made for the lock alone."""
+    before, new = torch.get_num_threads(), not out.exists()
+    try:
+        with OutputLock(out):
+            if threads:
+                torch.set_num_threads(threads)
+            yield
+    finally:
+        torch.set_num_threads(before)
+        if new and out.is_dir() and not any(out.iterdir()):  # refused: nothing left behind
+            out.rmdir()
+
+
 def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors) -> None:
     if minutes is None or not 0 < minutes < math.inf:
         raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
@@ -298,42 +315,44 @@ def fit_dataset(
     _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors)
     out, colors = Path(out), load_colors(colors)
     check_outputs([("out", out)], [("images", images), ("labels", labels)])
-    start = _start_model(init, agnostic)  # loaded once: its config, the zero-shot scores, maybe kept
-    args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
-                val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
-                hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)  # fmt: skip
-    _claim(out / RUN_DIR, args, resume)
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
-    holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)
-    width = max(4, round(holes.width))
-    hold_out(samples, val_fraction, val_images, width, seed)
-    data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
-    _record(out / RUN_DIR, args)  # once the data passed its checks: a refused fit leaves nothing behind
-    side = float(np.median([max(s.label.shape) for s in samples]))
-    settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
-    settings.update(mask_pool=pool_size(samples, start.config, 60 * minutes), batch_size=min(batch_size, len(samples)))
-    settings.update(hide_unknown=hide_unknown, hole_index=args["hole_index"])
-    if agnostic:  # slots as the start model has them, drawn at random per sample
-        settings.update(class_agnostic=True, num_slots=start.config.num_classes)
-    settings.setdefault("mix", PAPER_MIX)  # as measured in docs/fit.md (train's default from an init: Random alone)
-    cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
-                      max_minutes=minutes, max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="", seed=seed,
-                      threads=threads, save_every=60.0, progress=progress, **settings)  # fmt: skip
-    say(f"fit: {len(samples)} labels, {data.info.num_classes} classes, holes {holes.fraction:.1%} of the pixels, "
-        f"{width} px wide; training {minutes:g} min from {init}")  # fmt: skip
-    state = train(cfg, resume=resume, data=data)
-    if not (state["seconds"] >= 60 * minutes or (max_steps and state["step"] >= max_steps)):
-        raise FitStopped(f"stopped after {state['seconds'] / 60:.1f} of {minutes:g} minutes ({state['step']} steps); "
-                         "rerun with --resume to finish")  # fmt: skip
-    say("fit: scoring the held-out pixels (fitted, zero-shot, random walker)")
-    report = _compare(start, out / RUN_DIR, samples, data.info.num_classes)
-    training = dict(minutes=minutes, steps=state["step"], seconds=state["seconds"], **settings)
-    report.update(args, images=str(images), labels=str(labels), num_labels=len(samples), holes=asdict(holes),
-                  num_classes=data.info.num_classes, training=training)  # fmt: skip
-    _write(out, report, start, out / RUN_DIR / "last")
-    say(summary(report))
-    return report
+    with _holding(out, threads):  # one fit per --out; its threads for scoring too
+        start = _start_model(init, agnostic)  # loaded once: its config, the zero-shot scores, maybe kept
+        args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
+                    val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
+                    hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)  # fmt: skip
+        _claim(out / RUN_DIR, args, resume)
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+        samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
+        holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)
+        width = max(4, round(holes.width))
+        hold_out(samples, val_fraction, val_images, width, seed)
+        data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
+        _record(out / RUN_DIR, args)  # once the data passed its checks: a refused fit leaves nothing behind
+        side = float(np.median([max(s.label.shape) for s in samples]))
+        settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
+        pool = pool_size(samples, start.config, 60 * minutes)
+        settings.update(mask_pool=pool, batch_size=min(batch_size, len(samples)))
+        settings.update(hide_unknown=hide_unknown, hole_index=args["hole_index"])
+        if agnostic:  # slots as the start model has them, drawn at random per sample
+            settings.update(class_agnostic=True, num_slots=start.config.num_classes)
+        settings.setdefault("mix", PAPER_MIX)  # as measured in docs/fit.md (train's default from an init: Random alone)
+        cfg = TrainConfig(data=str(labels), out=str(out / RUN_DIR), init=init, new_classes=not agnostic,
+                          max_minutes=minutes, max_steps=max_steps, epochs=10**9, warmup_steps=20, val_split="",
+                          seed=seed, threads=threads, save_every=60.0, progress=progress, **settings)  # fmt: skip
+        say(f"fit: {len(samples)} labels, {data.info.num_classes} classes, holes {holes.fraction:.1%} of the pixels, "
+            f"{width} px wide; training {minutes:g} min from {init}")  # fmt: skip
+        state = train(cfg, resume=resume, data=data)
+        if not (state["seconds"] >= 60 * minutes or (max_steps and state["step"] >= max_steps)):
+            done = f"{state['seconds'] / 60:.1f} of {minutes:g} minutes ({state['step']} steps)"
+            raise FitStopped(f"stopped after {done}; rerun with --resume to finish")
+        say("fit: scoring the held-out pixels (fitted, zero-shot, random walker)")
+        report = _compare(start, out / RUN_DIR, samples, data.info.num_classes)
+        training = dict(minutes=minutes, steps=state["step"], seconds=state["seconds"], **settings)
+        report.update(args, images=str(images), labels=str(labels), num_labels=len(samples), holes=asdict(holes),
+                      num_classes=data.info.num_classes, training=training)  # fmt: skip
+        _write(out, report, start, out / RUN_DIR / "last")
+        say(summary(report))
+        return report
 
 
 class FitStopped(RuntimeError):
@@ -426,8 +445,11 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     ``out`` (each written atomically)."""
     from .completer import LabelCompleter
 
-    model = LabelCompleter.from_pretrained(str(fitted_dir)).model if report["kept"] == "fitted" else start.model
+    fitted = report["kept"] == "fitted"
+    model = LabelCompleter.from_pretrained(str(fitted_dir)).model if fitted else start.model
     save_hub_files(model, out)
+    # the start's label set goes with its weights, or with a fit that stayed class-agnostic; a stale one goes
+    save_label_set(start.label_set if not fitted or model.config.class_agnostic else None, out)
     text = json.dumps(report, indent=2)
     atomic_write(out / "fit.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     card = model_card(report)

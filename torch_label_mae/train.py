@@ -899,7 +899,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     # _setup_process sets both (tf32 on CUDA, the threads on the CPU): the caller's are restored at the end
     tf32, threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
     rank, world, device = _setup_process(cfg)
-    lock, run, term = OutputLock(cfg.out, rank, world), None, {"seen": False}  # one run per --out
+    lock, locked, run, term = OutputLock(cfg.out, rank, world), False, None, {"seen": False}  # one run per --out
 
     def on_term(*_):
         term["seen"] = True
@@ -908,7 +908,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
 
     prev = signal.signal(signal.SIGTERM, on_term)
     try:
-        lock.__enter__()
+        locked = lock.__enter__() is lock  # refused: not ours to release (the holder may be this process)
         run = build(cfg, resume, rank, world, device, data)
         run.stop = term["seen"]
         prior_baseline(run)
@@ -925,7 +925,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
         signal.signal(signal.SIGTERM, prev)
         torch.backends.cuda.matmul.allow_tf32 = tf32  # float32 completions after training stay float32
         torch.set_num_threads(threads)
-        lock.__exit__(None, None, None)
+        if locked:
+            lock.__exit__(None, None, None)
         if run is not None and run.log:
             run.log.close()
         if world > 1 and dist.is_initialized():
