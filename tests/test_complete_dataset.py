@@ -229,11 +229,16 @@ def test_a_rerun_with_another_model_says_the_outputs_there_are_kept(tmp_path, mo
     again = complete_dataset(images, broken, out, model=str(agnostic_dir), progress=False)
     assert again.skipped == 2 and len(again.notes) == 1 and f"made by the model {model_dir.resolve()}" in again.notes[0]
     assert "note: the outputs already in" in again.summary()
-    assert json.loads((out / "completion_report.json").read_text())["model"] == str(agnostic_dir.resolve())
+    both = f"{model_dir.resolve()} and {agnostic_dir.resolve()}"
+    assert json.loads((out / "completion_report.json").read_text())["model"] == both  # the outputs' makers
     same = complete_dataset(images, broken, out, model=str(agnostic_dir), progress=False)
-    assert not same.notes  # the report names this model now
+    assert len(same.notes) == 1 and same.model == both  # the first model's outputs are still there
+    unknown = complete_dataset(images, broken, out, model=LabelCompleter.from_pretrained(str(agnostic_dir)))
+    assert not unknown.notes and unknown.model == both  # a completer of unknown origin: nothing to compare
     redo = complete_dataset(images, broken, out, model=str(model_dir), overwrite=True, progress=False)
-    assert redo.done == 2 and not redo.notes
+    assert redo.done == 2 and not redo.notes and redo.model == str(model_dir.resolve())
+    (out / "completion_report.json").write_text("[" * 100_000)  # an unreadable report: as none
+    assert not complete_dataset(images, broken, out, model=str(agnostic_dir), progress=False).notes
 
 
 def test_in_place_with_a_missing_index_that_is_a_class_is_refused(tmp_path, model_dir, agnostic_dir):

@@ -534,7 +534,7 @@ def test_partial_folder_does_not_shadow_a_registered_name_or_family(tmp_path, mo
     assert [m.config for m in c.routes] == want and name in hub.names_for(family)
 
 
-def test_explicit_path_or_unregistered_partial_folder_still_errors(tmp_path, monkeypatch):
+def test_explicit_path_or_unregistered_partial_folder_still_errors(tmp_path, monkeypatch, good):
     monkeypatch.chdir(tmp_path)
     (tmp_path / hub.DEFAULT_MODEL).mkdir()
     (tmp_path / "mine").mkdir()
@@ -549,7 +549,12 @@ def test_explicit_path_or_unregistered_partial_folder_still_errors(tmp_path, mon
     (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(hub.ModelNotFoundError, match="pytorch_model.bin is not read: weights load from safetensors"):
         hub.resolve("pickled")
-    for path in (str(tmp_path / "nowhere"), "./nowhere", "a/b/c"):
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ is the home folder
+    LabelCompleter.from_folder(good).save_pretrained(tmp_path / "models" / "m")
+    assert hub.resolve("~/models/m") == tmp_path / "models" / "m"
+    with pytest.raises(hub.UnknownModelError, match=r"'~/models/m/config.json' is a file: give the folder"):
+        hub.resolve("~/models/m/config.json")
+    for path in (str(tmp_path / "nowhere"), "./nowhere", "a/b/c", "~/nowhere"):
         with pytest.raises(hub.UnknownModelError, match=f"no such model folder '{path}': it does not exist\\. Reg"):
             hub.resolve(path)
 

@@ -466,6 +466,9 @@ def test_routed_needs_members_of_one_label_space(tmp_path):
         LabelCompleter.routed([])
     with pytest.raises(TypeError, match=r"routed\(\) takes loaded completers, got str 'camvid-m0.5'"):
         LabelCompleter.routed([a, "camvid-m0.5"])
+    for bad in ("any-m0.5", a):
+        with pytest.raises(TypeError, match=r"routed\(\) takes a list of loaded completers"):
+            LabelCompleter.routed(bad)
 
 
 # ----------------------------------------------------------------------------------------------------

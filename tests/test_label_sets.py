@@ -187,7 +187,9 @@ def test_a_label_set_survives_its_json(label_set):
 @pytest.mark.parametrize(
     "data",
     [[], {"name": "x"}, {"name": "x", "class_names": ["a"], "extra": 1}, {"name": 3, "class_names": ["a"]},
-     {"name": "x", "class_names": "ab"}, {"name": "x", "class_names": ["a"], "missing_index": 0}],
+     {"name": "x", "class_names": "ab"}, {"name": "x", "class_names": ["a"], "missing_index": 0},
+     {"name": "x", "class_names": ["a"], "colors": "/tmp/some.json"},
+     {"name": "x", "class_names": ["a"], "colors": "no"}],
 )  # fmt: skip
 def test_a_label_set_from_json_is_checked(data):
     with pytest.raises(ValueError):
@@ -206,6 +208,15 @@ def test_a_saved_preset_reloads_with_its_label_set(voc, tmp_path):
     plain.save_pretrained(tmp_path / "myvoc")
     assert not (tmp_path / "myvoc" / hub.LABEL_SET_NAME).exists()
     assert LabelCompleter.from_pretrained(tmp_path / "myvoc", device="cpu").label_set is None
+
+
+def test_a_label_set_from_a_hub_repo_is_not_read_from_the_cache(voc, tmp_path, monkeypatch):
+    """A Hub repo id gives its config and weights only: a label_set.json that a cache folder happens to
+    hold (another tool downloaded the whole repo) is not read, so the same id loads the same way."""
+    voc.save_pretrained(tmp_path / "snapshot")
+    monkeypatch.setattr(hub, "resolve", lambda name, **kwargs: tmp_path / "snapshot")
+    assert LabelCompleter.from_pretrained("me/myvoc", device="cpu").label_set is None
+    assert LabelCompleter.from_pretrained(tmp_path / "snapshot", device="cpu").label_set == voc.label_set
 
 
 @pytest.mark.parametrize(

@@ -698,23 +698,38 @@ def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, input
 
 
 def _new_report(total: int, rank: int, world_size: int, out_dir: Path, rpath: Path, model, completer, overwrite):
-    """The run's :class:`Report`, naming its model; with a note when the report already at ``rpath`` names
-    another: the outputs found complete there are kept (``overwrite=True`` redoes them)."""
+    """The run's :class:`Report`, naming its model (a registered name as given, a folder's path, a loaded
+    completer's registered name). When the report already at ``rpath`` names another, a note says that the
+    outputs found complete there are kept (``overwrite=True`` redoes them), and the report names both."""
     if isinstance(model, (str, os.PathLike)):
-        name = str(Path(model).resolve()) if Path(model).is_dir() else os.fspath(model)
+        path = Path(model).expanduser()
+        name = str(path.resolve()) if path.is_dir() else os.fspath(model)
     else:
-        name = completer.pretrained_name or type(model).__name__
-    report = Report(total=total, rank=rank, world_size=world_size, out_dir=str(out_dir), model=name)
-    try:
-        before = json.loads(rpath.read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, AttributeError):  # none there, unreadable, or not an object
-        before = None
-    if before and before != name and not overwrite:
-        report.notes.append(
+        name = completer.pretrained_name  # None: a completer of unknown origin
+    before, notes = _report_model(rpath), []
+    if name is None:  # nothing to compare: the report keeps what it said
+        name = before
+    elif before and before != name and not overwrite:
+        notes.append(
             f"the outputs already in {out_dir} were made by the model {before}; this run's is {name}: the ones "
             "found complete are kept as they are (overwrite=True, --overwrite, redoes them)"
         )
-    return report
+        name = before if name in before.split(" and ") else f"{before} and {name}"
+    return Report(total=total, rank=rank, world_size=world_size, out_dir=str(out_dir), model=name, notes=notes)
+
+
+def _report_model(rpath: Path) -> str | None:
+    """The model an earlier report at ``rpath`` names; None when there is none (or none readable)."""
+    try:
+        if rpath.stat().st_size <= MAX_REPORT_BYTES:
+            model = json.loads(rpath.read_text(encoding="utf-8")).get("model")
+            return model if isinstance(model, str) else None
+    except (OSError, ValueError, AttributeError, RecursionError):  # none there, unreadable, or not an object
+        pass
+    return None
+
+
+MAX_REPORT_BYTES = 16 << 20  # an earlier report read for its model; larger ones are not read
 
 
 def _run(report: Report, locks, rank: int, world_size: int, rpath: Path, loop) -> Report:

@@ -136,11 +136,10 @@ class LabelCompleter(
         if len(group) > 1 or (group and group[0] != name):
             members = [cls.from_pretrained(n, device=device, precision=precision, **hub_kw) for n in group]
             return cls.routed(members)
-        entry = hub.REGISTRY.get(name) if folder is None else None
-        folder = folder or hub.resolve(name, revision=revision, **hub_kw)
-        completer = cls.from_folder(folder, device=device, precision=precision)
-        if entry is not None:
-            completer.pretrained_name, completer.label_set = name, entry.label_set
+        entry, local = (hub.REGISTRY.get(name) if folder is None else None), folder is not None
+        completer = cls.from_folder(folder or hub.resolve(name, revision=revision, **hub_kw), device, precision)
+        if not local:  # registered: its entry's label set; a Hub repo: config and weights only, whatever a cache holds
+            completer.pretrained_name, completer.label_set = (name, entry.label_set) if entry else (None, None)
         return completer
 
     @classmethod

@@ -200,11 +200,13 @@ def names_for(name: str) -> list[str]:
 def _unknown(name: str) -> UnknownModelError:
     families = sorted({e.family for e in REGISTRY.values()})
     path = name.startswith(("/", ".", "~")) or name.count("/") > 1  # not a name nor a repo id 'owner/name'
-    return UnknownModelError(
-        (f"no such model folder {name!r}: it does not exist" if path else f"unknown model {name!r}: not a registered "
-         f"name, a local folder with {CONFIG_NAME} + {WEIGHTS_NAME}, or a Hub repo id 'owner/name'")
-        + f". Registered: {sorted(REGISTRY)} (or a family for all its ratios: {families})"
-    )  # fmt: skip
+    what = f"unknown model {name!r}: not a registered name, a local folder with {CONFIG_NAME} + {WEIGHTS_NAME}, "
+    what += "or a Hub repo id 'owner/name'"
+    if Path(name).expanduser().is_file():
+        what = f"{name!r} is a file: give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+    elif path:
+        what = f"no such model folder {name!r}: it does not exist"
+    return UnknownModelError(f"{what}. Registered: {sorted(REGISTRY)} (or a family for all its ratios: {families})")
 
 
 def model_folder(path: str | os.PathLike) -> Path | None:
@@ -219,8 +221,8 @@ def local_folder(name_or_path: str | os.PathLike) -> Path | None:
     A folder is a model only when it holds both files. An incomplete folder whose name is a registered
     name or family (say an empty ``camvid-m0.5/`` in the working directory) does not shadow the registered
     model: it is ignored with a warning (write ``./camvid-m0.5`` to mean the folder). Any other incomplete
-    folder is :class:`ModelNotFoundError` naming the file it lacks."""
-    p = Path(name_or_path)
+    folder is :class:`ModelNotFoundError` naming the file it lacks. ``~`` is the home folder."""
+    p = Path(name_or_path).expanduser()
     if not p.is_dir():
         return None
     if model_folder(p) is not None:
@@ -292,7 +294,7 @@ def resolve(
             if local is not None:
                 return local
         return download(entry.repo_id, revision=revision or entry.revision, **hub_kw)
-    if name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists():
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists():
         return download(name, revision=revision, **hub_kw)
     raise _unknown(name)
 

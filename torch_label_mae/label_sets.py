@@ -37,6 +37,10 @@ class LabelSet:
     missing_index: int = 254
 
     def __post_init__(self) -> None:
+        from .colors import BUILTIN  # a name: a label set is saved as JSON, and never names a file to read
+
+        if self.colors is not None and (not isinstance(self.colors, str) or self.colors not in BUILTIN):
+            raise ValueError(f"label set {self.name!r}: colors must be a built-in table {sorted(BUILTIN)} or None")
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if not self.class_names or not all(isinstance(c, str) and c for c in self.class_names):
             raise ValueError(f"label set {self.name!r}: class_names must be a non-empty list of names")

@@ -10,6 +10,8 @@ from .masking import hidden_from_missing
 
 def check_members(members: Sequence) -> list:
     """``members`` (anything with a ``config``) sorted by ratio; they must share ``num_classes``."""
+    if isinstance(members, (str, bytes)) or hasattr(members, "config"):
+        raise TypeError(f"routed() takes a list of loaded completers, got {type(members).__name__} {members!r}")
     for m in members:
         if not hasattr(m, "config"):
             raise TypeError(
