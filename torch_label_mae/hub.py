@@ -232,7 +232,7 @@ def local_folder(name_or_path: str | os.PathLike) -> Path | None:
     if names_for(name):
         warnings.warn(f"the folder {p} holds no {missing}: using the registered model {name!r} instead", stacklevel=3)
         return None
-    pickled = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")] + [f.name for f in p.glob("*.pth")]
+    pickled = [f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth")]
     hint = (
         f"; {', '.join(sorted(pickled))} is not read: weights load from safetensors only (a pickle can run code), "
         "so convert it with safetensors.torch.save_file where you trust it"

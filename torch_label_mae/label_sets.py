@@ -67,15 +67,15 @@ class LabelSet:
     @classmethod
     def from_dict(cls, d) -> LabelSet:
         """The inverse of :meth:`to_dict`, checked: a JSON object of the set's keys (``name`` and
-        ``class_names`` required), the name and colour table name strings; ``ValueError`` otherwise."""
+        ``class_names`` required) with values as :class:`LabelSet` takes them; ``ValueError`` otherwise."""
         keys = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or not {"name", "class_names"} <= set(d) <= keys:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ValueError(
                 f"a label set is a JSON object of the keys {sorted(keys)} (name, class_names required), got {got}"
             )
-        if not isinstance(d["name"], str) or not isinstance(d.get("colors"), (str, type(None))):
-            raise ValueError(f"label set: name and colors must be strings, got {d['name']!r} and {d.get('colors')!r}")
+        if not isinstance(d["name"], str):
+            raise ValueError(f"label set: name must be a string, got {d['name']!r}")
         if not isinstance(d["class_names"], list):
             raise ValueError(f"label set {d['name']!r}: class_names must be a list of names")
         return cls(**d)
