@@ -300,20 +300,30 @@ def test_audit_refuses_outputs_on_inputs(data, model_dir):
         audit_dataset(images, labels, labels / "sub", model=model_dir, progress=False)
 
 
-def test_each_registered_model_has_its_own_threshold_and_folders_the_default(completer):
+def test_each_model_audits_at_its_config_threshold_and_keeps_it_when_saved(tmp_path, completer):
+    from torch_label_mae import LabelCompleter
     from torch_label_mae.audit import DEFAULT_THRESHOLD, default_threshold
     from torch_label_mae.hub import REGISTRY
 
-    assert default_threshold(completer) == DEFAULT_THRESHOLD  # a folder: no registered threshold
+    assert completer.config.audit_threshold is None and default_threshold(completer) == DEFAULT_THRESHOLD
     for name, entry in REGISTRY.items():
-        completer.pretrained_name = name
-        want = entry.audit_threshold if entry.audit_threshold is not None else DEFAULT_THRESHOLD
-        assert default_threshold(completer) == want
-        if entry.weights is not None:  # a preset audits as the weights it loads
-            assert entry.audit_threshold == REGISTRY[entry.weights].audit_threshold
-    completer.pretrained_name = "camvid-m0.5"
-    assert default_threshold(completer) == REGISTRY["camvid-m0.5"].audit_threshold != DEFAULT_THRESHOLD
-    completer.pretrained_name = None
+        if entry.offline:  # bundled weights (a preset audits as the weights it loads)
+            loaded = LabelCompleter.from_pretrained(name)
+            assert default_threshold(loaded) == loaded.config.audit_threshold is not None  # chosen on its train split
+    camvid = LabelCompleter.from_pretrained("camvid-m0.5")
+    camvid.save_pretrained(tmp_path / "saved")
+    again = LabelCompleter.from_pretrained(str(tmp_path / "saved"))
+    assert default_threshold(again) == default_threshold(camvid) == 0.8  # docs/audit.md: camvid-m0.5 audits at 0.8
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), "0.9", True])
+def test_config_refuses_an_audit_threshold_outside_0_1(bad):
+    from torch_label_mae.config import LMAEConfig
+
+    with pytest.raises(ValueError, match="audit_threshold"):
+        LMAEConfig.tiny(audit_threshold=bad)
+    assert "audit_threshold" not in LMAEConfig.tiny().to_dict()  # configs older releases read stay as they were
+    assert LMAEConfig.from_dict(LMAEConfig.tiny(audit_threshold=0.9).to_dict()).audit_threshold == 0.9
 
 
 def test_audit_dataset_repairs_at_the_threshold_in_use_with_auto(tmp_path, data, model_dir):

@@ -50,7 +50,7 @@ from scipy import ndimage
 from .io import resize_image, resize_label
 from .slots import from_slots, to_slots
 
-DEFAULT_THRESHOLD = 0.95  # for models without their own (hub.Pretrained.audit_threshold); docs/audit.md
+DEFAULT_THRESHOLD = 0.95  # for models without their own (LMAEConfig.audit_threshold); docs/audit.md
 DEFAULT_MIN_AREA = 0.001  # suspect regions cover at least 0.1% of the image
 IMAGE_SCORE_QUANTILE = 0.99  # the image score: this quantile of the labelled pixels' scores (docs/audit.md)
 DEFAULT_MASKS = 4
@@ -319,12 +319,10 @@ def finish(
 
 
 def default_threshold(completer) -> float:
-    """The audit's threshold for ``completer``: its registered model's ``audit_threshold`` (chosen on its
+    """The audit's threshold for ``completer``: its config's ``audit_threshold`` (chosen on the weights'
     training data with seeded corruptions, ``docs/audit.md``), else :data:`DEFAULT_THRESHOLD`."""
-    from .hub import REGISTRY
-
-    entry = REGISTRY.get(getattr(completer, "pretrained_name", None) or "")
-    return entry.audit_threshold if entry is not None and entry.audit_threshold is not None else DEFAULT_THRESHOLD
+    own = completer.config.audit_threshold
+    return DEFAULT_THRESHOLD if own is None else own
 
 
 def _check_threshold(threshold, min_area, name: str = "threshold") -> None:

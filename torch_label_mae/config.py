@@ -69,8 +69,10 @@ FLOAT_LIMITS: dict[str, tuple[str, float, float, str]] = {
     "mask_ratio": ("(", 0.0, 1.0, ")"),
     "prior.beta": ("(", 0.0, MAX_PRIOR_BETA, "]"),
     "prior.scale": ("(", 0.0, MAX_PRIOR_SCALE, "]"),  # or None (the default scale)
+    "audit_threshold": ("[", 0.0, 1.0, ")"),  # or None (the audit's global default)
 }
 """Interval of every float field (``"("``: open end); each must also be finite."""
+NULLABLE_FLOATS = frozenset({"audit_threshold"})  # fields of LMAEConfig that may also be None
 
 # options of version 1 removed because no shipped model used them (docs/training.md has what they
 # measured), with their old defaults: a config that holds one at its default loads as before
@@ -228,7 +230,9 @@ class LMAEConfig:
     The defaults are the paper's choice (Table IV: EB 8, DB 6, ED 1440, DD 720, patch 16, 224 px,
     21 classes, no prior). ``prior`` is this library's addition: the hidden patches start from a label
     prior (:class:`NearestPrior` or :class:`RandomWalkPrior`) and the model learns its corrections.
-    Build from a dict (a ``config.json``, flat version 1 keys included) with :meth:`from_dict`.
+    ``audit_threshold``: the audit's default score threshold for these weights, chosen on their training
+    data (``docs/audit.md``); None: :data:`torch_label_mae.audit.DEFAULT_THRESHOLD`. Build from a dict
+    (a ``config.json``, flat version 1 keys included) with :meth:`from_dict`.
     """
 
     version: int = CONFIG_VERSION
@@ -250,6 +254,7 @@ class LMAEConfig:
     class_names: list[str] | None = field(default=None)
     prior: PriorConfig | None = None
     class_agnostic: bool = False
+    audit_threshold: float | None = None
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -286,7 +291,7 @@ class LMAEConfig:
                 _check_int("LMAEConfig", name, getattr(self, name), limits)
         for name, limits in FLOAT_LIMITS.items():
             if "." not in name:
-                _check_float("LMAEConfig", name, getattr(self, name), limits)
+                _check_float("LMAEConfig", name, getattr(self, name), limits, allow_none=name in NULLABLE_FLOATS)
         for flag in ("ips", "class_agnostic"):
             if not isinstance(getattr(self, flag), bool):
                 self._bad(flag, "must be a bool")
@@ -367,11 +372,13 @@ class LMAEConfig:
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The version 2 ``config.json`` object, every option written out."""
+        """The version 2 ``config.json`` object, every option written out (``audit_threshold`` only when set)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["img_size"] = list(self.size) if not isinstance(self.img_size, int) else self.img_size
         d["class_names"] = list(self.class_names) if self.class_names is not None else None
         d["prior"] = self.prior.to_dict() if self.prior is not None else None
+        if self.audit_threshold is None:  # the object older releases read
+            del d["audit_threshold"]
         return d
 
     @classmethod

@@ -53,8 +53,7 @@ class Pretrained:
     of any class list. ``weights``: the registered name whose files are loaded (None: its own; a preset
     such as ``voc-m0.5`` loads ``any-m0.5``'s); ``label_set``: the name of the
     :data:`~torch_label_mae.label_sets.LABEL_SETS` entry the completer carries (class names, colours,
-    missing and void indices; see :mod:`torch_label_mae.label_sets`). ``audit_threshold``: the audit's
-    default threshold for this model, chosen on its training data (``docs/audit.md``)."""
+    missing and void indices; see :mod:`torch_label_mae.label_sets`)."""
 
     name: str
     repo_id: str
@@ -66,7 +65,6 @@ class Pretrained:
     agnostic: bool = False
     weights: str | None = None
     label_set: str | None = None
-    audit_threshold: float | None = None  # the audit's default score threshold (docs/audit.md); None: global
 
     @property
     def family(self) -> str:
@@ -99,12 +97,9 @@ def _entry(
     revision: str = "main",
     bundled: bool = False,
     agnostic: bool = False,
-    audit_threshold: float | None = None,
 ) -> Pretrained:
     name = f"{dataset}-{variant}-m{ratio:g}" if variant else f"{dataset}-m{ratio:g}"
-    return Pretrained(
-        name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant, bundled, agnostic, audit_threshold=audit_threshold
-    )
+    return Pretrained(name, f"{HUB_ORG}/{name}", revision, dataset, ratio, variant, bundled, agnostic)
 
 
 def _preset(label_set: str, weights: Pretrained) -> Pretrained:
@@ -119,19 +114,18 @@ def _preset(label_set: str, weights: Pretrained) -> Pretrained:
         agnostic=True,
         weights=weights.name,
         label_set=label_set,
-        audit_threshold=weights.audit_threshold,
     )
 
 
 AGNOSTIC_MODEL = "any-m0.5"  # the class-agnostic model: the presets' weights, and what refusals point to
-_ANY = _entry("any", 0.5, bundled=True, agnostic=True, audit_threshold=0.99)  # its prior audits weakly
+_ANY = _entry("any", 0.5, bundled=True, agnostic=True)
 REGISTRY: dict[str, Pretrained] = {
     e.name: e
     for e in (
-        _entry("camvid", 0.5, bundled=True, audit_threshold=0.8),
+        _entry("camvid", 0.5, bundled=True),
         _entry("camvid", 0.5, "rw"),
         _entry("ccp", 0.5),
-        _entry("ccp", 0.5, "rw", bundled=True, audit_threshold=0.95),
+        _entry("ccp", 0.5, "rw", bundled=True),
         _ANY,
         *(_preset(s, _ANY) for s in ("voc", "cityscapes", "ade20k")),
     )
