@@ -30,9 +30,9 @@ from .audit import (
     default_threshold,
     finish,
 )
-from .data import read_image, read_label
+from .data import read_image, read_label_and_palette
 from .hub import weights_digest
-from .io import atomic_write, default_palette, full_palette, save_label_png
+from .io import atomic_write, full_palette, save_label_png
 from .outputs import RunReport
 
 REPORT_NAME = "audit_report.json"
@@ -195,19 +195,17 @@ class _AuditRun:
 
     def _read(self, it) -> tuple | None:
         """``(item, image, label, palette)`` to audit, or None when valid outputs exist (skipped)."""
-        from .complete_dataset import _too_large
+        from .complete_dataset import MAX_PIXELS, _too_large
 
         for path, what in ((it.label, "label"), (it.image, "image")):
-            problem = _too_large(path, what, 25_000_000)
+            problem = _too_large(path, what, MAX_PIXELS)
             if problem is not None:
                 raise ValueError(problem)
         old = None if self.overwrite else _valid_outputs(self.out_dir, it.name, _label_shape(it.label), self.settings)
         if old is not None:
             self.summaries[it.name] = old
             return None
-        label = read_label(it.label)
-        with Image.open(it.label) as im:
-            palette = im.getpalette() if im.mode == "P" else None
+        label, palette = read_label_and_palette(it.label)
         image = read_image(it.image)
         if tuple(image.shape[-2:]) != tuple(label.shape):
             raise ValueError(
@@ -414,7 +412,8 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
     by_name = {it.name: it for it in list_pairs(images_dir, labels_dir)}
     chosen = [r["file"] for r in report.images[:worst] if r["file"] in by_name]
     images = [read_image(by_name[f].image) for f in chosen]
-    labels = [read_label(by_name[f].label) for f in chosen]
+    read = [read_label_and_palette(by_name[f].label) for f in chosen]
+    labels = [label for label, _ in read]
     thr = settings["repair"] if settings["repair"] is not None else settings["threshold"]
     results = audit_batch(
         completer,
@@ -426,14 +425,12 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
         block=settings["block"],
         shifts=settings["shifts"],
     )
-    with Image.open(by_name[chosen[0]].label) as im:
-        palette = im.getpalette() if im.mode == "P" else None
     rows = [
         {"image": im, "label": lab.numpy(), "result": res, "name": f}
         for f, im, lab, res in zip(chosen, images, labels, results, strict=True)
     ]
     canvas = render_audit(
-        rows, palette=full_palette(palette) if palette else default_palette(), class_names=completer.config.class_names
+        rows, palette=full_palette(read[0][1] if read else None), class_names=completer.config.class_names
     )
     path = out_dir / PICTURE_NAME
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -73,9 +73,8 @@ def cmd_list(args) -> int:
 
 def cmd_demo(args) -> int:
     """Break the bundled sample labels, complete them, compare with nearest fill, write a picture."""
-    from PIL import Image
 
-    from .data import degrade, pair_files, read_image, read_label
+    from .data import degrade, pair_files, read_image, read_label_and_palette
     from .metrics import SegmentationMetrics
     from .propagation import nearest_fill
     from .viz import Row, hole_accuracy, save_picture
@@ -84,12 +83,12 @@ def cmd_demo(args) -> int:
     n = completer.num_classes
     pairs = pair_files(SAMPLES / "images", SAMPLES / "labels")
     images, labels, brokens, missings = [], [], [], []
+    palette = None
     for key, ip, lp in pairs:
-        image, label = read_image(ip), read_label(lp)
+        image, (label, own) = read_image(ip), read_label_and_palette(lp)
+        palette = palette or own
         broken, missing = degrade(label, args.ratio, args.block, seed=key, mode="blocks")
         images.append(image), labels.append(label), brokens.append(broken), missings.append(missing)
-    with Image.open(pairs[0][2]) as im:
-        palette = im.getpalette() if im.mode == "P" else None
     filled, conf = completer.complete_batch(images, brokens, return_confidence=True)
     ours, near = SegmentationMetrics(n), SegmentationMetrics(n)
     rows = []
@@ -352,7 +351,7 @@ def cmd_show(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .data import IMAGE_EXTS, read_image, read_label
+    from .data import IMAGE_EXTS, read_image, read_label, read_label_and_palette
     from .viz import Row, save_picture
 
     images, labels, completed = Path(args.images), Path(args.labels), Path(args.completed)
@@ -379,14 +378,14 @@ def cmd_show(args) -> int:
         if not found:
             raise FileNotFoundError(f"{images}: no image for {key!r}")
         label_path, done_path = labels / f"{key}.png", completed / f"{key}.png"
-        with Image.open(label_path) as im:
-            palette = palette or (im.getpalette() if im.mode == "P" else None)
+        label, own = read_label_and_palette(label_path)
+        palette = palette or own
         conf = None
         if args.confidence_dir:
             with Image.open(Path(args.confidence_dir) / f"{key}.png") as im:
                 conf = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         t = read_label(truth / f"{key}.png") if truth is not None else None
-        rows.append(Row(read_image(found[0]), read_label(label_path), read_label(done_path), conf, t, name=key))
+        rows.append(Row(read_image(found[0]), label, read_label(done_path), conf, t, name=key))
     out, layout = save_picture(
         rows,
         args.out,

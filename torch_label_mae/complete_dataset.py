@@ -69,7 +69,7 @@ import torch
 from PIL import Image
 
 from .colors import MISSING_ID, ColorTable, color_label_to_array, flattened_hint, load_colors
-from .data import IMAGE_EXTS, read_image, read_label
+from .data import IMAGE_EXTS, read_image, read_label_and_palette
 from .hub import DEFAULT_MODEL
 from .interrupt import GracefulStop, Interrupted, die_with_parent
 from .io import atomic_write, save_label_png
@@ -93,7 +93,6 @@ __all__ = [
     "OutputWriteError",
     "Report",
     "complete_dataset",
-    "complete_voc",
     "list_pairs",
     "shard",
 ]
@@ -339,7 +338,7 @@ def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
     if w * h > max_pixels:
         return (
             f"too large: {what} {path.name} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:.1f} (max_pixels, --max-pixels)"
+            f"{max_pixels / 1e6:.1f} (max_pixels)"
         )
     return None
 
@@ -365,7 +364,6 @@ class _Reader(torch.utils.data.Dataset):
         if problem is not None:
             raise _Skip(problem)
         with Image.open(it.label) as im:
-            palette = im.getpalette() if im.mode == "P" else None
             if im.mode in ("RGB", "RGBA"):
                 if self.coding.colors is None:
                     raise _Skip(
@@ -378,7 +376,8 @@ class _Reader(torch.utils.data.Dataset):
                     msg = str(e).removeprefix("label: ")
                     raise _Skip(msg if "opaque" in msg else f"unknown colours: {msg}") from None
                 return torch.from_numpy(ids), None, rgb, im.mode
-        return read_label(it.label), palette, None, "P"
+        ids, palette = read_label_and_palette(it.label)
+        return ids, palette, None, "P"
 
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
@@ -886,7 +885,3 @@ def _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_work
         if bar is not None:
             bar.close()
 
-
-def complete_voc(voc_root: str | Path, out_dir: str | Path, *, image_set: str = "train", **kwargs) -> Report:
-    """:func:`complete_dataset` on a Pascal VOC root (torchvision's ``VOCSegmentation`` file lists)."""
-    return complete_dataset(None, None, out_dir, voc_root=voc_root, image_set=image_set, **kwargs)

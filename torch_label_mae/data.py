@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .io import LABEL_MODES
 from .label_sets import CITYSCAPES_CLASSES, VOC_CLASSES
 from .masking import hidden_to_pixels, random_masking
 from .outputs import check_outputs
@@ -86,15 +87,20 @@ def read_image(path: str | Path) -> torch.Tensor:
 def read_label(path: str | Path) -> torch.Tensor:
     """Label PNG (palette or grayscale, pixel = class id) -> ``int64 [H, W]``; raises ``ValueError``
     naming the file if it is unreadable, not a label mode or empty (``H`` or ``W`` is 0)."""
+    return read_label_and_palette(path)[0]
+
+
+def read_label_and_palette(path: str | Path) -> tuple[torch.Tensor, list[int] | None]:
+    """:func:`read_label` and the file's colour palette (None unless a palette PNG), from one read."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
+            if im.mode not in LABEL_MODES:
                 raise ValueError(f"mode {im.mode!r}; expected a palette or grayscale PNG of class ids")
-            arr = np.asarray(im)
+            arr, palette = np.asarray(im), (im.getpalette() if im.mode == "P" else None)
     except Exception as e:
         raise ValueError(f"{path}: cannot read label: {e}") from None
     _check_pixels(arr.shape[:2], path, "label")
-    return torch.from_numpy(arr.astype(np.int64))
+    return torch.from_numpy(arr.astype(np.int64)), palette
 
 
 def _check_pixels(hw: tuple[int, ...], path: str | Path, what: str) -> None:
@@ -296,9 +302,7 @@ def degrade_folder(
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
     holding = 0  # labels that already hold the missing index: their own void, most likely
     for p in files:
-        with Image.open(p) as im:
-            palette = im.getpalette() if im.mode == "P" else None
-        label = read_label(p)
+        label, palette = read_label_and_palette(p)
         holding += bool((label == missing_index).any())
         broken, _ = degrade(label, ratio, block, seed=seed_for(p.stem, seed), mode="blocks", ignore_index=missing_index)
         save_label_png(broken, dst / p.name, palette)

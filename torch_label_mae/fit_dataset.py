@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label, load_colors
 from .complete_dataset import list_pairs
-from .data import DatasetInfo, degrade, read_image, seed_for
+from .data import DatasetInfo, degrade, read_image, read_label, seed_for
 from .evaluate import completer_method, walk_method
 from .hub import save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
@@ -133,9 +133,7 @@ def read_ids(
             ids = torch.from_numpy(colors.decode(color_label_to_array(im, str(path)), str(path)))
             holes = ids == MISSING_ID
             return torch.where(ids < 0, UNKNOWN, ids), holes
-        if im.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"{path}: mode {im.mode!r}; expected a palette or grayscale PNG of class ids")
-        ids = torch.from_numpy(np.asarray(im).astype(np.int64))
+    ids = read_label(path)
     holes = ids == missing_index
     unknown = holes | (ids == void_index) if void_index is not None else holes
     bad = ids[~unknown]

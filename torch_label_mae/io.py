@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-_LABEL_MODES = ("P", "L", "I", "I;16")
+LABEL_MODES = ("P", "L", "I", "I;16")  # PIL modes of a label of class ids (palette or grayscale)
 COLOR_HINT = (
     "a colour-coded label is read with a colour table: pass colors= (a ColorTable, 'camvid', 'cityscapes', "
     "'voc' or a JSON table file; see torch_label_mae.colors), e.g. complete(image, label, colors='camvid')"
@@ -91,9 +91,9 @@ def label_to_tensor(label, name: str = "label") -> torch.Tensor:
 
 def _label_to_tensor(label, name: str) -> torch.Tensor:
     if isinstance(label, Image.Image):
-        if label.mode not in _LABEL_MODES:
+        if label.mode not in LABEL_MODES:
             colour = f"; {COLOR_HINT}" if label.mode in ("RGB", "RGBA") else ""
-            raise ValueError(f"{name}: PIL mode {label.mode!r} is not a label; expected one of {_LABEL_MODES}{colour}")
+            raise ValueError(f"{name}: PIL mode {label.mode!r} is not a label; expected one of {LABEL_MODES}{colour}")
         return torch.from_numpy(np.array(label).astype(np.int64))
     if isinstance(label, np.ndarray):
         arr = label

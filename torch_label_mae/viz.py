@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .io import atomic_write, default_palette
+from .io import atomic_write, full_palette
 
 HOLE_COLOR = (255, 0, 255)  # magenta stripes ...
 HOLE_STRIPE = (255, 255, 255)  # ... on white
@@ -66,8 +66,7 @@ def _image_rgb(image) -> np.ndarray:
 
 
 def _palette_array(palette: Sequence[int] | None) -> np.ndarray:
-    pal = list(palette) if palette else default_palette()
-    return np.array((pal + [0] * 768)[:768], dtype=np.uint8).reshape(256, 3)
+    return np.array(full_palette(palette), dtype=np.uint8).reshape(256, 3)  # drawn as the PNGs are written
 
 
 def colorize(
@@ -422,7 +421,6 @@ def render(
     missing_index: int = 255,
     void_index: int = 255,
     panel_width: int = 400,
-    legend: bool = True,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """Draw ``rows`` (see :class:`Row`) as one picture: column titles, per row a title (name, share of
     holes, PA accuracy on holes when the truth is known) and its panels scaled to ``panel_width`` px,
@@ -443,12 +441,8 @@ def render(
     width = st.gap + len(columns) * (panel_width + st.gap) + st.colorbar_width
     line = st.size + st.gap
     any_void = any(m["void"].any() for m in maps) or any(m["truth"] is not None for m in maps)
-    entries = (
-        _legend_entries(
-            classes, palette, class_names, any(m["holes"].any() for m in maps), any_void, "error" in columns
-        )
-        if legend
-        else []
+    entries = _legend_entries(
+        classes, palette, class_names, any(m["holes"].any() for m in maps), any_void, "error" in columns
     )
     placed, legend_h = _legend_layout(entries, width - 2 * st.gap, st)
     titles = [_wrap(st.font, _row_title(r, m), width - 2 * st.gap) for r, m in zip(rows, maps, strict=True)]
@@ -486,21 +480,3 @@ def save_picture(rows: Sequence[Row], path: str | Path, **kwargs: Any) -> tuple[
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return Path(path), layout
 
-
-def side_by_side(image, broken, completed, confidence=None, palette=None, titles=True) -> Image.Image:
-    """One row (image | input label | completed | confidence when given) drawn by :func:`render`
-    at the image's own width, with a legend when ``titles``."""
-    width = _image_rgb(image).shape[1]
-    return render([Row(image, broken, completed, confidence)], palette=palette, panel_width=width, legend=titles)[0]
-
-
-def save_grid(rows: list[Image.Image], path: str | Path) -> Path:
-    """Stack row pictures vertically and write a PNG atomically."""
-    width = max(r.width for r in rows)
-    canvas = Image.new("RGB", (width, sum(r.height for r in rows) + 4 * (len(rows) - 1)), BACKGROUND)
-    y = 0
-    for r in rows:
-        canvas.paste(r, (0, y))
-        y += r.height + 4
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
-    return Path(path)
