@@ -527,7 +527,9 @@ def test_voc_layout(tmp_path, model_dir):
     (base / "SegmentationClass" / f"{ids[3]}.png").unlink()
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids[1:]) + "\n")  # ids[0] not listed
     out = tmp_path / "out"
-    r = complete_dataset(None, None, out, voc_root=tmp_path / "voc", image_set="val", model=str(model_dir), progress=False)
+    r = complete_dataset(
+        None, None, out, voc_root=tmp_path / "voc", image_set="val", model=str(model_dir), progress=False
+    )
     assert r.done == 2 and [f for f, _ in r.failed] == [f"{ids[3]}.png"] and "unpaired" in r.failed[0][1]
     assert pngs(out) == [f"{i}.png" for i in ids[1:3]]
     voc = ["complete", "--voc", str(tmp_path / "voc"), "--image-set", "val", "--out", str(tmp_path / "o2")]

@@ -884,4 +884,3 @@ def _loop(reader, complete, stop, report, batch_size, max_batch_pixels, num_work
     finally:
         if bar is not None:
             bar.close()
-

@@ -479,4 +479,3 @@ def save_picture(rows: Sequence[Row], path: str | Path, **kwargs: Any) -> tuple[
     canvas, layout = render(rows, **kwargs)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return Path(path), layout
-
