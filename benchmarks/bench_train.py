@@ -65,8 +65,8 @@ def run_once(args, workers: int | None, precision: str | None = None) -> dict:
 
 def profile_host(args) -> dict:
     """Seconds per sample of the host work alone (no model step), through the training pipeline's own code."""
+    from torch_label_mae.config import NAMED_CONFIGS
     from torch_label_mae.data import open_dataset
-    from torch_label_mae.model import NAMED_CONFIGS
 
     ds = open_dataset(args.data, "train")
     info = ds.info

@@ -95,18 +95,16 @@ def test_ignored_and_unmasked_pixels_do_not_affect_the_loss(kind):
     void = torch.rand(2, 6, 7, generator=g) < 0.2
     target[void] = IGNORE
     mask = torch.rand(2, 6, 7, generator=g) < 0.6
-    crit = BalancedCrossEntropy(4) if kind == "balanced" else (lambda lg, t, m=None: cross_entropy(lg, t, m))
-    base = crit(logits, target, mask)
+    crit = BalancedCrossEntropy(4) if kind == "balanced" else cross_entropy
+    counted = torch.where(mask, target, torch.full_like(target, IGNORE))  # how training leaves out the visible
+    base = crit(logits, counted)
     outside = void | ~mask
     noisy_logits = torch.where(outside.unsqueeze(1), torch.randn(logits.shape, generator=g) * 10, logits)
-    noisy_target = torch.where(~mask, torch.randint(0, 4, target.shape, generator=g), target)
-    torch.testing.assert_close(crit(noisy_logits, noisy_target, mask), base)
-    # the mask does select pixels: changing logits inside it changes the loss
+    torch.testing.assert_close(crit(noisy_logits, counted), base)
+    # the counted pixels do count: changing their logits changes the loss
     inside = mask & ~void
     moved = torch.where(inside.unsqueeze(1), torch.randn(logits.shape, generator=g) * 10, logits)
-    assert (crit(moved, target, mask) - base).abs() > 1e-3
-    # masking out == marking ignore
-    torch.testing.assert_close(crit(logits, torch.where(mask, target, torch.full_like(target, IGNORE))), base)
+    assert (crit(moved, counted) - base).abs() > 1e-3
 
 
 def test_beta_and_gamma_receive_gradients():
@@ -123,25 +121,23 @@ def test_beta_and_gamma_receive_gradients():
 
 
 @pytest.mark.parametrize("kind", ["balanced", "plain"])
-def test_empty_mask_gives_zero_differentiable_loss(kind):
+def test_nothing_counted_gives_zero_differentiable_loss(kind):
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
-    target = torch.randint(0, 3, (2, 4, 4))
-    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
-    loss = cross_entropy(logits, target, mask) if kind == "plain" else BalancedCrossEntropy(3)(logits, target, mask)
+    all_void = torch.full((2, 4, 4), IGNORE)
+    loss = cross_entropy(logits, all_void) if kind == "plain" else BalancedCrossEntropy(3)(logits, all_void)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
-    all_void = torch.full_like(target, IGNORE)
-    assert cross_entropy(logits, all_void).item() == 0.0
 
 
-def test_plain_cross_entropy_is_mean_over_masked_pixels():
+def test_plain_cross_entropy_is_mean_over_counted_pixels():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 5, 5, generator=g)
     target = torch.randint(0, 3, (2, 5, 5), generator=g)
     mask = torch.rand(2, 5, 5, generator=g) < 0.5
     nll = F.cross_entropy(logits, target, reduction="none")
-    torch.testing.assert_close(cross_entropy(logits, target, mask), nll[mask].mean())
+    counted = torch.where(mask, target, torch.full_like(target, IGNORE))
+    torch.testing.assert_close(cross_entropy(logits, counted), nll[mask].mean())
 
 
 @pytest.mark.parametrize("balanced", [True, False])
@@ -161,10 +157,10 @@ def test_loss_on_hidden_rows_equals_loss_on_the_full_map(balanced):
     pix = hidden_to_pixels(hidden, cfg.grid, cfg.patch_size)
     known = torch.where(pix, torch.full_like(label, 255), label)
     loss_fn = BalancedCrossEntropy(5) if balanced else cross_entropy
-    full = loss_fn(model(image, known, hidden), label, pix)
+    full = loss_fn(model(image, known, hidden), torch.where(pix, label, torch.full_like(label, IGNORE)))
     rows = model(image, known, hidden, hidden_only=True).flatten(0, 1)
     target = model.patchify(label.unsqueeze(1))[hidden].flatten()
-    torch.testing.assert_close(loss_fn(rows, target, None), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_fn(rows, target), full, rtol=1e-5, atol=1e-6)
 
 
 def test_background_pixels_count_neither_in_the_loss_nor_in_the_shares():

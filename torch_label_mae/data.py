@@ -279,7 +279,7 @@ def check_degrade_args(ratio: float, patch_size: int, name: str = "patch_size") 
         raise ValueError(f"{name} must be an integer >= 1 (pixels), got {patch_size!r}")
 
 
-# -- resizing shared by training, evaluation and completion ------------------------------------------
+# -- degrading a folder of labels (to try the library on labels whose truth is known) --------------------
 def degrade_folder(
     labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0, missing_index: int = 255
 ) -> int:

@@ -1,7 +1,7 @@
 """Losses (paper section III-E): the class-balanced cross-entropy of eq. 10-12, or plain CE.
 
-Both are computed over the hidden pixels by default (``hidden_only=True``), which is what the model
-is asked to reconstruct.
+Both count the pixels whose target is not ``ignore_index``: training marks the visible pixels so,
+and computes them over the hidden pixels only, which is what the model is asked to reconstruct.
 """
 
 from __future__ import annotations
@@ -73,10 +73,9 @@ class BalancedCrossEntropy(nn.Module):
             return target
         return torch.where(target == self.background_index, torch.full_like(target, self.ignore_index), target)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor | None = None):
-        """``logits [B, N, H, W]``, ``target [B, H, W]``, optional ``pixel_mask [B, H, W]`` bool; or
-        ``logits [M, N]`` rows with ``target [M]``."""
-        target = self._without_background(_masked_target(target, pixel_mask, self.ignore_index))
+    def forward(self, logits: torch.Tensor, target: torch.Tensor):
+        """``logits [B, N, H, W]`` with ``target [B, H, W]``, or ``logits [M, N]`` rows with ``target [M]``."""
+        target = self._without_background(target)
         w = self.class_weights(target)  # float64: a dominant class's weight can be below float32's range
         nll = F.cross_entropy(logits, target.long(), ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
@@ -84,18 +83,10 @@ class BalancedCrossEntropy(nn.Module):
         return ((nll.double() * wt).sum() / wt.sum().clamp(min=1e-300)).to(nll.dtype)
 
 
-def _masked_target(target, pixel_mask, ignore_index):
-    if pixel_mask is None:
-        return target
-    return torch.where(pixel_mask, target, torch.full_like(target, ignore_index))
-
-
-def cross_entropy(logits, target, pixel_mask=None, ignore_index: int = 255):
-    """Plain cross-entropy over ``pixel_mask`` (all pixels when None), ignoring ``ignore_index``.
+def cross_entropy(logits, target, ignore_index: int = 255):
+    """Plain cross-entropy over the pixels whose target is not ``ignore_index``.
     ``logits [B, N, ...]`` with ``target [B, ...]``, or ``[M, N]`` rows with ``target [M]``."""
     keep = target != ignore_index
-    if pixel_mask is not None:
-        keep = keep & pixel_mask
     if not keep.any():
         return logits.sum() * 0.0
     # only the counted pixels go through log-softmax: [M, N] instead of [B, N, H, W]

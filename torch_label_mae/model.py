@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .combiner import PriorCombiner
-from .config import NAMED_CONFIGS as NAMED_CONFIGS  # re-exported for train.py
 from .config import LMAEConfig
 from .fusion import normalize_image
 from .layers import Block, LabelPatchEmbed, sincos_pos_embed

@@ -725,11 +725,11 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
         held = present.gather(1, target.clamp(0, mcfg.num_classes - 1).flatten(1)).view_as(target)
         target = torch.where(held, target, torch.full_like(target, mcfg.ignore_index))
     # logits [M, p*p, N] -> [M * p*p, N] rows, target [M * p*p]
-    logits, target, mask = logits.flatten(0, 1).float(), model.patchify(target.unsqueeze(1))[hidden].flatten(), None
+    logits, target = logits.flatten(0, 1).float(), model.patchify(target.unsqueeze(1))[hidden].flatten()
     if run.criterion is not None:
-        loss = run.criterion(logits, target, mask)
+        loss = run.criterion(logits, target)
     else:
-        loss = cross_entropy(logits, target, mask, mcfg.ignore_index)
+        loss = cross_entropy(logits, target, mcfg.ignore_index)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if run.world > 1 and run.criterion is not None:  # the loss's beta / gamma live outside DDP
