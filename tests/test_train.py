@@ -246,6 +246,14 @@ def test_defaults_are_the_recipe_that_beats_the_prior():
     assert cfg.lr is None and scaled_lr(16) == pytest.approx(1e-3) and scaled_lr(64) == pytest.approx(2e-3)
 
 
+def test_no_label_prior_is_refused_when_starting_from_init():
+    from torch_label_mae.train import DEFAULT_INIT, check_config
+
+    with pytest.raises(ValueError, match="--model"):  # the init keeps its prior: the flag would do nothing
+        check_config(TrainConfig(data="x", label_prior=False, init=DEFAULT_INIT))
+    check_config(TrainConfig(data="x", label_prior=False, model="tiny"))
+
+
 def test_guard_warns_when_the_model_is_below_its_prior(tmp_path):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "run"

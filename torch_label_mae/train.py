@@ -6,7 +6,7 @@ AdamW (weight decay 0.05) with a 100-step warm-up and a cosine decay over the bu
 ``1e-3 * sqrt(batch_size / 16)``, Random masking (the paper's 1:2:2 mix from scratch), random crop +
 rescale to the model size, flips unless the classes are handed. ``model=`` trains a named config from
 scratch on the nearest-label prior. The paper's recipe (section IV-A) stays available by flags:
-``--no-label-prior --loss balanced --optimizer adam --schedule plateau --weight-decay 1e-4 --lr 5e-4``.
+``--model paper --no-label-prior --loss balanced --optimizer adam --schedule plateau --weight-decay 1e-4 --lr 5e-4``.
 
 Input pipeline: augmentation, masking and the label prior run in DataLoader workers (one torch thread
 each), batches come pinned and are copied without blocking. Every epoch: a JSONL log line (loss, lr,
@@ -147,6 +147,11 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError(f"unknown model config {cfg.model!r}; choose from {sorted(NAMED_CONFIGS)}")
     if cfg.model is not None and cfg.init not in (None, DEFAULT_INIT):
         raise ValueError(f"model {cfg.model!r} trains from scratch and init {cfg.init!r} fine-tunes: give one")
+    if not cfg.label_prior and not from_scratch(cfg):
+        raise ValueError(
+            f"label_prior=False (--no-label-prior) builds a model from scratch; init {cfg.init!r} keeps its own "
+            "prior: pass a named config (--model tiny|small|paper) as well"
+        )
     known = LMAEConfig.keys()
     unknown = sorted(set(cfg.model_overrides) - known)
     if unknown:
