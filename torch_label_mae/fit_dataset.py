@@ -85,19 +85,19 @@ class HoleShapes:
         q25, q50, q75 = np.percentile(np.concatenate(widths), [25, 50, 75])
         return cls(fraction, float(q50), (float(q25), float(q75)), int(sum(w.size for w in widths)), patches)
 
-    def training_holes(
-        self, label_side: float, model_side: int, crop: float = 0.75, hide_unknown: bool = False
-    ) -> dict:
+    def training_holes(self, label_side: float, model_side: int, hide_unknown: bool = False) -> dict:
         """The :class:`~torch_label_mae.train.TrainConfig` settings that imitate these holes at the
-        model's size (labels of side ``label_side`` cropped by ``crop`` on average, then resized to
-        ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
+        model's size (labels of side ``label_side`` cropped by the mean of ``TrainConfig.crop_scale``,
+        then resized to ``model_side``): half the samples get blocks of the holes' widths at their fraction, half the
         paper's patch masking at that ratio. With ``hide_unknown`` (the holes' own patches hidden too,
         so less context is left than at completion) and holes on the patch grid (completion hides
         fewer than 1.5 times as many patches as there are hole pixels): at half that ratio. No holes
         measured: the paper's masking at 0.5."""
+        from .train import TrainConfig
+
         if self.count == 0:
             return {}
-        scale = model_side / (crop * label_side)
+        scale = model_side / (float(np.mean(TrainConfig.crop_scale)) * label_side)
         lo, hi = (int(np.clip(round(w * scale), 4, model_side // 2)) for w in self.widths)
         ratio = float(np.clip(self.fraction, 0.1, 0.75))
         if hide_unknown and self.patches < 1.5 * self.fraction:  # holes on the patch grid (docs/fit.md)

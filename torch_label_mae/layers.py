@@ -98,9 +98,9 @@ class LabelPatchEmbed(nn.Module):
     in proportion to the pixels that differ, not to ``p * p``.
     """
 
-    def __init__(self, num_classes: int, patch_size: int, dim: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, patch_size: int, dim: int):
         super().__init__()
-        self.num_classes, self.patch_size, self.ignore_index = num_classes, patch_size, ignore_index
+        self.num_classes = num_classes  # ids outside [0, N) are void: no row
         self.pad = num_classes * patch_size * patch_size
         self.bag = nn.EmbeddingBag(self.pad + 1, dim, mode="sum", padding_idx=self.pad)
 

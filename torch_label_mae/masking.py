@@ -21,13 +21,6 @@ STRATEGIES = ("random", "label_first", "background_first")
 PAPER_MIX = (1.0, 2.0, 2.0)  # Random : Label-First : Background-First
 
 
-def num_hidden(ratio: float, num_patches: int) -> int:
-    """``round(ratio * L)``, the number of patches a training strategy hides."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
-    return int(round(ratio * num_patches))
-
-
 def patch_shares(label: torch.Tensor, patch_size: int, background_index: int | None, ignore_index: int = 255):
     """Per-patch share of object and of background pixels: two ``[B, L]`` float tensors in [0, 1]."""
     valid = label != ignore_index

@@ -60,7 +60,7 @@ class LMAE(nn.Module):
         self.config = c = config
         p, n, de, dd = c.patch_size, c.num_classes, c.encoder_dim, c.decoder_dim
         # fuse-map patch embedding = label part (lookup-and-sum) + image part (linear)
-        self.label_embed = LabelPatchEmbed(n, p, de, c.ignore_index)
+        self.label_embed = LabelPatchEmbed(n, p, de)
         self.image_embed = nn.Linear(3 * p * p, de)
         meta = torch.empty(0).device.type == "meta"  # under torch.device("meta"): shapes only (state_shapes)
         pos = torch.empty(c.num_patches, de) if meta else sincos_pos_embed(de, c.grid)
@@ -75,7 +75,7 @@ class LMAE(nn.Module):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
             nn.init.normal_(self.mask_token, std=0.02)
         if c.prior is not None:
-            self.prior_embed = LabelPatchEmbed(n, p, dd, c.ignore_index)
+            self.prior_embed = LabelPatchEmbed(n, p, dd)
             # default: start where the prior class gets probability 0.9; the head then learns corrections
             scale = c.prior.scale if c.prior.scale is not None else math.log(9.0 * max(n - 1, 1))
             self.prior_scale = nn.Parameter(torch.tensor(float(scale)))
