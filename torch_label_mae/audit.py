@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .io import resize_image, resize_label
+from .io import default_batch_size, resize_image, resize_label, stack_images
 from .slots import from_slots, to_slots
 
 DEFAULT_THRESHOLD = 0.95  # for models without their own (LMAEConfig.audit_threshold); docs/audit.md
@@ -355,8 +355,7 @@ def audit_batch(
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
     dev = completer.device
-    if batch_size is None:
-        batch_size = 64 if dev.type == "cuda" else 8
+    batch_size = default_batch_size(dev) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n, cfg = completer.num_classes, completer.config
@@ -374,9 +373,7 @@ def audit_batch(
     for idx in groups.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
-            ims = [pairs[i][0] for i in chunk]
-            dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in ims) else torch.float32
-            img = torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in ims]).to(dev)
+            img = stack_images([pairs[i][0] for i in chunk]).to(dev)
             lab = torch.stack([pairs[i][1] for i in chunk]).to(dev)
             seen, table = lab, None
             if cfg.class_agnostic:  # the model reads slots (torch_label_mae.slots); ids come back

@@ -202,9 +202,8 @@ def cmd_degrade(args) -> int:
     return 0
 
 
-# complete_dataset's argument names -> label-mae complete's flags, for its messages
+# complete_dataset's argument names -> label-mae complete's flags, for its messages (and in_place=True: --in-place)
 _FLAGS = {
-    "in_place=True": "--in-place",
     "out_dir": "--out",
     "confidence_dir": "--confidence-dir",
     "batch_size": "--batch-size",
@@ -221,7 +220,7 @@ _FLAGS = {
 
 def _cli_words(message: str) -> str:
     """A message of the Python API in the words of the command line (flags for argument names)."""
-    names = "|".join(re.escape(k) for k in _FLAGS if "=" not in k)
+    names = "|".join(re.escape(k) for k in _FLAGS)
     message = message.replace("in_place=True", "--in-place")
     message = re.sub(rf"\b({names})=(?=[\w.-])", lambda m: _FLAGS[m.group(1)] + " ", message)  # name=value
     message = re.sub(rf"\b({names})\b(?!=)", lambda m: _FLAGS[m.group(1)], message)

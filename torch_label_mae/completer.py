@@ -19,7 +19,7 @@ from .conventions import LabelConventions
 from .hub import save_hub_files
 from .inference import autocast_dtype, complete_samples
 from .inputs import prepare
-from .io import confidence_like
+from .io import confidence_like, default_batch_size
 from .model import LMAE
 
 MODEL_CARD = """
@@ -239,8 +239,7 @@ class LabelCompleter(
         input label's type, size and dtype. With ``return_confidence`` also returns, per label, the
         probability of the chosen class per pixel (1 on pixels kept, 0 on holes left unfilled: docs/labels.md).
         """
-        if batch_size is None:
-            batch_size = 64 if self.device.type == "cuda" else 8
+        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         maps = _check_batch_args(images, labels, missing, batch_size)
         missing_index, void_index, table = self.conventions(missing_index, void_index, colors, not maps)
         samples, names = [], dict(label_set=self.label_set, model_name=self.pretrained_name)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import LABEL_MODES
+from .io import LABEL_MODES, check_not_empty
 from .label_sets import CITYSCAPES_CLASSES, VOC_CLASSES
 from .masking import hidden_to_pixels, random_masking
 from .outputs import check_outputs
@@ -80,8 +80,7 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise ValueError(f"{path}: cannot read image: {e}") from None
     if wide is not None:
         arr = np.repeat(gray_to_uint8(wide, str(path))[:, :, None], 3, axis=2)
-    _check_pixels(arr.shape[:2], path, "image")
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return check_not_empty(torch.from_numpy(arr.copy()).permute(2, 0, 1), str(path))
 
 
 def read_label(path: str | Path) -> torch.Tensor:
@@ -99,13 +98,7 @@ def read_label_and_palette(path: str | Path) -> tuple[torch.Tensor, list[int] | 
             arr, palette = np.asarray(im), (im.getpalette() if im.mode == "P" else None)
     except Exception as e:
         raise ValueError(f"{path}: cannot read label: {e}") from None
-    _check_pixels(arr.shape[:2], path, "label")
-    return torch.from_numpy(arr.astype(np.int64)), palette
-
-
-def _check_pixels(hw: tuple[int, ...], path: str | Path, what: str) -> None:
-    if len(hw) < 2 or 0 in hw:
-        raise ValueError(f"{path}: empty {what} of (H, W) = {tuple(hw)}; it needs at least one pixel")
+    return check_not_empty(torch.from_numpy(arr.astype(np.int64)), str(path), "label"), palette
 
 
 def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:

@@ -177,9 +177,8 @@ def bundled_dir(name: str) -> Path | None:
     ``hub/``), or None."""
     here = Path(__file__).resolve().parent
     for base in (here / "_bundled", here.parent / "hub"):
-        d = base / name
-        if (d / CONFIG_NAME).is_file() and (d / WEIGHTS_NAME).is_file():
-            return d
+        if model_folder(base / name) is not None:
+            return base / name
     return None
 
 

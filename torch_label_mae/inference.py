@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .io import resize_image, resize_label
+from .io import resize_image, resize_label, stack_images
 from .masking import background_first_inference, hidden_from_missing, hidden_to_pixels
 from .model import ABSENT_SLOT, LMAE
 from .slots import from_slots, present_slots, to_slots
@@ -107,9 +107,7 @@ def complete_samples(model: LMAE, samples, device: torch.device, amp: torch.dtyp
     autocast ``amp`` (None: float32) -> ``[(completed [H, W], confidence [H, W]), ...]`` on the CPU.
     ``background_first``: the paper's Background-First inference mode (:mod:`torch_label_mae.masking`)."""
     non_blocking = device.type == "cuda"
-    images = [s.image for s in samples]
-    dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in images) else torch.float32
-    img = torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in images])
+    img = stack_images([s.image for s in samples])
     lab = torch.stack([s.label for s in samples])
     miss = torch.stack([s.miss for s in samples])
     if non_blocking:

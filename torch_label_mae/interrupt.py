@@ -62,8 +62,8 @@ class GracefulStop:
 
 def die_with_parent(parent_pid: int, worker_id: int | None = None) -> None:
     """In a child process (a ``DataLoader`` worker: ``worker_init_fn=partial(die_with_parent,
-    os.getpid())``): be killed when the parent dies, even by ``kill -9`` (Linux ``PR_SET_PDEATHSIG``),
-    and leave SIGINT to the parent, which stops the run cleanly."""
+    os.getpid())``, which passes ``worker_id``, unused): be killed when the parent dies, even by
+    ``kill -9`` (Linux ``PR_SET_PDEATHSIG``), and leave SIGINT to the parent, which stops the run cleanly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:

@@ -35,7 +35,7 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     if isinstance(image, Image.Image):
         if image.mode in WIDE_GRAY_MODES:
             gray = torch.from_numpy(gray_to_uint8(image, name))
-            return _check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
+            return check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
         if image.mode == "L":
             image = image.convert("RGB")
         elif image.mode in ("RGBA", "LA", "CMYK", "PA"):
@@ -45,7 +45,7 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
             )
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        return _check_not_empty(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1), name)
+        return check_not_empty(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1), name)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -68,7 +68,7 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         t = t.as_subclass(torch.Tensor)
     else:
         raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
-    _check_not_empty(t, name)
+    check_not_empty(t, name)
     if t.dtype == torch.uint8:
         return t
     if t.dtype.is_floating_point:
@@ -86,7 +86,7 @@ def label_to_tensor(label, name: str = "label") -> torch.Tensor:
     """Any accepted label -> ``int64 [H, W]`` on the CPU (a copy; the input is never modified).
 
     Raises ``ValueError`` naming ``name`` for a label without pixels (``H`` or ``W`` is 0)."""
-    return _check_not_empty(_label_to_tensor(label, name), name, "label")
+    return check_not_empty(_label_to_tensor(label, name), name, "label")
 
 
 def _label_to_tensor(label, name: str) -> torch.Tensor:
@@ -150,7 +150,7 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
     return ((arr + 128) // 257).astype(np.uint8)  # round(v / 257), exactly, in integers
 
 
-def _check_not_empty(t: torch.Tensor, name: str, what: str = "image") -> torch.Tensor:
+def check_not_empty(t: torch.Tensor, name: str, what: str = "image") -> torch.Tensor:
     """``t`` (``[..., H, W]``) unchanged; ``ValueError`` naming ``name`` when it has no pixels."""
     if t.ndim < 2 or t.shape[-1] == 0 or t.shape[-2] == 0:
         hw = tuple(t.shape[-2:])
@@ -232,6 +232,17 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(label.shape[-2:]) == tuple(size):
         return label
     return F.interpolate(label.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).to(label.dtype)
+
+
+def stack_images(images) -> torch.Tensor:
+    """Same-size image tensors ``[3, H, W]`` -> ``[B, 3, H, W]``: uint8 when every one is, else float in [0, 1]."""
+    dtype = torch.uint8 if all(t.dtype == torch.uint8 for t in images) else torch.float32
+    return torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in images])
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Labels per forward pass when the caller gives none: 64 on CUDA, 8 elsewhere."""
+    return 64 if device.type == "cuda" else 8
 
 
 def atomic_write(path: str | Path, write) -> None:
