@@ -193,7 +193,7 @@ def test_a_file_over_max_pixels_is_reported_without_decoding_and_the_rest_done(t
     r = complete_dataset(images, broken, tmp_path / "out", model=str(model_dir), max_pixels=10_000, progress=False)
     monkeypatch.undo()
     assert r.done == 4 and [f for f, _ in r.failed] == ["zz_big.png"]
-    assert "too large" in r.failed[0][1] and "160x120" in r.failed[0][1] and "--max-pixels" in r.failed[0][1]
+    assert "too large" in r.failed[0][1] and "160x120" in r.failed[0][1] and "max_pixels" in r.failed[0][1]
     assert (160, 120) not in decoded  # refused from the header alone
     report = json.loads((tmp_path / "out" / "completion_report.json").read_text())
     assert report["failed"][0]["file"] == "zz_big.png"
@@ -225,7 +225,7 @@ def test_huge_files_at_default_limits_are_reported_and_the_run_goes_on(tmp_path,
     r = complete_dataset(images, broken, tmp_path / "out", model=str(model_dir), progress=False)
     reasons = dict(r.failed)
     assert r.done == 2 and sorted(reasons) == ["bomb.png", "huge.png"]
-    assert "too large" in reasons["huge.png"] and "12000x12000 = 144.0 megapixels" in reasons["huge.png"]
+    assert "too large" in reasons["huge.png"] and "12000x12000 = 144,000,000 pixels" in reasons["huge.png"]
     assert "cannot read label" in reasons["bomb.png"]
 
 
@@ -436,12 +436,35 @@ def test_stale_locks_and_dead_runs_temp_files_are_removed_live_ones_kept(tmp_pat
         (out / ".label-mae.lock").write_text(json.dumps({"pid": live.pid, "host": os.uname().nodename}))
         with pytest.raises(OutputLockedError, match="another label-mae run"):
             complete_dataset(images, broken, out, model=str(model_dir), progress=False)
-        (out / ".label-mae.lock").write_text("{half a lock")  # a run killed while taking it
+        (out / ".label-mae.lock").write_text("{half a lock")  # a run taking it now: live for TAKING_SECONDS
+        with pytest.raises(OutputLockedError, match="taking the lock"):
+            complete_dataset(images, broken, out, model=str(model_dir), progress=False)
+        old = time.time() - 60  # a run killed while taking it, a minute ago
+        os.utime(out / ".label-mae.lock", (old, old))
         assert complete_dataset(images, broken, out, model=str(model_dir), progress=False).skipped == 2
     finally:
         live.kill()
         live.wait()
     assert remove_stale_temp_files(out, {name}) == 1  # now that run is dead too
+
+
+def test_a_stale_lock_taken_by_another_run_meanwhile_is_not_broken(tmp_path, monkeypatch):
+    import torch_label_mae.outputs as outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".label-mae.lock"
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))  # a dead run's
+    live = {"pid": os.getppid(), "host": os.uname().nodename, "started": "now"}
+
+    def judged_dead_then_taken(info):  # between reading the stale lock and breaking it, a run takes it
+        lock.write_text(json.dumps(live))
+        return False
+
+    monkeypatch.setattr(outputs, "_owner_alive", judged_dead_then_taken)
+    with pytest.raises(OutputLockedError, match=f"pid {live['pid']}"):
+        OutputLock(out).__enter__()
+    assert json.loads(lock.read_text()) == live and [p.name for p in out.iterdir()] == [lock.name]
 
 
 def test_ranks_of_one_run_share_a_folder_but_a_differently_sharded_run_is_refused(tmp_path):

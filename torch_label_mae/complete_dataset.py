@@ -337,8 +337,7 @@ def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
             w, h = im.size
     if w * h > max_pixels:
         return (
-            f"too large: {what} {path.name} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:.1f} (max_pixels)"
+            f"too large: {what} {path.name} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
         )
     return None
 

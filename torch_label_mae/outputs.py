@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 LOCK_PREFIX = ".label-mae"
+TAKING_SECONDS = 10.0  # an unreadable lock younger than this is being written by a run taking it: live
 
 
 @dataclass(kw_only=True)
@@ -132,8 +133,44 @@ def _read_lock(path: Path) -> dict | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # half-written by a run killed while taking it: stale
+        return None  # half-written: by a run taking it now, or by one killed while taking it
     return info if isinstance(info, dict) else None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")  # gone already
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create ``path`` (``FileExistsError`` when it exists) and write ``text``; removed again on failure."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _break_stale(path: Path, info: dict | None) -> bool:
+    """Remove the stale lock ``path`` (read as ``info``), unless another run took it since it was read:
+    the file is renamed aside first and removed only if it is still what was read (else it is put back
+    and False returned)."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return True  # another run removed it first
+    if _read_lock(aside) == info:
+        aside.unlink(missing_ok=True)
+        return True
+    with contextlib.suppress(FileExistsError):
+        os.link(aside, path)  # a live run's lock, taken after it was read: back where it was
+    aside.unlink(missing_ok=True)
+    return False
 
 
 class OutputLock:
@@ -153,9 +190,12 @@ class OutputLock:
     def _check_others(self) -> None:
         for p in sorted(self.folder.glob(f"{LOCK_PREFIX}*.lock")):
             info = _read_lock(p)
-            if info is None or not _owner_alive(info):
-                p.unlink(missing_ok=True)  # stale: its owner died
-                continue
+            if info is None and _age(p) < TAKING_SECONDS:
+                raise OutputLockedError(f"{self.folder}: another label-mae run is taking the lock {p}; try again")
+            if info is None or not _owner_alive(info):  # stale: its owner died
+                if _break_stale(p, info):
+                    continue
+                info = _read_lock(p) or {}
             if p == self.path or int(info.get("world_size", 1)) != self.world_size:
                 raise OutputLockedError(
                     f"{self.folder}: another label-mae run writes here (pid {info.get('pid')} on "
@@ -164,15 +204,6 @@ class OutputLock:
                 )
 
     def __enter__(self) -> OutputLock:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._check_others()
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:  # another run took it between the check and now
-            self._check_others()
-            raise OutputLockedError(f"{self.folder}: another label-mae run took the lock {self.path}") from None
-        except OSError as e:
-            raise OutputWriteError(f"{self.folder}: cannot write here ({e.strerror or e})") from None
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -181,12 +212,31 @@ class OutputLock:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(info))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._check_others()
+            self._create(json.dumps(info))
+        except FileExistsError:  # another run took it between the check and now
+            self._check_others()
+            raise OutputLockedError(f"{self.folder}: another label-mae run took the lock {self.path}") from None
         except OSError as e:
-            self.path.unlink(missing_ok=True)
             raise OutputWriteError(f"{self.folder}: cannot write here ({e.strerror or e})") from None
         return self
+
+    def _create(self, text: str) -> None:
+        """Create the lock file whole, so that no other run reads it half-written: written aside, then
+        hard-linked in place (``FileExistsError`` when it exists); where the file system has no hard
+        links, created exclusively and then written (a reader then waits :data:`TAKING_SECONDS`)."""
+        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
+        aside.unlink(missing_ok=True)  # left by a run of this pid before
+        _write_new(aside, text)
+        try:
+            os.link(aside, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            _write_new(self.path, text)
+        finally:
+            aside.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:
         info = _read_lock(self.path)
