@@ -459,6 +459,23 @@ def test_class_agnostic_training_pools_datasets_of_different_class_lists(tmp_pat
     assert set(np.unique(out_label).tolist()) <= {40, 200}
 
 
+def test_exports_carry_the_class_agnostic_starts_label_set(tmp_path):
+    from torch_label_mae.label_sets import LABEL_SETS
+
+    a = make_dataset(tmp_path / "a", num_classes=3, seed=1)
+    train(_cfg(str(a), tmp_path / "first", class_agnostic=True, num_slots=8, max_steps=1, epochs=1, val_limit=2))
+    start = LabelCompleter.from_folder(tmp_path / "first" / "last", device="cpu")
+    start.label_set = LABEL_SETS["voc"]
+    start.save_pretrained(tmp_path / "voc_start")
+    init = str(tmp_path / "voc_start")
+    train(_cfg(str(a), tmp_path / "agn", init=init, class_agnostic=True, num_slots=8, max_steps=1, val_limit=2))
+    for folder in ("best", "last"):
+        assert LabelCompleter.from_folder(tmp_path / "agn" / folder).label_set == LABEL_SETS["voc"]
+    train(_cfg(str(a), tmp_path / "own", init=init, max_steps=1, val_limit=2))  # the data's 3 classes now
+    assert not (tmp_path / "own" / "last" / "label_set.json").exists()
+    assert LabelCompleter.from_folder(tmp_path / "own" / "last").label_set is None
+
+
 def test_several_roots_need_class_agnostic(tmp_path):
     a, b = make_dataset(tmp_path / "a"), make_dataset(tmp_path / "b")
     with pytest.raises(ValueError, match="class-agnostic"):

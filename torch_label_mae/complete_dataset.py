@@ -336,9 +336,7 @@ def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
         with Image.open(path) as im:  # lazy: the header only
             w, h = im.size
     if w * h > max_pixels:
-        return (
-            f"too large: {what} {path.name} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
-        )
+        return f"too large: {what} {path.name} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
     return None
 
 

@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 from .config import NAMED_CONFIGS, LMAEConfig, RandomWalkPrior
 from .data import DatasetInfo, open_dataset
 from .evaluate import evaluate
-from .hub import save_hub_files
+from .hub import save_hub_files, save_label_set
 from .inference import autocast_dtype, complete_tensors
 from .io import atomic_write, resize_label
+from .label_sets import LabelSet
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE
@@ -499,11 +500,12 @@ def remap_classes(state: dict, old: LMAEConfig, model: LMAE) -> dict:
     return out
 
 
-def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
+def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig, LabelSet | None]:
     """Fine-tuning: the model of ``cfg.init`` (a registered name, Hub repo id or local folder), loaded
     strictly from safetensors, with its own config plus ``model_overrides`` that do not change the
     weights' shapes (e.g. ``mask_ratio``). The dataset must have the model's classes, unless
-    ``cfg.new_classes``: then the model takes the data's classes (:func:`remap_classes`)."""
+    ``cfg.new_classes``: then the model takes the data's classes (:func:`remap_classes`). Also returns
+    the label set the trained model carries: the start's, when both are class-agnostic."""
     from .completer import LabelCompleter
 
     start = LabelCompleter.from_pretrained(cfg.init, device="cpu")
@@ -527,7 +529,7 @@ def init_model(cfg: TrainConfig, from_data: dict) -> tuple[LMAE, LMAEConfig]:
         model.load_state_dict(state if same else remap_classes(state, sc, model))
     except RuntimeError as e:
         raise ValueError(f"--set overrides change the shapes of the weights of --init {cfg.init}: {e}") from None
-    return model, mcfg
+    return model, mcfg, start.label_set if mcfg.class_agnostic and sc.class_agnostic else None
 
 
 def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total_steps: int, spent: float = 0.0) -> None:
@@ -568,6 +570,13 @@ class Run:
     last_save: float = float("-inf")  # time.time() of the last checkpoint of this process
     budget_spent: bool = False  # the stop came from --max-steps / --max-minutes (not SIGTERM)
     pool_filled: bool = False  # the mask pool was drawn before the DataLoader workers started
+    label_set: LabelSet | None = None  # what the exports carry (build_model)
+
+
+def export(run: Run, folder: Path) -> None:
+    """Write the model as a Hub folder (config, weights, and its label set or none)."""
+    save_hub_files(run.model, folder)
+    save_label_set(run.label_set, folder)
 
 
 def _setup_process(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -597,9 +606,10 @@ def from_scratch(cfg: TrainConfig) -> bool:
     return cfg.model is not None or not cfg.init
 
 
-def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMAEConfig]:
+def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMAEConfig, LabelSet | None]:
     """The model of ``--init`` (fine-tuning) or of the named config, with the dataset's classes and the
-    label prior on unless ``label_prior=False`` or ``--set label_prior=...`` says otherwise."""
+    label prior on unless ``label_prior=False`` or ``--set label_prior=...`` says otherwise; and the
+    label set its exports carry (:func:`init_model`)."""
     from_data = dict(
         num_classes=info.num_classes,
         ignore_index=info.ignore_index,
@@ -609,13 +619,14 @@ def build_model(cfg: TrainConfig, info, device: torch.device) -> tuple[LMAE, LMA
     )
     if cfg.class_agnostic:  # slots: no class list, no background class
         from_data.update(num_classes=cfg.num_slots, background_index=None, class_names=None, class_agnostic=True)
+    label_set = None
     if not from_scratch(cfg):
-        model, mcfg = init_model(cfg, from_data)
+        model, mcfg, label_set = init_model(cfg, from_data)
     else:
         named = NAMED_CONFIGS[cfg.model or "tiny"]
         mcfg = named(**{**from_data, "label_prior": cfg.label_prior, **cfg.model_overrides})
         model = LMAE(mcfg)
-    return model.to(device), mcfg
+    return model.to(device), mcfg, label_set
 
 
 def folder_data(cfg: TrainConfig, rank: int) -> TrainData:
@@ -648,7 +659,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     info = data.info
     if cfg.hole_index is not None and not cfg.class_agnostic and cfg.hole_index < info.num_classes:
         raise ValueError(f"hole_index {cfg.hole_index} is a class of {info.name} ({info.num_classes} classes)")
-    model, mcfg = build_model(cfg, info, device)
+    model, mcfg, label_set = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
     criterion = None
     if cfg.loss == "balanced":
@@ -699,8 +710,9 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     validate = data.validate if rank == 0 else None
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     return Run(
-        cfg, mcfg, model, net, criterion, params, opt, sched, loader, validate, out, device, rank, world, state, log
-    )
+        cfg, mcfg, model, net, criterion, params, opt, sched, loader, validate, out, device, rank, world, state, log,
+        label_set=label_set,
+    )  # fmt: skip
 
 
 def _to_device(batch: dict, run: Run) -> tuple:
@@ -846,7 +858,7 @@ def _keep_if_best(run: Run, m: dict) -> None:
         state["best"], state["best_metrics"] = m["pa_miou"], {k: m[k] for k in ("pa_miou", "miou", "pixel_acc")}
         if state.get("prior_pa_miou") is not None:
             state["best_metrics"]["prior_pa_miou"] = state["prior_pa_miou"]
-        save_hub_files(run.model, run.out / "best")
+        export(run, run.out / "best")
 
 
 def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
@@ -863,7 +875,7 @@ def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
         _validate(run, rec)
     due = run.stop or run.budget_spent or time.time() - run.last_save >= run.cfg.save_every
     if run.rank == 0 and final and due:
-        save_hub_files(run.model, run.out / "last")
+        export(run, run.out / "last")
     if run.world > 1:
         rec["ranks_in_sync"] = ranks_in_sync(run.model)
     _write_log(run, rec)
