@@ -367,3 +367,103 @@ def test_cli_audit(tmp_path, data, model_dir, capsys):
     text = capsys.readouterr().out
     assert "5 audited" in text and "audit_report.json" in text
     assert len(list((out / "repaired").glob("*.png"))) == 5
+
+
+# -- a new user's review of the audit ---------------------------------------------------------------
+def test_a_labels_folder_where_the_audit_writes_is_refused(tmp_path, data, model_dir):
+    images, labels = data
+    out = tmp_path / "t"
+    (out / "scores").mkdir(parents=True)
+    for p in labels.iterdir():
+        (out / "scores" / p.name).write_bytes(p.read_bytes())
+    before = _digest(out / "scores")
+    with pytest.raises(ValueError, match="scores"):  # the score maps would overwrite the labels
+        audit_dataset(images, out / "scores", out, model=model_dir, progress=False)
+    assert _digest(out / "scores") == before
+
+
+def test_an_edited_label_is_audited_again_on_a_rerun(tmp_path, data, model_dir):
+    images, labels = data
+    out = tmp_path / "audit"
+    audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0)
+    lab = np.array(Image.open(labels / "train_001.png"))
+    lab[:8, :8] = (lab[:8, :8] + 1) % N  # fixed (or broken) by hand after the audit
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette(Image.open(labels / "train_002.png").getpalette())
+    im.save(labels / "train_001.png")
+    rep = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=0)
+    assert (rep.done, rep.skipped) == (1, 4)
+
+
+def _agnostic(label_set=None) -> LabelCompleter:
+    torch.manual_seed(0)
+    cfg = LMAEConfig.tiny(**{**TINY, "num_classes": 8}, class_agnostic=True, label_prior=True)
+    c = LabelCompleter(cfg).eval()
+    c.label_set = label_set
+    return c
+
+
+def test_class_agnostic_audit_never_scores_ids_above_its_classes():
+    from torch_label_mae.label_sets import LABEL_SETS
+
+    label = np.zeros((32, 32), dtype=np.int64)
+    label[:, 16:] = 7
+    label[4:12, 4:12] = 300  # a 16-bit label's void
+    label[20:24, 20:24] = 40  # a class to the bare model, no VOC class
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    bare = _agnostic().audit(image, label, threshold=0.0)
+    assert (bare.score[label == 300] == 0).all() and (bare.repaired[label == 300] == 300).all()
+    voc = _agnostic(LABEL_SETS["voc"]).audit(image, label, threshold=0.0)
+    assert (voc.score[label == 40] == 0).all() and (voc.repaired[label == 40] == 40).all()
+    assert voc.regions and all("given_name" in r for r in voc.regions)  # the label set's class names
+    assert {r["given_name"] for r in voc.regions} <= set(LABEL_SETS["voc"].class_names)
+
+
+def test_a_16_bit_label_with_ids_over_255_is_repaired_as_16_bit(tmp_path, data, model_dir):
+    images, labels = data
+    lab = np.array(Image.open(labels / "train_000.png")).astype(np.uint16)
+    lab[:6, :6] = 65535  # its void
+    (labels / "train_000.png").unlink()
+    Image.fromarray(lab).save(labels / "train_000.png")  # mode I;16
+    out = tmp_path / "audit"
+    rep = audit_dataset(images, labels, out, model=model_dir, repair=0.5, threshold=0.5, progress=False, worst=0)
+    assert rep.ok and rep.done == 5
+    with Image.open(out / "repaired" / "train_000.png") as r:
+        fixed = np.array(r)
+        assert r.mode == "I;16" and (fixed[:6, :6] == 65535).all()
+    assert ((fixed != lab).sum()) == next(x for x in rep.images if x["file"] == "train_000.png")["changed_pixels"]
+    again = audit_dataset(images, labels, out, model=model_dir, repair=0.5, threshold=0.5, progress=False, worst=0)
+    assert again.skipped == 5
+
+
+def test_a_colour_label_is_refused_with_what_to_do(completer):
+    rgb = np.zeros((32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="colour.*decode"):
+        completer.audit(rgb, rgb)
+
+
+def test_an_empty_labels_folder_says_so(tmp_path, model_dir):
+    (tmp_path / "i").mkdir(), (tmp_path / "l").mkdir()
+    rep = audit_dataset(tmp_path / "i", tmp_path / "l", tmp_path / "o", model=model_dir, progress=False)
+    assert rep.total == 0 and "no label PNG" in rep.summary()
+
+
+@pytest.mark.parametrize("flag", ["--threshold", "--repair", "--min-area"])
+def test_cli_audit_thresholds_of_1_are_refused_by_the_parser(tmp_path, data, model_dir, flag, capsys):
+    images, labels = data
+    args = ["audit", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--model", str(model_dir), flag, "1"])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_a_rerun_with_nothing_to_do_keeps_the_picture(tmp_path, data, model_dir, monkeypatch):
+    import torch_label_mae.audit_dataset as ad
+
+    images, labels = data
+    out = tmp_path / "audit"
+    first = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=2, threshold=0.5)
+    assert first.picture and len(first.picture_labels) == 2
+    monkeypatch.setattr(ad, "audit_batch", lambda *a, **k: pytest.fail("audited again"))
+    again = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=2, threshold=0.5)
+    assert again.skipped == 5 and again.picture == first.picture and again.picture_labels == first.picture_labels

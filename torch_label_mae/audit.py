@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "AuditResult",
     "audit_batch",
+    "audited_classes",
     "default_threshold",
     "grid_shifts",
     "leave_out_masks",
@@ -325,6 +326,16 @@ def default_threshold(completer) -> float:
     return DEFAULT_THRESHOLD if own is None else own
 
 
+def audited_classes(completer) -> int:
+    """How many ids are classes to the audit of ``completer`` (``[0, k)``; the rest are void, never
+    scored or repaired): a class-specific model's classes; a class-agnostic model's label set's, else
+    every id below its unknown marker (255)."""
+    cfg, label_set = completer.config, completer.label_set
+    if not cfg.class_agnostic:
+        return cfg.num_classes
+    return label_set.num_classes if label_set is not None else cfg.ignore_index
+
+
 def _check_threshold(threshold, min_area, name: str = "threshold") -> None:
     for what, v in ((name, threshold), ("min_area", min_area)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
@@ -345,9 +356,10 @@ def audit_batch(
     predictor: Predictor | None = None,
 ) -> list[AuditResult]:
     """Audit a list of labels with ``completer`` (see :meth:`LabelCompleter.audit`). Same-size labels
-    are batched, ``batch_size`` at a time (default: 8 on the CPU, 64 on CUDA); ids outside
-    ``[0, N)`` (void) are unknown to the model, never scored and never repaired. ``threshold``: the
+    are batched, ``batch_size`` at a time (default: 8 on the CPU, 64 on CUDA); ids that are no class
+    (:func:`audited_classes`: void) are unknown to the model, never scored and never repaired. ``threshold``: the
     score above which pixels are suspect (and repaired); None: :func:`default_threshold`."""
+    from .colors import is_color_label
     from .io import image_to_tensor, label_to_tensor
 
     threshold = default_threshold(completer) if threshold is None else threshold
@@ -358,10 +370,16 @@ def audit_batch(
     batch_size = default_batch_size(dev) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n, cfg = completer.num_classes, completer.config
+    n, cfg, names = completer.num_classes, completer.config, completer.class_names
+    classes = audited_classes(completer)  # ids that are classes: [0, classes); the rest void
     predict = predictor or model_predictor(completer)
     pairs = []
     for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
+        if is_color_label(lab):
+            raise ValueError(
+                f"labels[{i}]: a colour (RGB) label; the audit reads class ids: decode it first with its colour "
+                "table, e.g. torch_label_mae.colors.load_colors('camvid').decode(rgb)"
+            )
         img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
         if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
             raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)}")
@@ -377,13 +395,12 @@ def audit_batch(
             lab = torch.stack([pairs[i][1] for i in chunk]).to(dev)
             seen, table = lab, None
             if cfg.class_agnostic:  # the model reads slots (torch_label_mae.slots); ids come back
-                seen, table = to_slots(lab, (lab >= 0) & (lab != cfg.ignore_index), n, cfg.ignore_index)
+                seen, table = to_slots(lab, (lab >= 0) & (lab < classes), n, cfg.ignore_index)
             probs, _ = leave_out_probs(predict, img, seen, cfg.grid, n, num_masks=num_masks, block=block, shifts=shifts)
             score, pred = score_from_probs(probs, seen)
             if table is not None:
                 pred = from_slots(pred, table)
             score, pred, lab_np = score.cpu().numpy(), pred.cpu().numpy(), lab.cpu().numpy()
-            classes = cfg.ignore_index if cfg.class_agnostic else n  # ids that are classes: [0, classes)
             for j, i in enumerate(chunk):
-                results[i] = finish(score[j], pred[j], lab_np[j], classes, threshold, min_area, cfg.class_names)
+                results[i] = finish(score[j], pred[j], lab_np[j], classes, threshold, min_area, names)
     return results

@@ -5,6 +5,7 @@ first, score maps, repaired labels and a picture of the worst labels; resumable 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ from .audit import (
     AuditResult,
     _check_threshold,
     audit_batch,
+    audited_classes,
     default_threshold,
     finish,
 )
@@ -47,17 +49,20 @@ __all__ = ["AuditReport", "audit_dataset", "render_audit"]
 @dataclass(kw_only=True)
 class AuditReport(RunReport):
     """What :func:`audit_dataset` did (:class:`~torch_label_mae.outputs.RunReport`): ``images`` (one
-    summary per label, worst first), the ``model``, its ``settings`` and the ``picture`` of the worst."""
+    summary per label, worst first), the ``model``, its ``settings`` and the ``picture`` of the worst
+    (of the labels ``picture_labels``)."""
 
     model: str = ""
     settings: dict = field(default_factory=dict)
     images: list[dict] = field(default_factory=list)
     picture: str | None = None
+    picture_labels: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
             f"{self.done} audited, {self.skipped} already done (skipped), {len(self.failed)} failed of "
-            f"{self.total} in {self.seconds:.1f} s" + ("" if self.finished else " [interrupted]")
+            f"{self.total} in {self.seconds:.1f} s" + ("" if self.finished else " [interrupted]"),
+            *self.empty_note(),
         ]
         repair = self.settings.get("repair") is not None
         for r in self.images[:5]:
@@ -65,7 +70,7 @@ class AuditReport(RunReport):
             what = ""
             if top is not None:
                 g, p = top.get("given_name", top["given_class"]), top.get("predicted_name", top["predicted_class"])
-                what = f"; largest: {top['area']} px {g} -> {p} (score {top['score']:.2f})"
+                what = f"; worst region: {top['area']} px {g} -> {p} (score {top['score']:.2f})"
             changed = f", {r['changed_pixels']} px repaired" if repair else ""
             lines.append(
                 f"  {r['file']}: score {r['image_score']:.4f}, {r['num_regions']} suspect regions{changed}{what}"
@@ -82,20 +87,29 @@ def _records_dir(out_dir: Path) -> Path:
     return out_dir / "records"
 
 
-def _valid_outputs(out_dir: Path, name: str, shape, settings: dict) -> dict | None:
+def _input_digest(it) -> str:
+    """SHA-256 of a label's file and its image's: a label or image edited since its record was written
+    is audited again."""
+    h = hashlib.sha256()
+    for path in (it.label, it.image):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _valid_outputs(out_dir: Path, name: str, shape, settings: dict, inputs: str) -> dict | None:
     """The stored summary of ``name`` when its record, score map (and repaired label, with repair) are
-    complete and were made with the same settings; else None."""
+    complete and were made with the same settings from the same files (``inputs``: their digest); else None."""
     rec_path = _records_dir(out_dir) / (Path(name).stem + ".json")
     try:
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
-        if rec.get("settings") != settings:
+        if rec.get("settings") != settings or rec.get("inputs") != inputs:
             return None
         with Image.open(out_dir / "scores" / name) as im:
             if im.mode != "L" or im.size != (shape[1], shape[0]):
                 return None
         if settings.get("repair") is not None:
             with Image.open(out_dir / "repaired" / name) as im:
-                if im.mode != "P" or im.size != (shape[1], shape[0]):
+                if im.mode not in ("P", "I;16") or im.size != (shape[1], shape[0]):
                     return None
         return rec["summary"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -158,7 +172,8 @@ def audit_dataset(
     inputs += [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
     if labels_dir == out_dir or images_dir == out_dir:
         raise ValueError(f"out_dir {out_dir} is an input folder; choose another folder")
-    check_outputs([("out_dir", out_dir)], inputs)
+    written = [("out_dir", out_dir), *((f"out_dir/{d}", out_dir / d) for d in ("scores", "repaired", "records"))]
+    check_outputs(written + [("report", out_dir / REPORT_NAME), ("picture", out_dir / PICTURE_NAME)], inputs)
     completer = _load_completer(model if model is not None else DEFAULT_MODEL, device, precision)
     threshold = default_threshold(completer) if threshold is None else threshold
     repair = threshold if repair == "auto" else repair
@@ -194,14 +209,17 @@ class _AuditRun:
             self.bar.update(n)
 
     def _read(self, it) -> tuple | None:
-        """``(item, image, label, palette)`` to audit, or None when valid outputs exist (skipped)."""
+        """``(item, image, label, palette, inputs digest)`` to audit, or None when valid outputs exist (skipped)."""
         from .complete_dataset import MAX_PIXELS, _too_large
 
         for path, what in ((it.label, "label"), (it.image, "image")):
             problem = _too_large(path, what, MAX_PIXELS)
             if problem is not None:
                 raise ValueError(problem)
-        old = None if self.overwrite else _valid_outputs(self.out_dir, it.name, _label_shape(it.label), self.settings)
+        inputs = _input_digest(it)
+        old = None
+        if not self.overwrite:
+            old = _valid_outputs(self.out_dir, it.name, _label_shape(it.label), self.settings, inputs)
         if old is not None:
             self.summaries[it.name] = old
             return None
@@ -212,7 +230,7 @@ class _AuditRun:
                 f"size mismatch: image {it.image.name} is {tuple(image.shape[-2:])} but label "
                 f"{it.label.name} is {tuple(label.shape)} (H, W)"
             )
-        return it, image, label, palette
+        return it, image, label, palette, inputs
 
     def _flush(self) -> None:
         """Audit the labels read so far and write their outputs."""
@@ -237,12 +255,12 @@ class _AuditRun:
             report.failed += [(it.name, f"audit failed: {e}") for it, *_ in todo]
             todo.clear()
             return
-        n, names = self.completer.num_classes, self.completer.config.class_names
-        for (it, _, label, palette), res in zip(todo, results, strict=True):
+        n, names = audited_classes(self.completer), self.completer.class_names
+        for (it, _, label, palette, inputs), res in zip(todo, results, strict=True):
             try:
-                self.summaries[it.name] = _write_outputs(it, label, palette, res, self.out_dir, st, n, names)
+                self.summaries[it.name] = _write_outputs(it, label, palette, res, self.out_dir, (st, inputs), n, names)
                 report.done += 1
-            except OSError as e:
+            except (OSError, ValueError) as e:
                 report.failed.append((it.name, f"cannot write output: {e}"))
         self._tick(len(todo))
         todo.clear()
@@ -295,13 +313,14 @@ class _AuditRun:
             finally:
                 if self.bar is not None:
                     self.bar.close()
-                report.seconds = time.perf_counter() - start
-                self._finish(folders, worst)
-        if stop.signum is not None:
+                stopped = stop.signum is not None  # before the picture: it is left for the rerun
+                self._finish(None if stopped else folders, worst, start)
+        if stopped:  # (a stop while the picture is drawn comes after the work: nothing is left to do)
             raise Interrupted(stop.signum, report)
 
-    def _finish(self, folders, worst: int) -> None:
-        """The labels worst first, the picture of the worst (when finished) and the report, written."""
+    def _finish(self, folders, worst: int, start: float) -> None:
+        """The labels worst first, the picture of the worst (when finished and ``folders`` are given) and
+        the report, written; ``start``: the run's start (``time.perf_counter``)."""
         report, out_dir = self.report, self.out_dir
         report.images = sorted(
             ({"file": k, **v} for k, v in self.summaries.items()), key=lambda r: (-r["image_score"], r["file"])
@@ -312,13 +331,17 @@ class _AuditRun:
                 report.picture = str(path)
             except Exception as e:  # a picture must not cost the report
                 report.failed.append((PICTURE_NAME, f"cannot draw the picture: {e}"))
+        report.seconds = time.perf_counter() - start
         rpath = out_dir / REPORT_NAME
         report.report_path = str(rpath)
         text = json.dumps(report.to_dict(), indent=2)
         atomic_write(rpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, settings, n, names) -> dict:
+def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, run: tuple[dict, str], n, names) -> dict:
+    """Write one label's score map, repaired label (with repair) and, last, its record (``run``: the
+    settings and the inputs' digest); returns its summary."""
+    settings, inputs = run
     lab = label.numpy()
     score_im = Image.fromarray(res.score_png(), mode="L")
     atomic_write(out_dir / "scores" / it.name, lambda tmp: score_im.save(tmp, format="PNG"))
@@ -332,7 +355,7 @@ def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, settings
         summary["changed_pixels"] = fix.changed
     else:
         summary["changed_pixels"] = 0
-    rec = json.dumps({"settings": settings, "summary": summary})
+    rec = json.dumps({"settings": settings, "inputs": inputs, "summary": summary})
     atomic_write(_records_dir(out_dir) / f"{Path(it.name).stem}.json", lambda tmp: Path(tmp).write_text(rec))
     return summary
 
@@ -352,8 +375,8 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
     """One row per label: image | label | suspect regions (the score over the faded image, pale yellow
     = agrees .. dark red = surely wrong, suspect regions outlined in magenta) | proposed repair (the
     label with the suspect regions replaced, outlined). Scores below ``SHOWN_SCORE`` show the faded image.
-    ``rows``: dicts with ``image``, ``label``,
-    ``result`` (an :class:`AuditResult`) and ``name``."""
+    ``rows``: dicts with ``image``, ``label``, ``result`` (an :class:`AuditResult`: the suspect regions),
+    ``name`` and optionally ``repair`` (the :class:`AuditResult` at the repair threshold; default ``result``)."""
     from . import viz
 
     columns = ["image", "label", "score (orange 0.3 .. dark red 1), suspects", "proposed repair"]
@@ -370,7 +393,8 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
             parts.append(f"{g['area']} px {gn} -> {pn} ({g['score']:.2f})")
         titles.append(viz._wrap(st.font, parts, width - 2 * st.gap))
         classes |= set(np.unique(lab[(lab >= 0) & (lab < 255)]).tolist())
-        classes |= set(np.unique(res.repaired[(res.repaired >= 0) & (res.repaired < 255)]).tolist())
+        fix = r.get("repair", res).repaired
+        classes |= set(np.unique(fix[(fix >= 0) & (fix < 255)]).tolist())
     entries = viz._legend_entries(sorted(classes), palette, class_names, False, True, False)
     entries.append(("suspect region", SUSPECT_COLOR))
     placed, legend_h = viz._legend_layout(entries, width - 2 * st.gap, st)
@@ -386,9 +410,9 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
         for text in title:
             viz._text_mid(draw, (st.gap, y + st.size // 2), text, st.font)
             y += line
-        res = r["result"]
+        res, fix = r["result"], r.get("repair", r["result"])
         lab = viz._resize_nearest(np.asarray(r["label"]).astype(np.int64), shape)
-        fixed = viz._resize_nearest(res.repaired.astype(np.int64), shape)
+        fixed = viz._resize_nearest(fix.repaired.astype(np.int64), shape)
         flagged = viz._resize_nearest(res.flagged, shape)
         image = viz._resize_smooth(viz._image_rgb(r["image"]), shape)
         score = viz._resize_smooth(res.score.astype(np.float32), shape)
@@ -397,7 +421,7 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
         ring = _outline(flagged)
         heat[ring] = SUSPECT_COLOR
         rep = viz.colorize(fixed, palette, holes=none, void=(fixed < 0) | (fixed >= 255))
-        rep[ring] = SUSPECT_COLOR
+        rep[_outline(viz._resize_nearest(fix.flagged, shape))] = SUSPECT_COLOR
         panels = [image, viz.colorize(lab, palette, holes=none, void=(lab < 0) | (lab >= 255)), heat, rep]
         for i, p in enumerate(panels):
             canvas.paste(Image.fromarray(p), (st.gap + i * (panel_width + st.gap), y))
@@ -407,31 +431,39 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
 
 
 def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings, worst: int) -> Path:
+    """Draw ``worst.png`` of the first ``worst`` labels of the report (audited again: their score maps
+    are 8-bit): suspect regions at the report's threshold, the repair at the repair threshold."""
     from .complete_dataset import list_pairs
 
     by_name = {it.name: it for it in list_pairs(images_dir, labels_dir)}
     chosen = [r["file"] for r in report.images[:worst] if r["file"] in by_name]
+    path = out_dir / PICTURE_NAME
+    old = _read_report(out_dir)
+    if report.done == 0 and old.get("settings") == settings and old.get("picture_labels") == chosen and path.is_file():
+        report.picture_labels = chosen  # nothing audited again: the picture there shows the same labels
+        return path
     images = [read_image(by_name[f].image) for f in chosen]
     read = [read_label_and_palette(by_name[f].label) for f in chosen]
     labels = [label for label, _ in read]
-    thr = settings["repair"] if settings["repair"] is not None else settings["threshold"]
-    results = audit_batch(
-        completer,
-        images,
-        labels,
-        threshold=thr,
-        min_area=settings["min_area"],
-        num_masks=settings["num_masks"],
-        block=settings["block"],
-        shifts=settings["shifts"],
-    )
-    rows = [
-        {"image": im, "label": lab.numpy(), "result": res, "name": f}
-        for f, im, lab, res in zip(chosen, images, labels, results, strict=True)
-    ]
-    canvas = render_audit(
-        rows, palette=full_palette(read[0][1] if read else None), class_names=completer.config.class_names
-    )
-    path = out_dir / PICTURE_NAME
+    thr, repair, n, names = settings["threshold"], settings["repair"], audited_classes(completer), completer.class_names
+    kw = {k: settings[k] for k in ("min_area", "num_masks", "block", "shifts")}
+    rows = []
+    for f, im, lab, res in zip(chosen, images, labels, audit_batch(completer, images, labels, threshold=thr, **kw),
+                               strict=True):  # fmt: skip
+        row = {"image": im, "label": lab.numpy(), "result": res, "name": f}
+        if repair is not None and repair != thr:
+            row["repair"] = finish(res.score, res.predicted, row["label"], n, repair, settings["min_area"], names)
+        rows.append(row)
+    canvas = render_audit(rows, palette=full_palette(read[0][1] if read else None), class_names=names)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    report.picture_labels = chosen
     return path
+
+
+def _read_report(out_dir: Path) -> dict:
+    """The report an earlier run left in ``out_dir`` ({} when none is readable)."""
+    try:
+        old = json.loads((out_dir / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}

@@ -158,9 +158,18 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _score_threshold(text: str) -> float:
+    """argparse type of an audit threshold (``--threshold``, ``--repair``, ``--min-area``): a number in
+    [0, 1) (a score is at most 1: a threshold of 1 would flag nothing)."""
+    value = _unit_float(text)
+    if value == 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (below 1), got {text}")
+    return value
+
+
 def _repair_threshold(text: str) -> float | str:
-    """argparse type of ``--repair``: a number in [0, 1], or ``auto`` (the audit's threshold)."""
-    return text if text == "auto" else _unit_float(text)
+    """argparse type of ``--repair``: a number in [0, 1), or ``auto`` (the audit's threshold)."""
+    return text if text == "auto" else _score_threshold(text)
 
 
 def _int_in(text: str, lo: int, hi: int | None) -> int:
@@ -642,10 +651,10 @@ def _add_audit(sub) -> None:
     _add_model(p)
     p.add_argument(
         "--threshold",
-        type=_unit_float,
+        type=_score_threshold,
         default=None,
-        help="score (1 - probability of the given class) above which pixels are suspect (default: the model's "
-        "own, chosen on its training data; docs/audit.md)",
+        help="score (1 - probability of the given class) above which pixels are suspect, in [0, 1) (default: the "
+        "model's own, chosen on its training data; docs/audit.md)",
     )
     p.add_argument(
         "--repair",
@@ -659,7 +668,7 @@ def _add_audit(sub) -> None:
     )
     p.add_argument(
         "--min-area",
-        type=_unit_float,
+        type=_score_threshold,
         default=0.001,  # audit.DEFAULT_MIN_AREA
         help="smallest suspect region, as a fraction of the image's pixels (default: %(default)s)",
     )

@@ -131,7 +131,8 @@ class Report(RunReport):
             f"{who}{self.done} completed, {self.skipped} already done (skipped), {len(self.failed)} failed "
             f"of {self.total} in {self.seconds:.1f} s"
             + (f" ({self.images_per_s:.1f} images/s)" if self.done else "")
-            + ("" if self.finished else " [interrupted]")
+            + ("" if self.finished else " [interrupted]"),
+            *self.empty_note(),
         ]
         for f, r in self.failed[:10]:
             lines.append(f"  failed: {f}: {r}")
@@ -308,7 +309,7 @@ def output_is_valid(
         if ((filled < 0) | (filled >= num_classes)).any():
             return False
     else:
-        arr = _read_png(out, ("P",))
+        arr = _read_png(out, ("P", "I;16"))  # a 16-bit label's ids above 255: a 16-bit output (save_label_png)
         if arr is None or arr.shape != label.shape:
             return False
         void = label == void_index if void_index is not None else np.zeros(label.shape, bool)
@@ -336,7 +337,8 @@ def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
         with Image.open(path) as im:  # lazy: the header only
             w, h = im.size
     if w * h > max_pixels:
-        return f"too large: {what} {path.name} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
+        size = f"{w}x{h} = {w * h:,} pixels"
+        return f"too large: {what} {path.name} is {size}, over the limit of {max_pixels:,} (max_pixels)"
     return None
 
 

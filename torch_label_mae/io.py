@@ -264,10 +264,17 @@ def atomic_write(path: str | Path, write) -> None:
 
 
 def save_label_png(values, path: str | Path, palette: list[int] | None = None) -> None:
-    """Write class ids as a palette PNG atomically (``palette`` kept when given)."""
+    """Write class ids as a palette PNG atomically (``palette`` kept when given); ids above 255 (those
+    of a 16-bit label, without a palette) as a 16-bit grayscale PNG."""
     arr = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-        raise ValueError(f"{path}: class ids must be in 0..255 for a palette PNG")
+    lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+    if lo < 0 or hi > (255 if palette is not None else 65535):
+        kind = "0..255 for a palette PNG" if palette is not None else "0..65535 for a PNG"
+        raise ValueError(f"{path}: class ids must be in {kind}, got {lo}..{hi}")
+    if hi > 255:
+        im = Image.fromarray(arr.astype(np.uint16))  # mode I;16
+        atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+        return
     im = Image.fromarray(arr.astype(np.uint8), mode="P")
     im.putpalette(full_palette(palette))
     atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))

@@ -57,6 +57,10 @@ class RunReport:
         """True when the run finished and no file failed."""
         return self.finished and not self.failed
 
+    def empty_note(self) -> list[str]:
+        """The summary's line for a run that found no labels (a wrong folder, most likely), else none."""
+        return ["  nothing to do: no label PNG (<id>.png) in the labels folder"] if self.total == 0 else []
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["failed"] = [{"file": f, "reason": r} for f, r in self.failed]
