@@ -61,7 +61,7 @@ def test_folder_dataset_errors_name_the_problem(tmp_path):
         FolderDataset(tmp_path / "nope")
     root = make_dataset(tmp_path / "d", splits=(("train", 3),))
     (root / "train" / "labels" / "train_000.png").unlink()
-    with pytest.raises(ValueError, match="train_000 \\(no label\\)"):
+    with pytest.raises(ValueError, match="train_000 \\(unpaired: image"):
         FolderDataset(root, "train")
     root2 = make_dataset(tmp_path / "d2", splits=(("train", 2),))
     Image.fromarray(np.zeros((5, 5), np.uint8), mode="L").save(root2 / "train" / "labels" / "train_001.png")

@@ -32,7 +32,7 @@ from .audit import (
     default_threshold,
     finish,
 )
-from .data import read_image, read_label_and_palette
+from .data import list_pairs, read_image, read_label_and_palette
 from .hub import weights_digest
 from .io import atomic_write, full_palette, save_label_png
 from .outputs import RunReport
@@ -157,7 +157,7 @@ def audit_dataset(
     (``overwrite=True`` redoes them), unreadable or mismatched files are reported and the rest go on,
     and SIGINT / SIGTERM finish the batch in hand, write the report and raise ``Interrupted``.
     """
-    from .complete_dataset import _load_completer, list_pairs
+    from .complete_dataset import _load_completer
     from .hub import DEFAULT_MODEL
     from .outputs import check_outputs
 
@@ -433,8 +433,6 @@ def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_
 def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings, worst: int) -> Path:
     """Draw ``worst.png`` of the first ``worst`` labels of the report (audited again: their score maps
     are 8-bit): suspect regions at the report's threshold, the repair at the repair threshold."""
-    from .complete_dataset import list_pairs
-
     by_name = {it.name: it for it in list_pairs(images_dir, labels_dir)}
     chosen = [r["file"] for r in report.images[:worst] if r["file"] in by_name]
     path = out_dir / PICTURE_NAME

@@ -69,7 +69,7 @@ import torch
 from PIL import Image
 
 from .colors import MISSING_ID, ColorTable, color_label_to_array, flattened_hint, load_colors
-from .data import IMAGE_EXTS, read_image, read_label_and_palette
+from .data import Item, list_pairs, read_image, read_label_and_palette
 from .hub import DEFAULT_MODEL
 from .interrupt import GracefulStop, Interrupted, die_with_parent
 from .io import atomic_write, save_label_png
@@ -93,7 +93,6 @@ __all__ = [
     "OutputWriteError",
     "Report",
     "complete_dataset",
-    "list_pairs",
     "shard",
 ]
 
@@ -141,59 +140,6 @@ class Report(RunReport):
         lines += [f"  error: {e}" for e in self.errors] + [f"  note: {n}" for n in self.notes]
         lines.append(f"  report: {self.report_path}" if self.report_path else "  report: could not be written anywhere")
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file of the dataset: its id, image and label paths (None when missing) and a reason when
-    it cannot be completed before anything is read (unpaired, ambiguous)."""
-
-    key: str
-    image: Path | None
-    label: Path | None
-    problem: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The file name reported and written (the label's name; ``<id>.png`` without label)."""
-        return self.label.name if self.label is not None else f"{self.key}.png"
-
-
-# ----------------------------------------------------------------------------------------------------
-# file lists, pairing, sharding
-# ----------------------------------------------------------------------------------------------------
-def _listing(folder: Path, exts) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for p in folder.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
-            continue
-        out.setdefault(p.stem, []).append(p)
-    return out
-
-
-def list_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[Item]:
-    """Every id of ``images_dir`` (image files) and ``labels_dir`` (``.png``), sorted; unpaired or
-    ambiguous ids come back with ``problem`` set instead of raising."""
-    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    for d in (images_dir, labels_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such folder")
-    images, labels = _listing(images_dir, IMAGE_EXTS), _listing(labels_dir, (".png",))
-    items = []
-    for key in sorted(set(images) | set(labels)):
-        ims, labs = sorted(images.get(key, [])), sorted(labels.get(key, []))
-        im, lab = (ims[0] if ims else None), (labs[0] if labs else None)
-        problem = None
-        if len(ims) > 1:
-            problem = f"ambiguous: several images share the id {key!r} ({', '.join(p.name for p in ims)})"
-        elif len(labs) > 1:
-            problem = f"ambiguous: several labels share the id {key!r} ({', '.join(p.name for p in labs)})"
-        elif lab is None:
-            problem = f"unpaired: image {im.name} has no label {key}.png in {labels_dir}"
-        elif im is None:
-            problem = f"unpaired: label {lab.name} has no image {key}.* in {images_dir}"
-        items.append(Item(key, im, lab, problem))
-    return items
 
 
 def voc_paths(voc_root: str | Path, image_set: str = "train", year: str = "2012") -> tuple[Path, Path, list[Item]]:

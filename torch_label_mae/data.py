@@ -101,19 +101,68 @@ def read_label_and_palette(path: str | Path) -> tuple[torch.Tensor, list[int] | 
     return check_not_empty(torch.from_numpy(arr.astype(np.int64)), str(path), "label"), palette
 
 
-def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """``[(id, image_path, label_path)]`` sorted by id; raises if a folder is missing or a file unpaired."""
+@dataclass(frozen=True)
+class Item:
+    """One file of the dataset: its id, image and label paths (None when missing) and a reason when
+    it cannot be completed before anything is read (unpaired, ambiguous)."""
+
+    key: str
+    image: Path | None
+    label: Path | None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name reported and written (the label's name; ``<id>.png`` without label)."""
+        return self.label.name if self.label is not None else f"{self.key}.png"
+
+
+# ----------------------------------------------------------------------------------------------------
+# file lists, pairing, sharding
+# ----------------------------------------------------------------------------------------------------
+def _listing(folder: Path, exts) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+            continue
+        out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def list_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[Item]:
+    """Every id of ``images_dir`` (image files) and ``labels_dir`` (``.png``), sorted; unpaired or
+    ambiguous ids come back with ``problem`` set instead of raising."""
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for d in (images_dir, labels_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such folder")
-    images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
-    unpaired = sorted(set(images) ^ set(labels))
-    if unpaired:
-        which = [f"{s} (no {'label' if s in images else 'image'})" for s in unpaired[:5]]
-        raise ValueError(f"{len(unpaired)} unpaired files in {images_dir} / {labels_dir}: {', '.join(which)}")
-    return [(k, images[k], labels[k]) for k in sorted(images)]
+    images, labels = _listing(images_dir, IMAGE_EXTS), _listing(labels_dir, (".png",))
+    items = []
+    for key in sorted(set(images) | set(labels)):
+        ims, labs = sorted(images.get(key, [])), sorted(labels.get(key, []))
+        im, lab = (ims[0] if ims else None), (labs[0] if labs else None)
+        problem = None
+        if len(ims) > 1:
+            problem = f"ambiguous: several images share the id {key!r} ({', '.join(p.name for p in ims)})"
+        elif len(labs) > 1:
+            problem = f"ambiguous: several labels share the id {key!r} ({', '.join(p.name for p in labs)})"
+        elif lab is None:
+            problem = f"unpaired: image {im.name} has no label {key}.png in {labels_dir}"
+        elif im is None:
+            problem = f"unpaired: label {lab.name} has no image {key}.* in {images_dir}"
+        items.append(Item(key, im, lab, problem))
+    return items
+
+
+def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """``[(id, image_path, label_path)]`` sorted by id (:func:`list_pairs`); raises if a folder is missing or
+    a file unpaired or ambiguous."""
+    items = list_pairs(images_dir, labels_dir)
+    bad = [it for it in items if it.problem is not None]
+    if bad:
+        which = [f"{it.key} ({it.problem})" for it in bad[:5]]
+        raise ValueError(f"{len(bad)} unpaired or ambiguous files in {images_dir} / {labels_dir}: {'; '.join(which)}")
+    return [(it.key, it.image, it.label) for it in items]
 
 
 class FolderDataset(torch.utils.data.Dataset):

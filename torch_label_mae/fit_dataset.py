@@ -33,8 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label, load_colors
-from .complete_dataset import list_pairs
-from .data import DatasetInfo, degrade, read_image, read_label, seed_for
+from .data import DatasetInfo, degrade, list_pairs, read_image, read_label, seed_for
 from .evaluate import completer_method, walk_method
 from .hub import save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
