@@ -436,11 +436,7 @@ def test_stale_locks_and_dead_runs_temp_files_are_removed_live_ones_kept(tmp_pat
         (out / ".label-mae.lock").write_text(json.dumps({"pid": live.pid, "host": os.uname().nodename}))
         with pytest.raises(OutputLockedError, match="another label-mae run"):
             complete_dataset(images, broken, out, model=str(model_dir), progress=False)
-        (out / ".label-mae.lock").write_text("{half a lock")  # a run taking it now: live for TAKING_SECONDS
-        with pytest.raises(OutputLockedError, match="taking the lock"):
-            complete_dataset(images, broken, out, model=str(model_dir), progress=False)
-        old = time.time() - 60  # a run killed while taking it, a minute ago
-        os.utime(out / ".label-mae.lock", (old, old))
+        (out / ".label-mae.lock").write_text("{half a lock")  # a run killed while taking it
         assert complete_dataset(images, broken, out, model=str(model_dir), progress=False).skipped == 2
     finally:
         live.kill()
@@ -448,23 +444,43 @@ def test_stale_locks_and_dead_runs_temp_files_are_removed_live_ones_kept(tmp_pat
     assert remove_stale_temp_files(out, {name}) == 1  # now that run is dead too
 
 
-def test_a_stale_lock_taken_by_another_run_meanwhile_is_not_broken(tmp_path, monkeypatch):
-    import torch_label_mae.outputs as outputs
+TAKE_LOCK = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("outputs", sys.argv[2])  # the module alone: no torch to import
+outputs = sys.modules["outputs"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(outputs)
+OutputLock, OutputLockedError = outputs.OutputLock, outputs.OutputLockedError
+sys.stdin.readline()  # all start together
+try:
+    with OutputLock(sys.argv[1]):
+        print("took", flush=True)
+        time.sleep(1.5)
+except OutputLockedError:
+    print("refused", flush=True)
+"""
 
+
+def test_of_runs_taking_over_one_stale_lock_at_once_one_gets_the_folder(tmp_path):
+    import torch_label_mae.outputs
+
+    outputs_py, PIPE = torch_label_mae.outputs.__file__, subprocess.PIPE
     out = tmp_path / "out"
     out.mkdir()
-    lock = out / ".label-mae.lock"
-    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))  # a dead run's
-    live = {"pid": os.getppid(), "host": os.uname().nodename, "started": "now"}
-
-    def judged_dead_then_taken(info):  # between reading the stale lock and breaking it, a run takes it
-        lock.write_text(json.dumps(live))
-        return False
-
-    monkeypatch.setattr(outputs, "_owner_alive", judged_dead_then_taken)
-    with pytest.raises(OutputLockedError, match=f"pid {live['pid']}"):
-        OutputLock(out).__enter__()
-    assert json.loads(lock.read_text()) == live and [p.name for p in out.iterdir()] == [lock.name]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for _ in range(3):  # three rounds: a race that is lost now and then shows
+        (out / ".label-mae.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+        runs = [
+            subprocess.Popen([sys.executable, "-c", TAKE_LOCK, str(out), outputs_py], stdin=PIPE, stdout=PIPE)
+            for _ in range(6)
+        ]
+        time.sleep(0.5)  # loaded and waiting
+        for r in runs:
+            r.stdin.write(b"go\n")
+            r.stdin.flush()
+        said = sorted(r.communicate(timeout=60)[0].decode().strip() for r in runs)
+        assert said == ["refused"] * 5 + ["took"]
+        assert not list(out.iterdir())  # released, nothing left behind
 
 
 def test_ranks_of_one_run_share_a_folder_but_a_differently_sharded_run_is_refused(tmp_path):

@@ -4,7 +4,8 @@
   file or folder, resolved through ``..`` and symlinks. Every command that writes uses it.
 - :class:`OutputLock` holds ``<folder>/.label-mae.lock`` (the owner's pid, host, rank) while a run
   writes there: a second run on the same folder is refused with the owner named; a lock whose owner
-  died (``kill -9``) is stale and taken over. Ranks of one sharded run each hold their own lock.
+  died (``kill -9``) is stale and taken over. Runs check, break and take locks one at a time (an
+  ``flock`` on the folder). Ranks of one sharded run each hold their own lock.
   Taking the lock is also the first write into the folder, so a read-only or full disk is found
   before any work is done.
 - :func:`remove_stale_temp_files` removes the temp files that :func:`torch_label_mae.io.atomic_write`
@@ -34,7 +35,6 @@ __all__ = [
 ]
 
 LOCK_PREFIX = ".label-mae"
-TAKING_SECONDS = 10.0  # an unreadable lock younger than this is being written by a run taking it: live
 
 
 @dataclass(kw_only=True)
@@ -137,15 +137,8 @@ def _read_lock(path: Path) -> dict | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # half-written: by a run taking it now, or by one killed while taking it
+        return None  # half-written by a run killed while taking it (takers hold the folder's guard)
     return info if isinstance(info, dict) else None
-
-
-def _age(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return float("inf")  # gone already
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -159,22 +152,24 @@ def _write_new(path: Path, text: str) -> None:
         raise
 
 
-def _break_stale(path: Path, info: dict | None) -> bool:
-    """Remove the stale lock ``path`` (read as ``info``), unless another run took it since it was read:
-    the file is renamed aside first and removed only if it is still what was read (else it is put back
-    and False returned)."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+@contextlib.contextmanager
+def _guard(folder: Path):
+    """Hold an exclusive ``flock`` on ``folder`` itself (no file is left behind, and the kernel releases it
+    when the holder dies, ``kill -9`` included): the runs taking or breaking locks in one folder do it one
+    at a time. Where ``flock`` is unavailable (Windows; a file system that refuses it), unguarded."""
     try:
-        os.replace(path, aside)
-    except FileNotFoundError:
-        return True  # another run removed it first
-    if _read_lock(aside) == info:
-        aside.unlink(missing_ok=True)
-        return True
-    with contextlib.suppress(FileExistsError):
-        os.link(aside, path)  # a live run's lock, taken after it was read: back where it was
-    aside.unlink(missing_ok=True)
-    return False
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 class OutputLock:
@@ -194,12 +189,9 @@ class OutputLock:
     def _check_others(self) -> None:
         for p in sorted(self.folder.glob(f"{LOCK_PREFIX}*.lock")):
             info = _read_lock(p)
-            if info is None and _age(p) < TAKING_SECONDS:
-                raise OutputLockedError(f"{self.folder}: another label-mae run is taking the lock {p}; try again")
-            if info is None or not _owner_alive(info):  # stale: its owner died
-                if _break_stale(p, info):
-                    continue
-                info = _read_lock(p) or {}
+            if info is None or not _owner_alive(info):  # stale: its owner died (or was killed taking it)
+                p.unlink(missing_ok=True)
+                continue
             if p == self.path or int(info.get("world_size", 1)) != self.world_size:
                 raise OutputLockedError(
                     f"{self.folder}: another label-mae run writes here (pid {info.get('pid')} on "
@@ -217,30 +209,14 @@ class OutputLock:
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._check_others()
-            self._create(json.dumps(info))
-        except FileExistsError:  # another run took it between the check and now
-            self._check_others()
+            with _guard(self.folder):  # the check and the creation, one run at a time
+                self._check_others()
+                _write_new(self.path, json.dumps(info))
+        except FileExistsError:  # unguarded, another run took it between the check and now
             raise OutputLockedError(f"{self.folder}: another label-mae run took the lock {self.path}") from None
         except OSError as e:
             raise OutputWriteError(f"{self.folder}: cannot write here ({e.strerror or e})") from None
         return self
-
-    def _create(self, text: str) -> None:
-        """Create the lock file whole, so that no other run reads it half-written: written aside, then
-        hard-linked in place (``FileExistsError`` when it exists); where the file system has no hard
-        links, created exclusively and then written (a reader then waits :data:`TAKING_SECONDS`)."""
-        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
-        aside.unlink(missing_ok=True)  # left by a run of this pid before
-        _write_new(aside, text)
-        try:
-            os.link(aside, self.path)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here
-            _write_new(self.path, text)
-        finally:
-            aside.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:
         info = _read_lock(self.path)
