@@ -98,7 +98,7 @@ def step(model: LMAE, batch: dict, opt, lr: float) -> float:
     held = present_slots(known, c.num_classes).gather(1, target.clamp(0, c.num_classes - 1).flatten(1))
     target = torch.where(held.view_as(target), target, torch.full_like(target, c.ignore_index))
     target = model.patchify(target.unsqueeze(1))[batch["hidden"]].flatten()
-    loss = cross_entropy(logits.flatten(0, 1), target, None, c.ignore_index)
+    loss = cross_entropy(logits.flatten(0, 1), target, ignore_index=c.ignore_index)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

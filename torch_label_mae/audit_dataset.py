@@ -5,7 +5,6 @@ first, score maps, repaired labels and a picture of the worst labels; resumable 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -50,13 +49,13 @@ __all__ = ["AuditReport", "audit_dataset", "render_audit"]
 class AuditReport(RunReport):
     """What :func:`audit_dataset` did (:class:`~torch_label_mae.outputs.RunReport`): ``images`` (one
     summary per label, worst first), the ``model``, its ``settings`` and the ``picture`` of the worst
-    (of the labels ``picture_labels``)."""
+    (``picture_labels``: ``[file, state of its files]`` of the labels it shows)."""
 
     model: str = ""
     settings: dict = field(default_factory=dict)
     images: list[dict] = field(default_factory=list)
     picture: str | None = None
-    picture_labels: list[str] = field(default_factory=list)
+    picture_labels: list[list[str]] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -88,12 +87,10 @@ def _records_dir(out_dir: Path) -> Path:
 
 
 def _input_digest(it) -> str:
-    """SHA-256 of a label's file and its image's: a label or image edited since its record was written
-    is audited again."""
-    h = hashlib.sha256()
-    for path in (it.label, it.image):
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    """The size and modification time of a label's file and its image's (read from the directory, no file
+    read): a label or image edited, copied or touched since its record was written is audited again."""
+    stats = [path.stat() for path in (it.label, it.image)]
+    return " ".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
 
 
 def _valid_outputs(out_dir: Path, name: str, shape, settings: dict, inputs: str) -> dict | None:
@@ -109,7 +106,8 @@ def _valid_outputs(out_dir: Path, name: str, shape, settings: dict, inputs: str)
                 return None
         if settings.get("repair") is not None:
             with Image.open(out_dir / "repaired" / name) as im:
-                if im.mode not in ("P", "I;16") or im.size != (shape[1], shape[0]):
+                # a 16-bit repair reads as mode I before Pillow 10.3
+                if im.mode not in ("P", "I;16", "I") or im.size != (shape[1], shape[0]):
                     return None
         return rec["summary"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -186,6 +184,7 @@ def audit_dataset(
         shifts=shifts,
         image_score=IMAGE_SCORE_QUANTILE,  # records of an earlier image score: redone, not skipped
         model=weights_digest(completer.model),  # another model, same settings: redone, not skipped
+        label_set=completer.label_set.to_dict() if completer.label_set is not None else None,  # classes, names
     )
     report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir))
     run = _AuditRun(completer, report, out_dir, settings, batch_size, overwrite)
@@ -213,7 +212,7 @@ class _AuditRun:
         from .complete_dataset import MAX_PIXELS, _too_large
 
         for path, what in ((it.label, "label"), (it.image, "image")):
-            problem = _too_large(path, what, MAX_PIXELS)
+            problem = _too_large(path, what, MAX_PIXELS, "complete_dataset.MAX_PIXELS")
             if problem is not None:
                 raise ValueError(problem)
         inputs = _input_digest(it)
@@ -436,9 +435,10 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
     by_name = {it.name: it for it in list_pairs(images_dir, labels_dir)}
     chosen = [r["file"] for r in report.images[:worst] if r["file"] in by_name]
     path = out_dir / PICTURE_NAME
+    shown = [[f, _input_digest(by_name[f])] for f in chosen]  # the labels and the state of their files
     old = _read_report(out_dir)
-    if report.done == 0 and old.get("settings") == settings and old.get("picture_labels") == chosen and path.is_file():
-        report.picture_labels = chosen  # nothing audited again: the picture there shows the same labels
+    if old.get("settings") == settings and old.get("picture_labels") == shown and path.is_file():
+        report.picture_labels = shown  # the picture there shows these labels as they are
         return path
     images = [read_image(by_name[f].image) for f in chosen]
     read = [read_label_and_palette(by_name[f].label) for f in chosen]
@@ -454,7 +454,7 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
         rows.append(row)
     canvas = render_audit(rows, palette=full_palette(read[0][1] if read else None), class_names=names)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
-    report.picture_labels = chosen
+    report.picture_labels = shown
     return path
 
 

@@ -131,7 +131,7 @@ class Report(RunReport):
             f"of {self.total} in {self.seconds:.1f} s"
             + (f" ({self.images_per_s:.1f} images/s)" if self.done else "")
             + ("" if self.finished else " [interrupted]"),
-            *self.empty_note(),
+            *(self.empty_note() if self.world_size == 1 else []),  # a rank's share may be empty
         ]
         for f, r in self.failed[:10]:
             lines.append(f"  failed: {f}: {r}")
@@ -255,7 +255,7 @@ def output_is_valid(
         if ((filled < 0) | (filled >= num_classes)).any():
             return False
     else:
-        arr = _read_png(out, ("P", "I;16"))  # a 16-bit label's ids above 255: a 16-bit output (save_label_png)
+        arr = _read_png(out, ("P", "I;16", "I"))  # ids above 255: a 16-bit output (I before Pillow 10.3)
         if arr is None or arr.shape != label.shape:
             return False
         void = label == void_index if void_index is not None else np.zeros(label.shape, bool)
@@ -276,15 +276,16 @@ def output_is_valid(
 # ----------------------------------------------------------------------------------------------------
 # reading (in DataLoader workers)
 # ----------------------------------------------------------------------------------------------------
-def _too_large(path: Path, what: str, max_pixels: int) -> str | None:
-    """Why ``path`` may not be decoded (over ``max_pixels``), read from its header alone; None if fine."""
+def _too_large(path: Path, what: str, max_pixels: int, limit: str = "max_pixels, --max-pixels") -> str | None:
+    """Why ``path`` may not be decoded (over ``max_pixels``, named ``limit``), read from its header alone;
+    None if fine."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as im:  # lazy: the header only
             w, h = im.size
     if w * h > max_pixels:
         size = f"{w}x{h} = {w * h:,} pixels"
-        return f"too large: {what} {path.name} is {size}, over the limit of {max_pixels:,} (max_pixels)"
+        return f"too large: {what} {path.name} is {size}, over the limit of {max_pixels:,} ({limit})"
     return None
 
 

@@ -83,7 +83,7 @@ class BalancedCrossEntropy(nn.Module):
         return ((nll.double() * wt).sum() / wt.sum().clamp(min=1e-300)).to(nll.dtype)
 
 
-def cross_entropy(logits, target, ignore_index: int = 255):
+def cross_entropy(logits, target, *, ignore_index: int = 255):
     """Plain cross-entropy over the pixels whose target is not ``ignore_index``.
     ``logits [B, N, ...]`` with ``target [B, ...]``, or ``[M, N]`` rows with ``target [M]``."""
     keep = target != ignore_index

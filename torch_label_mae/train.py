@@ -746,7 +746,7 @@ def train_step(run: Run, batch: dict, step_in_schedule: int, total_steps: int) -
     if run.criterion is not None:
         loss = run.criterion(logits, target)
     else:
-        loss = cross_entropy(logits, target, mcfg.ignore_index)
+        loss = cross_entropy(logits, target, ignore_index=mcfg.ignore_index)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if run.world > 1 and run.criterion is not None:  # the loss's beta / gamma live outside DDP
