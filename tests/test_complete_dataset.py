@@ -517,6 +517,26 @@ def test_strict_stops_at_the_first_failure(tmp_path, model_dir, capsys):
     assert pngs(tmp_path / "out2") == names[:1]
 
 
+def test_voc_layout_defaults_to_voc_conventions(tmp_path):
+    base = tmp_path / "voc" / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label = np.zeros((48, 64), np.uint8)
+    label[:, 32:] = 15  # person
+    label[20:24, :] = 255  # VOC's border
+    label[4:12, 28:40] = 254  # a hole
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(base / "JPEGImages" / "a.jpg")
+    im = Image.fromarray(label, mode="P")
+    im.putpalette(default_palette())  # without, Pillow writes the PNG with a palette of the ids used
+    im.save(base / "SegmentationClass" / "a.png")
+    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    r = complete_dataset(None, None, tmp_path / "out", voc_root=tmp_path / "voc", image_set="train", progress=False)
+    out = np.array(Image.open(tmp_path / "out" / "a.png"))
+    assert r.ok and r.model == "voc-m0.5"
+    assert (out[label == 255] == 255).all() and set(np.unique(out[label == 254]).tolist()) <= {0, 15}
+
+
 def test_voc_layout(tmp_path, model_dir):
     images, broken, _ = make_data(tmp_path, n=4)
     base = tmp_path / "voc" / "VOCdevkit" / "VOC2012"

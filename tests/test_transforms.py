@@ -170,6 +170,21 @@ def test_in_a_v2_compose(completer):
     assert torch.equal(mask, torch.from_numpy(raw))  # inputs untouched
 
 
+def test_a_dict_sample_in_a_v2_compose(completer):
+    rng = np.random.default_rng(5)
+    raw = _label(30, 34, 4)
+    image = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 30, 34), dtype=np.uint8)))
+    sample = {"image": image, "mask": tv_tensors.Mask(torch.from_numpy(raw)), "id": "x"}
+    out = v2.Compose([CompleteLabels(completer), v2.RandomHorizontalFlip(p=1.0)])(sample)
+    assert set(out) == {"image", "mask", "id"} and out["id"] == "x"
+    assert isinstance(out["mask"], tv_tensors.Mask) and torch.equal(out["image"], image.flip(-1))
+    assert torch.equal(out["mask"], completer.complete(image, sample["mask"]).flip(-1))
+    pair = CompleteLabels(completer)((image, sample["mask"]))  # one (image, target) tuple
+    assert isinstance(pair, tuple) and torch.equal(pair[1], completer.complete(image, sample["mask"]))
+    with pytest.raises(TypeError, match="exactly one tv_tensors.Mask"):
+        CompleteLabels(completer)({"image": image, "mask": torch.from_numpy(raw)})
+
+
 # ----------------------------------------------------------------------------------------------------
 # torchvision datasets
 # ----------------------------------------------------------------------------------------------------

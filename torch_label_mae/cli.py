@@ -248,7 +248,7 @@ def cmd_complete(args) -> int:
             args.images,
             args.labels,
             args.out,
-            model=args.model or DEFAULT_MODEL,
+            model=args.model,
             missing_index=args.missing_index,
             void_index=args.void_index,
             colors=args.colors,
@@ -582,7 +582,10 @@ def _add_complete(sub) -> None:
     src.add_argument("--images", help="folder of images (<id>.jpg / .png / ...)")
     src.add_argument("--labels", help="folder of label PNGs (<id>.png, class ids, --missing-index = missing)")
     src.add_argument(
-        "--voc", metavar="ROOT", help="Pascal VOC root (ROOT/VOCdevkit/VOC2012), instead of --images/--labels"
+        "--voc",
+        metavar="ROOT",
+        help="Pascal VOC root (ROOT/VOCdevkit/VOC2012), instead of --images/--labels; its default model is "
+        "voc-m0.5 (holes 254, VOC's 255 borders kept)",
     )
     src.add_argument("--image-set", default="train", help="VOC image set: train, val, trainval (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder for the completed labels (not inside --labels)")

@@ -83,6 +83,7 @@ from .outputs import (
 )
 
 REPORT_NAME = "completion_report.json"
+VOC_MODEL = "voc-m0.5"  # a voc_root run's default: VOC's classes, holes 254, its 255 borders kept
 MAX_PIXELS = 25_000_000  # per file (e.g. 6000 x 4000 photos fit); larger files are reported, not decoded
 MAX_BATCH_PIXELS = 16 * 1024 * 1024  # per forward pass: sixteen 1024 x 1024 images
 
@@ -706,7 +707,7 @@ def complete_dataset(
     labels_dir: str | Path | None,
     out_dir: str | Path,
     *,
-    model=DEFAULT_MODEL,
+    model=None,
     missing_index: int | None = None,
     void_index: int | None = None,
     colors=None,
@@ -740,7 +741,8 @@ def complete_dataset(
     take the model's conventions (``voc-m0.5``: holes 254, void 255, ``voc`` colours; else 255, none, none).
 
     ``model``: a registered name, dataset name, local folder or Hub repo id, or a
-    :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given).
+    :class:`~torch_label_mae.LabelCompleter` (used as it is; moved to ``device`` when given); None:
+    ``any-m0.5``, or :data:`VOC_MODEL` with ``voc_root``.
     ``precision``: for a model loaded by name (see :attr:`LabelCompleter.precision`).
     ``voc_root`` (with ``image_set``, ``year``): a Pascal VOC root instead of ``images_dir`` /
     ``labels_dir`` (pass None for those); the files are those of torchvision's ``VOCSegmentation``.
@@ -763,6 +765,7 @@ def complete_dataset(
     names = {it.name for it in mine}
     files = [("input file", p) for it in items for p in (it.image, it.label) if p is not None]
     _check_output_paths(out_dir, conf_dir, rpath, inputs + files, names, in_place)
+    model = model if model is not None else (VOC_MODEL if voc_root is not None else DEFAULT_MODEL)
     completer = _load_completer(model, device, precision)
     coding = _Coding.of(completer, missing_index, void_index, colors, in_place)
 

@@ -27,8 +27,10 @@ class CompleteLabels(nn.Module):
     before it stays 255 too), else holes 255, no void and no table. With another completer, for Pascal
     VOC: ``CompleteLabels(model, void_index=255, missing_index=254)``.
 
-    Use it as ``VOCSegmentation(..., transforms=CompleteLabels())``, inside
-    ``transforms.v2.Compose``, or on a dataset wrapped with ``wrap_dataset_for_transforms_v2``.
+    Use it as ``VOCSegmentation(..., transforms=CompleteLabels("voc-m0.5"))`` (VOC's conventions; the
+    default ``any-m0.5`` would fill VOC's 255 borders as holes), inside ``transforms.v2.Compose`` (also on
+    one dict sample holding a ``tv_tensors.Mask``), or on a dataset wrapped with
+    ``wrap_dataset_for_transforms_v2``.
 
     ``completer`` is a registered name / folder / repo id (loaded lazily, on first use, in the process
     that uses it: the transform pickles without weights, so DataLoader workers load their own copy)
@@ -84,9 +86,40 @@ class CompleteLabels(nn.Module):
             image, target, missing_index=self.missing_index, void_index=self.void_index, colors=self.colors
         )
 
-    def __call__(self, image, target=None):  # torchvision calls transforms(image, target)
+    def __call__(self, *inputs):
+        """``(image, target)`` -> ``(image, completed)``, as datasets call ``transforms(image, target)``; or
+        one sample, as ``v2.Compose`` passes it on (a dict or sequence holding one ``tv_tensors.Mask``, the
+        target, and an image: the first PIL image, ``tv_tensors.Image`` or plain tensor), the same
+        structure back with the mask completed."""
         with torch.no_grad():  # not inference_mode: later transforms may edit the target in place
-            return self.forward(image, target)
+            if len(inputs) == 2:
+                return self.forward(*inputs)
+            if len(inputs) != 1:
+                raise TypeError(f"CompleteLabels takes (image, target) or one sample, got {len(inputs)} arguments")
+            if isinstance(inputs[0], (dict, list, tuple)):
+                return self._complete_sample(inputs[0])
+            return self.forward(inputs[0], None)  # an image alone: (image, None), nothing to complete
+
+    def _complete_sample(self, sample):
+        from PIL import Image
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+        from torchvision import tv_tensors
+
+        leaves, spec = tree_flatten(sample)
+        masks = [i for i, x in enumerate(leaves) if isinstance(x, tv_tensors.Mask)]
+        if not masks and isinstance(sample, (list, tuple)) and len(sample) == 2:
+            return type(sample)(self.forward(*sample))  # (image, target) as one tuple
+        if len(masks) != 1:
+            raise TypeError(
+                f"CompleteLabels: a sample must hold exactly one tv_tensors.Mask (the target), found {len(masks)}; "
+                "wrap the target with tv_tensors.Mask or call transforms(image, target)"
+            )
+        plain = lambda x: type(x) is torch.Tensor  # noqa: E731 - as v2 transforms: a plain tensor is an image
+        images = [i for i, x in enumerate(leaves) if isinstance(x, (Image.Image, tv_tensors.Image)) or plain(x)]
+        if not images:
+            raise TypeError("CompleteLabels: the sample holds a tv_tensors.Mask but no image to complete it from")
+        _, leaves[masks[0]] = self.forward(leaves[images[0]], leaves[masks[0]])
+        return tree_unflatten(leaves, spec)
 
     def __getstate__(self):
         state = self.__dict__.copy()
