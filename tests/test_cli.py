@@ -141,3 +141,39 @@ def test_every_command_has_a_one_line_help():
     text = build_parser().format_help()
     for command in subparsers(build_parser()):
         assert re.search(rf"^\s+{re.escape(command)}\s+\S", text, re.M), command
+
+
+# -- a new user's review of the commands -----------------------------------------------------------
+def test_evaluate_a_class_agnostic_model_scores_the_datasets_classes(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", splits=(("val", 2),), num_classes=40)  # more classes than 32 slots
+    assert main(["evaluate", "--data", str(data), "--limit", "2", "--json", str(tmp_path / "r.json")]) == 0
+    import json
+
+    assert len(json.loads((tmp_path / "r.json").read_text())["pa_iou"]) == 40
+    assert main(["evaluate", "--data", str(data), "--ratio", "1"]) == 0  # nothing visible: holes unfilled, wrong
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(data), "--limit", "0"])
+
+
+@pytest.mark.parametrize("model", ["voc-m0.5", "any-m0.5"])
+def test_demo_with_a_preset_fills_the_holes_it_made(tmp_path, model, capsys):
+    assert main(["demo", "--model", model, "--out", str(tmp_path / "demo.png")]) == 0
+    pa = float(re.search(r"PA-mIoU\s+L-MAE\s+([\d.]+)", capsys.readouterr().out).group(1))
+    assert pa > 30  # the holes were filled (voc-m0.5's own hole value is 254, not degrade's 255)
+
+
+def test_demo_names_the_block_flag(capsys):
+    assert main(["demo", "--block", "0"]) == 2 and "--block" in capsys.readouterr().err
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    assert main(["demo", "--out", str(tmp_path / "folder")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Is a directory" in err and "Traceback" not in err
+    data = make_dataset(tmp_path / "d", splits=(("val", 2),))
+    images, labels = str(data / "val" / "images"), str(data / "val" / "labels")
+    assert main(["complete", "--images", images, "--labels", labels, "--out", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot make this folder" in err and "another label-mae run" not in err

@@ -153,3 +153,23 @@ def test_out_of_range_prediction_raises(bad):
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long), 3)
+
+
+@given(data=st.data())
+def test_unfilled_holes_count_as_wrong_for_their_class_and_no_other(data):
+    n = data.draw(st.integers(2, 5))
+    target = torch.tensor(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=40)))
+    pred = torch.tensor([data.draw(st.sampled_from([*range(n), 255])) for _ in range(len(target))])
+    m = SegmentationMetrics(n, unfilled_index=255)
+    m.update(pred, target, torch.ones_like(target, dtype=torch.bool))
+    # the same as a prediction of a class that does not exist: a column of its own
+    ext = torch.where(pred == 255, torch.full_like(pred, n), pred)
+    ref = reference_cm(ext.numpy(), target.numpy(), n + 1)[:n]
+    assert np.array_equal(m.cm_hidden.numpy(), ref)
+    iou = iou_per_class(m.cm_hidden)
+    tp = ref.diagonal()
+    union = ref[:, :n].sum(0) + ref.sum(1) - tp
+    expect = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    np.testing.assert_allclose(iou.numpy(), expect, equal_nan=True)
+    with pytest.raises(ValueError, match="class ids"):  # other out-of-range predictions stay an error
+        SegmentationMetrics(n, unfilled_index=255).update(torch.full_like(target, 254), target)

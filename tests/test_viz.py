@@ -308,3 +308,12 @@ def test_show_and_demo_help_name_the_new_options_and_their_defaults(capsys):
     for default in ("(default: worst with --truth, else spread)", "(default: 400)", "(default: 255)"):
         assert default in text, default
     assert text.count("(default: none, ids shown)") == 2 and "(default: none)" in text
+
+
+def test_a_map_of_another_size_than_the_label_is_refused_naming_it():
+    label = np.zeros((20, 30), dtype=np.int64)
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"row 'x': the completed label is \(10, 15\)"):
+        viz.render([viz.Row(image, label, label[:10, :15], name="x")])
+    with pytest.raises(ValueError, match="truth"):
+        viz.render([viz.Row(image, label, label, truth=label[:, :29], name="x")])

@@ -74,11 +74,13 @@ def cmd_list(args) -> int:
 def cmd_demo(args) -> int:
     """Break the bundled sample labels, complete them, compare with nearest fill, write a picture."""
 
-    from .data import degrade, pair_files, read_image, read_label_and_palette
+    from .data import check_degrade_args, degrade, pair_files, read_image, read_label_and_palette
+    from .evaluate import UNFILLED
     from .metrics import SegmentationMetrics
     from .propagation import nearest_fill
     from .viz import Row, hole_accuracy, save_picture
 
+    check_degrade_args(args.ratio, args.block, "--block")
     completer = _load(args)
     n = completer.num_classes
     pairs = pair_files(SAMPLES / "images", SAMPLES / "labels")
@@ -89,8 +91,9 @@ def cmd_demo(args) -> int:
         palette = palette or own
         broken, missing = degrade(label, args.ratio, args.block, seed=key, mode="blocks")
         images.append(image), labels.append(label), brokens.append(broken), missings.append(missing)
-    filled, conf = completer.complete_batch(images, brokens, return_confidence=True)
-    ours, near = SegmentationMetrics(n), SegmentationMetrics(n)
+    # the holes by their maps: a preset's own hole value (voc-m0.5: 254) is not the 255 degrade writes
+    filled, conf = completer.complete_batch(images, brokens, missings, return_confidence=True)
+    ours, near = (SegmentationMetrics(n, unfilled_index=UNFILLED) for _ in range(2))
     rows = []
     for (key, _, _), image, label, broken, missing, f, c in zip(
         pairs, images, labels, brokens, missings, filled, conf, strict=True
@@ -125,7 +128,7 @@ def cmd_evaluate(args) -> int:
     res = evaluate(
         completer_method(completer, args.batch_size),
         ds,
-        completer.num_classes,
+        ds.info.num_classes if completer.config.class_agnostic else completer.num_classes,
         protocol=args.protocol,
         ratio=args.ratio,
         seed=args.seed,
@@ -207,7 +210,8 @@ def cmd_degrade(args) -> int:
         )
     for w in caught:
         print(f"label-mae degrade: warning: {w.message}", file=sys.stderr)
-    print(f"wrote {n} degraded labels to {args.out}")
+    empty = "" if n else f" (nothing to do: no label PNG in {args.labels})"
+    print(f"wrote {n} degraded labels to {args.out}{empty}")
     return 0
 
 
@@ -496,6 +500,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be written or read: a folder, a file in the way, no permission
+        path = e.filename2 or e.filename  # a rename's target, not the temp file beside it
+        where = f"{path}: " if path else ""
+        print(f"label-mae {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -547,7 +556,7 @@ def _add_evaluate(sub) -> None:
         "counted together, with each draw's PA-mIoU (e.g. --seed 0 1 2; default: 0)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--limit", type=_positive_int, help="evaluate the first N images only")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(fn=cmd_evaluate)
 

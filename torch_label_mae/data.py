@@ -135,7 +135,7 @@ def list_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[Item]:
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for d in (images_dir, labels_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such folder")
+            raise FileNotFoundError(f"{d}: {'a file, not a folder' if d.exists() else 'no such folder'}")
     images, labels = _listing(images_dir, IMAGE_EXTS), _listing(labels_dir, (".png",))
     items = []
     for key in sorted(set(images) | set(labels)):
@@ -339,7 +339,7 @@ def degrade_folder(
         raise ValueError(f"missing_index must be in 0..255 (8-bit palette PNG ids), got {missing_index}")
     src, dst = Path(labels_dir).resolve(), Path(out_dir).resolve()
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such folder")
+        raise FileNotFoundError(f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}")
     check_outputs([("out_dir", dst)], [("labels folder", src)])
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
     holding = 0  # labels that already hold the missing index: their own void, most likely

@@ -68,6 +68,9 @@ def walk_method(
     return method
 
 
+UNFILLED = 255  # the value of the holes degraded_samples marks: a hole a method leaves so counts as wrong
+
+
 def degraded_samples(dataset, *, protocol: str = "paper", ratio: float = 0.5, seed: int = 0, limit: int | None = None):
     """Yield ``(id, image float [3,H,W], label [H,W], broken [H,W], missing [H,W])`` under ``protocol``."""
     if protocol not in PROTOCOLS:
@@ -100,7 +103,10 @@ def evaluate(
     every image is degraded once per seed and the metrics count all the draws together (``images`` counts
     each draw; ``seeds`` lists them); ``per_seed`` then lists ``{"seed", "pa_miou", "miou"}`` of each draw alone."""
     seeds = _seed_list(seed)
-    metrics, per_seed = SegmentationMetrics(num_classes), {s: SegmentationMetrics(num_classes) for s in seeds}
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 (or None: every image), got {limit!r}")
+    new = lambda: SegmentationMetrics(num_classes, unfilled_index=UNFILLED)  # noqa: E731
+    metrics, per_seed = new(), {s: new() for s in seeds}
     batch, seconds, count = [], 0.0, 0
 
     def flush():

@@ -15,24 +15,32 @@ def confusion_matrix(
     num_classes: int,
     ignore_index: int = 255,
     pixel_mask: torch.Tensor | None = None,
+    unfilled_index: int | None = None,
 ) -> torch.Tensor:
-    """``[N, N]`` int64 counts, rows = target class, columns = predicted class."""
+    """``[N, N]`` int64 counts, rows = target class, columns = predicted class. With ``unfilled_index``
+    (the value of holes a completer left unfilled): ``[N, N + 1]``, predictions of that value counted in
+    the last column (wrong for their class, no class's false positive). Other predictions outside
+    ``[0, N)`` are refused."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
     if pixel_mask is not None:
         keep = keep & pixel_mask
     t, p = target[keep].long(), pred[keep].long()
-    if p.numel() and (p.min() < 0 or p.max() >= num_classes):
+    cols = num_classes + (unfilled_index is not None)
+    if unfilled_index is not None:
+        p = torch.where(p == unfilled_index, torch.full_like(p, num_classes), p)
+    if p.numel() and (p.min() < 0 or p.max() >= cols):
         raise ValueError(f"predictions must be class ids in [0, {num_classes}), got {int(p.min())}..{int(p.max())}")
-    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
+    return torch.bincount(t * cols + p, minlength=num_classes * cols).view(num_classes, cols)
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
-    """``[N]`` IoU per class, NaN where the union is empty."""
+    """``[N]`` IoU per class, NaN where the union is empty (``cm`` ``[N, N]``, or ``[N, N + 1]`` with an
+    unfilled column: see :func:`confusion_matrix`)."""
     cm = cm.double()
-    tp = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - tp
+    tp = cm.diagonal()
+    union = cm.sum(0)[: cm.shape[0]] + cm.sum(1) - tp
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
@@ -44,23 +52,26 @@ def mean_iou(cm: torch.Tensor) -> float:
 
 def pixel_accuracy(cm: torch.Tensor) -> float:
     total = cm.sum()
-    return float(cm.diag().sum().double() / total) if total > 0 else float("nan")
+    return float(cm.diagonal().sum().double() / total) if total > 0 else float("nan")
 
 
 class SegmentationMetrics:
     """Accumulates two confusion matrices: over all pixels (mIoU) and over hidden pixels (PA-mIoU)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device=None):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    def __init__(self, num_classes: int, ignore_index: int = 255, device=None, unfilled_index: int | None = None):
+        """``unfilled_index``: the value of holes a completer may leave unfilled (a label without a visible
+        pixel), counted as wrong (:func:`confusion_matrix`); None: such a prediction is an error."""
+        self.num_classes, self.ignore_index, self.unfilled_index = num_classes, ignore_index, unfilled_index
+        cols = num_classes + (unfilled_index is not None)
+        self.cm = torch.zeros(num_classes, cols, dtype=torch.int64, device=device)
         self.cm_hidden = torch.zeros_like(self.cm)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, hidden_pixels: torch.Tensor | None = None) -> None:
         """Add a batch: ``pred`` / ``target`` class ids of the same shape, ``hidden_pixels`` bool."""
-        n, ig = self.num_classes, self.ignore_index
-        self.cm += confusion_matrix(pred, target, n, ig).to(self.cm.device)
+        n, ig, un = self.num_classes, self.ignore_index, self.unfilled_index
+        self.cm += confusion_matrix(pred, target, n, ig, unfilled_index=un).to(self.cm.device)
         if hidden_pixels is not None:
-            self.cm_hidden += confusion_matrix(pred, target, n, ig, hidden_pixels).to(self.cm.device)
+            self.cm_hidden += confusion_matrix(pred, target, n, ig, hidden_pixels, unfilled_index=un).to(self.cm.device)
 
     def compute(self) -> dict:
         """``{"miou", "pa_miou", "pixel_acc", "pa_pixel_acc", "iou", "pa_iou"}`` (fractions in [0, 1])."""

@@ -209,6 +209,9 @@ class OutputLock:
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way (FileExistsError too), no permission, a read-only disk
+            raise OutputWriteError(f"{self.folder}: cannot make this folder ({e.strerror or e})") from None
+        try:
             with _guard(self.folder):  # the check and the creation, one run at a time
                 self._check_others()
                 _write_new(self.path, json.dumps(info))

@@ -271,10 +271,22 @@ def _resize_smooth(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
+def _check_sizes(row: Row, shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming the row and the map whose size is not the label's: a picture would stretch it."""
+    maps = {"image": _image_rgb(row.image).shape[:2], "completed label": _np(row.completed).shape}
+    for what in ("confidence", "truth", "holes", "void"):
+        if getattr(row, what) is not None:
+            maps[what] = _np(getattr(row, what)).shape
+    for what, hw in maps.items():
+        if tuple(hw) != tuple(shape):
+            raise ValueError(f"row {row.name!r}: the {what} is {tuple(hw)} (H, W) but the label is {tuple(shape)}")
+
+
 def _row_maps(row: Row, missing_index: int, void_index: int) -> dict[str, Any]:
     """Native-resolution arrays of a row: ids, hole / void maps, accuracy."""
     broken, completed = _np(row.broken).astype(np.int64), _np(row.completed).astype(np.int64)
     truth = None if row.truth is None else _np(row.truth).astype(np.int64)
+    _check_sizes(row, broken.shape)
     holes, void = hole_void_maps(broken, truth, missing_index, void_index)
     holes = holes if row.holes is None else _np(row.holes).astype(bool)
     void = void if row.void is None else _np(row.void).astype(bool)
