@@ -171,5 +171,8 @@ def test_unfilled_holes_count_as_wrong_for_their_class_and_no_other(data):
     union = ref[:, :n].sum(0) + ref.sum(1) - tp
     expect = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
     np.testing.assert_allclose(iou.numpy(), expect, equal_nan=True)
-    with pytest.raises(ValueError, match="class ids"):  # other out-of-range predictions stay an error
-        SegmentationMetrics(n, unfilled_index=255).update(torch.full_like(target, 254), target)
+    for other in (254, n, -1):  # other out-of-range predictions stay an error
+        with pytest.raises(ValueError, match="class ids"):
+            SegmentationMetrics(n, unfilled_index=255).update(torch.full_like(target, other), target)
+    with pytest.raises(ValueError, match="is a class id"):
+        confusion_matrix(target, target, n, unfilled_index=n - 1)

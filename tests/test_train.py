@@ -246,6 +246,13 @@ def test_defaults_are_the_recipe_that_beats_the_prior():
     assert cfg.lr is None and scaled_lr(16) == pytest.approx(1e-3) and scaled_lr(64) == pytest.approx(2e-3)
 
 
+def test_a_val_limit_below_1_is_refused_before_training():
+    from torch_label_mae.train import check_config
+
+    with pytest.raises(ValueError, match="val_limit"):
+        check_config(TrainConfig(data="x", model="tiny", val_limit=0))
+
+
 def test_no_label_prior_is_refused_when_starting_from_init():
     from torch_label_mae.train import DEFAULT_INIT, check_config
 

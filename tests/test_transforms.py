@@ -181,6 +181,8 @@ def test_a_dict_sample_in_a_v2_compose(completer):
     assert torch.equal(out["mask"], completer.complete(image, sample["mask"]).flip(-1))
     pair = CompleteLabels(completer)((image, sample["mask"]))  # one (image, target) tuple
     assert isinstance(pair, tuple) and torch.equal(pair[1], completer.complete(image, sample["mask"]))
+    depth = {"depth": torch.rand(30, 34), "image": image, "mask": sample["mask"]}  # the image, not the depth
+    assert torch.equal(CompleteLabels(completer)(depth)["mask"], completer.complete(image, sample["mask"]))
     with pytest.raises(TypeError, match="exactly one tv_tensors.Mask"):
         CompleteLabels(completer)({"image": image, "mask": torch.from_numpy(raw)})
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from .hub import DEFAULT_MODEL
-from .outputs import check_outputs
+from .outputs import OutputWriteError, check_outputs
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -104,7 +104,9 @@ def cmd_demo(args) -> int:
         acc, _ = hole_accuracy(nf, label, missing)
         note = f"nearest fill {acc:.1%}" if acc is not None else ""
         rows.append(Row(image, broken, f, c, truth=label, name=key, note=note, holes=missing & (label != 255)))
-    out, _ = save_picture(rows, args.out, palette=palette, class_names=completer.class_names)
+    # the samples are CamVid's: a class-agnostic model's label set (voc-m0.5) would name them wrongly
+    names = None if completer.config.class_agnostic else completer.class_names
+    out, _ = save_picture(rows, args.out, palette=palette, class_names=names)
     a, b = ours.compute(), near.compute()
     print(
         f"model {args.model or DEFAULT_MODEL} on {len(pairs)} bundled CamVid samples, {args.ratio:.0%} of "
@@ -241,7 +243,7 @@ def _cli_words(message: str) -> str:
 
 
 def cmd_complete(args) -> int:
-    from .complete_dataset import CompletionError, Interrupted, OutputWriteError, complete_dataset
+    from .complete_dataset import CompletionError, Interrupted, complete_dataset
 
     if args.voc is not None and (args.images is not None or args.labels is not None):
         raise ValueError("--voc cannot be combined with --images / --labels")
@@ -420,9 +422,10 @@ examples:
       --model runs/mine/best --confidence-dir data/confidence --num-workers 4 --device cuda
 
   # Pascal VOC (torchvision layout: ROOT/VOCdevkit/VOC2012/...); holes marked 254, borders (255) kept
-  label-mae complete --voc ~/data --image-set train --out voc-completed --model voc-m0.5
+  label-mae complete --voc ~/data --image-set train --out voc-completed
   # the same with another model: give VOC's conventions
-  label-mae complete --voc ~/data --image-set train --out voc-completed --void-index 255 --missing-index 254
+  label-mae complete --voc ~/data --image-set train --out voc-completed --model runs/mine/best \
+      --void-index 255 --missing-index 254
 
   # colour-coded labels (RGB PNGs in CamVid's colours, white = missing): RGB PNGs out
   label-mae complete --images data/images --labels data/colour-labels --out data/completed --colors camvid
@@ -497,6 +500,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside a run that stops cleanly (e.g. while loading)
         print(f"label-mae {args.cmd}: interrupted", file=sys.stderr)
         return 130
+    except OutputWriteError as e:  # the outputs cannot be written: not a usage error
+        print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -26,12 +26,16 @@ def confusion_matrix(
     keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
     if pixel_mask is not None:
         keep = keep & pixel_mask
+    if unfilled_index is not None and 0 <= unfilled_index < num_classes:
+        raise ValueError(f"unfilled_index {unfilled_index} is a class id in [0, {num_classes})")
     t, p = target[keep].long(), pred[keep].long()
     cols = num_classes + (unfilled_index is not None)
+    bad = (p < 0) | (p >= num_classes)
     if unfilled_index is not None:
+        bad &= p != unfilled_index
         p = torch.where(p == unfilled_index, torch.full_like(p, num_classes), p)
-    if p.numel() and (p.min() < 0 or p.max() >= cols):
-        raise ValueError(f"predictions must be class ids in [0, {num_classes}), got {int(p.min())}..{int(p.max())}")
+    if bad.any():
+        raise ValueError(f"predictions must be class ids in [0, {num_classes}), got {int(pred[keep][bad][0])}")
     return torch.bincount(t * cols + p, minlength=num_classes * cols).view(num_classes, cols)
 
 

@@ -163,6 +163,8 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError("data: a dataset root is needed")
     if cfg.class_agnostic and cfg.loss != "ce":
         raise ValueError("loss: a class-agnostic model trains with 'ce' (slots have no class frequencies)")
+    if cfg.val_limit is not None and (isinstance(cfg.val_limit, bool) or cfg.val_limit < 1):
+        raise ValueError(f"val_limit must be >= 1 (or None: every val image), got {cfg.val_limit!r}")
     if cfg.mask_pool is not None and cfg.mask_pool < 0:
         raise ValueError(f"mask_pool must be >= 0, got {cfg.mask_pool}")
     if not 0 <= cfg.trunk_lr <= 1:  # also NaN

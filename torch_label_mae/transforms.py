@@ -89,7 +89,7 @@ class CompleteLabels(nn.Module):
     def __call__(self, *inputs):
         """``(image, target)`` -> ``(image, completed)``, as datasets call ``transforms(image, target)``; or
         one sample, as ``v2.Compose`` passes it on (a dict or sequence holding one ``tv_tensors.Mask``, the
-        target, and an image: the first PIL image, ``tv_tensors.Image`` or plain tensor), the same
+        target, and an image: the first PIL image or ``tv_tensors.Image``, else the first plain tensor), the same
         structure back with the mask completed."""
         with torch.no_grad():  # not inference_mode: later transforms may edit the target in place
             if len(inputs) == 2:
@@ -114,8 +114,8 @@ class CompleteLabels(nn.Module):
                 f"CompleteLabels: a sample must hold exactly one tv_tensors.Mask (the target), found {len(masks)}; "
                 "wrap the target with tv_tensors.Mask or call transforms(image, target)"
             )
-        plain = lambda x: type(x) is torch.Tensor  # noqa: E731 - as v2 transforms: a plain tensor is an image
-        images = [i for i, x in enumerate(leaves) if isinstance(x, (Image.Image, tv_tensors.Image)) or plain(x)]
+        images = [i for i, x in enumerate(leaves) if isinstance(x, (Image.Image, tv_tensors.Image))]
+        images = images or [i for i, x in enumerate(leaves) if type(x) is torch.Tensor]  # as v2: a plain tensor then
         if not images:
             raise TypeError("CompleteLabels: the sample holds a tv_tensors.Mask but no image to complete it from")
         _, leaves[masks[0]] = self.forward(leaves[images[0]], leaves[masks[0]])
