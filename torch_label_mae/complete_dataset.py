@@ -772,15 +772,8 @@ def complete_dataset(
     report = _new_report(len(mine), rank, world_size, out_dir, rpath, model, completer, overwrite)
     reader = _Reader(mine, out_dir, conf_dir, coding, overwrite, max_pixels, completer)
     loop_args = (batch_size, max_batch_pixels, num_workers, progress)
-    complete = _Completion(
-        completer,
-        report,
-        batch_size=batch_size,
-        coding=coding,
-        out_dir=out_dir,
-        conf_dir=conf_dir,
-        strict=strict,
-    )
+    dirs = dict(out_dir=out_dir, conf_dir=conf_dir)
+    complete = _Completion(completer, report, batch_size=batch_size, coding=coding, strict=strict, **dirs)
     locks = [(d, names | {rpath.name}) for d in (out_dir, conf_dir) if d is not None]
     return _run(report, locks, rank, world_size, rpath, lambda stop: _loop(reader, complete, stop, report, *loop_args))
 
