@@ -138,9 +138,17 @@ def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width
     assert all(torch.equal(a.held, b.held) for a, b in zip(again, samples, strict=True))  # seeded
 
 
+def test_an_id_far_above_the_others_is_taken_for_an_unnamed_marker():
+    s = _sample(np.random.default_rng(0), 6, 6, 3, False)
+    s.truth[0, 0] = s.label[0, 0] = 254  # ids 0..2 and 254: holes or void the arguments did not name
+    with pytest.raises(ValueError, match="jump from 2 to 254.*missing_index=254"):
+        _data([s], "x", _agnostic().config)
+
+
 def test_hide_unknown_refuses_the_class_id_that_marks_the_holes():
     s = _sample(np.random.default_rng(0), 6, 6, 3, False)
     s.truth[0, 0] = s.label[0, 0] = HOLE
+    s.truth[0, 1] = s.label[0, 1] = 100  # ids up to 100: 254 is no marker standing far above the others
     _data([s], "x", _agnostic().config)  # without hide_unknown, id 254 is a class like any other
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}.*found {HOLE}"):
         _data([s], "x", _agnostic().config, holes=True)
@@ -153,7 +161,7 @@ def test_a_refused_fit_leaves_no_settings_behind(tmp_path):
     images, labels = _broken(tmp_path, n=4)
     first = sorted(labels.iterdir())[0]
     lab = np.array(Image.open(first))
-    lab[0, 0] = HOLE
+    lab[0, 0], lab[0, 1] = HOLE, 100  # ids up to 100: 254 is a class, no marker
     Image.fromarray(lab).save(first)
     kw = dict(init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1, val_images=2, progress=False)
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}"):
@@ -344,9 +352,9 @@ def test_read_ids_names_the_file_at_fault(tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--val-fraction", "1.5"], "val_fraction"),
-        (["--minutes", "0"], "minutes"),
-        (["--minutes", "inf"], "minutes must be a finite number > 0, got inf"),
+        (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),  # the flags' names, not Python's
+        (["--minutes", "0"], "--minutes"),
+        (["--minutes", "inf"], "--minutes must be a finite number > 0, got inf"),
     ],
 )
 def test_fit_cli_errors_are_one_line(tmp_path, capsys, args, match):
@@ -472,3 +480,28 @@ def test_an_agnostic_fit_keeps_slots_and_pools_the_exact_walk(tmp_path):
         init = str(specific / "fit-run" / "last")  # the fitted model: the data's classes
         fit_dataset(images, labels, tmp_path / "g", max_steps=1, agnostic=True, **dict(kw, init=init))
     assert not (tmp_path / "g").exists()  # refused before anything is written
+
+
+def test_an_out_folder_of_other_files_is_refused(tmp_path):
+    images, labels = _broken(tmp_path, n=2)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="out holds other files"):
+        fit_dataset(images, labels, out, minutes=1, max_steps=1, progress=False)
+    assert (out / "README.md").read_text() == "my notes"
+
+
+def test_a_start_with_fewer_classes_than_the_labels_has_no_zero_shot_score(tmp_path):
+    from torch_label_mae import LabelCompleter, LMAEConfig
+
+    folder = tmp_path / "two"
+    LabelCompleter(LMAEConfig.tiny(**dict(TINY_MODEL, num_classes=2), label_prior=True)).save_pretrained(folder)
+    images, labels = _broken(tmp_path, n=4)  # 4 classes
+    report = fit_dataset(images, labels, tmp_path / "f", init=str(folder), minutes=5, max_steps=1, batch_size=4,
+                         progress=False)  # fmt: skip
+    assert report["zero_shot"] is None and report["kept"] == "fitted" and report["num_classes"] == 4
+    from torch_label_mae.fit_dataset import summary
+
+    assert "n/a" in (tmp_path / "f" / "README.md").read_text() and "n/a" in summary(report)

@@ -841,3 +841,13 @@ def test_resuming_with_another_model_is_a_one_line_error(tmp_path, capsys):
         main_train(["--data", str(data), "--out", str(out), "--resume", "--threads", "1", "--workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "--model tiny" in err[0] and "checkpoint.pt" in err[0], err
+
+
+def test_a_second_run_on_the_same_out_needs_resume(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    train(_cfg(data, out, epochs=1, max_steps=1))
+    before = (out / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match="--resume"):
+        train(_cfg(data, out, epochs=1, max_steps=1))
+    assert (out / "log.jsonl").read_text() == before

@@ -228,6 +228,9 @@ _FLAGS = {
     "missing_index": "--missing-index",
     "void_index": "--void-index",
     "voc_root": "--voc",
+    "val_fraction": "--val-fraction",
+    "val_images": "--val-images",
+    "minutes": "--minutes",
     "images_dir": "--images",
     "labels_dir": "--labels",
 }
@@ -498,7 +501,8 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:  # Ctrl-C outside a run that stops cleanly (e.g. while loading)
-        print(f"label-mae {args.cmd}: interrupted", file=sys.stderr)
+        again = "; rerun with --resume to continue" if args.cmd == "fit" else ""
+        print(f"label-mae {args.cmd}: interrupted{again}", file=sys.stderr)
         return 130
     except OutputWriteError as e:  # the outputs cannot be written: not a usage error
         print(f"label-mae {args.cmd}: error: {e}", file=sys.stderr)

@@ -35,7 +35,7 @@ from scipy import ndimage
 from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label, load_colors
 from .data import DatasetInfo, degrade, list_pairs, read_image, read_label, seed_for
 from .evaluate import completer_method, walk_method
-from .hub import save_hub_files, save_label_set, weights_digest
+from .hub import model_folder, save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
@@ -139,7 +139,7 @@ def read_ids(
     if bad.numel() and (int(bad.min()) < 0 or int(bad.max()) >= UNKNOWN):
         raise ValueError(
             f"{path}: class ids must be in 0..{UNKNOWN - 1}, found {int(bad.max())}; mark the dataset's own ignore "
-            "label with void_index (--void-index)"
+            "label as void (void_index)"
         )
     return torch.where(unknown, UNKNOWN, ids), holes
 
@@ -248,6 +248,39 @@ def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_in
             raise ValueError(f"{what} must be in 0..255, got {v}")
     if colors is not None and void_index is not None:
         raise ValueError("void_index: with colors, void is the colour table's void colours")
+    if void_index is not None and void_index == missing_index:
+        raise ValueError(f"void_index and missing_index are both {void_index}: holes and void must differ")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that holds other files than a fit's or a model folder's: the fit writes its model
+    files there (config.json, model.safetensors, README.md) and would replace them."""
+    if not out.is_dir():
+        return
+    own = {RUN_DIR, "fit.json", "config.json", "model.safetensors", "README.md", "label_set.json"}
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    mine = (out / RUN_DIR).is_dir() or (out / "fit.json").is_file() or model_folder(out) is not None
+    if names and not (mine and names <= own):
+        found = (sorted(names - own) or sorted(names))[:3]
+        raise ValueError(
+            f"{out}: out holds other files ({', '.join(found)}{'...' if len(found) == 3 else ''}), no fit's; "
+            f"a fit writes {', '.join(sorted(own - {RUN_DIR}))} there: choose an empty or new folder"
+        )
+
+
+def _check_ids(samples: list[Sample]) -> int:
+    """The largest class id of the labels' known pixels; ``ValueError`` when it stands far above the others
+    (ids 0..10 and 254: a hole or void marker the arguments did not name, which would become a class)."""
+    ids = torch.unique(torch.cat([s.truth[s.truth != UNKNOWN] for s in samples]))
+    if ids.numel() == 0:
+        raise ValueError("no label has a known pixel: nothing to fit on")
+    top = int(ids[-1])
+    if ids.numel() >= 2 and top >= 128 and top > 4 * (int(ids[-2]) + 1):
+        raise ValueError(
+            f"the labels' ids jump from {int(ids[-2])} to {top}: if {top} marks holes or void, say so with "
+            f"missing_index={top} (holes) or void_index={top} (the dataset's own void); class ids run 0..N-1"
+        )
+    return top
 
 
 def _data(samples: list[Sample], name: str, start, holes: bool = False):
@@ -257,9 +290,7 @@ def _data(samples: list[Sample], name: str, start, holes: bool = False):
     (then its names and background class too)."""
     from .train import TrainData
 
-    top = max((int(s.truth[s.truth != UNKNOWN].max()) for s in samples if (s.truth != UNKNOWN).any()), default=-1)
-    if top < 0:
-        raise ValueError("no label has a known pixel: nothing to fit on")
+    top = _check_ids(samples)
     if holes and top >= HOLE:
         raise ValueError(f"hide_unknown: class ids must be below {HOLE} (it marks the holes), found {top}")
     info = DatasetInfo(name, [f"class {i}" for i in range(top + 1)], ignore_index=UNKNOWN)
@@ -312,6 +343,7 @@ def fit_dataset(
     _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors)
     out, colors = Path(out), load_colors(colors)
     check_outputs([("out", out)], [("images", images), ("labels", labels)])
+    _check_out(out)
     with _holding(out, threads):  # one fit per --out; its threads for scoring too
         start = _start_model(init, agnostic)  # loaded once: its config, the zero-shot scores, maybe kept
         args = dict(init=init, missing_index=missing_index, void_index=void_index, colors=colors and colors.to_dict(),
@@ -404,7 +436,8 @@ def _compare(start, run_dir: Path, samples: list[Sample], num_classes: int) -> d
         return dict(fitted=None, zero_shot=None, random_walker=None, kept="fitted")
     fitted = score(completer_method(LabelCompleter.from_pretrained(str(run_dir / "last"))), samples, num_classes)
     base = _baselines(start, run_dir, samples, num_classes)
-    kept = "fitted" if fitted["pa_miou"] > base["zero_shot"]["pa_miou"] else "zero_shot"
+    zero = base["zero_shot"]  # None: the start cannot take these labels (fewer classes than their ids)
+    kept = "fitted" if zero is None or fitted["pa_miou"] > zero["pa_miou"] else "zero_shot"
     return dict(fitted=fitted, **base, kept=kept)
 
 
@@ -417,7 +450,8 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
         cached = json.loads(path.read_text(encoding="utf-8"))
         if all(cached.get(k) == v for k, v in key.items()):
             return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
-    zero = score(completer_method(start), samples, num_classes)
+    takes = start.config.class_agnostic or _check_ids(samples) < start.num_classes
+    zero = score(completer_method(start), samples, num_classes) if takes else None
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
     text = json.dumps(dict(**key, zero_shot=zero, random_walker=walker), indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -457,12 +491,17 @@ def summary(report: dict) -> str:
     """One paragraph: the held-out PA-mIoU of each method and the model kept."""
     if report["fitted"] is None:
         return "no pixel held out: kept the fitted model unscored"
-    f, z, w = (100 * report[k]["pa_miou"] for k in ("fitted", "zero_shot", "random_walker"))
+    f, z, w = (_percent(report[k]) for k in ("fitted", "zero_shot", "random_walker"))
     held = report["fitted"]
     return (
-        f"held-out PA-mIoU ({held['pixels']} pixels of {held['images']} labels): fitted {f:.1f}, zero-shot "
-        f"{report['init']} {z:.1f}, random walker {w:.1f}; kept the {report['kept'].replace('_', '-')} model"
+        f"held-out PA-mIoU ({held['pixels']} pixels of {held['images']} labels): fitted {f}, zero-shot "
+        f"{report['init']} {z}, random walker {w}; kept the {report['kept'].replace('_', '-')} model"
     )
+
+
+def _percent(scores: dict | None, key: str = "pa_miou") -> str:
+    """A held-out score in percent; n/a for a method that could not run (a start without the labels' classes)."""
+    return "n/a" if scores is None else f"{100 * scores[key]:.1f}"
 
 
 def model_card(report: dict) -> str:
@@ -481,13 +520,22 @@ tags: [label-completion, l-mae, fitted]
 
 Fitted with `label-mae fit` from `{report["init"]}` on the known pixels of {report["num_labels"]} labels
 ({report["num_classes"]} classes; images in `{report["images"]}`): {t["steps"]} steps in
-{t["seconds"] / 60:.1f} minutes (budget {t["minutes"]:g}), batch {t["batch_size"]}. The labels' holes cover
-{100 * h["fraction"]:.1f}% of their pixels and are {h["width"]:.0f} px wide (median of {h["count"]} holes);
-the training holes imitate them.{_options(report)}
+{t["seconds"] / 60:.1f} minutes (budget {t["minutes"]:g}), batch {t["batch_size"]}.
+{_holes_sentence(h)}{_options(report)}
 
 **Kept: the {report["kept"].replace("_", "-")} model.**
 
 {scored}"""
+
+
+def _holes_sentence(h: dict) -> str:
+    """The card's sentence on the labels' holes and the training masks."""
+    if not h["count"]:
+        return "The labels have no holes: the training masks are the paper's, at ratio 0.5."
+    return (
+        f"The labels' holes cover {100 * h['fraction']:.1f}% of their pixels and are {h['width']:.0f} px wide "
+        f"(median of {h['count']} holes); the training holes imitate them."
+    )
 
 
 def _options(report: dict) -> str:
@@ -502,7 +550,7 @@ def _options(report: dict) -> str:
 
 def _scores_section(report: dict) -> str:
     rows = "\n".join(
-        f"| {name} | {100 * report[k]['pa_miou']:.1f} | {100 * report[k]['pa_pixel_acc']:.1f} |"
+        f"| {name} | {_percent(report[k])} | {_percent(report[k], 'pa_pixel_acc')} |"
         for k, name in (
             ("fitted", "fitted"),
             ("zero_shot", f"zero-shot `{report['init']}`"),

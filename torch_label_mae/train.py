@@ -48,7 +48,7 @@ from .label_sets import LabelSet
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE
-from .outputs import OutputLock, check_outputs
+from .outputs import OutputLock, OutputWriteError, check_outputs
 from .prior import LabelPrior, make_prior
 from .propagation import nearest_fill
 from .slots import from_slots, present_slots, random_slots, to_slots
@@ -928,6 +928,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     prev = signal.signal(signal.SIGTERM, on_term)
     try:
         locked = lock.__enter__() is lock  # refused: not ours to release (the holder may be this process)
+        if not resume and (Path(cfg.out) / "checkpoint.pt").exists():
+            raise ValueError(f"{cfg.out}: a run is already there; continue it (--resume) or choose another --out")
         run = build(cfg, resume, rank, world, device, data)
         run.stop = term["seen"]
         prior_baseline(run)
@@ -1089,6 +1091,12 @@ def main_train(argv=None) -> None:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"label-mae train: error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except OutputWriteError as e:
+        print(f"label-mae train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays
+        print("label-mae train: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
     print(json.dumps(state.get("best_metrics")))
 
 
