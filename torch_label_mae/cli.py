@@ -230,7 +230,6 @@ _FLAGS = {
     "voc_root": "--voc",
     "val_fraction": "--val-fraction",
     "val_images": "--val-images",
-    "minutes": "--minutes",
     "images_dir": "--images",
     "labels_dir": "--labels",
 }

@@ -261,26 +261,32 @@ def _check_out(out: Path) -> None:
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     mine = (out / RUN_DIR).is_dir() or (out / "fit.json").is_file() or model_folder(out) is not None
     if names and not (mine and names <= own):
-        found = (sorted(names - own) or sorted(names))[:3]
+        found = sorted(names - own) or sorted(names)
+        more = "..." if len(found) > 3 else ""
         raise ValueError(
-            f"{out}: out holds other files ({', '.join(found)}{'...' if len(found) == 3 else ''}), no fit's; "
+            f"{out}: out holds other files ({', '.join(found[:3])}{more}), no fit's; "
             f"a fit writes {', '.join(sorted(own - {RUN_DIR}))} there: choose an empty or new folder"
         )
 
 
-def _check_ids(samples: list[Sample]) -> int:
-    """The largest class id of the labels' known pixels; ``ValueError`` when it stands far above the others
-    (ids 0..10 and 254: a hole or void marker the arguments did not name, which would become a class)."""
+MARKERS = (254, 255)  # the values labels mark holes and void with (this library's, VOC's, CamVid's)
+
+
+def _check_ids(samples: list[Sample], classes: int = 0) -> int:
+    """The largest class id of the labels' known pixels. ``ValueError`` for an id of :data:`MARKERS` without
+    the id below it (classes 0..10 and 254: a hole or void marker the arguments did not name, which would
+    become a class), unless a start model of ``classes`` classes has it."""
     ids = torch.unique(torch.cat([s.truth[s.truth != UNKNOWN] for s in samples]))
     if ids.numel() == 0:
         raise ValueError("no label has a known pixel: nothing to fit on")
-    top = int(ids[-1])
-    if ids.numel() >= 2 and top >= 128 and top > 4 * (int(ids[-2]) + 1):
-        raise ValueError(
-            f"the labels' ids jump from {int(ids[-2])} to {top}: if {top} marks holes or void, say so with "
-            f"missing_index={top} (holes) or void_index={top} (the dataset's own void); class ids run 0..N-1"
-        )
-    return top
+    present = set(ids.tolist())
+    for m in MARKERS:
+        if m in present and m - 1 not in present and m >= classes:
+            raise ValueError(
+                f"the labels hold id {m} but not {m - 1}: if {m} marks holes or void, say so with "
+                f"missing_index={m} (holes) or void_index={m} (the dataset's own void); class ids run 0..N-1"
+            )
+    return int(ids[-1])
 
 
 def _data(samples: list[Sample], name: str, start, holes: bool = False):
@@ -290,7 +296,7 @@ def _data(samples: list[Sample], name: str, start, holes: bool = False):
     (then its names and background class too)."""
     from .train import TrainData
 
-    top = _check_ids(samples)
+    top = _check_ids(samples, 0 if start.class_agnostic else start.num_classes)
     if holes and top >= HOLE:
         raise ValueError(f"hide_unknown: class ids must be below {HOLE} (it marks the holes), found {top}")
     info = DatasetInfo(name, [f"class {i}" for i in range(top + 1)], ignore_index=UNKNOWN)
@@ -450,7 +456,7 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
         cached = json.loads(path.read_text(encoding="utf-8"))
         if all(cached.get(k) == v for k, v in key.items()):
             return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
-    takes = start.config.class_agnostic or _check_ids(samples) < start.num_classes
+    takes = start.config.class_agnostic or _check_ids(samples, start.num_classes) < start.num_classes
     zero = score(completer_method(start), samples, num_classes) if takes else None
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
     text = json.dumps(dict(**key, zero_shot=zero, random_walker=walker), indent=2)
