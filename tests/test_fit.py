@@ -350,6 +350,12 @@ def test_read_ids_names_the_file_at_fault(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(rgb)
     with pytest.raises(ValueError, match="rgb.png: a colour label; pass colors"):
         read_ids(rgb, 255, None, None)
+    ids = tmp_path / "ids.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(ids)
+    from torch_label_mae.colors import load_colors
+
+    with pytest.raises(ValueError, match="ids.png: a label of class ids.*drop colors"):
+        read_ids(ids, 255, None, load_colors("camvid"))
 
 
 @pytest.mark.parametrize(

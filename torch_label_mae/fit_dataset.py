@@ -132,6 +132,8 @@ def read_ids(
             ids = torch.from_numpy(colors.decode(color_label_to_array(im, str(path)), str(path)))
             holes = ids == MISSING_ID
             return torch.where(ids < 0, UNKNOWN, ids), holes
+        if colors is not None:  # its holes would be read as missing_index, not as the table's missing colour
+            raise ValueError(f"{path}: a label of class ids (mode {im.mode}), not of colours: drop colors= (--colors)")
     ids = read_label(path)
     holes = ids == missing_index
     unknown = holes | (ids == void_index) if void_index is not None else holes
