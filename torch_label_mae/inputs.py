@@ -171,7 +171,8 @@ def _refuse(name: str, label, bad, what: str, void_index, table, config, label_s
     model += f" ({', '.join(names[:3])}, ...)" if names else ""
     hint = (
         f"{model}: for labels of another dataset use the class-agnostic model "
-        f"(LabelCompleter.from_pretrained('{AGNOSTIC_MODEL}')), or mark them missing or remap them"
+        f"(LabelCompleter.from_pretrained('{AGNOSTIC_MODEL}')); if they mark holes or void, say so (missing_index=, "
+        "void_index=, as the model was fitted with), or remap them"
     )
     _refuse_ids(name, label, bad, what, void_index, table, n, hint)
 
