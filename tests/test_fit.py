@@ -514,3 +514,17 @@ def test_a_start_with_fewer_classes_than_the_labels_has_no_zero_shot_score(tmp_p
     from torch_label_mae.fit_dataset import summary
 
     assert "n/a" in (tmp_path / "f" / "README.md").read_text() and "n/a" in summary(report)
+
+
+def test_a_resume_trains_with_the_pool_the_fit_began_with(tmp_path, monkeypatch):
+    import torch_label_mae.fit_dataset as fd
+
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    out = tmp_path / "f"
+    kw = dict(init=str(start), minutes=5, max_steps=1, batch_size=4, progress=False)
+    first = fit_dataset(images, labels, out, **kw)
+    assert json.loads((out / "fit-run" / "fit-args.json").read_text())["mask_pool"] == first["training"]["mask_pool"]
+    monkeypatch.setattr(fd, "pool_size", lambda *a, **k: pytest.fail("timed again on a resume"))
+    again = fit_dataset(images, labels, out, resume=True, **kw)
+    assert again["training"]["mask_pool"] == first["training"]["mask_pool"]

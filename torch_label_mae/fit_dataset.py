@@ -364,10 +364,10 @@ def fit_dataset(
         width = max(4, round(holes.width))
         hold_out(samples, val_fraction, val_images, width, seed)
         data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
-        _record(out / RUN_DIR, args)  # once the data passed its checks: a refused fit leaves nothing behind
         side = float(np.median([max(s.label.shape) for s in samples]))
         settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
-        pool = pool_size(samples, start.config, 60 * minutes)
+        pool = _pool(out / RUN_DIR, resume, samples, start.config, 60 * minutes)
+        _record(out / RUN_DIR, {**args, "mask_pool": pool})  # after the data's checks: a refused fit leaves nothing
         settings.update(mask_pool=pool, batch_size=min(batch_size, len(samples)))
         settings.update(hide_unknown=hide_unknown, hole_index=args["hole_index"])
         if agnostic:  # slots as the start model has them, drawn at random per sample
@@ -426,6 +426,16 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
         return
     if (run_dir / "checkpoint.pt").exists() or (path.is_file() and not resume):
         raise ValueError(f"{run_dir}: a fit is already there; resume it (--resume) or choose another --out")
+
+
+def _pool(run_dir: Path, resume: bool, samples: list[Sample], config, seconds: float) -> int:
+    """The fit's mask pool: on a resume, the one recorded when the fit in ``run_dir`` began (a resume
+    trains as it began); else, or when none was recorded, :func:`pool_size`."""
+    path = run_dir / "fit-args.json"
+    pool = json.loads(path.read_text(encoding="utf-8")).get("mask_pool") if resume and path.is_file() else None
+    if isinstance(pool, int) and not isinstance(pool, bool):
+        return pool
+    return pool_size(samples, config, seconds)
 
 
 def _record(run_dir: Path, args: dict) -> None:
