@@ -851,3 +851,17 @@ def test_a_second_run_on_the_same_out_needs_resume(tmp_path):
     with pytest.raises(ValueError, match="--resume"):
         train(_cfg(data, out, epochs=1, max_steps=1))
     assert (out / "log.jsonl").read_text() == before
+
+
+def test_a_resume_drops_the_log_lines_after_its_checkpoint(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    train(_cfg(data, out, epochs=1))
+    step = torch.load(out / "checkpoint.pt", weights_only=True)
+    step = json.loads(step["state"])["step"]
+    with (out / "log.jsonl").open("a") as f:  # a run that went on past its checkpoint, then was killed mid-line
+        f.write(json.dumps({"epoch": 9, "step": step + 5}) + "\n" + '{"epoch": 10, "st')
+    train(_cfg(data, out, epochs=2), resume=True)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]  # each line whole
+    assert 9 not in [r["epoch"] for r in lines]  # the line past the checkpoint is gone
+    assert [r["step"] for r in lines] == sorted(r["step"] for r in lines)

@@ -18,6 +18,7 @@ pass runs under bfloat16 autocast (``precision``); ``compile=True`` wraps the mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -710,7 +711,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
     samples = TrainSamples(data.pairs, cfg, mcfg, seed=seed, with_prior=workers, combiner=model.prior_combiner)
     loader = make_loader(samples, cfg, rank, world, device)
     validate = data.validate if rank == 0 else None
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    log = _open_log(out / "log.jsonl", state["step"] if resume else None) if rank == 0 else None
     return Run(
         cfg, mcfg, model, net, criterion, params, opt, sched, loader, validate, out, device, rank, world, state, log,
         label_set=label_set,
@@ -883,6 +884,20 @@ def end_epoch(run: Run, epoch_loss: float, complete: bool, t0: float) -> None:
     _write_log(run, rec)
     if due:
         save_checkpoint(run)
+
+
+def _open_log(path: Path, step: int | None):
+    """``log.jsonl`` for appending. On a resume from the checkpoint of ``step``, the lines of the steps
+    after it (the run went on past its last checkpoint, and will do them again) and any line cut short
+    by a kill are dropped first, so that the log holds each step once."""
+    if step is not None and path.is_file():
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))
+    return path.open("a")
 
 
 def _write_log(run: Run, rec: dict) -> None:
