@@ -330,10 +330,8 @@ def audited_classes(completer) -> int:
     """How many ids are classes to the audit of ``completer`` (``[0, k)``; the rest are void, never
     scored or repaired): a class-specific model's classes; a class-agnostic model's label set's, else
     every id below its unknown marker (255)."""
-    cfg, label_set = completer.config, completer.label_set
-    if not cfg.class_agnostic:
-        return cfg.num_classes
-    return label_set.num_classes if label_set is not None else cfg.ignore_index
+    ids = completer.num_ids  # LabelConventions: the label set's classes, else the model's; None: any id
+    return ids if ids is not None else completer.config.ignore_index
 
 
 def _check_threshold(threshold, min_area, name: str = "threshold") -> None:

@@ -468,7 +468,7 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
         cached = json.loads(path.read_text(encoding="utf-8"))
         if all(cached.get(k) == v for k, v in key.items()):
             return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
-    takes = start.config.class_agnostic or _check_ids(samples, start.num_classes) < start.num_classes
+    takes = start.config.class_agnostic or num_classes <= start.num_classes  # the data's classes (_data)
     zero = score(completer_method(start), samples, num_classes) if takes else None
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)
     text = json.dumps(dict(**key, zero_shot=zero, random_walker=walker), indent=2)

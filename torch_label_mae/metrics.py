@@ -35,7 +35,7 @@ def confusion_matrix(
         bad &= p != unfilled_index
         p = torch.where(p == unfilled_index, torch.full_like(p, num_classes), p)
     if bad.any():
-        raise ValueError(f"predictions must be class ids in [0, {num_classes}), got {int(pred[keep][bad][0])}")
+        raise ValueError(f"predictions must be class ids in [0, {num_classes}), got {int(p[bad][0])}")
     return torch.bincount(t * cols + p, minlength=num_classes * cols).view(num_classes, cols)
 
 
