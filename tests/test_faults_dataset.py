@@ -37,7 +37,7 @@ from torch_label_mae.complete_dataset import (
     resolve_rank,
 )
 from torch_label_mae.data import degrade_folder
-from torch_label_mae.outputs import OutputLock, check_outputs, remove_stale_temp_files
+from torch_label_mae.outputs import OutputLock, check_outputs, read_json_object, remove_stale_temp_files
 
 N = 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,6 +177,26 @@ def test_check_outputs_refuses_exactly_the_paths_inside_an_input(tmp_path_factor
 # ----------------------------------------------------------------------------------------------------
 # 2. memory: files over the limit, batches by pixels
 # ----------------------------------------------------------------------------------------------------
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(obj=_json, cut=st.integers(0, 40))
+def test_read_json_object_gives_the_object_or_none_and_never_raises(tmp_path_factory, obj, cut):
+    path = tmp_path_factory.mktemp("json") / "record.json"
+    text = json.dumps(obj)
+    path.write_text(text, encoding="utf-8")
+    assert read_json_object(path) == (obj if isinstance(obj, dict) else None)
+    assert read_json_object(path, max_bytes=len(text.encode()) - 1) is None  # too large: not read
+    path.write_text(text[:cut], encoding="utf-8")  # a run killed while writing it: no prefix of an object parses
+    assert read_json_object(path) == (obj if isinstance(obj, dict) and cut >= len(text) else None)
+    assert read_json_object(path.with_name("absent.json")) is None
+    assert read_json_object(path.parent) is None  # a folder
+
+
 def test_a_file_over_max_pixels_is_reported_without_decoding_and_the_rest_done(tmp_path, model_dir, monkeypatch):
     images, broken = make_data(tmp_path, n=4)
     big = np.zeros((120, 160), np.uint8)  # 19,200 px; the others 3,072

@@ -288,6 +288,11 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
         cache.write_text(json.dumps(dict(first, **{key: "another"})))
         again = fit_dataset(images, labels, tmp_path / "f", max_steps=6, resume=True, **kw)
         assert again["zero_shot"]["seconds"] >= 0
+    cache.write_text('{"zero_shot": ')  # a cache cut short (killed while written): scored again
+    assert fit_dataset(images, labels, tmp_path / "f", max_steps=7, resume=True, **kw)["zero_shot"]["seconds"] >= 0
+    args.write_text("[1, 2]")  # the fit's own settings unreadable: refused, naming the file
+    with pytest.raises(ValueError, match=r"fit-args\.json: unreadable, so this fit cannot be resumed"):
+        fit_dataset(images, labels, tmp_path / "f", max_steps=8, resume=True, **kw)
 
 
 def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):

@@ -8,14 +8,11 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from .audit import (
     DEFAULT_BLOCK,
@@ -34,12 +31,12 @@ from .audit import (
 from .data import list_pairs, read_image, read_label_and_palette
 from .hub import weights_digest
 from .io import atomic_write, full_palette, save_label_png
-from .outputs import RunReport
+from .outputs import OutputLock, RunReport, check_outputs, read_json_object, remove_stale_temp_files
 
 REPORT_NAME = "audit_report.json"
 PICTURE_NAME = "worst.png"
 
-__all__ = ["AuditReport", "audit_dataset", "render_audit"]
+__all__ = ["AuditReport", "audit_dataset"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,8 +94,8 @@ def _valid_outputs(out_dir: Path, name: str, shape, settings: dict, inputs: str)
     """The stored summary of ``name`` when its record, score map (and repaired label, with repair) are
     complete and were made with the same settings from the same files (``inputs``: their digest); else None."""
     rec_path = _records_dir(out_dir) / (Path(name).stem + ".json")
+    rec = read_json_object(rec_path) or {}
     try:
-        rec = json.loads(rec_path.read_text(encoding="utf-8"))
         if rec.get("settings") != settings or rec.get("inputs") != inputs:
             return None
         with Image.open(out_dir / "scores" / name) as im:
@@ -157,7 +154,6 @@ def audit_dataset(
     """
     from .complete_dataset import _load_completer
     from .hub import DEFAULT_MODEL
-    from .outputs import check_outputs
 
     _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold, min_area)  # min_area too, up front
     if repair is not None and repair != "auto":
@@ -291,7 +287,6 @@ class _AuditRun:
         """Audit ``items`` under the output folder's lock; SIGINT / SIGTERM finish the batch in hand, write
         the report and raise :class:`~torch_label_mae.interrupt.Interrupted`."""
         from .interrupt import GracefulStop, Interrupted
-        from .outputs import OutputLock, remove_stale_temp_files
 
         out_dir, report = self.out_dir, self.report
         for d in ("scores", "records") + (("repaired",) if self.settings["repair"] is not None else ()):
@@ -362,73 +357,6 @@ def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, run: tup
 # ----------------------------------------------------------------------------------------------------
 # pictures: image | label | suspect regions | proposed repair
 # ----------------------------------------------------------------------------------------------------
-SUSPECT_COLOR = (255, 0, 255)
-SHOWN_SCORE = 0.3  # the score is drawn where above this (the rest: the faded image)
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), iterations=2)
-
-
-def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_width: int = 360) -> Image.Image:
-    """One row per label: image | label | suspect regions (the score over the faded image, pale yellow
-    = agrees .. dark red = surely wrong, suspect regions outlined in magenta) | proposed repair (the
-    label with the suspect regions replaced, outlined). Scores below ``SHOWN_SCORE`` show the faded image.
-    ``rows``: dicts with ``image``, ``label``, ``result`` (an :class:`AuditResult`: the suspect regions),
-    ``name`` and optionally ``repair`` (the :class:`AuditResult` at the repair threshold; default ``result``)."""
-    from . import viz
-
-    columns = ["image", "label", "score (orange 0.3 .. dark red 1), suspects", "proposed repair"]
-    st = viz._style(panel_width, False)
-    line = st.size + st.gap
-    shapes, titles, classes = [], [], set()
-    width = st.gap + len(columns) * (panel_width + st.gap)
-    for r in rows:
-        lab, res = np.asarray(r["label"]).astype(np.int64), r["result"]
-        shapes.append((max(1, round(lab.shape[0] * panel_width / lab.shape[1])), panel_width))
-        parts = [r["name"], f"image score {res.image_score:.4f}", f"{len(res.regions)} suspect regions"]
-        for g in res.regions[:2]:
-            gn, pn = g.get("given_name", g["given_class"]), g.get("predicted_name", g["predicted_class"])
-            parts.append(f"{g['area']} px {gn} -> {pn} ({g['score']:.2f})")
-        titles.append(viz._wrap(st.font, parts, width - 2 * st.gap))
-        classes |= set(np.unique(lab[(lab >= 0) & (lab < 255)]).tolist())
-        fix = r.get("repair", res).repaired
-        classes |= set(np.unique(fix[(fix >= 0) & (fix < 255)]).tolist())
-    entries = viz._legend_entries(sorted(classes), palette, class_names, False, True, False)
-    entries.append(("suspect region", SUSPECT_COLOR))
-    placed, legend_h = viz._legend_layout(entries, width - 2 * st.gap, st)
-    height = st.gap + line + sum(len(t) * line + h + st.gap for t, (h, _) in zip(titles, shapes, strict=True))
-    height += legend_h + st.gap
-    canvas = Image.new("RGB", (width, height), viz.BACKGROUND)
-    draw = viz.ImageDraw.Draw(canvas)
-    for i, col in enumerate(columns):
-        x = st.gap + i * (panel_width + st.gap)
-        viz._text_mid(draw, (x, st.gap + st.size // 2), viz._fit(st.font, col, panel_width), st.font)
-    y = st.gap + line
-    for r, shape, title in zip(rows, shapes, titles, strict=True):
-        for text in title:
-            viz._text_mid(draw, (st.gap, y + st.size // 2), text, st.font)
-            y += line
-        res, fix = r["result"], r.get("repair", r["result"])
-        lab = viz._resize_nearest(np.asarray(r["label"]).astype(np.int64), shape)
-        fixed = viz._resize_nearest(fix.repaired.astype(np.int64), shape)
-        flagged = viz._resize_nearest(res.flagged, shape)
-        image = viz._resize_smooth(viz._image_rgb(r["image"]), shape)
-        score = viz._resize_smooth(res.score.astype(np.float32), shape)
-        none = np.zeros(shape, dtype=bool)
-        heat = viz.heatmap(1.0 - score, (score > SHOWN_SCORE) | flagged, image)
-        ring = _outline(flagged)
-        heat[ring] = SUSPECT_COLOR
-        rep = viz.colorize(fixed, palette, holes=none, void=(fixed < 0) | (fixed >= 255))
-        rep[_outline(viz._resize_nearest(fix.flagged, shape))] = SUSPECT_COLOR
-        panels = [image, viz.colorize(lab, palette, holes=none, void=(lab < 0) | (lab >= 255)), heat, rep]
-        for i, p in enumerate(panels):
-            canvas.paste(Image.fromarray(p), (st.gap + i * (panel_width + st.gap), y))
-        y += shape[0] + st.gap
-    viz._draw_legend(canvas, draw, placed, st.gap, y, st)
-    return canvas
-
-
 def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings, worst: int) -> Path:
     """Draw ``worst.png`` of the first ``worst`` labels of the report (audited again: their score maps
     are 8-bit): suspect regions at the report's threshold, the repair at the repair threshold."""
@@ -452,6 +380,8 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
         if repair is not None and repair != thr:
             row["repair"] = finish(res.score, res.predicted, row["label"], n, repair, settings["min_area"], names)
         rows.append(row)
+    from .viz import render_audit
+
     canvas = render_audit(rows, palette=full_palette(read[0][1] if read else None), class_names=names)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
     report.picture_labels = shown
@@ -460,8 +390,4 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
 
 def _read_report(out_dir: Path) -> dict:
     """The report an earlier run left in ``out_dir`` ({} when none is readable)."""
-    try:
-        old = json.loads((out_dir / REPORT_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return old if isinstance(old, dict) else {}
+    return read_json_object(out_dir / REPORT_NAME) or {}

@@ -79,6 +79,7 @@ from .outputs import (
     OutputWriteError,
     RunReport,
     check_outputs,
+    read_json_object,
     remove_stale_temp_files,
 )
 
@@ -666,13 +667,8 @@ def _new_report(total: int, rank: int, world_size: int, out_dir: Path, rpath: Pa
 
 def _report_model(rpath: Path) -> str | None:
     """The model an earlier report at ``rpath`` names; None when there is none (or none readable)."""
-    try:
-        if rpath.stat().st_size <= MAX_REPORT_BYTES:
-            model = json.loads(rpath.read_text(encoding="utf-8")).get("model")
-            return model if isinstance(model, str) else None
-    except (OSError, ValueError, AttributeError, RecursionError):  # none there, unreadable, or not an object
-        pass
-    return None
+    model = (read_json_object(rpath, MAX_REPORT_BYTES) or {}).get("model")
+    return model if isinstance(model, str) else None
 
 
 MAX_REPORT_BYTES = 16 << 20  # an earlier report read for its model; larger ones are not read

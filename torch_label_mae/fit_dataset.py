@@ -39,7 +39,7 @@ from .hub import model_folder, save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
-from .outputs import OutputLock, check_outputs
+from .outputs import OutputLock, check_outputs, read_json_object
 
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
 HOLE = 254  # how hide_unknown's training labels mark holes and held-out pixels apart from void
@@ -414,7 +414,10 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     (:func:`_record` does, once the data passed its checks)."""
     path = run_dir / "fit-args.json"
     if path.is_file() and resume:
-        before = {**LATER_ARGS, **json.loads(path.read_text(encoding="utf-8"))}
+        recorded = read_json_object(path)
+        if recorded is None:
+            raise ValueError(f"{path}: unreadable, so this fit cannot be resumed; start a new one in another --out")
+        before = {**LATER_ARGS, **recorded}
         changed = sorted(k for k in args if before.get(k) != args[k])
         if changed == ["hole_index"] and args["hide_unknown"]:
             raise ValueError(
@@ -432,7 +435,7 @@ def _pool(run_dir: Path, resume: bool, samples: list[Sample], config, seconds: f
     """The fit's mask pool: on a resume, the one recorded when the fit in ``run_dir`` began (a resume
     trains as it began); else, or when none was recorded, :func:`pool_size`."""
     path = run_dir / "fit-args.json"
-    pool = json.loads(path.read_text(encoding="utf-8")).get("mask_pool") if resume and path.is_file() else None
+    pool = (read_json_object(path) or {}).get("mask_pool") if resume else None
     if isinstance(pool, int) and not isinstance(pool, bool):
         return pool
     return pool_size(samples, config, seconds)
@@ -464,10 +467,9 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
     with digests of the start weights and of the held-out set: a resume reuses them only for both."""
     path = run_dir / "baselines.json"
     key = dict(start_weights=weights_digest(start.model), held_out=held_out_digest(samples, num_classes))
-    if path.is_file():
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if all(cached.get(k) == v for k, v in key.items()):
-            return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
+    cached = read_json_object(path) or {}
+    if all(cached.get(k) == v for k, v in key.items()) and {"zero_shot", "random_walker"} <= cached.keys():
+        return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
     takes = start.config.class_agnostic or num_classes <= start.num_classes  # the data's classes (_data)
     zero = score(completer_method(start), samples, num_classes) if takes else None
     walker = score(walk_method(beta=2000.0, solver="direct", connectivity=4, color="rgb"), samples, num_classes)

@@ -133,12 +133,17 @@ def _owner_alive(info: dict) -> bool:
     return _pid_alive(int(info.get("pid", -1)))
 
 
-def _read_lock(path: Path) -> dict | None:
+def read_json_object(path: str | Path, max_bytes: int | None = None) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file, it cannot be read or parsed, is not
+    an object, or is larger than ``max_bytes``. For files a run wrote itself and reads back if it can."""
+    path = Path(path)
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # half-written by a run killed while taking it (takers hold the folder's guard)
-    return info if isinstance(info, dict) else None
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            return None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # none there, half-written, not JSON, or nested too deep
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -188,7 +193,7 @@ class OutputLock:
 
     def _check_others(self) -> None:
         for p in sorted(self.folder.glob(f"{LOCK_PREFIX}*.lock")):
-            info = _read_lock(p)
+            info = read_json_object(p)
             if info is None or not _owner_alive(info):  # stale: its owner died (or was killed taking it)
                 p.unlink(missing_ok=True)
                 continue
@@ -222,7 +227,7 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        info = _read_lock(self.path)
+        info = read_json_object(self.path)
         if info is not None and info.get("pid") == os.getpid():
             with contextlib.suppress(OSError):  # a folder that turned read-only: the lock goes stale
                 self.path.unlink(missing_ok=True)

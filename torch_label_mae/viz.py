@@ -12,7 +12,11 @@ error and confidence columns only when known). Colours:
 - confidence of the filled pixels: dark red (0) .. orange .. pale yellow (1), with a colour bar to
   its right; the image in faded grey elsewhere.
 
-Drawing uses Pillow and numpy only; titles use a scalable TrueType font when Pillow has one.
+The audit's picture (:func:`render_audit`) is drawn the same way: ``image | label | score and suspect
+regions | proposed repair``.
+
+Drawing uses Pillow, numpy and scipy's erosion (the outlines); titles use a scalable TrueType font when
+Pillow has one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from .io import atomic_write, full_palette
 
@@ -36,6 +41,8 @@ WRONG_COLOR = (230, 20, 20)
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 HATCH_PERIOD = 8  # px of the hole stripes, at display resolution
+SUSPECT_COLOR = (255, 0, 255)  # the audit's suspect regions, outlined
+SHOWN_SCORE = 0.3  # the audit's score is drawn where above this (the rest: the faded image)
 
 COLUMN_TITLES = {
     "image": "image",
@@ -491,3 +498,64 @@ def save_picture(rows: Sequence[Row], path: str | Path, **kwargs: Any) -> tuple[
     canvas, layout = render(rows, **kwargs)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return Path(path), layout
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), iterations=2)
+
+
+def render_audit(rows: Sequence[dict], *, palette=None, class_names=None, panel_width: int = 360) -> Image.Image:
+    """One row per label: image | label | suspect regions (the score over the faded image, pale yellow
+    = agrees .. dark red = surely wrong, suspect regions outlined in magenta) | proposed repair (the
+    label with the suspect regions replaced, outlined). Scores below ``SHOWN_SCORE`` show the faded image.
+    ``rows``: dicts with ``image``, ``label``, ``result`` (an :class:`AuditResult`: the suspect regions),
+    ``name`` and optionally ``repair`` (the :class:`AuditResult` at the repair threshold; default ``result``)."""
+    columns = ["image", "label", "score (orange 0.3 .. dark red 1), suspects", "proposed repair"]
+    st = _style(panel_width, False)
+    line = st.size + st.gap
+    shapes, titles, classes = [], [], set()
+    width = st.gap + len(columns) * (panel_width + st.gap)
+    for r in rows:
+        lab, res = np.asarray(r["label"]).astype(np.int64), r["result"]
+        shapes.append((max(1, round(lab.shape[0] * panel_width / lab.shape[1])), panel_width))
+        parts = [r["name"], f"image score {res.image_score:.4f}", f"{len(res.regions)} suspect regions"]
+        for g in res.regions[:2]:
+            gn, pn = g.get("given_name", g["given_class"]), g.get("predicted_name", g["predicted_class"])
+            parts.append(f"{g['area']} px {gn} -> {pn} ({g['score']:.2f})")
+        titles.append(_wrap(st.font, parts, width - 2 * st.gap))
+        classes |= set(np.unique(lab[(lab >= 0) & (lab < 255)]).tolist())
+        fix = r.get("repair", res).repaired
+        classes |= set(np.unique(fix[(fix >= 0) & (fix < 255)]).tolist())
+    entries = _legend_entries(sorted(classes), palette, class_names, False, True, False)
+    entries.append(("suspect region", SUSPECT_COLOR))
+    placed, legend_h = _legend_layout(entries, width - 2 * st.gap, st)
+    height = st.gap + line + sum(len(t) * line + h + st.gap for t, (h, _) in zip(titles, shapes, strict=True))
+    height += legend_h + st.gap
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for i, col in enumerate(columns):
+        x = st.gap + i * (panel_width + st.gap)
+        _text_mid(draw, (x, st.gap + st.size // 2), _fit(st.font, col, panel_width), st.font)
+    y = st.gap + line
+    for r, shape, title in zip(rows, shapes, titles, strict=True):
+        for text in title:
+            _text_mid(draw, (st.gap, y + st.size // 2), text, st.font)
+            y += line
+        res, fix = r["result"], r.get("repair", r["result"])
+        lab = _resize_nearest(np.asarray(r["label"]).astype(np.int64), shape)
+        fixed = _resize_nearest(fix.repaired.astype(np.int64), shape)
+        flagged = _resize_nearest(res.flagged, shape)
+        image = _resize_smooth(_image_rgb(r["image"]), shape)
+        score = _resize_smooth(res.score.astype(np.float32), shape)
+        none = np.zeros(shape, dtype=bool)
+        heat = heatmap(1.0 - score, (score > SHOWN_SCORE) | flagged, image)
+        ring = _outline(flagged)
+        heat[ring] = SUSPECT_COLOR
+        rep = colorize(fixed, palette, holes=none, void=(fixed < 0) | (fixed >= 255))
+        rep[_outline(_resize_nearest(fix.flagged, shape))] = SUSPECT_COLOR
+        panels = [image, colorize(lab, palette, holes=none, void=(lab < 0) | (lab >= 255)), heat, rep]
+        for i, p in enumerate(panels):
+            canvas.paste(Image.fromarray(p), (st.gap + i * (panel_width + st.gap), y))
+        y += shape[0] + st.gap
+    _draw_legend(canvas, draw, placed, st.gap, y, st)
+    return canvas
