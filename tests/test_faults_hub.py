@@ -104,6 +104,31 @@ def test_weights_that_are_not_finite_are_refused(tmp_path, good, built, value, d
     assert "cpu" not in built  # the model itself was never built
 
 
+def test_float64_weights_beyond_float32_are_refused(tmp_path, good, built):
+    """The model is float32: a float64 1e300 would load as inf and fill holes with garbage."""
+
+    def edit(s):
+        for k in s:
+            s[k] = s[k].double()
+        s["model.head.weight"][0] = 1e300
+
+    d = copy_with_state(good, tmp_path / "m", edit)
+    with pytest.raises(hub.CorruptWeightsError, match=r"'model.head.weight' holds \d+ NaN or infinite value\(s\)"):
+        LabelCompleter.from_folder(d)
+    assert "cpu" not in built
+
+
+def test_weights_saved_beyond_their_dtype_are_refused_before_writing(tmp_path, good):
+    c = LabelCompleter.from_folder(good)
+    with torch.no_grad():
+        c.model.head.bias[0] = 70000.0  # beyond float16's 65504
+    with pytest.raises(ValueError, match=r"head.bias: NaN or infinite values in torch.float16"):
+        hub.save_hub_files(c.model, tmp_path / "half", dtype=torch.float16)
+    assert not (tmp_path / "half").exists() or not any((tmp_path / "half").iterdir())
+    hub.save_hub_files(c.model, tmp_path / "full")  # float32 holds it
+    assert LabelCompleter.from_folder(tmp_path / "full").model.head.bias[0] == 70000.0
+
+
 def test_half_precision_weights_still_load(tmp_path, good):
     d = copy_with_state(good, tmp_path / "m", lambda s: s.update({k: v.half() for k, v in s.items()}))
     c = LabelCompleter.from_folder(d, device="cpu")
@@ -273,10 +298,19 @@ def test_sizes_each_in_range_but_too_large_together(tmp_path, good, no_model):
     refused(config_dir(tmp_path / "m", cfg), "MAX_ELEMENTS", f"{MAX_ELEMENTS:,}")
 
 
+def test_positions_built_at_load_are_bounded_by_the_config(tmp_path, good, no_model):
+    """The sin-cos positions are built, not read: a config of a few small tensors must not ask for GiBs."""
+    cfg = json.loads((good / hub.CONFIG_NAME).read_text())
+    cfg.update(img_size=256, patch_size=1, encoder_dim=4, encoder_heads=1, decoder_dim=8192, decoder_heads=1)
+    msg = refused(config_dir(tmp_path / "m", cfg), "LMAEConfig.img_size=256", "65536 patches", "MAX_POSITIONS")
+    assert msg.count(str(tmp_path / "m" / hub.CONFIG_NAME)) == 1  # the file named once
+
+
 def test_bad_class_names_and_bools(tmp_path, good, no_model):
     base = json.loads((good / hub.CONFIG_NAME).read_text())
     refused(config_dir(tmp_path / "a", {**base, "class_names": [1, 2, 3, 4, 5]}), "class_names")
-    refused(config_dir(tmp_path / "b", {**base, "class_names": ["x" * 10**4] * 5}), "class_names", "256")
+    msg = refused(config_dir(tmp_path / "b", {**base, "class_names": ["x" * 10**4] * 5}), "class_names", "256")
+    assert len(msg) < 500  # the value is cut, not echoed whole
     refused(config_dir(tmp_path / "c", {**base, "mlp_ratio": True}), "mlp_ratio", "finite number")
     refused(config_dir(tmp_path / "d", {**base, "background_index": 1.5}), "background_index")
 
@@ -466,6 +500,29 @@ def test_connection_refused_is_unreachable(tmp_path):
     url = f"http://127.0.0.1:{closed_port()}"
     took = timed(fetch(url, tmp_path, timeout=DEADLINE), hub.HubUnreachableError, "unreachable", url)
     assert took < DEADLINE + MARGIN
+
+
+def test_the_quick_network_probe_goes_where_the_download_goes(monkeypatch):
+    """Behind a proxy the Hub's host may not resolve at all; the probe then asks the proxy, as
+    huggingface_hub's HTTP client does (HTTP_PROXY / HTTPS_PROXY, NO_PROXY honoured)."""
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        proxy = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        hidden = "http://hub.example.invalid:8080"  # resolves nowhere: reachable only through the proxy
+        assert "gaierror" in hub._unreachable(hidden, 2.0)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        assert hub._unreachable(hidden, 2.0) is None
+        monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{listening.getsockname()[1]}")  # without a scheme
+        assert hub._unreachable(hidden, 2.0) is None
+        monkeypatch.setenv("NO_PROXY", "hub.example.invalid")
+        assert "gaierror" in hub._unreachable(hidden, 2.0)
+    monkeypatch.delenv("NO_PROXY")
+    dead = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    assert hub._unreachable(hidden, 2.0).endswith(f"(through the proxy {dead})")
 
 
 @pytest.mark.parametrize(

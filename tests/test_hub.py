@@ -248,6 +248,32 @@ def load(name, server, cache, **kw) -> LabelCompleter:
     return LabelCompleter.from_pretrained(name, cache_dir=cache, endpoint=server.url, device="cpu", **kw)
 
 
+def test_a_repo_with_a_label_set_loads_with_it_and_each_file_is_checked_before_the_next(tmp_path, cache):
+    """push_to_hub writes label_set.json; from_pretrained(repo id) fetches it. An invalid config or label
+    set is refused before the weights are fetched (a bad config could name GiBs)."""
+    agnostic = LabelCompleter(LMAEConfig.tiny(**{**TINY, "num_classes": 32, "class_agnostic": True}))
+    agnostic.label_set = "voc"
+    agnostic.save_pretrained(tmp_path / "voc")
+    files = {f.name: f.read_bytes() for f in (tmp_path / "voc").iterdir() if f.suffix in (".json", ".safetensors")}
+    assert hub.LABEL_SET_NAME in files
+    bad_config = dict(files, **{hub.CONFIG_NAME: json.dumps({"version": 2, "encoder_dim": 10**6}).encode()})
+    bad_set = dict(files, **{hub.LABEL_SET_NAME: b'{"name": "x", "class_names": []}'})
+    srv = HubServer({("me/voc", "main"): files, ("me/bad", "main"): bad_config, ("me/badset", "main"): bad_set})
+    srv.start()
+    try:
+        c = load("me/voc", srv, cache)
+        assert c.label_set == agnostic.label_set and c.conventions() == agnostic.conventions()
+        with pytest.raises(hub.CorruptWeightsError, match=r"config.json: invalid config \(LMAEConfig.encoder_dim="):
+            load("me/bad", srv, cache)
+        with pytest.raises(hub.CorruptWeightsError, match=r"label_set.json: invalid label set"):
+            load("me/badset", srv, cache)
+        assert [p for m, p in srv.requests if m == "GET" and p.endswith(hub.WEIGHTS_NAME)] == [
+            "/me/voc/resolve/main/model.safetensors"
+        ]
+    finally:
+        srv.stop()
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,7 +286,7 @@ def closed_port() -> int:
 def test_repo_id_downloads_then_loads_from_cache(server, cache, folders):
     c = load(REPO, server, cache)
     assert isinstance(c, LabelCompleter) and not c.training and c.device == torch.device("cpu")
-    assert c.config == LMAEConfig.tiny(**TINY)
+    assert c.config == LMAEConfig.tiny(**TINY) and c.label_set is None  # a repo without label_set.json
     assert_weights(c, folders["main"])
     assert server.gets(hub.CONFIG_NAME) == 1 and server.gets(hub.WEIGHTS_NAME) == 1
     assert list((cache / "models--acme--tiny-completer" / "snapshots").iterdir())
@@ -338,6 +364,19 @@ def test_registered_name_with_another_revision_skips_the_bundle(server, cache, f
     register(monkeypatch, [hub.Pretrained("toy-m0.5", REPO, "v1", "toy", 0.5)], {"toy-m0.5": folders["v1"]})
     assert_weights(load("toy-m0.5", server, cache, revision="main"), folders["main"])
     assert server.gets(hub.WEIGHTS_NAME) == 1
+
+
+def test_a_family_name_passes_its_revision_to_every_member_and_a_folder_takes_none(server, cache, folders, monkeypatch):
+    entries = [hub.Pretrained(f"toy-m{r}", REPO, "v1", "toy", r) for r in (0.25, 0.5)]
+    register(monkeypatch, entries, {e.name: folders["v1"] for e in entries})
+    routed = load("toy", server, cache, revision="main")  # not the bundled v1 copies
+    assert len(routed.routes) == 2 and server.gets(hub.WEIGHTS_NAME) == 1  # one repo, fetched once
+    for member in routed.routes:
+        assert_weights(member, folders["main"])
+    with pytest.raises(hub.ModelNotFoundError, match="revision 'nope' not found"):
+        load("toy", server, cache, revision="nope")
+    with pytest.raises(ValueError, match="is a local folder, which has no revisions"):
+        load(folders["main"], server, cache, revision="v1")
 
 
 def test_list_pretrained_is_the_registry():
@@ -483,6 +522,22 @@ def test_unknown_name_lists_the_registered_ones(name):
     assert repr(name) in msg and "camvid" in msg
     assert all(n in msg for n in hub.REGISTRY)
     assert ("no such model folder" in msg) == ("/" in name)  # a path is told apart from a name
+
+
+@pytest.mark.parametrize("name", ["acme/..", "acme/tiny model", "acme/-tiny", "acme/tiny!"])
+def test_a_name_that_is_no_repo_id_is_unknown_not_a_network_error(name, server, cache):
+    with pytest.raises(hub.UnknownModelError, match="not a registered name, a local folder"):
+        load(name, server, cache)
+    assert server.requests == []
+
+
+def test_a_mistyped_folder_path_says_it_is_no_folder_here_either(server, cache, tmp_path, monkeypatch):
+    (tmp_path / "runs" / "my-model").mkdir(parents=True)
+    make_folder(tmp_path / "runs" / "my-model")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hub.ModelNotFoundError, match=r"runs/my-modle.*nor is it a folder here: runs/ holds no my-mod"):
+        load("runs/my-modle", server, cache)
+    assert load("runs/my-model", server, cache).config == LMAEConfig.tiny(**TINY)
 
 
 def test_repo_not_found(server, cache):
@@ -701,6 +756,7 @@ def test_wheel_bundles_the_default_and_only_registered_folders():
     names = {Path(dst).name for dst in bundled.values()}
     assert hub.DEFAULT_MODEL in names
     assert names <= set(hub.REGISTRY), "a bundled folder that is not a registered name"
+    assert names == {n for n, e in hub.REGISTRY.items() if e.bundled}, "Pretrained.bundled: what the wheel holds"
     for src, dst in bundled.items():
         assert Path(src).name == Path(dst).name and dst.startswith("torch_label_mae/_bundled/")
         assert (root / src / hub.CONFIG_NAME).is_file() and (root / src / hub.WEIGHTS_NAME).is_file()

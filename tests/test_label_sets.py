@@ -91,6 +91,8 @@ def test_builtin_label_sets():
         (dict(void_index=1), r"void_index must be an integer in 2..255"),
         (dict(missing_index=256), r"missing_index must be an integer in 2..255"),
         (dict(void_index=254, missing_index=254), "both 254"),
+        (dict(class_names=("c",) * 300), r"300 classes; a label set has at most 254 \(its missing index and void"),
+        (dict(class_names=("c",) * 256, void_index=None), r"256 classes; a label set has at most 255 \(its missing"),
     ],
 )
 def test_a_label_set_is_checked(kwargs, message):
@@ -208,15 +210,6 @@ def test_a_saved_preset_reloads_with_its_label_set(voc, tmp_path):
     plain.save_pretrained(tmp_path / "myvoc")
     assert not (tmp_path / "myvoc" / hub.LABEL_SET_NAME).exists()
     assert LabelCompleter.from_pretrained(tmp_path / "myvoc", device="cpu").label_set is None
-
-
-def test_a_label_set_from_a_hub_repo_is_not_read_from_the_cache(voc, tmp_path, monkeypatch):
-    """A Hub repo id gives its config and weights only: a label_set.json that a cache folder happens to
-    hold (another tool downloaded the whole repo) is not read, so the same id loads the same way."""
-    voc.save_pretrained(tmp_path / "snapshot")
-    monkeypatch.setattr(hub, "resolve", lambda name, **kwargs: tmp_path / "snapshot")
-    assert LabelCompleter.from_pretrained("me/myvoc", device="cpu").label_set is None
-    assert LabelCompleter.from_pretrained(tmp_path / "snapshot", device="cpu").label_set == voc.label_set
 
 
 @pytest.mark.parametrize(

@@ -132,14 +132,16 @@ class LabelCompleter(
             timeout=timeout,
         )
         folder = hub.local_folder(name)
+        if folder is not None and revision is not None:
+            raise ValueError(f"{folder} is a local folder, which has no revisions; revision= is for Hub repos")
         group = [name] if folder is not None else hub.names_for(name)
         if len(group) > 1 or (group and group[0] != name):
-            members = [cls.from_pretrained(n, device=device, precision=precision, **hub_kw) for n in group]
-            return cls.routed(members)
-        entry, local = (hub.REGISTRY.get(name) if folder is None else None), folder is not None
+            kw = dict(device=device, precision=precision, revision=revision, **hub_kw)
+            return cls.routed([cls.from_pretrained(n, **kw) for n in group])
+        entry = hub.REGISTRY.get(name) if folder is None else None
         completer = cls.from_folder(folder or hub.resolve(name, revision=revision, **hub_kw), device, precision)
-        if not local:  # registered: its entry's label set; a Hub repo: config and weights only, whatever a cache holds
-            completer.pretrained_name, completer.label_set = (name, entry.label_set) if entry else (None, None)
+        if entry is not None:  # registered: its entry's label set (a Hub repo's or a folder's: its own file)
+            completer.pretrained_name, completer.label_set = name, entry.label_set
         return completer
 
     @classmethod

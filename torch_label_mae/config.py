@@ -46,6 +46,7 @@ MAX_COMBINER_WIDTH = 1024  # prior.combiner: the prior combiner's hidden width, 
 MAX_INDEX = 2**31 - 1  # ignore_index in [-2^31, 2^31 - 1] (an int32 label value)
 MAX_CLASS_NAME_LENGTH = 256  # characters of each class name
 MAX_ELEMENTS = 2_000_000_000  # parameters + buffers of the whole model (8 GB in float32)
+MAX_POSITIONS = 1 << 26  # num_patches * (encoder_dim + decoder_dim): the sin-cos positions (256 MB in float32)
 MAX_CONFIG_BYTES = 1 << 20  # size of a config.json file
 
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
@@ -90,7 +91,9 @@ FLAT_PRIOR_KEYS = {
 
 
 def _fail(owner: str, name: str, value, why: str):
-    raise ValueError(f"{owner}.{name}={value!r}: {why}")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"  # a huge value, cut
+    raise ValueError(f"{owner}.{name}={shown}: {why}")
 
 
 def _check_int(owner: str, name: str, value, limits: tuple[int, int]) -> None:
@@ -327,6 +330,14 @@ class LMAEConfig:
             self._bad("img_size", f"must be positive multiples of patch_size {self.patch_size}")
         if self.num_patches > MAX_NUM_PATCHES:
             self._bad("img_size", f"gives {self.num_patches} patches; at most {MAX_NUM_PATCHES} (MAX_NUM_PATCHES)")
+        positions = self.num_patches * (self.encoder_dim + self.decoder_dim)
+        if positions > MAX_POSITIONS:  # built at load, not read from the weights file, so no file bounds them
+            self._bad(
+                "img_size",
+                f"gives {self.num_patches} patches, whose sin-cos positions at encoder_dim + decoder_dim = "
+                f"{self.encoder_dim + self.decoder_dim} are {positions:,} values; at most {MAX_POSITIONS:,} "
+                "(MAX_POSITIONS): a larger patch_size or smaller dims",
+            )
         for d, hd in (("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, d) % getattr(self, hd):
                 self._bad(d, f"must be divisible by {hd}={getattr(self, hd)}")

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +269,8 @@ def resolve(
 
     ``timeout``: the deadline of a download in seconds (see :func:`hub_timeout`)."""
     folder = local_folder(name_or_path)
+    if folder is not None and revision is not None:
+        raise ValueError(f"{folder} is a local folder, which has no revisions; revision= is for Hub repos")
     if folder is not None:
         return folder
     name = str(name_or_path)
@@ -287,9 +290,28 @@ def resolve(
             if local is not None:
                 return local
         return download(entry.repo_id, revision=revision or entry.revision, **hub_kw)
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists():
-        return download(name, revision=revision, **hub_kw)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists() and _repo_id(name):
+        try:
+            return download(name, revision=revision, **hub_kw)
+        except HubError as e:
+            parent = Path(name).parent
+            if not parent.is_dir():
+                raise
+            # 'runs/my-model' where runs/ is a folder here: perhaps a folder's name mistyped
+            raise type(e)(f"{e} (nor is it a folder here: {parent}/ holds no {Path(name).name})") from None
     raise _unknown(name)
+
+
+def _repo_id(name: str) -> bool:
+    """Whether ``name`` is a valid Hub repo id (``owner/name``: letters, digits, ``-_.``, no ``..``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 class _Cancelled(Exception):
@@ -305,6 +327,7 @@ class _Download:
         self.repo_id, self.deadline, self.kwargs = repo_id, deadline, kwargs
         self.filename = CONFIG_NAME  # the file being fetched
         self.paths: list[str] = []
+        self.config = None  # the downloaded config, once checked
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
 
@@ -331,23 +354,35 @@ class _Download:
         return DeadlineTqdm
 
     def run(self) -> None:
+        """The config (checked before anything else is fetched), the label set when the repo has one
+        (``save_pretrained`` / ``push_to_hub`` write it), then the weights."""
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             progress = self.progress_class()
             extra = {"tqdm_class": progress} if progress is not None else {}
-            for filename in (CONFIG_NAME, WEIGHTS_NAME):
+            for filename in (CONFIG_NAME, LABEL_SET_NAME, WEIGHTS_NAME):
                 self.check()
                 self.filename = filename
                 etag_timeout = max(min(REQUEST_TIMEOUT, self.deadline - time.monotonic()), 0.1)
-                path = hf_hub_download(
-                    self.repo_id,
-                    filename,
-                    etag_timeout=etag_timeout,
-                    library_name="torch-label-mae",
-                    **self.kwargs,
-                    **extra,
-                )
+                try:
+                    path = hf_hub_download(
+                        self.repo_id,
+                        filename,
+                        etag_timeout=etag_timeout,
+                        library_name="torch-label-mae",
+                        **self.kwargs,
+                        **extra,
+                    )
+                except EntryNotFoundError:  # also not cached, offline
+                    if filename != LABEL_SET_NAME:
+                        raise
+                    continue  # a model without a label set
+                if filename == CONFIG_NAME:  # each file checked before the next is fetched
+                    self.config = read_config(Path(path))
+                elif filename == LABEL_SET_NAME:
+                    load_label_set_file(Path(path).parent, self.config)
                 self.paths.append(path)
         except BaseException as e:  # handed to the waiting thread
             self.error = e
@@ -404,10 +439,12 @@ def download(
             f"{where}: timed out after {seconds:g} s fetching {job.filename} from {host} (the server did not "
             f"answer in time or sent too slowly); raise timeout= or {TIMEOUT_ENV}, a partial download resumes"
         )
+    if isinstance(job.error, CorruptWeightsError):  # a file that arrived but is invalid: it names the file
+        raise job.error
     if job.error is not None:
         raise hub_error(job.error, where, job.filename, host, local_files_only) from None
     folder = Path(job.paths[0]).parent
-    if Path(job.paths[1]).parent != folder:  # pragma: no cover - hf_hub_download keeps one snapshot folder
+    if any(Path(p).parent != folder for p in job.paths):  # pragma: no cover - hf_hub_download keeps one snapshot
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")
     return folder
 
@@ -419,16 +456,21 @@ def _offline() -> bool:
 
 
 def _unreachable(url: str, seconds: float) -> str | None:
-    """Why no TCP connection to ``url``'s host can be opened (unknown name, refused, no route, no
-    answer within ``seconds``), or None. One cheap connection, so that a machine without network fails
-    at once instead of after huggingface_hub's retries (23 s)."""
-    parts = urllib.parse.urlsplit(url)
+    """Why no TCP connection to ``url``'s host, or to the proxy the environment sets for it
+    (``HTTPS_PROXY`` / ``HTTP_PROXY``, unless ``NO_PROXY`` names the host), can be opened (unknown name,
+    refused, no route, no answer within ``seconds``), or None. One cheap connection, so that a machine
+    without network fails at once instead of after huggingface_hub's retries (23 s)."""
+    parts, via = urllib.parse.urlsplit(url), ""
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        via = f" (through the proxy {proxy})"
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         with socket.create_connection((parts.hostname or "", port), timeout=seconds):
             return None
     except OSError as e:
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {e}{via}"
 
 
 def _causes(e: BaseException) -> list[BaseException]:
@@ -570,6 +612,7 @@ def save_hub_files(model, folder, dtype=None) -> None:
     """Write ``config.json`` + ``model.safetensors`` of an :class:`~torch_label_mae.model.LMAE` (keys
     ``model.*``, as :class:`~torch_label_mae.completer.LabelCompleter` loads them) atomically.
     ``dtype=torch.float16`` halves the file; loading casts back to float32."""
+    import torch
     from safetensors.torch import save_file
 
     from .io import atomic_write
@@ -578,7 +621,10 @@ def save_hub_files(model, folder, dtype=None) -> None:
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
-        state[f"model.{k}"] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        v = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):  # such a file would not load
+            raise ValueError(f"{k}: NaN or infinite values in {v.dtype} (beyond its range?); nothing written")
+        state[f"model.{k}"] = v
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(model.config.to_dict(), indent=2)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -655,12 +701,25 @@ def load_weights(path: Path, shapes):
     for k, t in state.items():
         if not t.dtype.is_floating_point:  # pragma: no cover - the header said otherwise
             raise CorruptWeightsError(f"{path}: tensor {k!r} has dtype {t.dtype}; weights must be floating point")
-        bad = int((~torch.isfinite(t)).sum())
+        bad = int((~torch.isfinite(t.to(torch.float32))).sum())  # the model's dtype: 1e300 in float64 is inf there
         if bad:
             raise CorruptWeightsError(
-                f"{path}: tensor {k!r} holds {bad} NaN or infinite value(s) of {t.numel()}; weights must be finite"
+                f"{path}: tensor {k!r} holds {bad} NaN or infinite value(s) of {t.numel()} (as float32); "
+                "weights must be finite"
             )
     return state
+
+
+def read_config(path: Path):
+    """The :class:`~torch_label_mae.config.LMAEConfig` of ``path``, validated; else a
+    :class:`CorruptWeightsError` naming the file once and what is wrong."""
+    from .config import LMAEConfig
+
+    try:
+        return LMAEConfig.from_json(path)
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        text = str(e).removeprefix(f"{path}: ")  # from_json names the file already
+        raise CorruptWeightsError(f"{path}: invalid config ({text})") from None
 
 
 def load_folder(folder):
@@ -668,12 +727,8 @@ def load_folder(folder):
     order, each failure a :class:`CorruptWeightsError` naming the file: the config (size, JSON, every
     field in range), the weights file's header (every tensor floating point, the keys and shapes the
     config implies; nothing allocated yet), the tensors' values (finite: no NaN or inf)."""
-    from .config import LMAEConfig
     from .model import LMAE
 
     folder = Path(folder)
-    try:
-        config = LMAEConfig.from_json(folder / CONFIG_NAME)
-    except (OSError, ValueError, TypeError, RecursionError) as e:
-        raise CorruptWeightsError(f"{folder / CONFIG_NAME}: invalid config ({e})") from None
+    config = read_config(folder / CONFIG_NAME)
     return config, load_weights(folder / WEIGHTS_NAME, lambda: LMAE.state_shapes(config))

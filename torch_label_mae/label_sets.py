@@ -44,6 +44,12 @@ class LabelSet:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if not self.class_names or not all(isinstance(c, str) and c for c in self.class_names):
             raise ValueError(f"label set {self.name!r}: class_names must be a non-empty list of names")
+        most = 255 if self.void_index is None else 254  # the missing index (and void) are ids above the classes
+        if self.num_classes > most:
+            raise ValueError(
+                f"label set {self.name!r}: {self.num_classes} classes; a label set has at most {most} (its missing "
+                f"index{'' if self.void_index is None else ' and void index'} must be ids above them, at most 255)"
+            )
         for what, v in (("void_index", self.void_index), ("missing_index", self.missing_index)):
             if v is None and what == "void_index":
                 continue
