@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     print(f"{'method':28s} {'PA-mIoU':>8s} {'mIoU':>7s} {'acc':>7s} {'img/s':>8s}{per_seed}")
     for name, method in runs:
         r = evaluate(method, ds, ds.info.num_classes, protocol=a.protocol, ratio=a.ratio, seed=a.seed, limit=a.limit)
-        results[name] = r
+        results[name] = dict(r, dataset=ds.info.name, split=a.split, protocol=a.protocol, ratio=a.ratio)  # the holes
         each = per_draw(r, " ")
         print(
             f"{name:28s} {100 * r['pa_miou']:8.1f} {100 * r['miou']:7.1f} {100 * r['pixel_acc']:7.1f} "

@@ -122,8 +122,8 @@ def random_walker(beta: float = 130.0):
             arr = lab.numpy()
             known = ~miss.numpy() & (arr != 255)
             present = np.unique(arr[known])
-            if len(present) == 0:
-                out.append(torch.zeros_like(lab))
+            if len(present) == 0:  # nothing to walk from: unfilled, as nearest fill and the walk leave it
+                out.append(torch.full_like(lab, MISSING))
                 continue
             if len(present) == 1:
                 out.append(torch.full_like(lab, int(present[0])))
@@ -131,6 +131,7 @@ def random_walker(beta: float = 130.0):
             seeds = np.zeros(arr.shape, dtype=np.int32)
             seeds[known] = np.searchsorted(present, arr[known]) + 1
             x = img.permute(1, 2, 0).numpy().astype(np.float64)
+            x = x if img.is_floating_point() else x / 255.0  # beta is tuned on [0, 1] images (as evaluate gives)
             res = rw(x, seeds, beta=beta, mode="bf", channel_axis=-1)
             out.append(torch.from_numpy(present[res - 1].astype(np.int64)))
         return out

@@ -54,6 +54,8 @@ def prepare(a) -> tuple[Path, Path, list, int]:
     images = Path(a.data) / a.split / "images" if a.protocol == "native" else work / "images"
     broken_dir = work / "broken"
     for d in (images, broken_dir):
+        if d.parent == work:  # this script's own folders: a rerun of other holes or --limit starts them anew
+            shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True, exist_ok=True)
     truths = []
     for i in range(len(ds) if a.limit is None else min(a.limit, len(ds))):
@@ -116,12 +118,15 @@ def main(argv=None) -> int:
         "walk 16-conn lab b2000": lambda: walk_method(solver="direct", connectivity=16, color="lab"),
         f"zero-shot {a.init}": lambda: completer_method(LabelCompleter.from_pretrained(a.init)),
     }
-    cache = Path(a.work) / "anchors.json"  # the same holes: a rerun reuses them
-    rows = json.loads(cache.read_text()) if cache.is_file() else {}
+    cache = Path(a.work) / "anchors.json"  # a rerun on the same holes reuses them, on any others not
+    holes = dict(data=str(Path(a.data).resolve()), split=a.split, protocol=a.protocol, ratio=a.ratio, seed=a.seed,
+                 limit=a.limit, images=len(samples))  # fmt: skip
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    rows = stored.get("rows", {}) if stored.get("holes") == holes else {}
     for name, method in methods.items():
         if name not in rows:
             rows[name] = score(method(), samples, n)
-            cache.write_text(json.dumps(rows, indent=2))
+            cache.write_text(json.dumps(dict(holes=holes, rows=rows), indent=2))
         print(f"{name:28s} {rows[name]:6.2f}", flush=True)
     curve, out = [], Path(a.work) / "fit"
     shutil.rmtree(out, ignore_errors=True)  # a new curve: the first budget starts a new fit

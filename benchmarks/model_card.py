@@ -75,6 +75,13 @@ def _trained(a: argparse.Namespace) -> str:
     return trained
 
 
+def _check_holes(path: str, name: str, result: dict, want: dict) -> None:
+    """Refuse a baseline measured on other holes than the model's: another dataset, split, protocol or ratio."""
+    got = {k: result.get(k) for k in want}
+    if got != want:
+        raise SystemExit(f"{path}: {name!r} was measured on {got}, the card's figures on {want} (rerun baselines.py)")
+
+
 def _evaluate(a: argparse.Namespace, completer: LabelCompleter, ds: FolderDataset) -> list[tuple[str, dict, dict]]:
     """The model evaluated per protocol next to its baselines' JSON -> ``[(protocol, ours, baselines)]``."""
     method = completer_method(completer)
@@ -84,8 +91,13 @@ def _evaluate(a: argparse.Namespace, completer: LabelCompleter, ds: FolderDatase
             continue
         base = json.loads(Path(bpath).read_text())
         for name, r in base.items():  # before the model's (long) evaluation; the order is the table's
+            _check_holes(bpath, name, r, dict(dataset=ds.info.name, split=a.split, protocol=protocol, ratio=0.5))
             if _seeds(r) != seeds:
                 raise SystemExit(f"{bpath}: {name!r} was measured on hole seeds {_seeds(r)}, not {seeds} (in order)")
+            if r.get("images") != len(ds) * len(seeds):
+                raise SystemExit(
+                    f"{bpath}: {name!r} counts {r.get('images')} images, not {len(ds)} x {len(seeds)} draws"
+                )
         ours = evaluate(method, ds, ds.info.num_classes, protocol=protocol, seed=seeds)
         print(f"{a.name} {protocol}: PA-mIoU {_pct(ours['pa_miou'])}", file=sys.stderr)
         rows.append((protocol, ours, base))

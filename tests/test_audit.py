@@ -457,7 +457,13 @@ def test_a_colour_label_is_refused_with_what_to_do(completer):
 def test_an_empty_labels_folder_says_so(tmp_path, model_dir):
     (tmp_path / "i").mkdir(), (tmp_path / "l").mkdir()
     rep = audit_dataset(tmp_path / "i", tmp_path / "l", tmp_path / "o", model=model_dir, progress=False)
-    assert rep.total == 0 and "no label PNG" in rep.summary()
+    assert rep.total == 0 and "no label PNG" in rep.summary() and "subfolders" not in rep.summary()
+    for city in ("aachen", "bremen"):  # Cityscapes' layout: labels/<city>/*.png
+        (tmp_path / "l" / city).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "l" / city / "x.png")
+    (tmp_path / "l" / "empty").mkdir()
+    rep = audit_dataset(tmp_path / "i", tmp_path / "l", tmp_path / "o2", model=model_dir, progress=False)
+    assert "its subfolders aachen/, bremen/ hold some: labels are read from the folder itself" in rep.summary()
 
 
 @pytest.mark.parametrize("flag", ["--threshold", "--repair", "--min-area"])

@@ -87,6 +87,10 @@ def test_baselines_nearest_and_torch_walk_write_json(tmp_path):
         res = json.loads(out.read_text())
         assert set(res) == {"nearest fill", "random walk (torch) 5"}
         assert all(r["images"] == 3 for r in res.values())
+        name = FolderDataset(data, "val").info.name  # which holes: what model_card.py checks
+        assert all(
+            (r["dataset"], r["split"], r["protocol"], r["ratio"]) == (name, "val", protocol, 0.5) for r in res.values()
+        )
         # the figures are the library's own evaluation of the same methods on the same holes
         ds = FolderDataset(data, "val")
         for name, method in (("nearest fill", nearest_fill_method), ("random walk (torch) 5", walk_method(sweeps=5))):
@@ -177,13 +181,18 @@ def test_model_card_reports_model_and_baselines(tmp_path):
     data = make_dataset(tmp_path / "data", splits=(("train", 2), ("val", 3)), size=(32, 32))
     LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4})).save_pretrained(tmp_path / "hub" / "toy-m0.5")
     base = tmp_path / "b.json"
-    base.write_text(json.dumps({"nearest fill": {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9}}))
+    holes = dict(dataset=FolderDataset(data, "val").info.name, split="val", protocol="paper", ratio=0.5, images=3)
+    base.write_text(json.dumps({"nearest fill": {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9, **holes}}))
     args = ["--name", "toy-m0.5", "--hub", str(tmp_path / "hub"), "--data", str(data), "--baselines", str(base)]
     assert model_card.main([*args, "--recipe", "label-mae train ...", "--train-time", "2 minutes"]) == 0
     card = (tmp_path / "hub" / "toy-m0.5" / "README.md").read_text()
     assert "| paper | nearest fill | 50.0 | 60.0 | 90.0 | 50.0 |" in card
     assert "| paper | **toy-m0.5** |" in card and "label-mae train ..." in card
     assert "Trained on 2 images for 2 minutes" in card and "one draw of holes (seed 0)" in card
+    for other in (dict(protocol="native"), dict(ratio=0.25), dict(split="train"), dict(images=2)):
+        base.write_text(json.dumps({"nearest fill": {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9, **holes, **other}}))
+        with pytest.raises(SystemExit, match="'nearest fill' (was measured on|counts 2 images)"):
+            model_card.main([*args, "--recipe", "r"])
 
 
 def test_model_card_counts_several_hole_draws_and_refuses_baselines_of_other_draws(tmp_path):
@@ -193,7 +202,8 @@ def test_model_card_counts_several_hole_draws_and_refuses_baselines_of_other_dra
     data = make_dataset(tmp_path / "data", splits=(("val", 3),), size=(32, 32))
     LabelCompleter(LMAEConfig(**{**TINY_MODEL, "num_classes": 4})).save_pretrained(tmp_path / "hub" / "toy-m0.5")
     draws = [{"seed": 0, "pa_miou": 0.4, "miou": 0.5}, {"seed": 1, "pa_miou": 0.6, "miou": 0.7}]
-    nearest = {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9, "seeds": [0, 1], "per_seed": draws}
+    nearest = {"pa_miou": 0.5, "miou": 0.6, "pixel_acc": 0.9, "seeds": [0, 1], "per_seed": draws, "images": 6}
+    nearest.update(dataset=FolderDataset(data, "val").info.name, split="val", protocol="paper", ratio=0.5)
     base = tmp_path / "b.json"
     base.write_text(json.dumps({"nearest fill": nearest}))
     args = ["--name", "toy-m0.5", "--hub", str(tmp_path / "hub"), "--data", str(data), "--baselines", str(base)]
@@ -224,6 +234,12 @@ def test_fit_curve_scores_the_fits_and_the_anchors_on_the_same_holes(tmp_path):
     assert res["anchors"]["nearest fill"] == pytest.approx(100 * want["pa_miou"], abs=1e-6)
     zero = evaluate(completer_method(LabelCompleter.from_pretrained(str(start))), ds, ds.info.num_classes)
     assert res["anchors"][f"zero-shot {start}"] == pytest.approx(100 * zero["pa_miou"], abs=1e-6)
+    # a rerun in the same --work on other holes scores the anchors on those, and fits on those labels only
+    assert fit_curve.main([*args[:-1], "3", "--seed", "1", "--ratio", "0.25", "--minutes", "0.02"]) == 0
+    res = json.loads((work / "results.json").read_text())
+    want = evaluate(nearest_fill_method, ds, ds.info.num_classes, ratio=0.25, seed=1, limit=3)
+    assert res["anchors"]["nearest fill"] == pytest.approx(100 * want["pa_miou"], abs=1e-6)
+    assert len(list((work / "broken").iterdir())) == 3 and len(list((work / "images").iterdir())) == 3
 
 
 def test_vs_random_walker_interleaves_rounds_and_reports_their_ratios(tmp_path):

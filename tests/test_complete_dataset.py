@@ -276,7 +276,33 @@ def test_a_class_agnostic_model_fails_a_label_without_known_pixels_and_writes_no
     r = complete_dataset(images, marked, out, model=str(agnostic_dir), missing_index=254, progress=False)
     assert r.done == 2 and r.skipped == 0  # redone: 255 is no class of this model
     assert [f for f, _ in r.failed] == [third] and r.failed[0][1].startswith("ids out of range: ")
-    assert "ids [255] outside [0, 255)" in r.failed[0][1]
+    assert "ids [255] (any id >= 0 but 255 is a class)" in r.failed[0][1]
+    r = complete_dataset(images, broken, tmp_path / "out300", model=str(agnostic_dir), missing_index=300)
+    assert r.done == 0 and all("no pixel holds 300 (8-bit labels hold 0..255)" in why for _, why in r.failed)
+
+
+def test_a_class_agnostic_model_completes_16bit_labels_of_ids_above_255(tmp_path, agnostic_dir):
+    """Any ids: the Python API completes them, and so does a folder (it refused ids of 255 and above)."""
+    images, broken, _ = make_data(tmp_path, n=2)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for name in pngs(broken):
+        lab = array(broken / name).astype(np.int64)
+        Image.fromarray(np.where(lab == 255, 255, 1000 * (lab + 1)).astype(np.uint16)).save(wide / name)
+    out = tmp_path / "out"
+    r = complete_dataset(images, wide, out, model=str(agnostic_dir), progress=False)
+    assert r.done == 2 and not r.failed
+    for name in pngs(wide):
+        lab, got = array(wide / name), array(out / name)
+        known = lab != 255
+        assert np.array_equal(got[known], lab[known]) and np.isin(got[~known], lab[known]).all()
+        assert output_is_valid(out / name, lab, None, 255, agnostic=True)
+        bad = got.copy()
+        bad[~known] = 7  # an id the label's known pixels do not carry
+        assert not np.isin(7, lab)
+        Image.fromarray(bad.astype(np.uint16)).save(tmp_path / "bad.png")
+        assert not output_is_valid(tmp_path / "bad.png", lab, None, 255, agnostic=True)
+    assert complete_dataset(images, wide, out, model=str(agnostic_dir), progress=False).skipped == 2  # resumable
 
 
 def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(

@@ -16,7 +16,7 @@ from synth import TINY_MODEL
 from torchvision import tv_tensors
 
 from torch_label_mae import LabelCompleter, LMAEConfig
-from torch_label_mae.completer import with_correction
+from torch_label_mae.completer import resolve_device, with_correction
 
 N = 5  # classes
 TINY = dict(TINY_MODEL, num_classes=N)
@@ -250,6 +250,10 @@ def test_missing_map_shape_mismatch_names_it(plain):
         plain.complete_batch([image, image], [label, label], missing=[np.zeros((10, 12), bool)])
     with pytest.raises(ValueError, match="missing must be None"):
         plain.complete(image, label, missing="everything")
+    void = label.copy()
+    void[:3] = 255  # with 255 also the missing index, a None map would have filled them
+    with pytest.raises(ValueError, match=r"missing\[1\] is None: give every label a map"):
+        plain.complete_batch([image, image], [void, void], missing=[np.zeros((10, 12), bool), None], void_index=255)
     for values in ([0.0, 0.3], [0.0, float("nan")], [0, 2]):  # not a mask: refused, not read as nonzero
         bad = np.resize(np.asarray(values), (10, 12))
         with pytest.raises(ValueError, match=r"missing\[0\]: a missing map is boolean \(or 0 / 1\)"):
@@ -317,6 +321,23 @@ def test_non_rgb_images_are_refused_with_a_hint(plain, image):
     with pytest.raises(ValueError, match="RGB") as e:
         plain.complete(image, np.zeros((5, 6), np.uint8))
     assert "images[0]" in str(e.value)
+
+
+def test_a_batch_or_a_boolean_mask_given_as_one_label_says_what_to_do(plain):
+    image = np.zeros((10, 12, 3), np.uint8)
+    for batch in (np.zeros((5, 10, 12), np.int64), torch.zeros(5, 10, 12, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"labels\[0\].*\(5, 10, 12\); for a batch of labels: complete_batch"):
+            plain.complete(image, batch)
+    for mask in (np.zeros((10, 12), bool), torch.zeros(10, 12, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"a boolean mask is no label: its ids as integers"):
+            plain.complete(image, mask)
+
+
+def test_a_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device 'cuda:1': no CUDA GPU is available to torch here; use device='cpu'"):
+        resolve_device("cuda:1")
+    assert resolve_device(None) == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
 
 
 def test_grayscale_images_are_replicated(plain):

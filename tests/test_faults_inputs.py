@@ -98,6 +98,32 @@ def test_a_pil_float_image_with_nan_is_refused_and_complete_labels_names_it(smal
         CompleteLabels(small)(image, torch.from_numpy(_broken(8, 8)))
 
 
+@given(values=st.lists(st.floats(0, 1, width=32), min_size=6, max_size=6))
+def test_a_pil_float_image_reads_as_the_same_float_tensor_and_its_file_as_their_uint8(tmp_path_factory, values):
+    """'F' is a float image in [0, 1], as float tensors are (torchvision's reading): it was clipped to
+    0..255 and so read black."""
+    arr = np.asarray(values, np.float32).reshape(2, 3)
+    t = image_to_tensor(Image.fromarray(arr, mode="F"))
+    assert t.dtype == torch.float32 and torch.equal(t, torch.from_numpy(arr).expand(3, -1, -1))
+    path = tmp_path_factory.mktemp("f") / "gray.tiff"
+    Image.fromarray(arr, mode="F").save(path)
+    assert torch.equal(read_image(path)[0], torch.from_numpy(np.round(arr * 255).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("bad", [255.0, -0.5, 1.0000001])
+def test_a_pil_float_image_outside_0_1_is_refused_showing_its_range(bad):
+    arr = np.full((4, 5), 0.5, np.float32)
+    arr[1, 2] = bad
+    lo, hi = min(0.5, float(np.float32(bad))), max(0.5, float(np.float32(bad)))
+    with pytest.raises(ValueError, match=rf"img: float images must be in \[0, 1\], got values in \[{lo:.9g}, {hi:.9g}"):
+        image_to_tensor(Image.fromarray(arr, mode="F"), "img")
+
+
+def test_a_16bit_rgb_array_says_how_to_scale_it():
+    with pytest.raises(ValueError, match=r"img: image dtype torch.uint16 not supported.*image // 257 as uint8"):
+        image_to_tensor(np.zeros((4, 5, 3), np.uint16), "img")
+
+
 def test_a_finite_float_images_still_complete(small):
     out = small.complete(_rgb(16, 16).astype(np.float64) / 255, _broken(16, 16))
     assert out.shape == (16, 16) and (out < 5).all()

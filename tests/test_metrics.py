@@ -150,6 +150,22 @@ def test_out_of_range_prediction_raises(bad):
         SegmentationMetrics(4).update(pred, target)
 
 
+@given(stray=st.sampled_from([4, 7, 254, -1, 300]), where=st.integers(0, 3))
+def test_a_target_outside_the_classes_raises_unless_ignored_or_masked(stray, where):
+    """A truth id no class has would drop out of the scores silently; it is refused, naming it."""
+    target = torch.tensor([[0, 1, 2, 3]])
+    target[0, where] = stray
+    pred = torch.tensor([[0, 1, 2, 3]])
+    with pytest.raises(
+        ValueError, match=rf"targets must be class ids in \[0, 4\) or ignore_index 255, got \[{stray}\]"
+    ):
+        confusion_matrix(pred, target, 4)
+    outside = torch.ones_like(target, dtype=torch.bool)
+    outside[0, where] = False  # not scored: allowed
+    assert int(confusion_matrix(pred, target, 4, pixel_mask=outside).sum()) == 3
+    assert int(confusion_matrix(pred, target, 4, ignore_index=stray).sum()) == 3
+
+
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long), 3)

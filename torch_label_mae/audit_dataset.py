@@ -182,7 +182,8 @@ def audit_dataset(
         model=weights_digest(completer.model),  # another model, same settings: redone, not skipped
         label_set=completer.label_set.to_dict() if completer.label_set is not None else None,  # classes, names
     )
-    report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir))
+    report = AuditReport(total=len(items), model=str(model or DEFAULT_MODEL), settings=settings, out_dir=str(out_dir),
+                         labels_dir=str(labels_dir))  # fmt: skip
     run = _AuditRun(completer, report, out_dir, settings, batch_size, overwrite)
     run.run(items, progress, (images_dir, labels_dir) if worst > 0 else None, worst)
     return report

@@ -226,7 +226,7 @@ def _read_png(path: Path, modes) -> np.ndarray | None:
 def output_is_valid(
     out: Path,
     label: np.ndarray,
-    num_classes: int,
+    num_classes: int | None,
     missing_index: int = 255,
     confidence: Path | None = None,
     *,
@@ -241,7 +241,9 @@ def output_is_valid(
     with ``label`` its ids decoded by ``colors``): an RGB PNG equal to ``rgb`` on every pixel that is not
     of the missing colour, and class colours of ``[0, num_classes)`` on those. ``agnostic`` (a
     class-agnostic model's output, which fills only with ids the label's visible pixels carry): a hole that
-    still holds ``missing_index`` was not filled, though the missing index is in the class range."""
+    still holds ``missing_index`` was not filled, though the missing index is in the class range.
+    ``num_classes`` None (a class-agnostic model without label set: any ids): holes hold ids the label's
+    known pixels carry."""
     if rgb is not None:
         arr = _read_png(out, ("RGB", "RGBA"))
         if arr is None or arr.shape[:2] != rgb.shape[:2] or (arr.shape[2] == 4 and (arr[..., 3] != 255).any()):
@@ -254,16 +256,19 @@ def output_is_valid(
             filled = colors.decode(arr[holes][None], "output")
         except ValueError:
             return False
-        if ((filled < 0) | (filled >= num_classes)).any():
+        if num_classes is not None and ((filled < 0) | (filled >= num_classes)).any():
             return False
     else:
         arr = _read_png(out, ("P", "I;16", "I"))  # ids above 255: a 16-bit output (I before Pillow 10.3)
         if arr is None or arr.shape != label.shape:
             return False
         void = label == void_index if void_index is not None else np.zeros(label.shape, bool)
-        if not (void | (arr < num_classes)).all():
-            return False
         known = label != missing_index
+        if num_classes is None:  # any ids: a hole takes one its label's known pixels carry
+            if not np.isin(arr[~known], label[known & ~void]).all():
+                return False
+        elif not (void | (arr < num_classes)).all():
+            return False
         if not np.array_equal(arr[known], label[known]):
             return False
         if agnostic and (arr[~known] == missing_index).any():
@@ -298,9 +303,8 @@ class _Reader(torch.utils.data.Dataset):
     def __init__(self, items, out_dir, confidence_dir, coding: _Coding, overwrite, max_pixels, completer):
         self.items, self.out_dir, self.confidence_dir = items, out_dir, confidence_dir
         self.coding, self.overwrite, self.max_pixels = coding, overwrite, max_pixels
-        self.agnostic, ignore = completer.config.class_agnostic, completer.config.ignore_index
-        # the ids of a palette PNG, but a class-agnostic model's unknown marker, which completion refuses
-        self.n = completer.num_ids or (ignore if self.agnostic and 0 < ignore < 256 else 256)
+        self.agnostic, self.ignore = completer.config.class_agnostic, completer.config.ignore_index
+        self.n = completer.num_ids  # None: a class-agnostic model's any ids (but its unknown marker, ignore)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -378,7 +382,7 @@ class _Reader(torch.utils.data.Dataset):
             )
         lab_np, c = label.numpy(), self.coding
         if colour:  # decoded: MISSING_ID, VOID_ID or a colour's class id
-            bad = lab_np >= self.n
+            bad = lab_np >= (self.n if self.n is not None else c.colors.num_classes)
             if bad.any():
                 vals = sorted(np.unique(lab_np[bad]).tolist())[:5]
                 return (
@@ -387,13 +391,16 @@ class _Reader(torch.utils.data.Dataset):
             return _unfillable(lab_np == MISSING_ID, lab_np >= 0) if self.agnostic else None
         holes = lab_np == c.missing_index
         allowed = holes | (lab_np == c.void_index if c.void_index is not None else False)
-        bad = ~allowed & ((lab_np < 0) | (lab_np >= self.n))
+        bad = ~allowed & ((lab_np < 0) | ((lab_np >= self.n) if self.n is not None else (lab_np == self.ignore)))
         if bad.any():
             vals = np.unique(lab_np[bad]).tolist()
             void = f" or the void index {c.void_index}" if c.void_index is not None else ""
+            ids = f"outside [0, {self.n})" if self.n is not None else f"(any id >= 0 but {self.ignore} is a class)"
+            none = c.missing_index > 255 and not holes.any()  # e.g. --missing-index 300 on 8-bit labels
+            hint = f"; no pixel holds {c.missing_index} (8-bit labels hold 0..255)" if none else ""
             return (
-                f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} outside [0, {self.n}) "
-                f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}"
+                f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} {ids} "
+                f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}{hint}"
             )
         return _unfillable(holes, ~allowed) if self.agnostic else None
 
@@ -766,6 +773,7 @@ def complete_dataset(
     coding = _Coding.of(completer, missing_index, void_index, colors, in_place)
 
     report = _new_report(len(mine), rank, world_size, out_dir, rpath, model, completer, overwrite)
+    report.labels_dir = str(labels_dir)
     reader = _Reader(mine, out_dir, conf_dir, coding, overwrite, max_pixels, completer)
     loop_args = (batch_size, max_batch_pixels, num_workers, progress)
     dirs = dict(out_dir=out_dir, conf_dir=conf_dir)

@@ -318,11 +318,17 @@ def _check_batch_args(images, labels, missing, batch_size: int) -> bool:
         raise ValueError(f"missing must be None, a list of HxW boolean maps or 'background-first', got {missing!r}")
     if maps and len(missing) != len(labels):
         raise ValueError(f"got {len(missing)} missing maps for {len(labels)} labels")
+    nones = [i for i, m in enumerate(missing) if m is None] if maps else []
+    if nones:  # it would fall back to missing_index, unchecked against void_index
+        raise ValueError(f"missing[{nones[0]}] is None: give every label a map (all False: none missing) or none")
     return maps
 
 
 def resolve_device(device=None) -> torch.device:
-    """``device`` or CUDA when available, else CPU."""
+    """``device`` or CUDA when available, else CPU. ``ValueError`` for a CUDA device when torch sees none."""
     if device is not None:
-        return torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available to torch here; use device='cpu'")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -33,6 +33,8 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     image with NaN / inf values or values outside [0, 1], and a gray image :func:`gray_to_uint8` refuses.
     """
     if isinstance(image, Image.Image):
+        if image.mode == "F":  # a float image, as a float tensor is (torchvision's reading of 'F')
+            return image_to_tensor(torch.from_numpy(np.array(image, dtype=np.float32)), name)
         if image.mode in WIDE_GRAY_MODES:
             gray = torch.from_numpy(gray_to_uint8(image, name))
             return check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
@@ -72,14 +74,10 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t
     if t.dtype.is_floating_point:
-        _check_finite(t, name)
-        if float(t.min()) < 0.0 or float(t.max()) > 1.0:
-            raise ValueError(
-                f"{name}: float images must be in [0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}];"
-                " pass uint8 for 0..255"
-            )
+        _check_range(t, name)
         return t.float()
-    raise ValueError(f"{name}: image dtype {t.dtype} not supported; use uint8 (0..255) or float (0..1)")
+    sixteen = "; a 16-bit image: image // 257 as uint8, or image / 65535 as float" if t.dtype == torch.uint16 else ""
+    raise ValueError(f"{name}: image dtype {t.dtype} not supported; use uint8 (0..255) or float (0..1){sixteen}")
 
 
 def label_to_tensor(label, name: str = "label") -> torch.Tensor:
@@ -100,20 +98,29 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            colour = f"; {COLOR_HINT}" if arr.ndim == 3 and arr.shape[2] == 3 else ""
-            raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{colour}")
+            hint = _label_hint(arr.ndim, arr.dtype == bool, colour=arr.ndim == 3 and arr.shape[2] == 3)
+            raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{hint}")
         return torch.from_numpy(arr.astype(np.int64))
     if isinstance(label, torch.Tensor):
         t = label.detach().cpu().as_subclass(torch.Tensor)
         if t.ndim == 3 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            colour = f"; {COLOR_HINT}" if t.ndim == 3 and t.shape[0] == 3 else ""
+            hint = _label_hint(t.ndim, t.dtype == torch.bool, colour=t.ndim == 3 and t.shape[0] == 3)
             raise ValueError(
-                f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{colour}"
+                f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{hint}"
             )
         return t.to(torch.int64, copy=True)
     raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(label).__name__}")
+
+
+def _label_hint(ndim: int, boolean: bool, colour: bool) -> str:
+    """What to do with a refused label of ``ndim`` dimensions: a colour label, a batch or a boolean mask."""
+    if colour:
+        return f"; {COLOR_HINT}"
+    if ndim == 3:
+        return "; for a batch of labels: complete_batch(images, list(labels))"
+    return "; a boolean mask is no label: its ids as integers, e.g. mask.astype(np.uint8)" if boolean else ""
 
 
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
@@ -127,15 +134,17 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
       range, so equal values read equally across a dataset.
     - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
       (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
-    - ``F`` (32-bit float): refused when a value is NaN / inf, else clipped to 0..255 (Pillow's
-      ``convert("L")``).
+    - ``F`` (32-bit float): a float image in [0, 1], as float tensors are (torchvision reads 'F' so):
+      ``round(v * 255)``; refused when a value is NaN / inf or outside [0, 1] (for a 0..255 float image,
+      ``image.convert("L")`` first).
 
     ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
     naming ``name`` for values it cannot map.
     """
     if image.mode == "F":
-        _check_finite(torch.from_numpy(np.array(image, dtype=np.float32)).unsqueeze(0), name)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+        values = np.array(image, dtype=np.float32)
+        _check_range(torch.from_numpy(values).unsqueeze(0), name)
+        return np.round(values * 255).astype(np.uint8)
     if image.mode not in WIDE_GRAY_MODES:
         raise ValueError(f"{name}: PIL mode {image.mode!r} is not a wide gray mode {WIDE_GRAY_MODES}")
     arr = np.asarray(image).astype(np.int64)
@@ -156,6 +165,16 @@ def check_not_empty(t: torch.Tensor, name: str, what: str = "image") -> torch.Te
         hw = tuple(t.shape[-2:])
         raise ValueError(f"{name}: empty {what} of (H, W) = {hw}; it needs at least one pixel")
     return t
+
+
+def _check_range(t: torch.Tensor, name: str) -> None:
+    """``ValueError`` naming ``name`` unless the float image ``t`` is finite and in [0, 1]."""
+    _check_finite(t, name)
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:  # 9 digits: 1.0000001 is not shown as 1
+        raise ValueError(
+            f"{name}: float images must be in [0, 1], got values in [{lo:.9g}, {hi:.9g}]; pass uint8 for 0..255"
+        )
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:

@@ -20,12 +20,16 @@ def confusion_matrix(
     """``[N, N]`` int64 counts, rows = target class, columns = predicted class. With ``unfilled_index``
     (the value of holes a completer left unfilled): ``[N, N + 1]``, predictions of that value counted in
     the last column (wrong for their class, no class's false positive). Other predictions outside
-    ``[0, N)`` are refused."""
+    ``[0, N)`` are refused, and so are targets outside it but ``ignore_index`` (they would not count)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    keep = target != ignore_index
     if pixel_mask is not None:
         keep = keep & pixel_mask
+    stray = keep & ((target < 0) | (target >= num_classes))
+    if stray.any():
+        ids = torch.unique(target[stray])[:5].tolist()
+        raise ValueError(f"targets must be class ids in [0, {num_classes}) or ignore_index {ignore_index}, got {ids}")
     if unfilled_index is not None and 0 <= unfilled_index < num_classes:
         raise ValueError(f"unfilled_index {unfilled_index} is a class id in [0, {num_classes})")
     t, p = target[keep].long(), pred[keep].long()

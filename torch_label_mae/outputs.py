@@ -51,6 +51,7 @@ class RunReport:
     finished: bool = False
     report_path: str | None = None
     out_dir: str | None = None
+    labels_dir: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,8 +59,19 @@ class RunReport:
         return self.finished and not self.failed
 
     def empty_note(self) -> list[str]:
-        """The summary's line for a run that found no labels (a wrong folder, most likely), else none."""
-        return ["  nothing to do: no label PNG (<id>.png) in the labels folder"] if self.total == 0 else []
+        """The summary's line for a run that found no labels (a wrong folder, most likely), else none;
+        it names the labels folder's subfolders that hold PNGs (labels are read from the folder itself)."""
+        if self.total:
+            return []
+        note = "  nothing to do: no label PNG (<id>.png) in the labels folder"
+        try:
+            subs = sorted(d.name for d in Path(self.labels_dir or "").iterdir() if d.is_dir() and any(d.glob("*.png")))
+        except OSError:
+            subs = []
+        if self.labels_dir and subs:
+            shown = ", ".join(f"{d}/" for d in subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+            note += f"; its subfolders {shown} hold some: labels are read from the folder itself, give one of those"
+        return [note]
 
     def to_dict(self) -> dict:
         d = asdict(self)
