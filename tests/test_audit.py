@@ -341,6 +341,25 @@ def test_audit_dataset_repairs_at_the_threshold_in_use_with_auto(tmp_path, data,
         audit_dataset(images, labels, tmp_path / "c", model=model_dir, repair="0.5", progress=False)  # not "auto"
 
 
+def test_the_repaired_files_change_only_pixels_scored_above_the_repair_threshold(tmp_path, data, model_dir):
+    """On disk, with the repair threshold above the audit's: a repair at the audit threshold, or of every
+    pixel, would change pixels scored between the two."""
+    images, labels = data
+    out = tmp_path / "a"
+    rep = audit_dataset(images, labels, out, model=model_dir, threshold=0.5, repair=0.8, progress=False, worst=0)
+    changed_any, between = 0, 0
+    for r in rep.images:
+        label = np.asarray(Image.open(labels / r["file"])).astype(np.int64)
+        fixed = np.asarray(Image.open(out / "repaired" / r["file"])).astype(np.int64)
+        score = np.asarray(Image.open(out / "scores" / r["file"])).astype(np.int64)
+        changed = fixed != label
+        assert (score[changed] >= round(0.8 * 255)).all()  # 8-bit scores: > 0.8 reads as 204 or more
+        assert int(changed.sum()) == r["changed_pixels"]
+        changed_any += int(changed.sum())
+        between += int(((score > round(0.5 * 255)) & (score < round(0.8 * 255))).sum())
+    assert changed_any > 0 and between > 0  # both kinds of pixel occur: the test can tell the two apart
+
+
 def test_a_bad_min_area_is_refused_before_anything_is_written(tmp_path, data, model_dir):
     images, labels = data
     with pytest.raises(ValueError, match="min_area"):

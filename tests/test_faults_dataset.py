@@ -37,6 +37,7 @@ from torch_label_mae.complete_dataset import (
     resolve_rank,
 )
 from torch_label_mae.data import degrade_folder
+from torch_label_mae.io import atomic_write
 from torch_label_mae.outputs import OutputLock, check_outputs, read_json_object, remove_stale_temp_files
 
 N = 4
@@ -177,6 +178,16 @@ def test_check_outputs_refuses_exactly_the_paths_inside_an_input(tmp_path_factor
 # ----------------------------------------------------------------------------------------------------
 # 2. memory: files over the limit, batches by pixels
 # ----------------------------------------------------------------------------------------------------
+def test_atomic_write_flushes_the_file_to_disk_before_renaming_it(tmp_path, monkeypatch):
+    """Renamed before its bytes reach the disk, a power cut could leave an empty file under the real name."""
+    calls = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_size)), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", Path(b).name)), replace(a, b))[1])
+    atomic_write(tmp_path / "x.txt", lambda tmp: Path(tmp).write_text("hello"))
+    assert calls == [("fsync", 5), ("replace", "x.txt")] and (tmp_path / "x.txt").read_text() == "hello"
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),

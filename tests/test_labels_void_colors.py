@@ -216,24 +216,29 @@ def _camvid_rgb(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return CAMVID.encode(ids), ids
 
 
-@pytest.mark.parametrize("kind", ["pil", "numpy", "tensor"])
+@pytest.mark.parametrize("kind", ["pil", "numpy", "tensor", "mask"])
 def test_rgb_label_round_trips(camvid_completer, kind):
+    from torchvision import tv_tensors
+
     rgb, ids = _camvid_rgb(36, 44, 1)
     wrap = {
         "pil": lambda a: Image.fromarray(a, mode="RGB"),
         "numpy": lambda a: a,
         "tensor": lambda a: torch.from_numpy(a).permute(2, 0, 1).clone(),
+        "mask": lambda a: tv_tensors.Mask(torch.from_numpy(a).permute(2, 0, 1).clone()),
     }[kind]
     label = wrap(rgb)
     out, conf = camvid_completer.complete(_image(36, 44), label, colors="camvid", return_confidence=True)
     assert type(out) is type(label)
-    got = {"pil": np.array, "numpy": np.asarray, "tensor": lambda t: t.permute(1, 2, 0).numpy()}[kind](out)
+    chw = lambda t: t.as_subclass(torch.Tensor).permute(1, 2, 0).numpy()  # noqa: E731
+    got = {"pil": np.array, "numpy": np.asarray, "tensor": chw, "mask": chw}[kind](out)
     assert got.shape == rgb.shape and got.dtype == np.uint8
     holes = ids == MISSING_ID
     assert got[~holes].tobytes() == rgb[~holes].tobytes()
     assert set(map(tuple, got[holes].tolist())) <= set(CAMVID.colors)
     assert (conf[~holes] == 1).all()
-    np.testing.assert_array_equal(np.asarray(label if kind != "tensor" else label.permute(1, 2, 0)), rgb)  # input
+    given = chw(label) if kind in ("tensor", "mask") else np.asarray(label)
+    np.testing.assert_array_equal(given, rgb)  # the input untouched
 
 
 def test_rgb_with_a_missing_map_and_transform(camvid_completer):

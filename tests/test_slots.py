@@ -42,6 +42,11 @@ def holes(rng: np.random.Generator, h: int, w: int, share: float) -> np.ndarray:
 
 
 ids_st = st.lists(st.integers(0, 254), min_size=1, max_size=SLOTS, unique=True)
+# 16-bit and int64 labels: any id but the missing index 255 (a class-agnostic model takes ids above 255)
+wide_ids_st = st.lists(st.integers(0, 65535).filter(lambda i: i != 255), min_size=1, max_size=SLOTS, unique=True)
+label_st = st.one_of(
+    st.tuples(ids_st, st.just(np.uint8)), st.tuples(wide_ids_st, st.sampled_from([np.uint16, np.int64]))
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,10 +83,11 @@ def completer():
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ids=ids_st, seed=st.integers(0, 2**16), share=st.floats(0.1, 0.8))
-def test_any_ids_in_same_ids_out_and_only_visible_classes_fill(completer, ids, seed, share):
+@given(ids_dtype=label_st, seed=st.integers(0, 2**16), share=st.floats(0.1, 0.8))
+def test_any_ids_in_same_ids_out_and_only_visible_classes_fill(completer, ids_dtype, seed, share):
+    ids, dtype = ids_dtype
     rng = np.random.default_rng(seed)
-    label = region_label(rng, 40, 48, ids).astype(np.uint8)
+    label = region_label(rng, 40, 48, ids).astype(dtype)
     image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
     miss = holes(rng, 40, 48, share)
     label[miss] = 255
@@ -96,14 +102,16 @@ def test_any_ids_in_same_ids_out_and_only_visible_classes_fill(completer, ids, s
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ids=ids_st, seed=st.integers(0, 2**16), perm_seed=st.integers(0, 2**16))
-def test_renaming_the_classes_commutes_with_completion(completer, ids, seed, perm_seed):
+@given(ids_dtype=label_st, seed=st.integers(0, 2**16), perm_seed=st.integers(0, 2**16))
+def test_renaming_the_classes_commutes_with_completion(completer, ids_dtype, seed, perm_seed):
+    ids, dtype = ids_dtype
     rng = np.random.default_rng(seed)
-    label = region_label(rng, 32, 32, ids).astype(np.uint8)
+    label = region_label(rng, 32, 32, ids).astype(dtype)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     label[holes(rng, 32, 32, 0.5)] = 255
-    lut = np.arange(256, dtype=np.uint8)
-    lut[ids] = random.Random(perm_seed).sample(range(255), len(ids))
+    top = 256 if dtype == np.uint8 else 65536
+    lut = np.arange(top, dtype=dtype)  # 255, the holes, stays
+    lut[ids] = random.Random(perm_seed).sample([i for i in range(top) if i != 255], len(ids))
     assert np.array_equal(completer.complete(image, lut[label]), lut[completer.complete(image, label)])
 
 

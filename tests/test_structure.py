@@ -61,3 +61,43 @@ def test_no_unit_is_too_long():
                 if n > limit:
                     long.append(f"{p.name}:{node.lineno} {node.name} ({n} lines > {limit})")
     assert not long, long
+
+
+WRITERS = {"save", "save_file", "write_text", "write_bytes"}  # PIL / safetensors / torch / pathlib writes
+OPEN_TO_WRITE = {  # the writes that are not whole files: appended logs and the lock taken by O_EXCL
+    ("train.py", "open"),
+    ("outputs.py", "open"),
+    ("cli.py", "open"),  # os.devnull over a closed stdout
+}
+
+
+def test_every_file_the_package_writes_goes_through_atomic_write():
+    """A file is written whole or not at all: each writer call is the body of ``lambda tmp: ...`` handed
+    to ``atomic_write`` (which renames the temp file over the target), so a kill leaves no half file."""
+    stray, opened = [], []
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        safe = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "atomic_write":
+                for arg in node.args[1:]:
+                    if isinstance(arg, ast.Lambda) and [a.arg for a in arg.args.args][:1] == ["tmp"]:
+                        safe.update(id(n) for n in ast.walk(arg.body))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in WRITERS and id(node) not in safe:
+                stray.append(f"{path.name}:{node.lineno} {ast.unparse(node.func)}")
+            if name == "open" and _opens_to_write(node):
+                opened.append((path.name, name))
+    assert stray == [], f"writes outside atomic_write: {stray}"
+    assert set(opened) <= OPEN_TO_WRITE, f"files opened to write: {sorted(set(opened) - OPEN_TO_WRITE)}"
+
+
+def _opens_to_write(call: ast.Call) -> bool:
+    """``open(path, "w"/"a"/"x"...)``, ``path.open("a")`` or ``os.open(..., O_WRONLY / O_RDWR ...)``."""
+    args = [a for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if any(set(a.value) & set("wax+") for a in args):
+        return True
+    return any("O_WRONLY" in ast.unparse(a) or "O_RDWR" in ast.unparse(a) for a in call.args)

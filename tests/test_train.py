@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -51,6 +52,34 @@ def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
     state = train(_cfg(data, out, epochs=2), resume=True)
     assert [r["epoch"] for r in _log(out)] == [0, 1, 2]  # the prior is measured once per run folder
     assert state["step"] == 4  # 8 images / batch 4 = 2 steps per epoch, continued rather than restarted
+
+
+def test_a_resume_starts_from_the_checkpoints_weights_and_optimizer_state(tmp_path, monkeypatch):
+    """The step counter alone would not tell a resume that restarted from fresh weights, or with an empty
+    optimizer, from one that continued."""
+    import torch_label_mae.train as train_module
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    train(_cfg(data, out, epochs=1))
+    blob = torch.load(out / "checkpoint.pt", weights_only=True)
+    seen = {}
+    build = train_module.build
+
+    def spy(*args, **kwargs):
+        run = build(*args, **kwargs)
+        seen["model"] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        seen["opt"] = copy.deepcopy(run.opt.state_dict())  # training updates its tensors in place
+        return run
+
+    monkeypatch.setattr(train_module, "build", spy)
+    train(_cfg(data, out, epochs=2), resume=True)
+    assert seen["model"].keys() == blob["model"].keys()
+    assert all(torch.equal(seen["model"][k], v) for k, v in blob["model"].items())
+    want, got = blob["optimizer"]["state"], seen["opt"]["state"]
+    assert want and got.keys() == want.keys()  # Adam's moments, not an empty state
+    for i, moments in want.items():
+        assert all(torch.equal(got[i][k], v) for k, v in moments.items() if isinstance(v, torch.Tensor))
 
 
 def _run_cli(args, **kw):

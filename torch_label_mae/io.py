@@ -265,8 +265,9 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``. The temp
-    file is ``.<name>.<pid>.<random>.tmp``: the pid tells a dead run's leftovers from a live one's."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, flush it to disk, then rename it over
+    ``path``: a killed run or a power cut leaves the old file or the new one whole. The temp file is
+    ``.<name>.<pid>.<random>.tmp``: the pid tells a dead run's leftovers from a live one's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -276,6 +277,8 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # the bytes on disk before the name points at them
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
