@@ -524,6 +524,12 @@ def test_unknown_name_lists_the_registered_ones(name):
     assert ("no such model folder" in msg) == ("/" in name)  # a path is told apart from a name
 
 
+def test_an_empty_name_is_unknown_not_the_working_folder():
+    for name in ("", "  "):
+        with pytest.raises(hub.UnknownModelError, match="empty model name"):
+            LabelCompleter.from_pretrained(name)
+
+
 @pytest.mark.parametrize("name", ["acme/..", "acme/tiny model", "acme/-tiny", "acme/tiny!"])
 def test_a_name_that_is_no_repo_id_is_unknown_not_a_network_error(name, server, cache):
     with pytest.raises(hub.UnknownModelError, match="not a registered name, a local folder"):

@@ -215,7 +215,10 @@ def local_folder(name_or_path: str | os.PathLike) -> Path | None:
     A folder is a model only when it holds both files. An incomplete folder whose name is a registered
     name or family (say an empty ``camvid-m0.5/`` in the working directory) does not shadow the registered
     model: it is ignored with a warning (write ``./camvid-m0.5`` to mean the folder). Any other incomplete
-    folder is :class:`ModelNotFoundError` naming the file it lacks. ``~`` is the home folder."""
+    folder is :class:`ModelNotFoundError` naming the file it lacks. ``~`` is the home folder. An empty
+    name is :class:`UnknownModelError` (``Path("")`` would be the working folder)."""
+    if not str(name_or_path).strip():
+        raise UnknownModelError(f"empty model name {str(name_or_path)!r}: give a registered name, folder or repo id")
     p = Path(name_or_path).expanduser()
     if not p.is_dir():
         return None
