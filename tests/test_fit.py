@@ -401,7 +401,37 @@ def test_a_fit_holds_its_out_folder_and_keeps_no_stale_label_set(tmp_path):
                          progress=False)  # fmt: skip
     assert torch.get_num_threads() == threads and not list(out.glob(".label-mae*.lock"))
     fitted = LabelCompleter.from_pretrained(str(out))  # loads: no label set beside a class-specific model
-    assert fitted.label_set is None and (report["kept"] == "fitted") != fitted.config.class_agnostic
+    assert (report["kept"] == "fitted") != fitted.config.class_agnostic
+    if fitted.config.class_agnostic:  # the zero-shot start kept: the data's own label set, not the stale voc
+        assert fitted.label_set.name == labels.name and fitted.label_set.num_classes == 4
+    else:
+        assert fitted.label_set is None
+
+
+def test_a_class_agnostic_fit_records_the_datas_holes_and_void_for_complete(tmp_path):
+    """Holes 254 and void 255: the folder completes them as the fit read them with no flags (without its
+    label set, 255 would be the holes, the void filled, and 254 a class)."""
+    from torch_label_mae import LabelCompleter
+
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=4)
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    for f in sorted(labels.iterdir()):
+        lab = np.array(Image.open(f))
+        lab = np.where(lab == 255, 254, lab)
+        lab[:2] = 255  # the dataset's own void, a border
+        Image.fromarray(lab.astype(np.uint8)).save(marked / f.name)
+    out = tmp_path / "f"
+    report = fit_dataset(images, marked, out, init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1,
+                         missing_index=254, void_index=255, agnostic=True, progress=False)  # fmt: skip
+    fitted = LabelCompleter.from_pretrained(str(out))
+    assert fitted.config.class_agnostic and fitted.label_set.num_classes == report["num_classes"] == 4
+    assert (fitted.label_set.missing_index, fitted.label_set.void_index) == (254, 255)
+    label = np.array(Image.open(marked / sorted(p.name for p in marked.iterdir())[0]))
+    filled = fitted.complete(np.zeros((*label.shape, 3), np.uint8), label)
+    assert (filled[label == 255] == 255).all() and (filled[label == 254] < 4).all()
+    assert (filled[label < 4] == label[label < 4]).all()
 
 
 def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):

@@ -37,6 +37,7 @@ from .data import DatasetInfo, degrade, list_pairs, read_image, read_label, seed
 from .evaluate import completer_method, walk_method
 from .hub import model_folder, save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
+from .label_sets import LabelSet
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
 from .outputs import OutputLock, check_outputs, read_json_object
@@ -499,12 +500,28 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     fitted = report["kept"] == "fitted"
     model = LabelCompleter.from_pretrained(str(fitted_dir)).model if fitted else start.model
     save_hub_files(model, out)
-    # the start's label set goes with its weights, or with a fit that stayed class-agnostic; a stale one goes
-    save_label_set(start.label_set if not fitted or model.config.class_agnostic else None, out)
+    # a class-agnostic model keeps the start's label set, else takes the data's own (its holes and void as
+    # the fit read them: `complete --model` then needs no flags); a class-specific one has none (a stale one goes)
+    label_set = (start.label_set or data_label_set(report)) if model.config.class_agnostic else None
+    save_label_set(label_set, out)
     text = json.dumps(report, indent=2)
     atomic_write(out / "fit.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     card = model_card(report)
     atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+
+
+def data_label_set(report: dict) -> LabelSet | None:
+    """The label set of the data a fit read (``class 0`` .. ``class N-1``, its missing and void indices),
+    so that the folder completes its labels as the fit read them; None when a label set cannot say so (a
+    colour table, more than 254 classes, indices above 255)."""
+    if report.get("colors") is not None:
+        return None
+    names = [f"class {i}" for i in range(report["num_classes"])]
+    try:
+        return LabelSet(Path(report["labels"]).name or "data", names, void_index=report["void_index"],
+                        missing_index=report["missing_index"])  # fmt: skip
+    except ValueError:
+        return None
 
 
 def summary(report: dict) -> str:
