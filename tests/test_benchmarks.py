@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from synth import TINY_MODEL
@@ -213,6 +214,24 @@ def test_model_card_counts_several_hole_draws_and_refuses_baselines_of_other_dra
     assert "degraded 2 times (hole seeds 0, 1)" in card and "--seed 0 1`" in card
     with pytest.raises(SystemExit, match="measured on hole seeds \\[0, 1\\], not \\[0\\]"):
         model_card.main([*args, "--recipe", "r"])
+
+
+def test_the_benchmarks_random_walker_reads_uint8_as_the_float_images_and_leaves_labels_without_seeds():
+    """scikit-image's beta is tuned on [0, 1] images: 0..255 ones gave another walker (beta x 255)."""
+    pytest.importorskip("skimage.segmentation", reason="scikit-image is a benchmark extra ([bench])")
+    from common import MISSING, random_walker
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 24, 24), dtype=np.uint8))
+    label = torch.from_numpy(np.repeat(np.arange(3), 8)[None].repeat(24, 0))
+    missing = torch.zeros(24, 24, dtype=torch.bool)
+    missing[6:18, 4:20] = True
+    walker = random_walker(2000.0)
+    as_uint8 = walker([image], [label], [missing])
+    as_float = walker([image.float() / 255], [label], [missing])
+    assert torch.equal(as_uint8[0], as_float[0])
+    nothing = walker([image], [torch.full_like(label, 255)], [missing])[0]
+    assert (nothing == MISSING).all()  # no known pixel: unfilled, as nearest fill and the walk leave it
 
 
 def test_fit_curve_scores_the_fits_and_the_anchors_on_the_same_holes(tmp_path):

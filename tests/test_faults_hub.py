@@ -519,7 +519,11 @@ def test_the_quick_network_probe_goes_where_the_download_goes(monkeypatch):
         assert hub._unreachable(hidden, 2.0) is None
         monkeypatch.setenv("NO_PROXY", "hub.example.invalid")
         assert "gaierror" in hub._unreachable(hidden, 2.0)
-    monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("HTTP_PROXY")
+        monkeypatch.setenv("ALL_PROXY", proxy)  # for every scheme
+        assert hub._unreachable(hidden, 2.0) is None
+        monkeypatch.delenv("ALL_PROXY")
     dead = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("HTTP_PROXY", dead)
     assert hub._unreachable(hidden, 2.0).endswith(f"(through the proxy {dead})")

@@ -110,13 +110,26 @@ def test_a_pil_float_image_reads_as_the_same_float_tensor_and_its_file_as_their_
     assert torch.equal(read_image(path)[0], torch.from_numpy(np.round(arr * 255).astype(np.uint8)))
 
 
-@pytest.mark.parametrize("bad", [255.0, -0.5, 1.0000001])
-def test_a_pil_float_image_outside_0_1_is_refused_showing_its_range(bad):
+@pytest.mark.parametrize("bad", [-0.5, 255.5, 1e6])
+def test_a_pil_float_image_outside_0_1_and_0_255_is_refused_showing_its_range(bad):
     arr = np.full((4, 5), 0.5, np.float32)
     arr[1, 2] = bad
     lo, hi = min(0.5, float(np.float32(bad))), max(0.5, float(np.float32(bad)))
-    with pytest.raises(ValueError, match=rf"img: float images must be in \[0, 1\], got values in \[{lo:.9g}, {hi:.9g}"):
+    with pytest.raises(ValueError, match=rf"img: PIL mode 'F' image has values in \[{lo:.9g}, {hi:.9g}\]"):
         image_to_tensor(Image.fromarray(arr, mode="F"), "img")
+
+
+def test_a_pil_float_image_of_0_255_reads_as_pillow_reads_it_and_an_overshoot_of_1_is_clipped(tmp_path):
+    """Float TIFFs of 0..255 (Pillow's convert("L") reading) kept working when 'F' became [0, 1]."""
+    arr = np.linspace(0, 250, 20, dtype=np.float32).reshape(4, 5)
+    want = torch.from_numpy(np.round(arr).astype(np.uint8)).expand(3, -1, -1)
+    assert torch.equal(image_to_tensor(Image.fromarray(arr, mode="F")), want)
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tiff")
+    assert torch.equal(read_image(tmp_path / "f.tiff"), want)
+    over = np.full((4, 5), 0.5, np.float32)
+    over[0, 0] = 1.0005  # a resampling's overshoot: still a [0, 1] image
+    t = image_to_tensor(Image.fromarray(over, mode="F"))
+    assert t.dtype == torch.float32 and float(t.max()) == 1.0 and float(t.min()) == 0.5
 
 
 def test_a_16bit_rgb_array_says_how_to_scale_it():

@@ -45,7 +45,8 @@ class HubServer:
     - ``truncate = {filename: mode}`` breaks a file's transfer: ``"size"`` announces the full size on
       ``HEAD`` but sends a self-consistent shorter body; ``"close"`` sends ``Content-Length`` of the full
       file, writes half of it and drops the connection; ``"once"`` does that only on the first ``GET``.
-    - ``status`` answers everything with that HTTP status; ``hub_headers = False`` drops the Hub's headers
+    - ``status`` answers everything with that HTTP status (``file_status[name]``: that file's requests only);
+      ``hub_headers = False`` drops the Hub's headers
     - ``requests`` records ``(method, path)`` of every request; :meth:`gets` counts downloads.
     """
 
@@ -53,6 +54,7 @@ class HubServer:
         self.files: dict[tuple[str, str], dict[str, bytes]] = dict(files or {})
         self.truncate: dict[str, str] = {}
         self.status: int | None = None  # answer every request with this status (e.g. 503), no Hub headers
+        self.file_status: dict[str, int] = {}  # answer the requests of one file name with this status
         self.hub_headers = True  # False: a plain file server (no X-Repo-Commit / ETag), not a Hub
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[str] = []  # Range headers of ranged GETs (resumed downloads)
@@ -110,6 +112,9 @@ class HubServer:
             self.requests.append((h.command, h.path))
         if self.status is not None:
             return self._error(h, self.status, None, "unavailable")
+        failing = [st for name, st in self.file_status.items() if h.path.split("?", 1)[0].endswith("/" + name)]
+        if failing:
+            return self._error(h, failing[0], None, "unavailable")
         m = _RESOLVE.match(h.path.split("?", 1)[0])
         if m is None:
             return self._error(h, 404, None, "not a resolve url")
@@ -270,8 +275,18 @@ def test_a_repo_with_a_label_set_loads_with_it_and_each_file_is_checked_before_t
         assert [p for m, p in srv.requests if m == "GET" and p.endswith(hub.WEIGHTS_NAME)] == [
             "/me/voc/resolve/main/model.safetensors"
         ]
+        srv.file_status = {hub.LABEL_SET_NAME: 503}  # a failed request is no "the repo has none"
+        with pytest.raises(hub.HubServerError, match="label_set.json"):
+            load("me/voc", srv, tmp_path / "other-cache")
+        srv.file_status = {}
+        offline = dict(cache_dir=cache, endpoint=srv.url, device="cpu", local_files_only=True)
     finally:
         srv.stop()
+    assert LabelCompleter.from_pretrained("me/voc", **offline).label_set == agnostic.label_set  # cached with it
+    for cached in cache.rglob(hub.LABEL_SET_NAME):  # a cache an earlier version filled: no label set in it
+        cached.unlink()
+    with pytest.warns(UserWarning, match="label_set.json is not in the local cache"):
+        assert LabelCompleter.from_pretrained("me/voc", **offline).label_set is None
 
 
 def closed_port() -> int:
@@ -377,6 +392,8 @@ def test_a_family_name_passes_its_revision_to_every_member_and_a_folder_takes_no
         load("toy", server, cache, revision="nope")
     with pytest.raises(ValueError, match="is a local folder, which has no revisions"):
         load(folders["main"], server, cache, revision="v1")
+    with pytest.raises(ValueError, match="is a local folder, which has no revisions"):
+        hub.resolve(folders["main"], revision="v1")
 
 
 def test_list_pretrained_is_the_registry():

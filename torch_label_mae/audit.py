@@ -40,6 +40,7 @@ a class-agnostic model plugs in the same way, returning probabilities over the i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -379,6 +380,14 @@ def audit_batch(
                 "table, e.g. torch_label_mae.colors.load_colors('camvid').decode(rgb)"
             )
         img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
+        wide = lab_t > classes if cfg.class_agnostic and completer.num_ids is None else None
+        if wide is not None and bool(wide.any()):  # void to the audit (a 16-bit void), or classes it skips
+            warnings.warn(
+                f"labels[{i}]: {int(wide.sum())} pixels have ids {sorted(lab_t[wide].unique().tolist())[:5]} above "
+                f"{classes}: the audit of a class-agnostic model scores ids 0..{classes - 1} and takes the rest as "
+                "void, never scored or repaired; if they are classes, remap them (e.g. to 0..N-1)",
+                stacklevel=2,
+            )
         if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
             raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)}")
         pairs.append((img_t, lab_t.long()))

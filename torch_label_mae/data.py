@@ -66,7 +66,8 @@ def read_image(path: str | Path) -> torch.Tensor:
     ``round(v / 257)``, see :func:`~torch_label_mae.io.gray_to_uint8`).
 
     Raises ``ValueError`` naming the file if it is unreadable, empty (``H`` or ``W`` is 0) or holds
-    values that cannot be mapped to 8 bits (NaN in a float image, negative 32-bit values)."""
+    values that cannot be mapped to 8 bits (NaN in a float image or values outside 0..255, negative 32-bit
+    values)."""
     from .io import WIDE_GRAY_MODES, gray_to_uint8
 
     try:

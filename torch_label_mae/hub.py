@@ -322,9 +322,10 @@ class _Cancelled(Exception):
 
 
 class _Download:
-    """Both files of a repo, fetched by ``hf_hub_download`` in a thread that the caller waits for until the
-    deadline. Progress updates past the deadline raise :class:`_Cancelled`, so an abandoned transfer stops
-    at its next chunk (or at huggingface_hub's own socket timeouts) rather than running on."""
+    """The files of a repo (config, label set when it has one, weights), fetched by ``hf_hub_download``
+    in a thread that the caller waits for until the deadline. Progress updates past the deadline raise
+    :class:`_Cancelled`, so an abandoned transfer stops at its next chunk (or at huggingface_hub's own
+    socket timeouts) rather than running on."""
 
     def __init__(self, repo_id: str, deadline: float, **kwargs):
         self.repo_id, self.deadline, self.kwargs = repo_id, deadline, kwargs
@@ -356,6 +357,29 @@ class _Download:
 
         return DeadlineTqdm
 
+    def lacks_label_set(self, e: BaseException) -> bool:
+        """Whether ``hf_hub_download``'s "entry not found" ``e`` for ``label_set.json`` means the repo has
+        none: the Hub said so, or the cache recorded that it did. A request that failed online (the same
+        exception class when the file is not cached) is not that, and is raised; a cache filled before label
+        sets were fetched, read offline, is loaded without one, with a warning."""
+        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if not isinstance(e, LocalEntryNotFoundError):
+            return True  # the Hub answered 404 for this file
+        kw = {k: self.kwargs.get(k) for k in ("cache_dir", "revision")}
+        if try_to_load_from_cache(self.repo_id, LABEL_SET_NAME, **kw) is not None:
+            return True  # the cache recorded the Hub's 404 (a cached file would have been returned)
+        if not (self.kwargs.get("local_files_only") or constants.HF_HUB_OFFLINE):
+            return False  # online, and the request failed: an error, not "no label set"
+        # offline, and never asked for
+        warnings.warn(
+            f"{self.repo_id}: {LABEL_SET_NAME} is not in the local cache (a download of an earlier "
+            "version): loaded without a label set; load it once online to fetch it",
+            stacklevel=2,
+        )
+        return True
+
     def run(self) -> None:
         """The config (checked before anything else is fetched), the label set when the repo has one
         (``save_pretrained`` / ``push_to_hub`` write it), then the weights."""
@@ -378,8 +402,8 @@ class _Download:
                         **self.kwargs,
                         **extra,
                     )
-                except EntryNotFoundError:  # also not cached, offline
-                    if filename != LABEL_SET_NAME:
+                except EntryNotFoundError as e:
+                    if filename != LABEL_SET_NAME or not self.lacks_label_set(e):
                         raise
                     continue  # a model without a label set
                 if filename == CONFIG_NAME:  # each file checked before the next is fetched
@@ -460,11 +484,12 @@ def _offline() -> bool:
 
 def _unreachable(url: str, seconds: float) -> str | None:
     """Why no TCP connection to ``url``'s host, or to the proxy the environment sets for it
-    (``HTTPS_PROXY`` / ``HTTP_PROXY``, unless ``NO_PROXY`` names the host), can be opened (unknown name,
+    (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, unless ``NO_PROXY`` names the host), can be opened (unknown name,
     refused, no route, no answer within ``seconds``), or None. One cheap connection, so that a machine
     without network fails at once instead of after huggingface_hub's retries (23 s)."""
     parts, via = urllib.parse.urlsplit(url), ""
-    proxy = urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")  # ALL_PROXY too, as the Hub's HTTP client reads it
     if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
         parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         via = f" (through the proxy {proxy})"

@@ -33,8 +33,9 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     image with NaN / inf values or values outside [0, 1], and a gray image :func:`gray_to_uint8` refuses.
     """
     if isinstance(image, Image.Image):
-        if image.mode == "F":  # a float image, as a float tensor is (torchvision's reading of 'F')
-            return image_to_tensor(torch.from_numpy(np.array(image, dtype=np.float32)), name)
+        values = np.array(image, dtype=np.float32) if image.mode == "F" else None
+        if values is not None and values.size and values.min() >= 0.0 and values.max() <= F_UNIT_MAX:
+            return image_to_tensor(torch.from_numpy(np.minimum(values, 1.0)), name)  # as a float tensor
         if image.mode in WIDE_GRAY_MODES:
             gray = torch.from_numpy(gray_to_uint8(image, name))
             return check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
@@ -98,7 +99,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            hint = _label_hint(arr.ndim, arr.dtype == bool, colour=arr.ndim == 3 and arr.shape[2] == 3)
+            hint = _label_hint(arr.ndim, arr.dtype == bool, colour=arr.ndim == 3 and arr.shape[2] in (3, 4))
             raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{hint}")
         return torch.from_numpy(arr.astype(np.int64))
     if isinstance(label, torch.Tensor):
@@ -106,7 +107,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if t.ndim == 3 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            hint = _label_hint(t.ndim, t.dtype == torch.bool, colour=t.ndim == 3 and t.shape[0] == 3)
+            hint = _label_hint(t.ndim, t.dtype == torch.bool, colour=t.ndim == 3 and t.shape[0] in (3, 4))
             raise ValueError(
                 f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{hint}"
             )
@@ -115,14 +116,16 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
 
 
 def _label_hint(ndim: int, boolean: bool, colour: bool) -> str:
-    """What to do with a refused label of ``ndim`` dimensions: a colour label, a batch or a boolean mask."""
+    """What to do with a refused label of ``ndim`` dimensions: a colour label (3 or 4 channels; a batch of 3
+    or 4 labels looks the same), a batch or a boolean mask."""
     if colour:
-        return f"; {COLOR_HINT}"
+        return f"; {COLOR_HINT} (a batch of labels: complete_batch(images, list(labels)))"
     if ndim == 3:
         return "; for a batch of labels: complete_batch(images, list(labels))"
     return "; a boolean mask is no label: its ids as integers, e.g. mask.astype(np.uint8)" if boolean else ""
 
 
+F_UNIT_MAX = 1.001  # a PIL 'F' image whose values stay at or below this is a [0, 1] image (else 0..255)
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
 
 
@@ -134,17 +137,22 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
       range, so equal values read equally across a dataset.
     - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
       (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
-    - ``F`` (32-bit float): a float image in [0, 1], as float tensors are (torchvision reads 'F' so):
-      ``round(v * 255)``; refused when a value is NaN / inf or outside [0, 1] (for a 0..255 float image,
-      ``image.convert("L")`` first).
+    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'; up to :data:`F_UNIT_MAX`,
+      a resampling's overshoot, clipped to 1): ``round(v * 255)``; else in 0..255 (as Pillow's
+      ``convert("L")`` reads it): ``round(v)``; refused when a value is NaN / inf or outside both. As the
+      'I' mode, it is read by its values.
 
     ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
     naming ``name`` for values it cannot map.
     """
     if image.mode == "F":
         values = np.array(image, dtype=np.float32)
-        _check_range(torch.from_numpy(values).unsqueeze(0), name)
-        return np.round(values * 255).astype(np.uint8)
+        _check_finite(torch.from_numpy(values).unsqueeze(0), name)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{name}: PIL mode 'F' image has values in [{lo:.9g}, {hi:.9g}]; expected 0..1 or 0..255")
+        unit = hi <= F_UNIT_MAX
+        return np.round(np.minimum(values, 1.0) * 255 if unit else values).astype(np.uint8)
     if image.mode not in WIDE_GRAY_MODES:
         raise ValueError(f"{name}: PIL mode {image.mode!r} is not a wide gray mode {WIDE_GRAY_MODES}")
     arr = np.asarray(image).astype(np.int64)
@@ -277,7 +285,7 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:  # the bytes on disk before the name points at them
+        with open(tmp, "r+b") as f:  # the bytes on disk before the name points at them (writable: Windows)
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
