@@ -335,6 +335,20 @@ def test_a_batch_or_a_boolean_mask_given_as_one_label_says_what_to_do(plain):
             plain.complete(image, mask)
 
 
+def test_weights_cast_by_hand_are_refused_with_what_to_do_instead(plain):
+    image, label = np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12), np.uint8)
+    label[:4] = 255
+    try:
+        for cast in ("half", "bfloat16", "double"):
+            getattr(plain, cast)()
+            with pytest.raises(ValueError, match=r"weights are torch\.\w+, but completion needs float32.*float\(\)"):
+                plain.complete(image, label)
+            plain.float()
+    finally:
+        plain.float()
+    assert plain.complete(image, label).shape == (10, 12)
+
+
 def test_a_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device 'cuda:1': no CUDA GPU is available to torch here; use device='cpu'"):

@@ -106,6 +106,12 @@ def complete_samples(model: LMAE, samples, device: torch.device, amp: torch.dtyp
     """Complete prepared samples of one size (:class:`torch_label_mae.inputs.Sample`) on ``device`` under
     autocast ``amp`` (None: float32) -> ``[(completed [H, W], confidence [H, W]), ...]`` on the CPU.
     ``background_first``: the paper's Background-First inference mode (:mod:`torch_label_mae.masking`)."""
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:  # e.g. completer.half(): the prior's float32 maps would meet half weights
+        raise ValueError(
+            f"the completer's weights are {dtype}, but completion needs float32 weights: undo it with "
+            "completer.float(), and for a lower precision pass precision='bfloat16' (autocast) instead"
+        )
     non_blocking = device.type == "cuda"
     img = stack_images([s.image for s in samples])
     lab = torch.stack([s.label for s in samples])
