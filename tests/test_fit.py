@@ -38,7 +38,9 @@ from torch_label_mae.fit_dataset import (
     hold_out,
     read_ids,
     score,
+    summary,
 )
+from torch_label_mae.label_sets import LabelSet
 from torch_label_mae.model import LMAE
 from torch_label_mae.train import TrainConfig, remap_classes, train
 
@@ -126,9 +128,9 @@ def test_held_out_pixels_are_known_and_never_trained_on(h, w, k, fraction, width
         if (truth != UNKNOWN).any():  # something known is always left to complete from
             assert (s.label != UNKNOWN).any()
     if any((s.truth != UNKNOWN).any() for s in samples):
-        for (_, label), s in zip(_data(samples, "x", _agnostic().config).pairs, samples, strict=True):
+        for (_, label), s in zip(_data(samples, "x", _start()).pairs, samples, strict=True):
             assert (label[s.holes | s.held] == UNKNOWN).all()
-        marked = _data(samples, "x", _agnostic().config, holes=True).pairs  # hide_unknown: holes apart from void
+        marked = _data(samples, "x", _start(), holes=True).pairs  # hide_unknown: holes apart from void
         for (_, label), s in zip(marked, samples, strict=True):
             assert torch.equal(label == HOLE, s.holes | s.held)
             assert torch.equal(label == UNKNOWN, (s.truth == UNKNOWN) & ~s.holes)  # void
@@ -142,19 +144,19 @@ def test_an_id_far_above_the_others_is_taken_for_an_unnamed_marker():
     s = _sample(np.random.default_rng(0), 6, 6, 3, False)
     s.truth[0, 0] = s.label[0, 0] = 254  # ids 0..2 and 254: holes or void the arguments did not name
     with pytest.raises(ValueError, match="hold id 254 but not 253.*missing_index=254"):
-        _data([s], "x", _agnostic().config)
+        _data([s], "x", _start())
     s.truth[0, 1] = s.label[0, 1] = 150  # a large class id alone is no marker
     s.truth[0, 0] = s.label[0, 0] = 0
-    _data([s], "x", _agnostic().config)
+    _data([s], "x", _start())
 
 
 def test_hide_unknown_refuses_the_class_id_that_marks_the_holes():
     s = _sample(np.random.default_rng(0), 6, 6, 3, False)
     s.truth[0, 0] = s.label[0, 0] = HOLE
     s.truth[0, 1] = s.label[0, 1] = 253  # with 253: 254 is a class, no unnamed marker
-    _data([s], "x", _agnostic().config)  # without hide_unknown, id 254 is a class like any other
+    _data([s], "x", _start())  # without hide_unknown, id 254 is a class like any other
     with pytest.raises(ValueError, match=f"class ids must be below {HOLE}.*found {HOLE}"):
-        _data([s], "x", _agnostic().config, holes=True)
+        _data([s], "x", _start(), holes=True)
 
 
 def test_a_refused_fit_leaves_no_settings_behind(tmp_path):
@@ -190,6 +192,11 @@ def test_resume_of_a_fit_from_before_hole_index(tmp_path, hide_unknown):
         _claim(run_dir, now, resume=True)
     with pytest.raises(ValueError, match="other settings than the fit it continues: agnostic, hole_index"):
         _claim(run_dir, dict(now, agnostic=True), resume=True)
+
+
+def _start() -> LabelCompleter:
+    """A class-agnostic completer to start from, without a label set."""
+    return LabelCompleter(_agnostic().config)
 
 
 def _agnostic(num_slots=8) -> LMAE:
@@ -403,7 +410,7 @@ def test_a_fit_holds_its_out_folder_and_keeps_no_stale_label_set(tmp_path):
     fitted = LabelCompleter.from_pretrained(str(out))  # loads: no label set beside a class-specific model
     assert (report["kept"] == "fitted") != fitted.config.class_agnostic
     if fitted.config.class_agnostic:  # the zero-shot start kept: the data's own label set, not the stale voc
-        assert fitted.label_set.name == labels.name and fitted.label_set.num_classes == 4
+        assert fitted.label_set.name == labels.name and fitted.label_set.num_classes == 255
     else:
         assert fitted.label_set is None
 
@@ -426,12 +433,42 @@ def test_a_class_agnostic_fit_records_the_datas_holes_and_void_for_complete(tmp_
     report = fit_dataset(images, marked, out, init=str(start), minutes=5, max_steps=1, batch_size=4, threads=1,
                          missing_index=254, void_index=255, agnostic=True, progress=False)  # fmt: skip
     fitted = LabelCompleter.from_pretrained(str(out))
-    assert fitted.config.class_agnostic and fitted.label_set.num_classes == report["num_classes"] == 4
+    assert fitted.config.class_agnostic and report["num_classes"] == 4 and report["label_set"] == "marked"
     assert (fitted.label_set.missing_index, fitted.label_set.void_index) == (254, 255)
+    assert fitted.label_set.num_classes == 254  # any 8-bit id below the markers, as the model takes
     label = np.array(Image.open(marked / sorted(p.name for p in marked.iterdir())[0]))
+    label[label == 3] = 9  # an id the fit never saw: still a class to a class-agnostic model
     filled = fitted.complete(np.zeros((*label.shape, 3), np.uint8), label)
-    assert (filled[label == 255] == 255).all() and (filled[label == 254] < 4).all()
-    assert (filled[label < 4] == label[label < 4]).all()
+    assert (filled[label == 255] == 255).all() and np.isin(filled[label == 254], np.unique(label[label < 254])).all()
+    assert (filled[label < 254] == label[label < 254]).all()
+    assert "no label set" not in summary(report)
+    # a void below the classes cannot be a label set's: none is written, and the summary says what to pass
+    for f in sorted(marked.iterdir()):
+        lab = np.array(Image.open(f))
+        Image.fromarray(np.where(lab == 255, 0, np.where(lab < 4, lab + 1, lab)).astype(np.uint8)).save(f)
+    report = fit_dataset(images, marked, tmp_path / "g", init=str(start), minutes=5, max_steps=1, batch_size=4,
+                         threads=1, missing_index=254, void_index=0, agnostic=True, progress=False)  # fmt: skip
+    assert report["label_set"] is None and not (tmp_path / "g" / "label_set.json").exists()
+    assert "pass --missing-index 254 --void-index 0 to complete" in summary(report)
+
+
+def test_a_start_with_a_label_set_keeps_it_with_the_fits_indices_and_must_hold_the_ids(tmp_path):
+    from torch_label_mae import LabelCompleter
+
+    start = LabelCompleter.from_pretrained(str(_tiny_start(tmp_path)))
+    start.label_set = LabelSet("five", ("a", "b", "c", "d", "e"), missing_index=254, void_index=255)
+    start.save_pretrained(tmp_path / "five")
+    images, labels = _broken(tmp_path, n=4)  # ids 0..3, holes 255, no void
+    kw = dict(init=str(tmp_path / "five"), minutes=5, max_steps=1, batch_size=4, threads=1, agnostic=True)
+    report = fit_dataset(images, labels, tmp_path / "f", progress=False, **kw)
+    kept = LabelCompleter.from_pretrained(str(tmp_path / "f")).label_set
+    assert report["label_set"] == "five" and kept.class_names == ("a", "b", "c", "d", "e")
+    assert (kept.missing_index, kept.void_index) == (255, None)  # the holes as this fit read them
+    start.label_set = LabelSet("two", ("a", "b"))
+    start.save_pretrained(tmp_path / "two")
+    with pytest.raises(ValueError, match="ids up to 3, but the start's label set 'two' has 2 classes"):
+        fit_dataset(images, labels, tmp_path / "g", progress=False, **dict(kw, init=str(tmp_path / "two")))
+    assert not (tmp_path / "g" / "fit-run" / "checkpoint.pt").exists()  # refused before any training
 
 
 def test_nothing_held_out_keeps_the_fit_unscored(tmp_path):

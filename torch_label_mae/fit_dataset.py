@@ -18,6 +18,7 @@ model card: what it was fitted on and what it measured), with ``fit.json`` (the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -292,14 +293,20 @@ def _check_ids(samples: list[Sample], classes: int = 0) -> int:
     return int(ids[-1])
 
 
-def _data(samples: list[Sample], name: str, start, holes: bool = False):
+def _data(samples: list[Sample], name: str, completer, holes: bool = False):
     """The :class:`~torch_label_mae.train.TrainData` of the fit: every label's known pixels; ``holes``: the
     holes and held-out pixels marked :data:`HOLE` apart from void (``TrainConfig.hole_index``). The classes:
-    ``0..`` the largest id, or the start model's (config ``start``) when it has classes and as many or more
-    (then its names and background class too)."""
+    ``0..`` the largest id, or the start model's (``completer``) when it has classes and as many or more
+    (then its names and background class too). A start's label set must hold the labels' ids (it is kept)."""
     from .train import TrainData
 
+    start, label_set = completer.config, completer.label_set
     top = _check_ids(samples, 0 if start.class_agnostic else start.num_classes)
+    if label_set is not None and top >= label_set.num_classes:
+        raise ValueError(
+            f"the labels hold ids up to {top}, but the start's label set {label_set.name!r} has "
+            f"{label_set.num_classes} classes: start from a model without one (e.g. any-m0.5)"
+        )
     if holes and top >= HOLE:
         raise ValueError(f"hide_unknown: class ids must be below {HOLE} (it marks the holes), found {top}")
     info = DatasetInfo(name, [f"class {i}" for i in range(top + 1)], ignore_index=UNKNOWN)
@@ -364,7 +371,7 @@ def fit_dataset(
         holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)
         width = max(4, round(holes.width))
         hold_out(samples, val_fraction, val_images, width, seed)
-        data = _data(samples, Path(labels).name, start.config, holes=hide_unknown)
+        data = _data(samples, Path(labels).name, start, holes=hide_unknown)
         side = float(np.median([max(s.label.shape) for s in samples]))
         settings = holes.training_holes(side, min(start.config.size), hide_unknown=hide_unknown)
         pool = _pool(out / RUN_DIR, resume, samples, start.config, 60 * minutes)
@@ -502,7 +509,8 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     save_hub_files(model, out)
     # a class-agnostic model keeps the start's label set, else takes the data's own (its holes and void as
     # the fit read them: `complete --model` then needs no flags); a class-specific one has none (a stale one goes)
-    label_set = (start.label_set or data_label_set(report)) if model.config.class_agnostic else None
+    label_set = data_label_set(start.label_set, report) if model.config.class_agnostic else None
+    report["label_set"] = label_set.name if label_set is not None else None
     save_label_set(label_set, out)
     text = json.dumps(report, indent=2)
     atomic_write(out / "fit.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -510,16 +518,22 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
 
 
-def data_label_set(report: dict) -> LabelSet | None:
-    """The label set of the data a fit read (``class 0`` .. ``class N-1``, its missing and void indices),
-    so that the folder completes its labels as the fit read them; None when a label set cannot say so (a
-    colour table, more than 254 classes, indices above 255)."""
+def data_label_set(start_set: LabelSet | None, report: dict) -> LabelSet | None:
+    """The label set a class-agnostic model fitted on the report's data carries, so that its folder reads
+    labels as the fit read them: the start's (names, colours) with the fit's missing and void indices, or
+    the data's own, every id below those indices a class (``class 0`` ...: any 8-bit id, as the model
+    takes). None when a label set cannot say so (a colour table, indices above 255 or below the classes)."""
     if report.get("colors") is not None:
-        return None
-    names = [f"class {i}" for i in range(report["num_classes"])]
+        return start_set
+    missing, void = report["missing_index"], report["void_index"]
     try:
-        return LabelSet(Path(report["labels"]).name or "data", names, void_index=report["void_index"],
-                        missing_index=report["missing_index"])  # fmt: skip
+        if start_set is not None:
+            return dataclasses.replace(start_set, missing_index=missing, void_index=void)
+        k = min(missing, void) if void is not None else missing  # the ids below both are classes
+        if k < report["num_classes"]:
+            return None
+        return LabelSet(Path(report["labels"]).name or "data", [f"class {i}" for i in range(k)], void_index=void,
+                        missing_index=missing)  # fmt: skip
     except ValueError:
         return None
 
@@ -530,9 +544,14 @@ def summary(report: dict) -> str:
         return "no pixel held out: kept the fitted model unscored"
     f, z, w = (_percent(report[k]) for k in ("fitted", "zero_shot", "random_walker"))
     held = report["fitted"]
+    flags = ""
+    if report.get("label_set", "") is None and report.get("colors") is None:  # a class-agnostic model kept
+        flags = (f"; no label set could record the holes and void: pass --missing-index {report['missing_index']}"
+                 + (f" --void-index {report['void_index']}" if report["void_index"] is not None else "")
+                 + " to complete")  # fmt: skip
     return (
         f"held-out PA-mIoU ({held['pixels']} pixels of {held['images']} labels): fitted {f}, zero-shot "
-        f"{report['init']} {z}, random walker {w}; kept the {report['kept'].replace('_', '-')} model"
+        f"{report['init']} {z}, random walker {w}; kept the {report['kept'].replace('_', '-')} model{flags}"
     )
 
 
