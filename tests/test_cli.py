@@ -150,7 +150,10 @@ def test_evaluate_a_class_agnostic_model_scores_the_datasets_classes(tmp_path, c
     import json
 
     assert len(json.loads((tmp_path / "r.json").read_text())["pa_iou"]) == 40
+    capsys.readouterr()
     assert main(["evaluate", "--data", str(data), "--ratio", "1"]) == 0  # nothing visible: holes unfilled, wrong
+    err = capsys.readouterr().err  # its warning reads as the command's, not as a line of the package
+    assert "label-mae evaluate: warning: labels[0] has no known pixel" in err and "UserWarning" not in err
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(data), "--limit", "0"])
 

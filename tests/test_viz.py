@@ -255,6 +255,21 @@ def test_show_with_truth_picks_the_worst_and_adds_the_columns(tmp_path, capsys):
     assert show(dirs, tmp_path / "in.png", "--truth", str(dirs["truth"]), "--out", str(dirs["truth"] / "p.png")) == 2
 
 
+def test_show_reads_the_holes_as_its_model_marks_them(tmp_path, capsys, monkeypatch):
+    """voc-m0.5 (or a fit's folder) marks holes 254: without --missing-index, show draws those as holes."""
+    import torch_label_mae.viz as viz
+
+    dirs = make_show_folder(tmp_path, n=2)
+    seen = []
+    real = viz.save_picture
+    monkeypatch.setattr(viz, "save_picture", lambda rows, path, **kw: (seen.append(kw), real(rows, path, **kw))[1])
+    assert show(dirs, tmp_path / "a.png") == 0
+    assert show(dirs, tmp_path / "b.png", "--model", "voc-m0.5") == 0
+    assert show(dirs, tmp_path / "c.png", "--model", "voc-m0.5", "--missing-index", "255") == 0
+    assert [kw["missing_index"] for kw in seen] == [255, 254, 255]
+    assert seen[1]["class_names"][:2] == ["background", "aeroplane"]
+
+
 def test_show_takes_class_names_from_a_dataset_json(tmp_path, capsys, monkeypatch):
     dirs = make_show_folder(tmp_path, n=2)
     classes = tmp_path / "dataset.json"
@@ -305,7 +320,7 @@ def test_show_and_demo_help_name_the_new_options_and_their_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--truth", "--pick", "--limit", "--classes", "--model", "--missing-index", "--panel-width"):
         assert flag in text, flag
-    for default in ("(default: worst with --truth, else spread)", "(default: 400)", "(default: 255)"):
+    for default in ("(default: worst with --truth, else spread)", "(default: 400)", "(default: --model's,"):
         assert default in text, default
     assert text.count("(default: none, ids shown)") == 2 and "(default: none)" in text
 

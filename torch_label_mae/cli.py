@@ -323,8 +323,22 @@ def cmd_audit(args) -> int:
     return 0 if report.ok else 1
 
 
-def _show_class_names(args) -> list[str] | None:
-    """Class names for the legend of `show`: from --classes (a dataset.json), else --model, else None."""
+def _show_conventions(args) -> tuple[list[str] | None, int]:
+    """``(class names, missing index)`` of `show`: the names from --classes (a dataset.json), else
+    --model's, else none; the holes' index from --missing-index, else --model's (its label set's), else 255."""
+    completer = None
+    if args.model:
+        from .completer import LabelCompleter
+
+        completer = LabelCompleter.from_pretrained(args.model, device="cpu")
+    missing = args.missing_index
+    if missing is None:
+        missing = completer.conventions()[0] if completer is not None else 255
+    return _show_class_names(args, completer), missing
+
+
+def _show_class_names(args, completer) -> list[str] | None:
+    """Class names for the legend of `show`: from --classes (a dataset.json), else ``completer``'s, else None."""
     if args.classes:
         try:
             names = json.loads(Path(args.classes).read_text()).get("classes")
@@ -333,14 +347,10 @@ def _show_class_names(args) -> list[str] | None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"--classes {args.classes}: 'classes' must be a list of names")
         return names
-    if args.model:
-        from .completer import LabelCompleter
-
-        return LabelCompleter.from_pretrained(args.model, device="cpu").class_names
-    return None
+    return completer.class_names if completer is not None else None
 
 
-def _show_keys(args, labels: Path, completed: Path, truth: Path | None) -> list[str]:
+def _show_keys(args, labels: Path, completed: Path, truth: Path | None, missing: int) -> list[str]:
     """The ids `show` draws: --files, else --limit of the completed PNGs, spread evenly over the
     sorted names or the worst (lowest PA accuracy on holes, needs --truth)."""
     from .data import read_label
@@ -358,7 +368,7 @@ def _show_keys(args, labels: Path, completed: Path, truth: Path | None) -> list[
     for key in keys:
         if (truth / f"{key}.png").is_file() and (labels / f"{key}.png").is_file():
             t, done = read_label(truth / f"{key}.png"), read_label(completed / f"{key}.png")
-            holes, _ = hole_void_maps(read_label(labels / f"{key}.png"), t, args.missing_index)
+            holes, _ = hole_void_maps(read_label(labels / f"{key}.png"), t, missing)
             scores[key] = hole_accuracy(done, t, holes)[0] if t.shape == done.shape == holes.shape else None
     return pick_worst(scores, args.limit)
 
@@ -385,10 +395,10 @@ def cmd_show(args) -> int:
             ("--truth", truth),
         ],
     )
-    keys = _show_keys(args, labels, completed, truth)
+    (names, missing), rows, palette = _show_conventions(args), [], None
+    keys = _show_keys(args, labels, completed, truth, missing)
     if not keys:
         raise ValueError(f"{completed}: no completed label PNGs to show")
-    names, rows, palette = _show_class_names(args), [], None
     for key in keys:
         found = [p for p in (images / f"{key}{e}" for e in IMAGE_EXTS) if p.is_file()]
         if not found:
@@ -407,7 +417,7 @@ def cmd_show(args) -> int:
         args.out,
         palette=palette,
         class_names=names,
-        missing_index=args.missing_index,
+        missing_index=missing,
         panel_width=args.panel_width,
     )
     print(f"wrote {out} ({len(rows)} rows: {' | '.join(layout['columns'])}): {' '.join(keys)}")
@@ -495,7 +505,11 @@ def main(argv=None) -> int:
         print("label-mae: error: a command is required; `label-mae --help` lists them", file=sys.stderr)
         return 2
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():  # a warning reads as the command's, not as a line of the package
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"label-mae {args.cmd}: warning: {message}", file=sys.stderr
+            )
+            return args.fn(args)
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -793,8 +807,9 @@ def _add_show(sub) -> None:
     p.add_argument(
         "--missing-index",
         type=_byte,
-        default=255,
-        help="value of the holes in --labels; when it is not 255, 255 is drawn as void (default: %(default)s)",
+        default=None,
+        help="value of the holes in --labels; when it is not 255, 255 is drawn as void (default: --model's, "
+        "e.g. 254 for voc-m0.5 or a fit's own, else 255)",
     )
     names = p.add_mutually_exclusive_group()
     names.add_argument(
