@@ -306,7 +306,7 @@ def test_a_class_agnostic_model_completes_16bit_labels_of_ids_above_255(tmp_path
 
 
 def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(
-    tmp_path, agnostic_dir, capsys, monkeypatch
+    tmp_path, agnostic_dir, model_dir, capsys, monkeypatch
 ):
     images, broken, _ = make_data(tmp_path, n=2)
     with pytest.raises(SystemExit) as e:
@@ -319,6 +319,8 @@ def test_a_failure_is_named_by_its_file_and_a_negative_missing_index_is_refused(
     assert [reason.split(" pixels")[0] for _, reason in r.failed] == ["ids out of range: " + str(n) for n in (
         int((array(broken / name) == 255).sum()) for name in pngs(broken))]  # fmt: skip
     assert all("that are not the missing index 300" in reason for _, reason in r.failed)
+    r = complete_dataset(images, broken, tmp_path / "o2", model=str(model_dir), missing_index=254, progress=False)
+    assert r.failed and all("say so with --missing-index / --void-index" in why for _, why in r.failed)
 
     def boom(self, images, labels, *args, **kwargs):
         raise ValueError(f"labels[{len(labels) - 1}]: boom")

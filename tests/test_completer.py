@@ -328,7 +328,7 @@ def test_a_batch_or_a_boolean_mask_given_as_one_label_says_what_to_do(plain):
     for batch in (np.zeros((5, 10, 12), np.int64), torch.zeros(5, 10, 12, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"labels\[0\].*\(5, 10, 12\); for a batch of labels: complete_batch"):
             plain.complete(image, batch)
-    with pytest.raises(ValueError, match=r"\(10, 12, 4\); a colour-coded label is read with a colour table"):
+    with pytest.raises(ValueError, match=r"\(10, 12, 4\); an RGBA colour label: drop its alpha"):
         plain.complete(image, np.zeros((10, 12, 4), np.uint8))  # RGBA: a colour label, not a batch
     for mask in (np.zeros((10, 12), bool), torch.zeros(10, 12, dtype=torch.bool)):
         with pytest.raises(ValueError, match=r"a boolean mask is no label: its ids as integers"):

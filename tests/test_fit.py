@@ -358,6 +358,9 @@ def test_read_ids_names_the_file_at_fault(tmp_path):
         read_ids(path, 254, None, None)  # holes are 254: 255 would be a class id
     ids, holes = read_ids(path, 254, 255, None)  # 255 is void: unknown, not a hole
     assert (ids == UNKNOWN).all() and not holes.any()
+    Image.fromarray(np.full((4, 4), 300, dtype=np.uint16)).save(tmp_path / "wide.png")  # --void-index cannot say 300
+    with pytest.raises(ValueError, match=r"found 300; a fit takes 8-bit labels: remap 16-bit ids to 0\.\.254"):
+        read_ids(tmp_path / "wide.png", 254, 255, None)
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(rgb)
     with pytest.raises(ValueError, match="rgb.png: a colour label; pass colors"):

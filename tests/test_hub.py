@@ -276,8 +276,10 @@ def test_a_repo_with_a_label_set_loads_with_it_and_each_file_is_checked_before_t
             "/me/voc/resolve/main/model.safetensors"
         ]
         srv.file_status = {hub.LABEL_SET_NAME: 503}  # a failed request is no "the repo has none"
-        with pytest.raises(hub.HubServerError, match="label_set.json"):
+        with pytest.raises(hub.HubServerError, match="label_set.json.*load offline"):
             load("me/voc", srv, tmp_path / "other-cache")
+        srv.file_status = {hub.LABEL_SET_NAME: 404}  # a plain 404 (a mirror without the Hub's error codes)
+        assert load("me/voc", srv, tmp_path / "third-cache").label_set is None
         srv.file_status = {}
         offline = dict(cache_dir=cache, endpoint=srv.url, device="cpu", local_files_only=True)
     finally:

@@ -397,7 +397,8 @@ class _Reader(torch.utils.data.Dataset):
             void = f" or the void index {c.void_index}" if c.void_index is not None else ""
             ids = f"outside [0, {self.n})" if self.n is not None else f"(any id >= 0 but {self.ignore} is a class)"
             none = c.missing_index > 255 and not holes.any()  # e.g. --missing-index 300 on 8-bit labels
-            hint = f"; no pixel holds {c.missing_index} (8-bit labels hold 0..255)" if none else ""
+            hint = (f"; no pixel holds {c.missing_index} (8-bit labels hold 0..255)" if none
+                    else "; if they mark holes or void, say so with --missing-index / --void-index")  # fmt: skip
             return (
                 f"ids out of range: {int(bad.sum())} pixels have ids {vals[:5]} {ids} "
                 f"that are not the missing index {c.missing_index}{void}{flattened_hint(vals, c.colors)}{hint}"

@@ -141,10 +141,10 @@ def read_ids(
     unknown = holes | (ids == void_index) if void_index is not None else holes
     bad = ids[~unknown]
     if bad.numel() and (int(bad.min()) < 0 or int(bad.max()) >= UNKNOWN):
-        raise ValueError(
-            f"{path}: class ids must be in 0..{UNKNOWN - 1}, found {int(bad.max())}; mark the dataset's own ignore "
-            "label as void (void_index)"
-        )
+        top = int(bad.max())
+        what = ("mark the dataset's own ignore label as void (void_index)" if top <= 255
+                else "a fit takes 8-bit labels: remap 16-bit ids to 0..254 first")  # fmt: skip
+        raise ValueError(f"{path}: class ids must be in 0..{UNKNOWN - 1}, found {top}; {what}")
     return torch.where(unknown, UNKNOWN, ids), holes
 
 

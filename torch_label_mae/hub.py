@@ -363,10 +363,14 @@ class _Download:
         exception class when the file is not cached) is not that, and is raised; a cache filled before label
         sets were fetched, read offline, is loaded without one, with a warning."""
         from huggingface_hub import constants, try_to_load_from_cache
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-        if not isinstance(e, LocalEntryNotFoundError):
+        if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
             return True  # the Hub answered 404 for this file
+        if any(getattr(getattr(c, "response", None), "status_code", None) == 404 for c in _causes(e)):
+            return True  # a plain 404, without the Hub's error code (a mirror)
+        if not isinstance(e, LocalEntryNotFoundError):
+            return False
         kw = {k: self.kwargs.get(k) for k in ("cache_dir", "revision")}
         if try_to_load_from_cache(self.repo_id, LABEL_SET_NAME, **kw) is not None:
             return True  # the cache recorded the Hub's 404 (a cached file would have been returned)
@@ -384,7 +388,6 @@ class _Download:
         """The config (checked before anything else is fetched), the label set when the repo has one
         (``save_pretrained`` / ``push_to_hub`` write it), then the weights."""
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             progress = self.progress_class()
@@ -402,7 +405,7 @@ class _Download:
                         **self.kwargs,
                         **extra,
                     )
-                except EntryNotFoundError as e:
+                except Exception as e:
                     if filename != LABEL_SET_NAME or not self.lacks_label_set(e):
                         raise
                     continue  # a model without a label set
@@ -469,7 +472,11 @@ def download(
     if isinstance(job.error, CorruptWeightsError):  # a file that arrived but is invalid: it names the file
         raise job.error
     if job.error is not None:
-        raise hub_error(job.error, where, job.filename, host, local_files_only) from None
+        error = hub_error(job.error, where, job.filename, host, local_files_only)
+        if job.filename == LABEL_SET_NAME and not local_files_only:  # its config and weights may be cached
+            error = type(error)(f"{error}; to load the cached config and weights without a label set, load "
+                                "offline (local_files_only=True, HF_HUB_OFFLINE=1)")  # fmt: skip
+        raise error from None
     folder = Path(job.paths[0]).parent
     if any(Path(p).parent != folder for p in job.paths):  # pragma: no cover - hf_hub_download keeps one snapshot
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")

@@ -34,8 +34,8 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     """
     if isinstance(image, Image.Image):
         values = np.array(image, dtype=np.float32) if image.mode == "F" else None
-        if values is not None and values.size and values.min() >= 0.0 and values.max() <= F_UNIT_MAX:
-            return image_to_tensor(torch.from_numpy(np.minimum(values, 1.0)), name)  # as a float tensor
+        if values is not None and values.size and np.isfinite(values).all() and _float_range(values) == 1.0:
+            return image_to_tensor(torch.from_numpy(np.clip(values, 0.0, 1.0)), name)  # as a float tensor
         if image.mode in WIDE_GRAY_MODES:
             gray = torch.from_numpy(gray_to_uint8(image, name))
             return check_not_empty(gray.unsqueeze(0).expand(3, -1, -1), name)
@@ -99,7 +99,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            hint = _label_hint(arr.ndim, arr.dtype == bool, colour=arr.ndim == 3 and arr.shape[2] in (3, 4))
+            hint = _label_hint(arr.ndim, arr.dtype == bool, channels=arr.shape[2] if arr.ndim == 3 else 0)
             raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{hint}")
         return torch.from_numpy(arr.astype(np.int64))
     if isinstance(label, torch.Tensor):
@@ -107,7 +107,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if t.ndim == 3 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            hint = _label_hint(t.ndim, t.dtype == torch.bool, colour=t.ndim == 3 and t.shape[0] in (3, 4))
+            hint = _label_hint(t.ndim, t.dtype == torch.bool, channels=t.shape[0] if t.ndim == 3 else 0)
             raise ValueError(
                 f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{hint}"
             )
@@ -115,17 +115,32 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
     raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(label).__name__}")
 
 
-def _label_hint(ndim: int, boolean: bool, colour: bool) -> str:
-    """What to do with a refused label of ``ndim`` dimensions: a colour label (3 or 4 channels; a batch of 3
-    or 4 labels looks the same), a batch or a boolean mask."""
-    if colour:
-        return f"; {COLOR_HINT} (a batch of labels: complete_batch(images, list(labels)))"
+def _label_hint(ndim: int, boolean: bool, channels: int) -> str:
+    """What to do with a refused label of ``ndim`` dimensions: a colour label (3 channels; 4: RGBA; a batch
+    of 3 or 4 labels looks the same), a batch or a boolean mask."""
+    batch = "complete_batch(images, list(labels))"
+    if channels == 3:
+        return f"; {COLOR_HINT} (a batch of labels: {batch})"
+    if channels == 4:
+        return f"; an RGBA colour label: drop its alpha (label[..., :3] / label[:3]), pass colors= (a batch: {batch})"
     if ndim == 3:
-        return "; for a batch of labels: complete_batch(images, list(labels))"
+        return f"; for a batch of labels: {batch}"
     return "; a boolean mask is no label: its ids as integers, e.g. mask.astype(np.uint8)" if boolean else ""
 
 
-F_UNIT_MAX = 1.001  # a PIL 'F' image whose values stay at or below this is a [0, 1] image (else 0..255)
+F_SLACK = 0.15  # a PIL 'F' image may leave its range, [0, 1] or 0..255, by this share of it (bicubic 6%, Lanczos 11%)
+
+
+def _float_range(values: np.ndarray) -> float | None:
+    """1.0 or 255.0: the range a PIL 'F' image's finite ``values`` lie in, up to :data:`F_SLACK` of it
+    outside on each side (a resampling's over- and undershoot); None when they fit neither."""
+    lo, hi = float(values.min()), float(values.max())
+    for top in (1.0, 255.0):
+        if -F_SLACK * top <= lo and hi <= (1 + F_SLACK) * top:
+            return top
+    return None
+
+
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
 
 
@@ -137,10 +152,10 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
       range, so equal values read equally across a dataset.
     - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
       (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
-    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'; up to :data:`F_UNIT_MAX`,
-      a resampling's overshoot, clipped to 1): ``round(v * 255)``; else in 0..255 (as Pillow's
-      ``convert("L")`` reads it): ``round(v)``; refused when a value is NaN / inf or outside both. As the
-      'I' mode, it is read by its values.
+    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'): ``round(v * 255)``; else
+      in 0..255 (as Pillow's ``convert("L")`` reads it): ``round(v)``; a resampling's over- and undershoot
+      of up to :data:`F_SLACK` of the range is clipped; refused when a value is NaN / inf or outside both.
+      As the 'I' mode, it is read by its values.
 
     ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
     naming ``name`` for values it cannot map.
@@ -148,11 +163,11 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
     if image.mode == "F":
         values = np.array(image, dtype=np.float32)
         _check_finite(torch.from_numpy(values).unsqueeze(0), name)
-        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if lo < 0 or hi > 255:
+        top = _float_range(values) if values.size else 255.0
+        if top is None:
+            lo, hi = float(values.min()), float(values.max())
             raise ValueError(f"{name}: PIL mode 'F' image has values in [{lo:.9g}, {hi:.9g}]; expected 0..1 or 0..255")
-        unit = hi <= F_UNIT_MAX
-        return np.round(np.minimum(values, 1.0) * 255 if unit else values).astype(np.uint8)
+        return np.round(np.clip(values, 0.0, top) * (255.0 / top)).astype(np.uint8)
     if image.mode not in WIDE_GRAY_MODES:
         raise ValueError(f"{name}: PIL mode {image.mode!r} is not a wide gray mode {WIDE_GRAY_MODES}")
     arr = np.asarray(image).astype(np.int64)
