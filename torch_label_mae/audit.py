@@ -341,6 +341,25 @@ def _check_threshold(threshold, min_area, name: str = "threshold") -> None:
             raise ValueError(f"{what} must be a number in [0, 1), got {v!r}")
 
 
+def _warn_unscored(label: torch.Tensor, classes: int, completer, name: str) -> None:
+    """Warn when a class-agnostic model's audit takes ids of ``label`` as void that nothing marks so: above
+    its classes (``classes``: the label set's, else 255, its unknown marker) and not the label set's void or
+    missing index (a 16-bit void, or classes the audit skips: they would look clean)."""
+    if not completer.config.class_agnostic:
+        return  # a class-specific model's ids beyond its classes are its void by design
+    ls = completer.label_set
+    marks = (ls.void_index, ls.missing_index) if ls is not None else (completer.config.ignore_index,)
+    marked = [v for v in marks if v is not None]
+    stray = (label >= classes) & ~torch.isin(label, torch.tensor(marked, dtype=label.dtype))
+    if bool(stray.any()):
+        warnings.warn(
+            f"{name}: {int(stray.sum())} pixels have ids {sorted(label[stray].unique().tolist())[:5]} of no class: "
+            f"the audit scores ids 0..{classes - 1} and takes the rest as void, never scored or repaired; if they "
+            "are classes, remap them (e.g. to 0..N-1)",
+            stacklevel=3,
+        )
+
+
 def audit_batch(
     completer,
     images: Sequence,
@@ -380,14 +399,7 @@ def audit_batch(
                 "table, e.g. torch_label_mae.colors.load_colors('camvid').decode(rgb)"
             )
         img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
-        wide = lab_t > classes if cfg.class_agnostic and completer.num_ids is None else None
-        if wide is not None and bool(wide.any()):  # void to the audit (a 16-bit void), or classes it skips
-            warnings.warn(
-                f"labels[{i}]: {int(wide.sum())} pixels have ids {sorted(lab_t[wide].unique().tolist())[:5]} above "
-                f"{classes}: the audit of a class-agnostic model scores ids 0..{classes - 1} and takes the rest as "
-                "void, never scored or repaired; if they are classes, remap them (e.g. to 0..N-1)",
-                stacklevel=2,
-            )
+        _warn_unscored(lab_t, classes, completer, f"labels[{i}]")
         if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
             raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)}")
         pairs.append((img_t, lab_t.long()))
