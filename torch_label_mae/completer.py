@@ -132,14 +132,12 @@ class LabelCompleter(
             timeout=timeout,
         )
         folder = hub.local_folder(name)
-        if folder is not None and revision is not None:
-            raise ValueError(f"{folder} is a local folder, which has no revisions; revision= is for Hub repos")
         group = [name] if folder is not None else hub.names_for(name)
         if len(group) > 1 or (group and group[0] != name):
             kw = dict(device=device, precision=precision, revision=revision, **hub_kw)
             return cls.routed([cls.from_pretrained(n, **kw) for n in group])
         entry = hub.REGISTRY.get(name) if folder is None else None
-        completer = cls.from_folder(folder or hub.resolve(name, revision=revision, **hub_kw), device, precision)
+        completer = cls.from_folder(hub.resolve(folder or name, revision=revision, **hub_kw), device, precision)
         if entry is not None:  # registered: its entry's label set (a Hub repo's or a folder's: its own file)
             completer.pretrained_name, completer.label_set = name, entry.label_set
         return completer
