@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -450,6 +451,26 @@ def test_class_agnostic_audit_never_scores_ids_above_its_classes():
     assert (voc.score[label == 40] == 0).all() and (voc.repaired[label == 40] == 40).all()
     assert voc.regions and all("given_name" in r for r in voc.regions)  # the label set's class names
     assert {r["given_name"] for r in voc.regions} <= set(LABEL_SETS["voc"].class_names)
+    marked = np.where(label >= 40, 255, label)  # VOC's own void, its label set says: no warning
+    class_specific = np.where(label == 300, 9, label)  # ids beyond a class-specific model's: its void, by design
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _agnostic(LABEL_SETS["voc"]).audit(image, marked, threshold=0.0)
+        LabelCompleter(LMAEConfig.tiny(**TINY, label_prior=True)).eval().audit(image, class_specific, threshold=0.0)
+
+
+def test_a_folder_audit_names_the_file_of_ids_it_takes_as_void(tmp_path, data):
+    images, labels = data
+    lab = np.array(Image.open(labels / "train_001.png")).astype(np.uint16)
+    lab[:6, :6] = 300
+    (labels / "train_001.png").unlink()
+    Image.fromarray(lab).save(labels / "train_001.png")
+    agnostic = tmp_path / "agnostic"
+    _agnostic().save_pretrained(agnostic)
+    with pytest.warns(UserWarning) as caught:
+        audit_dataset(images, labels, tmp_path / "out", model=agnostic, progress=False, worst=5)
+    said = {str(w.message).split(":")[0] for w in caught if "of no class" in str(w.message)}
+    assert said == {"train_001.png"}  # the file, not its place in a batch
 
 
 def test_a_16_bit_label_with_ids_over_255_is_repaired_as_16_bit(tmp_path, data, model_dir):

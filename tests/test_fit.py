@@ -33,6 +33,7 @@ from torch_label_mae.fit_dataset import (
     Sample,
     _claim,
     _data,
+    data_label_set,
     fit_dataset,
     held_out_digest,
     hold_out,
@@ -40,7 +41,7 @@ from torch_label_mae.fit_dataset import (
     score,
     summary,
 )
-from torch_label_mae.label_sets import LabelSet
+from torch_label_mae.label_sets import LABEL_SETS, LabelSet
 from torch_label_mae.model import LMAE
 from torch_label_mae.train import TrainConfig, remap_classes, train
 
@@ -453,6 +454,23 @@ def test_a_class_agnostic_fit_records_the_datas_holes_and_void_for_complete(tmp_
                          threads=1, missing_index=254, void_index=0, agnostic=True, progress=False)  # fmt: skip
     assert report["label_set"] is None and not (tmp_path / "g" / "label_set.json").exists()
     assert "pass --missing-index 254 --void-index 0 to complete" in summary(report)
+
+
+def test_the_label_set_a_fit_writes_in_each_case():
+    base = dict(colors=None, missing_index=254, void_index=255, num_classes=4, labels="/data/mine", kept="fitted")
+    own = data_label_set(None, base)
+    assert (own.name, own.num_classes, own.missing_index, own.void_index) == ("mine", 254, 254, 255)
+    assert data_label_set(None, dict(base, void_index=200)).num_classes == 200  # the ids below both markers
+    assert data_label_set(None, dict(base, void_index=2)) is None  # void among the classes: no label set says it
+    assert data_label_set(None, dict(base, colors={"name": "camvid"})) is None  # colour labels: their table
+    wide = LabelSet("wide", tuple(f"c{i}" for i in range(255)), missing_index=255, void_index=None)
+    assert data_label_set(wide, base) == own  # the start's cannot take 254 / 255: the data's own
+    voc = data_label_set(LABEL_SETS["voc"], dict(base, missing_index=255, void_index=None))
+    assert voc.class_names == LABEL_SETS["voc"].class_names and (voc.missing_index, voc.void_index) == (255, None)
+    scores = dict(pa_miou=0.5, pixels=10, images=1)
+    report = dict(base, fitted=scores, zero_shot=scores, random_walker=scores, init="x")
+    assert "no label set" not in summary(report)  # a class-specific model kept: none is its due
+    assert "pass --missing-index 254 --void-index 255 to complete" in summary(dict(report, label_set=None))
 
 
 def test_a_start_with_a_label_set_keeps_it_with_the_fits_indices_and_must_hold_the_ids(tmp_path):

@@ -372,11 +372,13 @@ def audit_batch(
     shifts: int = DEFAULT_SHIFTS,
     batch_size: int | None = None,
     predictor: Predictor | None = None,
+    files: Sequence[str] | None = None,
 ) -> list[AuditResult]:
     """Audit a list of labels with ``completer`` (see :meth:`LabelCompleter.audit`). Same-size labels
     are batched, ``batch_size`` at a time (default: 8 on the CPU, 64 on CUDA); ids that are no class
     (:func:`audited_classes`: void) are unknown to the model, never scored and never repaired. ``threshold``: the
-    score above which pixels are suspect (and repaired); None: :func:`default_threshold`."""
+    score above which pixels are suspect (and repaired); None: :func:`default_threshold`. ``files``: what
+    messages call the labels (their file names; default ``labels[i]``)."""
     from .colors import is_color_label
     from .io import image_to_tensor, label_to_tensor
 
@@ -399,7 +401,7 @@ def audit_batch(
                 "table, e.g. torch_label_mae.colors.load_colors('camvid').decode(rgb)"
             )
         img_t, lab_t = image_to_tensor(im, f"images[{i}]"), label_to_tensor(lab, f"labels[{i}]")
-        _warn_unscored(lab_t, classes, completer, f"labels[{i}]")
+        _warn_unscored(lab_t, classes, completer, files[i] if files is not None else f"labels[{i}]")
         if tuple(img_t.shape[-2:]) != tuple(lab_t.shape):
             raise ValueError(f"images[{i}] is {tuple(img_t.shape[-2:])} but labels[{i}] is {tuple(lab_t.shape)}")
         pairs.append((img_t, lab_t.long()))

@@ -244,6 +244,7 @@ class _AuditRun:
                 block=st["block"],
                 shifts=st["shifts"],
                 batch_size=self.batch_size,
+                files=[t[0].name for t in todo],
             )
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -375,9 +376,8 @@ def _worst_picture(completer, report, images_dir, labels_dir, out_dir, settings,
     labels = [label for label, _ in read]
     thr, repair, n, names = settings["threshold"], settings["repair"], audited_classes(completer), completer.class_names
     kw = {k: settings[k] for k in ("min_area", "num_masks", "block", "shifts")}
-    rows = []
-    for f, im, lab, res in zip(chosen, images, labels, audit_batch(completer, images, labels, threshold=thr, **kw),
-                               strict=True):  # fmt: skip
+    results, rows = audit_batch(completer, images, labels, threshold=thr, files=chosen, **kw), []
+    for f, im, lab, res in zip(chosen, images, labels, results, strict=True):
         row = {"image": im, "label": lab.numpy(), "result": res, "name": f}
         if repair is not None and repair != thr:
             row["repair"] = finish(res.score, res.predicted, row["label"], n, repair, settings["min_area"], names)

@@ -504,12 +504,12 @@ def main(argv=None) -> int:
         ap.print_usage(sys.stderr)
         print("label-mae: error: a command is required; `label-mae --help` lists them", file=sys.stderr)
         return 2
+    formatting = warnings.formatwarning  # a warning reads as the command's, not as a line of the package
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"label-mae {args.cmd}: {'warning' if category is UserWarning else category.__name__}: {message}\n"
+    )
     try:
-        with warnings.catch_warnings():  # a warning reads as the command's, not as a line of the package
-            warnings.showwarning = lambda message, *_, **__: print(
-                f"label-mae {args.cmd}: warning: {message}", file=sys.stderr
-            )
-            return args.fn(args)
+        return args.fn(args)
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -528,6 +528,8 @@ def main(argv=None) -> int:
         where = f"{path}: " if path else ""
         print(f"label-mae {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = formatting
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -510,7 +510,8 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     # a class-agnostic model keeps the start's label set, else takes the data's own (its holes and void as
     # the fit read them: `complete --model` then needs no flags); a class-specific one has none (a stale one goes)
     label_set = data_label_set(start.label_set, report) if model.config.class_agnostic else None
-    report["label_set"] = label_set.name if label_set is not None else None
+    if model.config.class_agnostic:  # a class-specific model has its own classes, and no label set
+        report["label_set"] = label_set.name if label_set is not None else None
     save_label_set(label_set, out)
     text = json.dumps(report, indent=2)
     atomic_write(out / "fit.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -523,15 +524,16 @@ def data_label_set(start_set: LabelSet | None, report: dict) -> LabelSet | None:
     labels as the fit read them: the start's (names, colours) with the fit's missing and void indices, or
     the data's own, every id below those indices a class (``class 0`` ...: any 8-bit id, as the model
     takes). None when a label set cannot say so (a colour table, indices above 255 or below the classes)."""
-    if report.get("colors") is not None:
-        return start_set
+    if report.get("colors") is not None:  # colour labels: their table, given to complete as to the fit
+        return None
     missing, void = report["missing_index"], report["void_index"]
-    try:
-        if start_set is not None:
+    if start_set is not None:
+        with contextlib.suppress(ValueError):  # else the data's own, below
             return dataclasses.replace(start_set, missing_index=missing, void_index=void)
-        k = min(missing, void) if void is not None else missing  # the ids below both are classes
-        if k < report["num_classes"]:
-            return None
+    k = min(missing, void) if void is not None else missing  # the ids below both are classes
+    if k < report["num_classes"]:
+        return None
+    try:
         return LabelSet(Path(report["labels"]).name or "data", [f"class {i}" for i in range(k)], void_index=void,
                         missing_index=missing)  # fmt: skip
     except ValueError:
@@ -545,7 +547,7 @@ def summary(report: dict) -> str:
     f, z, w = (_percent(report[k]) for k in ("fitted", "zero_shot", "random_walker"))
     held = report["fitted"]
     flags = ""
-    if report.get("label_set", "") is None and report.get("colors") is None:  # a class-agnostic model kept
+    if "label_set" in report and report["label_set"] is None and report.get("colors") is None:  # agnostic kept
         flags = (f"; no label set could record the holes and void: pass --missing-index {report['missing_index']}"
                  + (f" --void-index {report['void_index']}" if report["void_index"] is not None else "")
                  + " to complete")  # fmt: skip

@@ -473,7 +473,7 @@ def download(
         raise job.error
     if job.error is not None:
         error = hub_error(job.error, where, job.filename, host, local_files_only)
-        if job.filename == LABEL_SET_NAME and not local_files_only:  # its config and weights may be cached
+        if job.filename == LABEL_SET_NAME and not local_files_only and _cached(repo_id, revision, cache_dir):
             error = type(error)(f"{error}; to load the cached config and weights without a label set, load "
                                 "offline (local_files_only=True, HF_HUB_OFFLINE=1)")  # fmt: skip
         raise error from None
@@ -481,6 +481,16 @@ def download(
     if any(Path(p).parent != folder for p in job.paths):  # pragma: no cover - hf_hub_download keeps one snapshot
         raise CorruptWeightsError(f"{where}: config and weights resolved to different snapshots")
     return folder
+
+
+def _cached(repo_id: str, revision: str | None, cache_dir) -> bool:
+    """Whether the config and the weights of ``repo_id`` at ``revision`` are in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [
+        try_to_load_from_cache(repo_id, f, cache_dir=cache_dir, revision=revision) for f in (CONFIG_NAME, WEIGHTS_NAME)
+    ]
+    return all(isinstance(f, str) for f in found)
 
 
 def _offline() -> bool:

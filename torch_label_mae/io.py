@@ -128,17 +128,16 @@ def _label_hint(ndim: int, boolean: bool, channels: int) -> str:
     return "; a boolean mask is no label: its ids as integers, e.g. mask.astype(np.uint8)" if boolean else ""
 
 
-F_SLACK = 0.15  # a PIL 'F' image may leave its range, [0, 1] or 0..255, by this share of it (bicubic 6%, Lanczos 11%)
+F_UNIT_LIMIT = 2.0  # a PIL 'F' image whose values stay at or below this is a [0, 1] image, else a 0..255 one
 
 
 def _float_range(values: np.ndarray) -> float | None:
-    """1.0 or 255.0: the range a PIL 'F' image's finite ``values`` lie in, up to :data:`F_SLACK` of it
-    outside on each side (a resampling's over- and undershoot); None when they fit neither."""
+    """1.0 or 255.0: the range of a PIL 'F' image's finite ``values``: [0, 1] when none is above
+    :data:`F_UNIT_LIMIT` (a 0..255 image that dark is black either way), else 0..255. A resampling's over-
+    and undershoot is clipped later; None (refused) beyond once the range below it or twice above."""
     lo, hi = float(values.min()), float(values.max())
-    for top in (1.0, 255.0):
-        if -F_SLACK * top <= lo and hi <= (1 + F_SLACK) * top:
-            return top
-    return None
+    top = 1.0 if hi <= F_UNIT_LIMIT else 255.0
+    return top if -top <= lo and hi <= 2 * top else None
 
 
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
@@ -152,10 +151,10 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
       range, so equal values read equally across a dataset.
     - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
       (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
-    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'): ``round(v * 255)``; else
-      in 0..255 (as Pillow's ``convert("L")`` reads it): ``round(v)``; a resampling's over- and undershoot
-      of up to :data:`F_SLACK` of the range is clipped; refused when a value is NaN / inf or outside both.
-      As the 'I' mode, it is read by its values.
+    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'; no value above
+      :data:`F_UNIT_LIMIT`): ``round(v * 255)``; else in 0..255 (as Pillow's ``convert("L")`` reads it):
+      ``round(v)``; a resampling's over- and undershoot is clipped to the range; refused when a value is
+      NaN / inf or far outside it (:func:`_float_range`). As the 'I' mode, it is read by its values.
 
     ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
     naming ``name`` for values it cannot map.
