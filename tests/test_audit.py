@@ -471,6 +471,10 @@ def test_a_folder_audit_names_the_file_of_ids_it_takes_as_void(tmp_path, data):
         audit_dataset(images, labels, tmp_path / "out", model=agnostic, progress=False, worst=5)
     said = {str(w.message).split(":")[0] for w in caught if "of no class" in str(w.message)}
     assert said == {"train_001.png"}  # the file, not its place in a batch
+    image, label = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int64)
+    for files in (["a.png"], ["a.png", "b.png", "c.png"], "ab"):
+        with pytest.raises(ValueError, match="files must name each of the 2 labels"):
+            audit_batch(_agnostic(), [image, image], [label, label], files=files)
 
 
 def test_a_16_bit_label_with_ids_over_255_is_repaired_as_16_bit(tmp_path, data, model_dir):

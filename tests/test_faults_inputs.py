@@ -136,10 +136,13 @@ def test_a_pil_float_image_of_0_255_reads_as_pillow_reads_it_and_an_overshoot_of
     resampled.save(tmp_path / "r.tiff")
     want = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)  # clipped, not wrapped around
     assert torch.equal(read_image(tmp_path / "r.tiff")[0], torch.from_numpy(want))
-    noisy = np.full((8, 8), 0.5, np.float32)
-    noisy[::2, ::2] = 1.6  # a texture's Lanczos overshoot reaches 50% and more: still a [0, 1] image
-    noisy[1::2, 1::2] = -0.5
-    assert torch.equal(image_to_tensor(Image.fromarray(noisy, mode="F"))[0], torch.from_numpy(np.clip(noisy, 0, 1)))
+    for top in (1.6, 2.0, 3.9):  # a [0, 1] texture resampled far past it, or a dark 0..255 image: refused
+        ambiguous = np.full((8, 8), 0.5, np.float32)
+        ambiguous[0, 0] = top
+        with pytest.raises(ValueError, match=r"a largest value between 1.15 and 4 could be either"):
+            image_to_tensor(Image.fromarray(ambiguous, mode="F"))
+    dark = np.array([[0, 0.5, 1, 1.5, 4]], np.float32)  # a 0..255 image, its largest value at the floor
+    assert image_to_tensor(Image.fromarray(dark, mode="F"))[0].tolist() == [[0, 0, 1, 2, 4]]
 
 
 def test_a_16bit_rgb_array_says_how_to_scale_it():

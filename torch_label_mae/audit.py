@@ -386,6 +386,8 @@ def audit_batch(
     _check_threshold(threshold, min_area)
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    if files is not None and (isinstance(files, str) or len(files) != len(labels)):
+        raise ValueError(f"files must name each of the {len(labels)} labels, got {files!r}"[:200])
     dev = completer.device
     batch_size = default_batch_size(dev) if batch_size is None else batch_size
     if batch_size < 1:

@@ -128,16 +128,19 @@ def _label_hint(ndim: int, boolean: bool, channels: int) -> str:
     return "; a boolean mask is no label: its ids as integers, e.g. mask.astype(np.uint8)" if boolean else ""
 
 
-F_UNIT_LIMIT = 2.0  # a PIL 'F' image whose values stay at or below this is a [0, 1] image, else a 0..255 one
+F_UNIT_SLACK = 0.15  # a [0, 1] 'F' image may leave its range by this much (a resampling's over- and undershoot)
+F_BYTE_FLOOR = 4.0  # an 'F' image whose largest value is at least this is a 0..255 one
 
 
 def _float_range(values: np.ndarray) -> float | None:
-    """1.0 or 255.0: the range of a PIL 'F' image's finite ``values``: [0, 1] when none is above
-    :data:`F_UNIT_LIMIT` (a 0..255 image that dark is black either way), else 0..255. A resampling's over-
-    and undershoot is clipped later; None (refused) beyond once the range below it or twice above."""
+    """1.0 or 255.0: the range of a PIL 'F' image's finite ``values`` (clipped to it later): [0, 1] within
+    :data:`F_UNIT_SLACK` of it, else 0..255 when the largest value reaches :data:`F_BYTE_FLOOR` (and none
+    is beyond once the range below it or twice above). None (refused) otherwise, between the two too: a
+    [0, 1] image resampled far past its range and a dark 0..255 one cannot be told apart."""
     lo, hi = float(values.min()), float(values.max())
-    top = 1.0 if hi <= F_UNIT_LIMIT else 255.0
-    return top if -top <= lo and hi <= 2 * top else None
+    if lo >= -F_UNIT_SLACK and hi <= 1.0 + F_UNIT_SLACK:
+        return 1.0
+    return 255.0 if F_BYTE_FLOOR <= hi <= 510.0 and lo >= -255.0 else None
 
 
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel, more than 8 bits a pixel
@@ -151,10 +154,10 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
       range, so equal values read equally across a dataset.
     - ``I`` (32-bit int, no bit depth of its own): as is when every value is in 0..255; as 16-bit
       (``round(v / 257)``) when the values reach above 255 but stay in 0..65535; refused otherwise.
-    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'; no value above
-      :data:`F_UNIT_LIMIT`): ``round(v * 255)``; else in 0..255 (as Pillow's ``convert("L")`` reads it):
-      ``round(v)``; a resampling's over- and undershoot is clipped to the range; refused when a value is
-      NaN / inf or far outside it (:func:`_float_range`). As the 'I' mode, it is read by its values.
+    - ``F`` (32-bit float): in [0, 1] (a float image, as torchvision reads 'F'): ``round(v * 255)``; else
+      in 0..255 (as Pillow's ``convert("L")`` reads it): ``round(v)``; a resampling's over- and undershoot
+      is clipped to the range; refused when a value is NaN / inf, far outside both, or between them, where
+      the two cannot be told apart (:func:`_float_range`). As the 'I' mode, it is read by its values.
 
     ``convert("L")`` alone would clip every 16-bit value above 255 to white. Raises ``ValueError``
     naming ``name`` for values it cannot map.
@@ -165,7 +168,10 @@ def gray_to_uint8(image: Image.Image, name: str = "image") -> np.ndarray:
         top = _float_range(values) if values.size else 255.0
         if top is None:
             lo, hi = float(values.min()), float(values.max())
-            raise ValueError(f"{name}: PIL mode 'F' image has values in [{lo:.9g}, {hi:.9g}]; expected 0..1 or 0..255")
+            raise ValueError(
+                f"{name}: PIL mode 'F' image has values in [{lo:.9g}, {hi:.9g}]; expected 0..1 or 0..255 (a largest "
+                f"value between {1 + F_UNIT_SLACK:g} and {F_BYTE_FLOOR:g} could be either: clip or scale it first)"
+            )
         return np.round(np.clip(values, 0.0, top) * (255.0 / top)).astype(np.uint8)
     if image.mode not in WIDE_GRAY_MODES:
         raise ValueError(f"{name}: PIL mode {image.mode!r} is not a wide gray mode {WIDE_GRAY_MODES}")
