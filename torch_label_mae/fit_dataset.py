@@ -507,10 +507,11 @@ def _write(out: Path, report: dict, start, fitted_dir: Path) -> None:
     fitted = report["kept"] == "fitted"
     model = LabelCompleter.from_pretrained(str(fitted_dir)).model if fitted else start.model
     save_hub_files(model, out)
-    # a class-agnostic model keeps the start's label set, else takes the data's own (its holes and void as
-    # the fit read them: `complete --model` then needs no flags); a class-specific one has none (a stale one goes)
-    label_set = data_label_set(start.label_set, report) if model.config.class_agnostic else None
-    if model.config.class_agnostic:  # a class-specific model has its own classes, and no label set
+    # a class-agnostic model carries the holes and void as the fit read them (`complete --model` then needs no
+    # flags); a class-specific one has its own classes and no label set (a stale one goes)
+    label_set = None
+    if model.config.class_agnostic:
+        label_set = data_label_set(start.label_set, report)
         report["label_set"] = label_set.name if label_set is not None else None
     save_label_set(label_set, out)
     text = json.dumps(report, indent=2)

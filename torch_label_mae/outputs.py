@@ -64,11 +64,11 @@ class RunReport:
         if self.total:
             return []
         note = "  nothing to do: no label PNG (<id>.png) in the labels folder"
-        try:
-            subs = sorted(d.name for d in Path(self.labels_dir or "").iterdir() if d.is_dir() and any(d.glob("*.png")))
-        except OSError:
+        try:  # no labels folder recorded: nothing to look in (not the working folder)
+            subs = sorted(d.name for d in Path(self.labels_dir).iterdir() if d.is_dir() and any(d.glob("*.png")))
+        except (OSError, TypeError):
             subs = []
-        if self.labels_dir and subs:
+        if subs:
             shown = ", ".join(f"{d}/" for d in subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
             note += f"; its subfolders {shown} hold some: labels are read from the folder itself, give one of those"
         return [note]
