@@ -32,6 +32,7 @@ from torch_label_mae.combiner import (
 from torch_label_mae.config import RandomWalkPrior
 from torch_label_mae.model import LMAE
 from torch_label_mae.propagation import random_walk_probabilities, rgb_to_lab
+from torch_label_mae.threads import torch_threads
 
 WALK = dict(beta=8000.0, solver="direct", connectivity=16, color="lab")
 
@@ -356,14 +357,11 @@ def test_the_model_uses_its_combiner_and_config_can_switch_it_off():
     cfg = model.config
     image, label, known, broken = random_batch(1, cfg.img_size, 4, 0.3, seed=3)
     prob, index, valid = walk(image[0], broken[0], known[0])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)  # the combiner's context on its thread, beside the walk's two
+    with torch_threads(2):  # the combiner's context on its thread beside the walk's, one thread each
         with torch.inference_mode():
             combined = model.prior(broken, image=image)
+        assert torch.get_num_threads() == 2  # the caller's threads back
         refined = model.prior_combiner.refine(image, broken, known, prob, index, valid)  # at as many threads
-    finally:
-        torch.set_num_threads(before)
     model.config.prior = dataclasses.replace(cfg.prior, combiner=0)
     alone = model.prior(broken, image=image)
     torch.testing.assert_close(alone.prob, prob)
@@ -482,14 +480,10 @@ def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
     broken[1] = torch.where(known[1], 5, 255)  # one class only
     broken = torch.cat([broken, torch.full_like(broken[:1], 255), label[:1]])  # nothing known; all known
     image = torch.cat([image, image[:2]])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            batch = model.prior(broken, image=image)
-            alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(5)]
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), torch.inference_mode():
+        batch = model.prior(broken, image=image)
+        assert torch.get_num_threads() == threads  # the caller's threads back
+        alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(5)]
     for i, one in enumerate(alone):
         k = one.prob.shape[1]
         assert torch.equal(batch.prob[i, :k], one.prob[0]) and not batch.prob[i, k:].any()

@@ -24,6 +24,7 @@ from torch_label_mae.propagation import (
     random_walk_probabilities,
     rgb_to_lab,
 )
+from torch_label_mae.threads import torch_threads
 
 IGNORE = 255
 
@@ -369,15 +370,10 @@ def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference
     image = torch.rand(batch, 3, 24, 24, generator=g)
     label = torch.randint(0, 3, (batch, 24, 24), generator=g)
     known = torch.rand(batch, 24, 24, generator=g) < 0.5
-    before = torch.get_num_threads()
     out = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            with torch.inference_mode(inference):
-                out.append(random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16)[0])
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2):
+        with torch_threads(threads), torch.inference_mode(inference):
+            out.append(random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16)[0])
     assert torch.equal(out[0], out[1])
 
 

@@ -42,6 +42,7 @@ from .label_sets import LabelSet
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
 from .outputs import OutputLock, check_outputs, read_json_object
+from .threads import torch_threads
 
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
 HOLE = 254  # how hide_unknown's training labels mark holes and held-out pixels apart from void
@@ -228,14 +229,11 @@ def pool_size(samples: list[Sample], config, seconds: float, share: float = 0.4,
 def _holding(out: Path, threads: int | None):
     """For the block: ``out``'s output lock (one fit at a time) and torch's threads set to ``threads`` (None:
     left as they are). After it the caller's threads, and no ``out`` folder made for the lock alone."""
-    before, new = torch.get_num_threads(), not out.exists()
+    new = not out.exists()
     try:
-        with OutputLock(out):
-            if threads:
-                torch.set_num_threads(threads)
+        with OutputLock(out), torch_threads(threads or None):
             yield
     finally:
-        torch.set_num_threads(before)
         if new and out.is_dir() and not any(out.iterdir()):  # refused: nothing left behind
             out.rmdir()
 

@@ -18,6 +18,7 @@ import torch
 from .combiner import PriorCombiner
 from .config import LMAEConfig, RandomWalkPrior
 from .propagation import most_likely_class, nearest_fill, present_classes, random_walk_probabilities
+from .threads import torch_threads
 
 
 class LabelPrior(NamedTuple):
@@ -117,40 +118,45 @@ class RandomWalk(NearestFill):
 
     def _combined(self, image, label, known, index, valid) -> torch.Tensor:
         """The combined probabilities ``[B, K, H, W]`` of ``index [B, K]``: the combiner's contexts (they need
-        no walk) computed on a second thread while the walk is solved."""
+        no walk) computed on a second thread while the walk is solved, the caller's CPU threads shared
+        between the two (each with all of them would oversubscribe the cores)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
         on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
+        threads = torch.get_num_threads()
 
         def contexts():
-            with torch.inference_mode(inference), torch.no_grad():
+            with torch.inference_mode(inference), torch.no_grad(), torch_threads(max(1, threads // 2)):
                 return self.combiner.contexts(*on_cpu)
 
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(contexts)
-            prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **self._walk())
+            with torch_threads(max(1, threads - threads // 2)):  # the walk's class solves too
+                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **self._walk())
             ctx = pending.result()
         with torch.autocast(image.device.type, enabled=False):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
 
     def _combined_per_sample(self, image, label, known, index, valid, threads: int) -> torch.Tensor:
-        """:meth:`_combined` of a batch on the CPU, one sample per thread on ``threads`` threads, each sample's
-        walk, contexts and refinement in turn (the same probabilities: the samples do not interact)."""
+        """:meth:`_combined` of a batch on the CPU: each sample's walk and contexts on a thread of its own, on
+        its share of ``threads``, then the refinement of all on the caller's threads, as :meth:`_combined`
+        refines one (the same probabilities as each sample alone: the samples do not interact)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
-        prob = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
+        walk = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
+        contexts = [None] * label.shape[0]
         workers = min(threads, label.shape[0])
-        share = max(1, threads // workers)  # the threads a sample's class solves may use
+        share = max(1, threads // workers)  # the threads of a sample's torch operators and class solves
 
         def one(i: int) -> None:
             k = max(int(valid[i].sum()), 1)
             args = image[i : i + 1], label[i : i + 1], known[i : i + 1]
-            mine = index[i : i + 1, :k], valid[i : i + 1, :k]
-            with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
-                walk, _ = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))
-                prob[i, :k] = self.combiner.refine(*args, walk, *mine, self.combiner.contexts(*args, *mine))[0]
+            with torch.inference_mode(inference), torch.no_grad(), torch_threads(share):
+                walk[i, :k] = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
+                contexts[i] = self.combiner.contexts(*args, index[i : i + 1, :k], valid[i : i + 1, :k])[0]
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(label.shape[0])))
-        return prob
+        with torch.autocast("cpu", enabled=False):
+            return self.combiner.refine(image, label, known, walk, index, valid, contexts)
 
 
 def make_prior(config: LMAEConfig, combiner: PriorCombiner | None = None) -> NearestFill | None:
