@@ -341,11 +341,26 @@ def test_weights_cast_by_hand_are_refused_with_what_to_do_instead(plain):
     try:
         for cast in ("half", "bfloat16", "double"):
             getattr(plain, cast)()
-            with pytest.raises(ValueError, match=r"weights are torch\.\w+, but completion needs float32.*float\(\)"):
-                plain.complete(image, label)
+            for method in (plain.complete, plain.audit):
+                with pytest.raises(ValueError, match=r"weights are torch\.\w+, but completion needs float32.*\(\)"):
+                    method(image, label)
             plain.float()
     finally:
         plain.float()
+    assert plain.complete(image, label).shape == (10, 12)
+
+
+def test_a_float64_default_dtype_is_refused_with_what_to_do(plain):
+    image, label = np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12), np.uint8)
+    label[:4] = 255
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        for method in (plain.complete, plain.audit):
+            with pytest.raises(ValueError, match=r"default dtype is torch\.float64: call torch\.set_default_dtype"):
+                method(image, label)
+    finally:
+        torch.set_default_dtype(before)
     assert plain.complete(image, label).shape == (10, 12)
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .inference import check_dtypes
 from .io import default_batch_size, resize_image, resize_label, stack_images
 from .slots import from_slots, to_slots
 
@@ -384,6 +385,7 @@ def audit_batch(
 
     threshold = default_threshold(completer) if threshold is None else threshold
     _check_threshold(threshold, min_area)
+    check_dtypes(completer.model)
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
     if files is not None and (isinstance(files, str) or len(files) != len(labels)):

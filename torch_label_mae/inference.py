@@ -102,16 +102,27 @@ def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
     return completed, confidence
 
 
-def complete_samples(model: LMAE, samples, device: torch.device, amp: torch.dtype | None, background_first: bool):
-    """Complete prepared samples of one size (:class:`torch_label_mae.inputs.Sample`) on ``device`` under
-    autocast ``amp`` (None: float32) -> ``[(completed [H, W], confidence [H, W]), ...]`` on the CPU.
-    ``background_first``: the paper's Background-First inference mode (:mod:`torch_label_mae.masking`)."""
+def check_dtypes(model: LMAE) -> None:
+    """Refuse, saying what to do, what completion and the audit cannot compute with: torch's default dtype
+    other than float32 (the prior's maps would meet the model's at other dtypes), or weights cast by hand."""
+    if torch.get_default_dtype() != torch.float32:
+        raise ValueError(
+            f"completion computes in float32, but torch's default dtype is {torch.get_default_dtype()}: "
+            "call torch.set_default_dtype(torch.float32) before completing (and load the completer after it)"
+        )
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:  # e.g. completer.half(): the prior's float32 maps would meet half weights
         raise ValueError(
             f"the completer's weights are {dtype}, but completion needs float32 weights: undo it with "
             "completer.float(), and for a lower precision pass precision='bfloat16' (autocast) instead"
         )
+
+
+def complete_samples(model: LMAE, samples, device: torch.device, amp: torch.dtype | None, background_first: bool):
+    """Complete prepared samples of one size (:class:`torch_label_mae.inputs.Sample`) on ``device`` under
+    autocast ``amp`` (None: float32) -> ``[(completed [H, W], confidence [H, W]), ...]`` on the CPU.
+    ``background_first``: the paper's Background-First inference mode (:mod:`torch_label_mae.masking`)."""
+    check_dtypes(model)
     non_blocking = device.type == "cuda"
     img = stack_images([s.image for s in samples])
     lab = torch.stack([s.label for s in samples])
