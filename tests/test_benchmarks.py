@@ -285,3 +285,22 @@ def test_vs_random_walker_interleaves_rounds_and_reports_their_ratios(tmp_path):
         )
     with pytest.raises(SystemExit):
         vs_random_walker.main([*args, "--rounds", "0"])
+
+
+def test_large_labels_completes_each_size_in_a_process_of_its_own(tmp_path):
+    import large_labels
+    from synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", splits=(("val", 1),), num_classes=3)
+    folder = tmp_path / "model"
+    cfg = {**TINY_MODEL, "num_classes": 8, "label_prior": True, "class_agnostic": True}
+    LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(folder)
+    out = tmp_path / "large.json"
+    args = ["--model", str(folder), "--data", str(data), "--megapixels", "0.002", "0.004", "--batch", "2"]
+    assert large_labels.main([*args, "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    label = FolderDataset(data, "val")[0][1]
+    for row, mp in zip(rows, (0.002, 0.004), strict=True):
+        h, w = row["size"]
+        assert abs(h * w - mp * 1e6) < 0.05 * mp * 1e6 and abs(h / w - label.shape[0] / label.shape[1]) < 0.1
+        assert row["batch"] == 2 and row["seconds"] > 0 and row["peak_gb"] >= row["model_gb"] > 0

@@ -361,14 +361,18 @@ def local_colour(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> 
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     x = x.view(k, 4, *grid.shape[-2:])
-    if cell > 1:  # the grid covers ceil(h / cell) * cell rows: upsample to that, then crop, so cells stay in place
-        size = (grid.shape[-2] * cell, grid.shape[-1] * cell)
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
-    x = x.flatten(2).index_select(2, pixels)  # [K, 4, n]
+    colours = lab.flatten(1).index_select(1, pixels)  # [3, n]
+    size = (grid.shape[-2] * cell, grid.shape[-1] * cell)
     eps = 1e-2  # the window's weight below which the whole image's mean takes over
-    mean = (x[:, :3] + eps * whole.view(-1, 3, 1)) / (x[:, 3:] + eps)  # [K, 3, n]
-    d = lab.flatten(1).index_select(1, pixels).unsqueeze(0) - mean
-    return (d[:, 0] ** 2 + d[:, 1] ** 2 + d[:, 2] ** 2).sqrt()  # not .norm(dim=1): 4x slower on the CPU
+    out = torch.empty(k, pixels.shape[0])  # [K, n]
+    for i in range(k):  # a class at a time: one class's full-size maps [4, H, W] in memory, not all classes'
+        xi = x[i : i + 1]
+        if cell > 1:  # the grid covers ceil(h / cell) * cell rows: upsample to that, then crop, so cells stay in place
+            xi = F.interpolate(xi, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
+        xi = xi.flatten(2)[0].index_select(1, pixels)  # [4, n]
+        d = colours - (xi[:3] + eps * whole[i].view(3, 1)) / (xi[3:] + eps)  # [3, n]: minus the local mean
+        out[i] = (d[0] ** 2 + d[1] ** 2 + d[2] ** 2).sqrt()  # not .norm(dim=0): 4x slower on the CPU
+    return out
 
 
 def _cell_means(lab: torch.Tensor, own: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -261,17 +261,24 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1
         return p
     h, w = free.shape[-2:]
     upper, (row, pixel, weight) = _system(f.cpu().numpy(), h, w, weights)
-    prob = p[0].detach().cpu().double().flatten(1).numpy()  # [K, H*W]
+    at_edges = p[0].detach().flatten(1)[:, torch.from_numpy(pixel).to(p.device)].cpu().double().numpy()  # [K, E]
     n = upper.shape[0]
-    columns = [np.bincount(row, weight * pk[pixel], n) for pk in prob]  # K x [n]: sum_{j known} w_ij p_j
     solve = _factorise(upper)
-    if threads > 1 and len(columns) > 1:
-        with ThreadPoolExecutor(min(threads, len(columns))) as pool:
-            x = np.stack(list(pool.map(solve, columns)))  # [K, n]
-    else:
-        x = np.stack([solve(c) for c in columns])
     flat = p[0].view(p.shape[1], -1)  # [K, H*W], a view of p
-    flat[:, f] = torch.from_numpy(x).to(p.dtype).to(p.device)
+    index = f.nonzero().squeeze(1).to(p.device)  # [n]: the free pixels, raster order (the system's columns)
+    inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
+
+    def one(k: int) -> None:  # class k: L_ff x = sum_{j known} w_ij p_j, written into p at once
+        x = solve(np.bincount(row, weight * at_edges[k], n))  # [n] float64
+        with torch.inference_mode(inference):
+            flat[k].index_copy_(0, index, torch.from_numpy(x).to(p.dtype).to(p.device))
+
+    if threads > 1 and p.shape[1] > 1:
+        with ThreadPoolExecutor(min(threads, p.shape[1])) as pool:
+            list(pool.map(one, range(p.shape[1])))
+    else:
+        for k in range(p.shape[1]):
+            one(k)
     return p
 
 
