@@ -471,7 +471,7 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
     assert ((refined > 0).sum(0) <= m).all()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
     """On the CPU a batch's samples are walked and combined one per thread: the same probabilities as
     each sample alone."""
@@ -527,3 +527,69 @@ def test_a_combiner_of_the_other_feature_count_is_refused_with_a_hint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(hub.CorruptWeightsError, match=r"\[8, 12\], the config needs \[8, 14\].*combiner_features"):
         LabelCompleter.from_folder(tmp_path)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_walk_and_contexts_run_on_one_thread_each_and_the_refinement_on_the_callers(monkeypatch, threads):
+    """Side by side, the walk's and the contexts' torch operators each take one thread (with the caller's
+    each, they oversubscribed the cores); the refinement after them takes the caller's, once per batch."""
+    import torch_label_mae.prior as prior_module
+
+    model = model_with_combiner(8, std=1.0, seed=2)
+    image, _, _, broken = random_batch(4, model.config.img_size, 8, 0.4, seed=4)
+    seen = []
+
+    def record(name, f, at):
+        def call(*args, **kwargs):
+            seen.append((name, torch.get_num_threads(), args[at].shape[0]))
+            return f(*args, **kwargs)
+
+        return call
+
+    walk = prior_module.random_walk_probabilities
+    monkeypatch.setattr(prior_module, "random_walk_probabilities", record("walk", walk, 1))
+    monkeypatch.setattr(PriorCombiner, "contexts", record("contexts", PriorCombiner.contexts, 2))
+    monkeypatch.setattr(PriorCombiner, "refine", record("refine", PriorCombiner.refine, 2))
+    with torch_threads(threads), torch.inference_mode():
+        model.prior(broken[:1], image=image[:1])
+        assert sorted(seen) == [("contexts", 1, 1), ("refine", threads, 1), ("walk", 1, 1)]
+        seen.clear()
+        model.prior(broken, image=image)
+        assert sorted(seen) == [("contexts", 1, 1)] * 4 + [("refine", threads, 4)] + [("walk", 1, 1)] * 4
+        assert torch.get_num_threads() == threads
+
+
+def test_after_the_prior_threads_that_start_take_the_callers_number(monkeypatch):
+    """The contexts' worker may take the walk's one thread as its own before it begins and set it again
+    as it ends, after the walk has set the caller's back: the caller's number is set last."""
+    import threading
+    import time
+
+    import torch_label_mae.prior as prior_module
+
+    real = prior_module.torch_threads
+
+    def late(n):  # the worker enters while the walk holds its one thread (0.1 s), and leaves after it (0.4 s)
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.1)
+        return real(n)
+
+    def slow(f, seconds):
+        def call(*args, **kwargs):
+            time.sleep(seconds)
+            return f(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(prior_module, "torch_threads", late)
+    monkeypatch.setattr(prior_module, "random_walk_probabilities", slow(prior_module.random_walk_probabilities, 0.2))
+    monkeypatch.setattr(PriorCombiner, "contexts", slow(PriorCombiner.contexts, 0.3))
+    model = model_with_combiner(8, std=1.0, seed=2)
+    image, _, _, broken = random_batch(1, model.config.img_size, 8, 0.4, seed=4)
+    seen = []
+    with torch_threads(3), torch.inference_mode():
+        model.prior(broken, image=image)
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+    assert seen == [3]

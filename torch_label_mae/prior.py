@@ -118,42 +118,46 @@ class RandomWalk(NearestFill):
 
     def _combined(self, image, label, known, index, valid) -> torch.Tensor:
         """The combined probabilities ``[B, K, H, W]`` of ``index [B, K]``: the combiner's contexts (they need
-        no walk) computed on a second thread while the walk is solved, the caller's CPU threads shared
-        between the two (each with all of them would oversubscribe the cores)."""
+        no walk) computed on a second thread while the walk is solved. Both run torch's operators on one
+        thread (on as many as the caller has, each, they oversubscribed the cores; and so the probabilities
+        do not depend on the caller's number), the walk's class solves on the caller's threads; the
+        refinement after them on the caller's threads."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
         on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
         threads = torch.get_num_threads()
 
         def contexts():
-            with torch.inference_mode(inference), torch.no_grad(), torch_threads(max(1, threads // 2)):
+            with torch.inference_mode(inference), torch.no_grad(), torch_threads(1):
                 return self.combiner.contexts(*on_cpu)
 
-        with ThreadPoolExecutor(1) as pool:
+        with torch_threads(threads), ThreadPoolExecutor(1) as pool:  # after it, the caller's as the default
             pending = pool.submit(contexts)
-            with torch_threads(max(1, threads - threads // 2)):  # the walk's class solves too
-                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **self._walk())
+            with torch_threads(1):
+                walk = self._walk(threads=threads)
+                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **walk)
             ctx = pending.result()
         with torch.autocast(image.device.type, enabled=False):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
 
     def _combined_per_sample(self, image, label, known, index, valid, threads: int) -> torch.Tensor:
-        """:meth:`_combined` of a batch on the CPU: each sample's walk and contexts on a thread of its own, on
-        its share of ``threads``, then the refinement of all on the caller's threads, as :meth:`_combined`
-        refines one (the same probabilities as each sample alone: the samples do not interact)."""
+        """:meth:`_combined` of a batch on the CPU: each sample's walk and contexts on a thread of its own
+        (torch's operators on one thread, the class solves on its share of ``threads``), then the refinement
+        of all on the caller's threads, as :meth:`_combined` refines one: the same probabilities as each
+        sample alone (the samples do not interact)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
         walk = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
         contexts = [None] * label.shape[0]
         workers = min(threads, label.shape[0])
-        share = max(1, threads // workers)  # the threads of a sample's torch operators and class solves
+        share = max(1, threads // workers)  # the threads of a sample's class solves
 
         def one(i: int) -> None:
             k = max(int(valid[i].sum()), 1)
             args = image[i : i + 1], label[i : i + 1], known[i : i + 1]
-            with torch.inference_mode(inference), torch.no_grad(), torch_threads(share):
+            with torch.inference_mode(inference), torch.no_grad(), torch_threads(1):
                 walk[i, :k] = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
                 contexts[i] = self.combiner.contexts(*args, index[i : i + 1, :k], valid[i : i + 1, :k])[0]
 
-        with ThreadPoolExecutor(workers) as pool:
+        with torch_threads(threads), ThreadPoolExecutor(workers) as pool:  # after it, the caller's as the default
             list(pool.map(one, range(label.shape[0])))
         with torch.autocast("cpu", enabled=False):
             return self.combiner.refine(image, label, known, walk, index, valid, contexts)

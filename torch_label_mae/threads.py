@@ -16,11 +16,14 @@ __all__ = ["torch_threads"]
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (None: as they are) and restore the number the
-    calling thread had after it, even when the block raises. torch's setting is the calling thread's, and
-    the default of threads that start using torch while the block runs; so tasks run side by side on
-    threads of their own each take a share of the cores, instead of each starting as many threads as
-    there are cores and oversubscribing them."""
+    """Run the block with ``n`` torch intra-op threads (None: as they are), then set the number the calling
+    thread had before it again, even when the block raises.
+
+    torch's number is each thread's own, and a process-wide default that a thread takes when it first uses
+    torch; setting it sets both. So a thread that starts using torch while the block runs keeps ``n``, and
+    the default after the block is what the last thread to leave such a block had: a block around work
+    that sets it on other threads (a pool of workers, each in a block of its own) sets the caller's default
+    back when it ends."""
     if n is not None and n < 1:
         raise ValueError(f"torch_threads: n must be at least 1, got {n}")
     before = torch.get_num_threads()
@@ -29,5 +32,4 @@ def torch_threads(n: int | None) -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)  # the default too, which other threads' blocks may have changed
