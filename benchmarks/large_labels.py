@@ -1,6 +1,7 @@
 """Time and peak memory of completing large labels: one ``complete_batch`` call per size, each in a
 fresh process, so that its peak resident memory is its own (the process's high-water mark, Linux's
-``VmHWM``; the loaded model's share is printed apart).
+``VmHWM``; what the process held before the call, the interpreter, torch and the loaded model, is
+printed apart as the baseline).
 
 The image and label are a val pair of ``--data`` resized to each size (``--megapixels``), with half of
 the 32 px blocks hidden (``degrade(..., mode="blocks")``, seed 0); ``--batch`` copies of it go in one call.
@@ -27,16 +28,16 @@ from torch_label_mae.io import resize_image, resize_label
 
 
 def peak_gb() -> float:
-    """The process's peak resident memory so far, in GB (Linux)."""
+    """The process's peak resident memory so far, in GB (Linux's ``VmHWM``, given in KiB)."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1e6
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024 / 1e9
 
 
 def one(model: str, data: str, megapixels: float, batch: int, threads: int) -> dict:
     """Complete ``batch`` copies of the first val pair resized to ``megapixels``: seconds and peak GB."""
     torch.set_num_threads(threads)
     completer = LabelCompleter.from_pretrained(model, device="cpu")
-    loaded = peak_gb()
+    baseline = peak_gb()
     image, label, _ = FolderDataset(data, "val")[0]
     scale = (megapixels * 1e6 / label.numel()) ** 0.5
     hw = (round(label.shape[0] * scale), round(label.shape[1] * scale))
@@ -45,7 +46,7 @@ def one(model: str, data: str, megapixels: float, batch: int, threads: int) -> d
     t0 = time.perf_counter()
     completer.complete_batch([image] * batch, [broken] * batch)
     seconds = time.perf_counter() - t0
-    return {"size": list(hw), "batch": batch, "seconds": seconds, "model_gb": loaded, "peak_gb": peak_gb()}
+    return {"size": list(hw), "batch": batch, "seconds": seconds, "baseline_gb": baseline, "peak_gb": peak_gb()}
 
 
 def main(argv=None) -> int:
@@ -58,24 +59,25 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: print one JSON row
     a = ap.parse_args(argv)
+    if not Path("/proc/self/status").exists():
+        raise SystemExit("large_labels.py reads peak memory from /proc/self/status: Linux only")
     if a.one:
         print(json.dumps(one(a.model, a.data, a.megapixels[0], a.batch, a.threads)))
         return 0
-    print(f"{'size':>11s} {'batch':>5s} {'seconds':>8s} {'model GB':>8s} {'peak GB':>8s} {'GB per MP':>9s}")
+    print(f"{'size':>11s} {'batch':>5s} {'seconds':>8s} {'baseline GB':>11s} {'peak GB':>8s} {'GB per MP':>9s}")
     rows = []
     for mp in a.megapixels:
         args = ["--model", a.model, "--data", a.data, "--megapixels", str(mp), "--batch", str(a.batch)]
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", *args, "--threads", str(a.threads)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        cmd = [sys.executable, __file__, "--one", *args, "--threads", str(a.threads)]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # the child's errors go to our stderr
+        if out.returncode != 0:
+            raise SystemExit(f"large_labels.py: the run at {mp} MP failed (exit {out.returncode}; its error above)")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        per_mp = (r["peak_gb"] - r["model_gb"]) / (mp * a.batch)
+        per_mp = (r["peak_gb"] - r["baseline_gb"]) / (mp * a.batch)
         rows.append({**r, "megapixels": mp, "gb_per_megapixel": per_mp})
         size = "x".join(map(str, r["size"]))
-        print(f"{size:>11s} {a.batch:5d} {r['seconds']:8.1f} {r['model_gb']:8.2f} {r['peak_gb']:8.2f} {per_mp:9.2f}")
+        figures = f"{r['seconds']:8.1f} {r['baseline_gb']:11.2f} {r['peak_gb']:8.2f} {per_mp:9.2f}"
+        print(f"{size:>11s} {a.batch:5d} {figures}")
     if a.json:
         Path(a.json).write_text(json.dumps({"model": a.model, "data": a.data, "rows": rows}, indent=1))
     return 0

@@ -5,6 +5,7 @@ errors for inputs it cannot take."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from synth import TINY_MODEL
 from torchvision import tv_tensors
 
+import torch_label_mae
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.completer import resolve_device, with_correction
 
@@ -350,18 +352,26 @@ def test_weights_cast_by_hand_are_refused_with_what_to_do_instead(plain):
     assert plain.complete(image, label).shape == (10, 12)
 
 
-def test_a_float64_default_dtype_is_refused_with_what_to_do(plain):
-    image, label = np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12), np.uint8)
-    label[:4] = 255
+def test_a_float64_default_dtype_changes_nothing():
+    """The library computes in float32 whatever torch's default dtype: a completer loaded under float64
+    has float32 weights, and completes and audits as under float32 (the combiner's maps, the audit's sums)."""
+    samples = Path(torch_label_mae.__file__).parent / "samples"
+    image = np.array(Image.open(samples / "images" / "0016E5_07969.jpg"))[::4, ::4].copy()
+    label = np.array(Image.open(samples / "labels" / "0016E5_07969.png"))[::4, ::4].copy()
+    broken = label.copy()
+    broken[20:50, 30:80] = 255
+    completer = LabelCompleter.from_pretrained("any-m0.5", device="cpu")
+    want, want_audit = completer.complete(image, broken), completer.audit(image, label)
     before = torch.get_default_dtype()
     try:
         torch.set_default_dtype(torch.float64)
-        for method in (plain.complete, plain.audit):
-            with pytest.raises(ValueError, match=r"default dtype is torch\.float64: call torch\.set_default_dtype"):
-                method(image, label)
+        loaded = LabelCompleter.from_pretrained("any-m0.5", device="cpu")
+        assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+        got, got_audit = loaded.complete(image, broken), loaded.audit(image, label)
     finally:
         torch.set_default_dtype(before)
-    assert plain.complete(image, label).shape == (10, 12)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert np.array_equal(got_audit.score, want_audit.score)
 
 
 def test_a_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):

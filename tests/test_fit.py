@@ -621,3 +621,20 @@ def test_a_resume_trains_with_the_pool_the_fit_began_with(tmp_path, monkeypatch)
     monkeypatch.setattr(fd, "pool_size", lambda *a, **k: pytest.fail("timed again on a resume"))
     again = fit_dataset(images, labels, out, resume=True, **kw)
     assert again["training"]["mask_pool"] == first["training"]["mask_pool"]
+
+
+def test_fitting_and_training_refuse_a_float64_default_dtype_before_anything_is_written(tmp_path):
+    start = _tiny_start(tmp_path)
+    images, labels = _broken(tmp_path, n=2)
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        wrong = r"computes in float32, but torch's default dtype is torch\.float64"
+        with pytest.raises(ValueError, match="fitting " + wrong):
+            fit_dataset(images, labels, tmp_path / "f", init=str(start), minutes=1, progress=False)
+        cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "t"), init=str(start), epochs=1)
+        with pytest.raises(ValueError, match="training " + wrong):
+            train(cfg)
+    finally:
+        torch.set_default_dtype(before)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()

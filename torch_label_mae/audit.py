@@ -138,8 +138,8 @@ def leave_out_probs(
     :func:`grid_shifts`). ``label [B, H, W]``: ids outside ``[0, N)`` are unknown to the predictor."""
     b, h, w = label.shape
     masks = leave_out_masks(grid, num_masks, block).to(label.device)
-    probs = torch.zeros(b, num_classes, h, w, device=label.device)
-    count = torch.zeros(b, h, w, device=label.device)
+    probs = torch.zeros(b, num_classes, h, w, device=label.device, dtype=torch.float32)
+    count = torch.zeros(b, h, w, device=label.device, dtype=torch.float32)
     for dy, dx in grid_shifts(shifts, grid, (h, w)):
         img, lab = image.roll((dy, dx), (-2, -1)), label.roll((dy, dx), (-2, -1))  # [B, 3, H, W], [B, H, W]
         edge = torch.zeros(h, w, dtype=torch.bool, device=label.device)
@@ -192,7 +192,7 @@ def random_walk_predictor(num_classes: int, *, beta: float = 130.0, connectivity
         prob, cls = random_walk_probabilities(
             image, label, known, num_classes, beta=beta, solver="direct", connectivity=connectivity, color=color
         )
-        out = torch.zeros(label.shape[0], num_classes + 1, *label.shape[-2:], device=label.device)
+        out = torch.zeros(label.shape[0], num_classes + 1, *label.shape[-2:], device=label.device, dtype=prob.dtype)
         idx = torch.where(cls >= 0, cls, torch.full_like(cls, num_classes))  # padding -> a spare row
         idx = idx.clamp(max=num_classes)[:, :, None, None].expand_as(prob)
         out.scatter_add_(1, idx, prob)

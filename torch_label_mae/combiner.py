@@ -178,7 +178,7 @@ class PriorCombiner(nn.Module):
         over each pixel's :func:`top_classes`, 0 for the others. The MLP runs where its weights are, on
         ``CHUNK`` pixels at a time."""
         k, n = evidence.lw.shape
-        out = torch.zeros(k, n)
+        out = torch.zeros(k, n, dtype=torch.float32)
         for s in range(0, n, CHUNK):
             rows = slice(s, s + CHUNK)
             top = top_classes(evidence, rows) if k > TOP_CLASSES else None  # [M, r]
@@ -258,7 +258,8 @@ def feature_maps() -> tuple[torch.Tensor, torch.Tensor]:
     """``[6, NUM_FEATURES]`` and ``[7, NUM_FEATURES]``: each feature as a linear map of the class parts and of
     the pixel parts of :meth:`Evidence.parts` (0, 1 or -1), so that a linear layer on the features is one
     on each part."""
-    of_class, of_pixel = torch.zeros(6, NUM_FEATURES), torch.zeros(7, NUM_FEATURES)
+    of_class = torch.zeros(6, NUM_FEATURES, dtype=torch.float32)
+    of_pixel = torch.zeros(7, NUM_FEATURES, dtype=torch.float32)
     for f, (c, p, sign) in enumerate(_FEATURE_PARTS):
         if c is not None:
             of_class[c, f] = 1.0
@@ -301,7 +302,7 @@ def context(
     lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log()  # [K, n]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
     local = local_colour(lab, own, pixels)  # [K, n]
-    ray = rays(own, pixels) if with_rays else torch.zeros(classes.shape[0], pixels.shape[0])  # [K, n]
+    ray = rays(own, pixels) if with_rays else lab.new_zeros(classes.shape[0], pixels.shape[0])  # [K, n]
     return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, ray)
 
 
@@ -333,7 +334,7 @@ def appearance(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> to
     q = ((lab - lo) / (hi - lo).clamp(min=1e-6) * BINS).long().clamp(0, BINS - 1)
     bin_of = ((q[0] * BINS + q[1]) * BINS + q[2]).flatten()  # [HW]
     k = own.shape[0]
-    hist = torch.zeros(k, BINS**3)
+    hist = torch.zeros(k, BINS**3, dtype=torch.float32)
     hist.scatter_add_(1, bin_of.expand(k, -1), own.flatten(1).float())
     hist = _smooth(hist.view(k, 1, BINS, BINS, BINS)).view(k, -1)
     like = (hist + 1e-3 / BINS**3) / (hist.sum(1, keepdim=True) + 1e-3)  # [K, bins]: a density over the bins
@@ -364,7 +365,7 @@ def local_colour(lab: torch.Tensor, own: torch.Tensor, pixels: torch.Tensor) -> 
     colours = lab.flatten(1).index_select(1, pixels)  # [3, n]
     size = (grid.shape[-2] * cell, grid.shape[-1] * cell)
     eps = 1e-2  # the window's weight below which the whole image's mean takes over
-    out = torch.empty(k, pixels.shape[0])  # [K, n]
+    out = torch.empty(k, pixels.shape[0], dtype=torch.float32)  # [K, n]
     for i in range(k):  # a class at a time: one class's full-size maps [4, H, W] in memory, not all classes'
         xi = x[i : i + 1]
         if cell > 1:  # the grid covers ceil(h / cell) * cell rows: upsample to that, then crop, so cells stay in place
@@ -383,8 +384,9 @@ def _cell_means(lab: torch.Tensor, own: torch.Tensor, cell: int) -> tuple[torch.
     k, gh, gw = own.shape[0], -(-h // cell), -(-w // cell)
     slot, pixel = own.flatten(1).nonzero().unbind(1)  # [m] each: the class and the pixel of each known pixel
     at = slot * (gh * gw) + (pixel // w // cell) * gw + pixel % w // cell
-    values = torch.cat([lab.flatten(1).index_select(1, pixel), torch.ones(1, pixel.shape[0])]).T  # [m, 4]
-    sums = torch.zeros(k * gh * gw, 4).index_add_(0, at, values).view(k, gh, gw, 4).permute(0, 3, 1, 2)
+    values = lab.flatten(1).index_select(1, pixel)  # [3, m]
+    values = torch.cat([values, values.new_ones(1, pixel.shape[0])]).T  # [m, 4]
+    sums = values.new_zeros(k * gh * gw, 4).index_add_(0, at, values).view(k, gh, gw, 4).permute(0, 3, 1, 2)
     rows = (h - torch.arange(gh) * cell).clamp(max=cell)
     cols = (w - torch.arange(gw) * cell).clamp(max=cell)
     area = (rows.view(-1, 1) * cols.view(1, -1)).float()  # [gh, gw]: the cells at the far edges are cut
@@ -415,8 +417,8 @@ def rays(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     slot = torch.full(own.shape[1:], k)  # [H, W]: each known pixel's class, k where unknown
     for i in range(k):
         slot.masked_fill_(own[i], i)  # not argmax over the classes: 15x slower on the CPU
-    count = torch.zeros(k + 1, pixels.shape[0])
-    ones = torch.ones(1, pixels.shape[0])
+    count = torch.zeros(k + 1, pixels.shape[0], dtype=torch.float32)
+    ones = torch.ones(1, pixels.shape[0], dtype=torch.float32)
     for transpose in (False, True):
         for flip in (False, True):
             s = slot.T if transpose else slot

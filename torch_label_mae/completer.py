@@ -63,7 +63,7 @@ class LabelCompleter(
         if not isinstance(config, LMAEConfig):
             raise TypeError(f"config must be an LMAEConfig or a dict, got {type(config).__name__}")
         self.config = config
-        self.model = LMAE(config)
+        self.model = LMAE(config).float()  # float32 whatever torch's default dtype
         self.routes: list[LabelCompleter] = []  # set by from_pretrained("<dataset>"): one per ratio
         self.precision = "auto"
 

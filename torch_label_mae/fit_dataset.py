@@ -239,6 +239,9 @@ def _holding(out: Path, threads: int | None):
 
 
 def _check(minutes, val_fraction, val_images, batch_size, missing_index, void_index, colors) -> None:
+    from .train import check_default_dtype
+
+    check_default_dtype("fitting")
     if minutes is None or not 0 < minutes < math.inf:
         raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
     if not 0 <= val_fraction < 1:

@@ -103,15 +103,10 @@ def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
 
 
 def check_dtypes(model: LMAE) -> None:
-    """Refuse, saying what to do, what completion and the audit cannot compute with: torch's default dtype
-    other than float32 (the prior's maps would meet the model's at other dtypes), or weights cast by hand."""
-    if torch.get_default_dtype() != torch.float32:
-        raise ValueError(
-            f"completion computes in float32, but torch's default dtype is {torch.get_default_dtype()}: "
-            "call torch.set_default_dtype(torch.float32) before completing (and load the completer after it)"
-        )
+    """Refuse weights cast by hand (e.g. ``completer.half()``), saying what to do: completion and the audit
+    compute in float32 (the prior's maps would meet half weights)."""
     dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:  # e.g. completer.half(): the prior's float32 maps would meet half weights
+    if dtype != torch.float32:
         raise ValueError(
             f"the completer's weights are {dtype}, but completion needs float32 weights: undo it with "
             "completer.float(), and for a lower precision pass precision='bfloat16' (autocast) instead"

@@ -145,7 +145,7 @@ class RandomWalk(NearestFill):
         of all on the caller's threads, as :meth:`_combined` refines one: the same probabilities as each
         sample alone (the samples do not interact)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
-        walk = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:])  # [B, K, H, W]
+        walk = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:], dtype=torch.float32)  # [B, K, H, W]
         contexts = [None] * label.shape[0]
         workers = min(threads, label.shape[0])
         share = max(1, threads // workers)  # the threads of a sample's class solves

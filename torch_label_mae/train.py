@@ -139,9 +139,20 @@ def scaled_lr(batch_size: int) -> float:
     return BASE_LR * math.sqrt(batch_size / BASE_BATCH)
 
 
+def check_default_dtype(what: str = "training") -> None:
+    """Refuse a torch default dtype other than float32 (``ValueError`` naming it): training builds its
+    tensors in the default dtype, and float32 inputs would meet float64 weights deep inside."""
+    if torch.get_default_dtype() != torch.float32:
+        raise ValueError(
+            f"{what} computes in float32, but torch's default dtype is {torch.get_default_dtype()}: "
+            "call torch.set_default_dtype(torch.float32) first"
+        )
+
+
 def check_config(cfg: TrainConfig, roots: bool = True) -> None:
     """Refuse bad settings before anything is read or written (``ValueError`` naming the setting);
     ``roots=False``: the data comes in memory (:class:`TrainData`), ``cfg.data`` only names it."""
+    check_default_dtype()
     for name, options in CHOICES.items():
         if getattr(cfg, name) not in options:
             raise ValueError(f"{name} must be one of {list(options)}, got {getattr(cfg, name)!r}")
