@@ -304,6 +304,12 @@ def test_large_labels_completes_each_size_in_a_process_of_its_own(tmp_path):
         h, w = row["size"]
         assert abs(h * w - mp * 1e6) < 0.05 * mp * 1e6 and abs(h / w - label.shape[0] / label.shape[1]) < 0.1
         assert row["batch"] == 2 and row["seconds"] > 0 and row["peak_gb"] >= row["baseline_gb"] > 0
+        per_mp = (row["peak_gb"] - row["baseline_gb"]) / (mp * 2)
+        assert row["gb_per_megapixel"] == pytest.approx(per_mp)
+    import resource  # the peak in GB from VmHWM's KiB, as getrusage gives it (KiB on Linux)
+
+    peak, rusage = large_labels.peak_gb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    assert abs(peak - rusage) < 0.05 * rusage
 
     with pytest.raises(SystemExit, match="the run at 0.002 MP failed"):  # the child's own error goes to stderr
         large_labels.main(["--model", str(tmp_path / "none"), "--data", str(data), "--megapixels", "0.002"])

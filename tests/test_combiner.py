@@ -533,15 +533,19 @@ def test_a_combiner_of_the_other_feature_count_is_refused_with_a_hint(tmp_path):
 def test_the_walk_and_contexts_run_on_one_thread_each_and_the_refinement_on_the_callers(monkeypatch, threads):
     """Side by side, the walk's and the contexts' torch operators each take one thread (with the caller's
     each, they oversubscribed the cores); the refinement after them takes the caller's, once per batch."""
+    import threading
+
     import torch_label_mae.prior as prior_module
 
     model = model_with_combiner(8, std=1.0, seed=2)
     image, _, _, broken = random_batch(4, model.config.img_size, 8, 0.4, seed=4)
-    seen = []
+    seen, solves = [], []
 
     def record(name, f, at):
         def call(*args, **kwargs):
             seen.append((name, torch.get_num_threads(), args[at].shape[0]))
+            if name == "walk":
+                solves.append(kwargs.get("threads"))
             return f(*args, **kwargs)
 
         return call
@@ -553,10 +557,16 @@ def test_the_walk_and_contexts_run_on_one_thread_each_and_the_refinement_on_the_
     with torch_threads(threads), torch.inference_mode():
         model.prior(broken[:1], image=image[:1])
         assert sorted(seen) == [("contexts", 1, 1), ("refine", threads, 1), ("walk", 1, 1)]
+        assert solves == [threads]  # the class solves (outside torch) on the caller's threads
         seen.clear()
         model.prior(broken, image=image)
         assert sorted(seen) == [("contexts", 1, 1)] * 4 + [("refine", threads, 4)] + [("walk", 1, 1)] * 4
         assert torch.get_num_threads() == threads
+        later = []  # and the default for threads that start now: the caller's, whichever worker ended last
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [threads]
 
 
 def test_after_the_prior_threads_that_start_take_the_callers_number(monkeypatch):
@@ -593,3 +603,28 @@ def test_after_the_prior_threads_that_start_take_the_callers_number(monkeypatch)
         thread.start()
         thread.join()
     assert seen == [3]
+
+
+def test_the_combined_prior_and_the_audits_walk_compute_in_float32_under_a_float64_default():
+    """Their tensors are float32 whatever torch's default dtype (one label, a batch, a combiner without
+    the rays, the audit's random-walk predictor): the same probabilities as under float32."""
+    from torch_label_mae.audit import random_walk_predictor
+
+    model = model_with_combiner(8, std=1.0, seed=2)
+    image, _, _, broken = random_batch(3, model.config.img_size, 8, 0.4, seed=4)
+    predict = random_walk_predictor(8)
+
+    def run():
+        with torch_threads(2), torch.inference_mode():
+            one, batch = model.prior(broken[:1], image=image[:1]), model.prior(broken, image=image)
+            return one.prob, batch.prob, predict(image, broken, None, None)
+
+    want = run()
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = run()
+    finally:
+        torch.set_default_dtype(before)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and torch.equal(g, w)

@@ -638,3 +638,16 @@ def test_fitting_and_training_refuse_a_float64_default_dtype_before_anything_is_
     finally:
         torch.set_default_dtype(before)
     assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_fit_runs_on_its_threads_and_gives_the_callers_back(tmp_path):
+    from torch_label_mae.fit_dataset import _holding
+    from torch_label_mae.threads import torch_threads
+
+    with torch_threads(1):
+        with _holding(tmp_path / "f", 2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with _holding(tmp_path / "g", None):
+            assert torch.get_num_threads() == 1
+    assert not (tmp_path / "f").exists()  # nothing left for the lock alone
