@@ -119,9 +119,8 @@ class RandomWalk(NearestFill):
     def _combined(self, image, label, known, index, valid) -> torch.Tensor:
         """The combined probabilities ``[B, K, H, W]`` of ``index [B, K]``: the combiner's contexts (they need
         no walk) computed on a second thread while the walk is solved. Both run torch's operators on one
-        thread (on as many as the caller has, each, they oversubscribed the cores; and so the probabilities
-        do not depend on the caller's number), the walk's class solves on the caller's threads; the
-        refinement after them on the caller's threads."""
+        thread (with the caller's number each, they oversubscribed the cores), so the probabilities do not
+        depend on that number; the walk's class solves and the refinement after them use the caller's."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the thread takes the caller's mode
         on_cpu = [t.cpu() for t in (image, label, known, index, valid)]  # the thread touches no GPU stream
         threads = torch.get_num_threads()
@@ -133,8 +132,8 @@ class RandomWalk(NearestFill):
         with torch_threads(threads), ThreadPoolExecutor(1) as pool:  # after it, the caller's as the default
             pending = pool.submit(contexts)
             with torch_threads(1):
-                walk = self._walk(threads=threads)
-                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **walk)
+                options = self._walk(threads=threads)
+                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **options)
             ctx = pending.result()
         with torch.autocast(image.device.type, enabled=False):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
