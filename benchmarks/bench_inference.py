@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ from common import (
     random_walker,
     read_samples,
     real_inputs,
+    rss_mib,
     size_name,
     synthetic_inputs,
     time_it,
@@ -88,12 +88,6 @@ class Pairs(torch.utils.data.Dataset):
 
 
 # -- timing helpers ---------------------------------------------------------------------------------------
-def rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()

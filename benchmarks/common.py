@@ -5,6 +5,8 @@ first on ``sys.path``); they do not import each other."""
 from __future__ import annotations
 
 import argparse
+import resource
+import sys
 import time
 
 import numpy as np
@@ -78,6 +80,12 @@ def synthetic_inputs(n: int, hw, num_classes: int, model_size, ratio: float, see
             broken, _ = degrade(label, ratio, 32, seed=seed * 100003 + i, mode="blocks")
         labels.append(broken)
     return images, labels
+
+
+def rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
 
 
 def sync(device: torch.device) -> None:

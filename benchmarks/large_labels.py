@@ -1,6 +1,6 @@
 """Time and peak memory of completing large labels: one ``complete_batch`` call per size, each in a
-fresh process, so that its peak resident memory is its own (the process's high-water mark, Linux's
-``VmHWM``; what the process held before the call, the interpreter, torch and the loaded model, is
+fresh process, so that its peak resident memory is its own (the process's high-water mark,
+``common.rss_mib``; what the process held before the call, the interpreter, torch and the loaded model, is
 printed apart as the baseline).
 
 The image and label are a val pair of ``--data`` resized to each size (``--megapixels``), with half of
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import rss_mib
 
 from torch_label_mae import LabelCompleter
 from torch_label_mae.data import FolderDataset, degrade
@@ -28,9 +29,8 @@ from torch_label_mae.io import resize_image, resize_label
 
 
 def peak_gb() -> float:
-    """The process's peak resident memory so far, in GB (Linux's ``VmHWM``, given in KiB)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024 / 1e9
+    """The process's peak resident memory so far, in GB."""
+    return rss_mib() * 2**20 / 1e9
 
 
 def one(model: str, data: str, megapixels: float, batch: int, threads: int) -> dict:
@@ -59,8 +59,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: print one JSON row
     a = ap.parse_args(argv)
-    if not Path("/proc/self/status").exists():
-        raise SystemExit("large_labels.py reads peak memory from /proc/self/status: Linux only")
     if a.one:
         print(json.dumps(one(a.model, a.data, a.megapixels[0], a.batch, a.threads)))
         return 0
