@@ -1,16 +1,19 @@
-"""torch_threads: torch's threads for a block, the caller's restored after it."""
+"""torch_threads: torch's threads for a block, the caller's restored after it; the kept worker pools."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import threading
+import time
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_label_mae.threads import torch_threads
+from torch_label_mae.threads import run_each, torch_threads, worker_pool
 
 
 @settings(max_examples=30, deadline=None)
@@ -37,3 +40,52 @@ def test_the_block_runs_on_n_threads_and_the_callers_come_back(before, n, raises
 def test_fewer_than_one_thread_is_refused(n):
     with pytest.raises(ValueError, match=f"at least 1, got {n}"), torch_threads(n):
         pass
+
+
+@settings(max_examples=30, deadline=None)
+@given(items=st.lists(st.integers(-100, 100), max_size=12), workers=st.integers(1, 4))
+def test_run_each_is_a_map_in_the_items_order(items, workers):
+    assert run_each("test-map", workers, lambda x: x * x - 1, items) == [x * x - 1 for x in items]
+
+
+def test_run_each_raises_the_first_error_after_every_call_has_ended():
+    ended = []
+
+    def one(i):
+        if i == 0:
+            raise KeyError("first")
+        time.sleep(0.05 * i)
+        ended.append(i)
+        if i == 2:
+            raise ValueError("second")
+
+    with pytest.raises(KeyError, match="first"):
+        run_each("test-errors", 2, one, range(4))
+    assert sorted(ended) == [1, 2, 3]  # nothing still runs once it has raised
+
+
+def test_a_pool_is_kept_per_name_and_size():
+    assert worker_pool("test-keep", 2) is worker_pool("test-keep", 2)
+    assert worker_pool("test-keep", 2) is not worker_pool("test-keep", 3)
+    assert worker_pool("test-keep", 2) is not worker_pool("test-other", 2)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        worker_pool("test-keep", 0)
+
+
+def _in_child(queue):
+    queue.put(run_each("test-fork", 2, lambda x: x + 1, range(3)))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)")
+def test_a_forked_child_gets_pools_of_its_own():
+    assert run_each("test-fork", 2, lambda x: x, range(3)) == [0, 1, 2]  # the parent's threads are started
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_in_child, args=(queue,))
+    child.start()
+    child.join(30)
+    if child.is_alive():  # it waited for the parent's threads, which a forked child does not have
+        child.kill()
+        pytest.fail("run_each hung in a forked child")
+    assert child.exitcode == 0 and queue.get(timeout=5) == [1, 2, 3]
+    assert os.getpid() != child.pid

@@ -10,7 +10,7 @@ times its learned scale, to the logits (:meth:`LabelPrior.add_to`). The algorith
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import concurrent.futures
 from typing import NamedTuple
 
 import torch
@@ -18,7 +18,7 @@ import torch
 from .combiner import PriorCombiner
 from .config import LMAEConfig, RandomWalkPrior
 from .propagation import most_likely_class, nearest_fill, present_classes, random_walk_probabilities
-from .threads import torch_threads
+from .threads import run_each, torch_threads, worker_pool
 
 
 class LabelPrior(NamedTuple):
@@ -129,11 +129,14 @@ class RandomWalk(NearestFill):
             with torch.inference_mode(inference), torch.no_grad(), torch_threads(1):
                 return self.combiner.contexts(*on_cpu)
 
-        with torch_threads(threads), ThreadPoolExecutor(1) as pool:  # after it, the caller's as the default
-            pending = pool.submit(contexts)
-            with torch_threads(1):
-                options = self._walk(threads=threads)
-                prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **options)
+        with torch_threads(threads):  # after it, the caller's as the default
+            pending = worker_pool("contexts", 1).submit(contexts)
+            try:
+                with torch_threads(1):
+                    options = self._walk(threads=threads)
+                    prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **options)
+            finally:
+                concurrent.futures.wait([pending])  # it has ended, whatever the walk did
             ctx = pending.result()
         with torch.autocast(image.device.type, enabled=False):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
@@ -156,8 +159,8 @@ class RandomWalk(NearestFill):
                 walk[i, :k] = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
                 contexts[i] = self.combiner.contexts(*args, index[i : i + 1, :k], valid[i : i + 1, :k])[0]
 
-        with torch_threads(threads), ThreadPoolExecutor(workers) as pool:  # after it, the caller's as the default
-            list(pool.map(one, range(label.shape[0])))
+        with torch_threads(threads):  # after it, the caller's as the default
+            run_each("samples", workers, one, range(label.shape[0]))
         with torch.autocast("cpu", enabled=False):
             return self.combiner.refine(image, label, known, walk, index, valid, contexts)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse
@@ -41,6 +40,8 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
+
+from .threads import run_each
 
 try:  # a dependency; a Python that runs the source tree without it (the GPU machine's image) gets SuperLU
     import qdldl
@@ -74,8 +75,7 @@ def nearest_source(known: torch.Tensor) -> torch.Tensor:
 
     workers = min(b, torch.get_num_threads())
     if workers > 1:  # scipy's transform releases the GIL: one map per thread
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, range(b)))
+        run_each("nearest", workers, one, range(b))
     else:
         for i in range(b):
             one(i)
@@ -274,8 +274,7 @@ def _solve_direct(p: torch.Tensor, free: torch.Tensor, weights, threads: int = 1
             flat[k].index_copy_(0, index, torch.from_numpy(x).to(p.dtype).to(p.device))
 
     if threads > 1 and p.shape[1] > 1:
-        with ThreadPoolExecutor(min(threads, p.shape[1])) as pool:
-            list(pool.map(one, range(p.shape[1])))
+        run_each("class-solves", min(threads, p.shape[1]), one, range(p.shape[1]))
     else:
         for k in range(p.shape[1]):
             one(k)
@@ -318,9 +317,8 @@ def _solve_each(
             else:
                 _relax(*args, sweeps, omega)
 
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, todo))
+    if workers > 1:  # each sample's class solves on another pool (work on a pool must not wait for it)
+        run_each("walks", workers, one, todo)
     else:
         for i in todo:
             one(i)
