@@ -466,6 +466,34 @@ def test_a_zero_correction_at_another_size_takes_the_prior_at_full_size_only(see
     assert torch.equal(fast[1], slow[1])
 
 
+@given(seed=st.integers(0, 2**31), classes=st.integers(1, 6), batch=st.integers(1, 3), empty=st.booleans())
+def test_a_zero_correction_at_the_models_size_reads_the_prior_over_its_slots_only(seed, classes, batch, empty):
+    """At the model's size, a class-agnostic prior-alone model reads its soft prior over the label's slots
+    only, and completes as the path through the forward pass does: the same slots (labels of fewer slots
+    than the batch's longest, and one with no known pixel, too), the probabilities to float32 rounding."""
+    from torch_label_mae.inference import complete_tensors
+
+    cfg = small_config(label_prior=True, prior_kind="random_walk", prior_sweeps=5, class_agnostic=True)
+    model = build(cfg, seed=seed % 7)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.size
+    image = torch.randint(0, 256, (batch, 3, h, w), generator=g, dtype=torch.uint8)
+    label = torch.randint(0, classes, (batch, h, w), generator=g) * 7  # ids, not slots
+    label[0] = torch.where(label[0] > 7, 0, label[0])  # fewer slots than the others
+    missing = torch.rand(batch, h, w, generator=g) < 0.4
+    missing[-1] |= empty  # no known pixel at all
+    with torch.no_grad():
+        model.forward_hidden = lambda *a, **k: pytest.fail("the forward pass ran")  # this model only
+        fast = complete_tensors(model, image, label, missing)
+        del model.forward_hidden
+        model.prior_alone = lambda: False  # this model only: through the forward pass
+        slow = complete_tensors(model, image, label, missing)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[0][~missing], label[~missing])
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-6, atol=0)  # a few ulps: sums over K, not N
+
+
 def test_a_correction_that_is_not_zero_runs_the_trunk():
     cfg = small_config(label_prior=True)
     model = build(cfg)

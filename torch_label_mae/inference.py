@@ -9,6 +9,7 @@ import torch
 from .io import resize_image, resize_label, stack_images
 from .masking import background_first_inference, hidden_from_missing, hidden_to_pixels
 from .model import ABSENT_SLOT, LMAE
+from .prior import LabelPrior
 from .slots import from_slots, present_slots, to_slots
 
 
@@ -89,8 +90,12 @@ def class_and_probability(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor,
 def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
     """:func:`complete_tensors` at the model's size: logits of the hidden patches only, reduced to the
     chosen class and its probability per pixel before anything is laid out at full size."""
-    rows = model(x, lab, hidden, prior, hidden_only=True).float()  # [M, p*p, N]
-    pred, prob = class_and_probability(rows, dim=-1)  # [M, p*p] each
+    if model.config.class_agnostic and prior is not None and prior.prob is not None and model.prior_alone():
+        model.check_inputs(x, lab, hidden)
+        pred, prob = _prior_alone_rows(model, lab, hidden, prior)  # [M, p*p] each
+    else:
+        rows = model(x, lab, hidden, prior, hidden_only=True).float()  # [M, p*p, N]
+        pred, prob = class_and_probability(rows, dim=-1)  # [M, p*p] each
     b, length = hidden.shape
     grid_pred = pred.new_zeros(b, length, pred.shape[-1])
     grid_prob = prob.new_ones(b, length, prob.shape[-1])
@@ -100,6 +105,20 @@ def _complete_hidden_rows(model: LMAE, x, lab, label, missing, hidden, prior):
     completed = torch.where(missing, pred_map, label)
     confidence = torch.where(missing, prob_map, torch.ones_like(prob_map))
     return completed, confidence
+
+
+def _prior_alone_rows(model: LMAE, lab: torch.Tensor, hidden: torch.Tensor, prior: LabelPrior):
+    """The chosen slot and its probability on the hidden rows, ``[M, p*p]`` each, of a class-agnostic model
+    that is its soft prior alone: what :meth:`~LMAE.forward_hidden` and :func:`class_and_probability` give
+    (the slots the label ``lab [B, h, w]`` lacks at ``ABSENT_SLOT``, the others at the prior's scale times its
+    probability), read over the prior's ``K`` slots instead of laid out over all ``N``. The same slots (ties
+    to the lowest, as the prior's slots ascend); the probability up to float32 rounding of its sum."""
+    rows = prior.rows(hidden, model.patchify)  # prob [M, p*p, K], index [M, 1, K]
+    present = present_slots(lab, model.config.num_classes)  # [B, N]
+    present = present.unsqueeze(1).expand(-1, hidden.shape[1], -1)[hidden].unsqueeze(1).gather(-1, rows.index)
+    logits = model.prior_scale.to(torch.float32) * rows.prob.float()  # [M, p*p, K], as added onto zeros
+    top, prob = class_and_probability(logits.masked_fill_(~present, ABSENT_SLOT), dim=-1)  # [M, p*p] each
+    return rows.index.expand_as(logits).gather(-1, top.unsqueeze(-1)).squeeze(-1), prob
 
 
 def check_dtypes(model: LMAE) -> None:
