@@ -605,6 +605,32 @@ def test_after_the_prior_threads_that_start_take_the_callers_number(monkeypatch)
     assert seen == [3]
 
 
+def test_a_walk_that_fails_leaves_no_contexts_running(monkeypatch):
+    """The walk raises while the contexts are computed beside it: they have ended when the error comes
+    out, so nothing of this call runs on behind the caller's back (or holds the pool's one thread)."""
+    import time
+
+    import torch_label_mae.prior as prior_module
+
+    ended = []
+
+    def failing_walk(*args, **kwargs):
+        raise ValueError("the walk failed")
+
+    def slow_contexts(self, *args):
+        time.sleep(0.2)
+        ended.append(True)
+        return []
+
+    monkeypatch.setattr(prior_module, "random_walk_probabilities", failing_walk)
+    monkeypatch.setattr(PriorCombiner, "contexts", slow_contexts)
+    model = model_with_combiner(8, std=1.0, seed=2)
+    image, _, _, broken = random_batch(1, model.config.img_size, 8, 0.4, seed=4)
+    with torch_threads(2), torch.inference_mode(), pytest.raises(ValueError, match="the walk failed"):
+        model.prior(broken, image=image)
+    assert ended == [True]
+
+
 def test_the_combined_prior_and_the_audits_walk_compute_in_float32_under_a_float64_default():
     """Their tensors are float32 whatever torch's default dtype (one label, a batch, a combiner without
     the rays, the audit's random-walk predictor): the same probabilities as under float32."""

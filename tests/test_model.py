@@ -494,6 +494,32 @@ def test_a_zero_correction_at_the_models_size_reads_the_prior_over_its_slots_onl
     torch.testing.assert_close(fast[1], slow[1], rtol=1e-6, atol=0)  # a few ulps: sums over K, not N
 
 
+@pytest.mark.parametrize(
+    "agnostic, prior, zero_head",
+    [(True, "random_walk", False), (False, "random_walk", True), (True, "nearest", True)],
+    ids=["agnostic-with-a-correction", "class-specific", "hard-prior"],
+)
+def test_only_a_class_agnostic_soft_prior_alone_is_read_over_its_slots(monkeypatch, agnostic, prior, zero_head):
+    """A correction to add, classes that are not slots (whose logits the other classes' confidence counts),
+    a hard prior: each goes through the forward pass."""
+    import torch_label_mae.inference as inference
+
+    cfg = small_config(label_prior=True, prior_kind=prior, prior_sweeps=5, class_agnostic=agnostic)
+    model = build(cfg, seed=3)
+    if zero_head:
+        torch.nn.init.zeros_(model.head.weight)
+        torch.nn.init.zeros_(model.head.bias)
+    g = torch.Generator().manual_seed(3)
+    h, w = cfg.size
+    image = torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8)
+    label = torch.randint(0, 3, (2, h, w), generator=g)
+    missing = torch.rand(2, h, w, generator=g) < 0.4
+    monkeypatch.setattr(inference, "_prior_alone_rows", lambda *a: pytest.fail("read over the slots"))
+    with torch.no_grad():
+        completed, _ = inference.complete_tensors(model, image, label, missing)
+    assert torch.equal(completed[~missing], label[~missing])
+
+
 def test_a_correction_that_is_not_zero_runs_the_trunk():
     cfg = small_config(label_prior=True)
     model = build(cfg)

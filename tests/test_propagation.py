@@ -360,21 +360,22 @@ def test_direct_solver_properties(scene):
         assert torch.equal(t, c), "an input was modified"
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3])
 @pytest.mark.parametrize("inference", [True, False])
 def test_exact_walk_on_several_threads_equals_one_thread_in_and_out_of_inference_mode(inference, batch):
     """The exact solves of a batch run on torch's threads (a sample's classes side by side when there are
-    fewer samples than threads); the result is the same as on one thread, and the worker threads take the
-    caller's inference mode (tensors made in it can be written)."""
+    fewer samples than threads: at 4 threads, 2 samples solve their classes 2 by 2, on pools of their own);
+    the result is the same as on one thread, and the worker threads take the caller's inference mode
+    (tensors made in it can be written)."""
     g = torch.Generator().manual_seed(0)
     image = torch.rand(batch, 3, 24, 24, generator=g)
     label = torch.randint(0, 3, (batch, 24, 24), generator=g)
     known = torch.rand(batch, 24, 24, generator=g) < 0.5
     out = []
-    for threads in (1, 2):
+    for threads in (1, 2, 4):
         with torch_threads(threads), torch.inference_mode(inference):
             out.append(random_walk_probabilities(image, label, known, 3, solver="direct", connectivity=16)[0])
-    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
 
 
 @given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.integers(0, 99))

@@ -64,12 +64,66 @@ def test_run_each_raises_the_first_error_after_every_call_has_ended():
     assert sorted(ended) == [1, 2, 3]  # nothing still runs once it has raised
 
 
-def test_a_pool_is_kept_per_name_and_size():
-    assert worker_pool("test-keep", 2) is worker_pool("test-keep", 2)
-    assert worker_pool("test-keep", 2) is not worker_pool("test-keep", 3)
-    assert worker_pool("test-keep", 2) is not worker_pool("test-other", 2)
+def test_a_pool_is_kept_per_name_and_grows_to_the_most_threads_asked_for():
+    two = worker_pool("test-keep", 2)
+    assert worker_pool("test-keep", 2) is two and worker_pool("test-keep", 1) is two
+    three = worker_pool("test-keep", 3)
+    assert three is not two and worker_pool("test-keep", 2) is three  # one pool a name: idle threads do not pile up
+    assert worker_pool("test-other", 2) is not three
     with pytest.raises(ValueError, match="at least 1, got 0"):
         worker_pool("test-keep", 0)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_run_each_makes_at_most_workers_calls_at_a_time_on_a_larger_pool(workers):
+    worker_pool("test-bound", 4)
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def one(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return i
+
+    assert run_each("test-bound", workers, one, range(12)) == list(range(12))
+    assert 1 <= most[0] <= workers
+
+
+def test_run_each_on_a_thread_of_its_own_pool_is_refused_not_a_deadlock():
+    def nested(name):
+        return run_each(name, 1, lambda x: x, [1])
+
+    with pytest.raises(RuntimeError, match="would wait for itself"):
+        run_each("test-nest", 1, lambda _: nested("test-nest"), [0])
+    assert run_each("test-nest", 1, lambda _: nested("test-inner"), [0]) == [[1]]  # another name: fine
+
+
+def test_run_each_interrupted_starts_no_more_calls_and_leaves_none_running(monkeypatch):
+    """Ctrl-C while it waits: the running calls end before it raises, the queued ones never start."""
+    import concurrent.futures
+
+    real, started, ended = concurrent.futures.wait, [], []
+
+    def interrupted(futures, *args, **kwargs):
+        monkeypatch.setattr(concurrent.futures, "wait", real)  # the next wait is a real one
+        time.sleep(0.05)  # calls are running
+        raise KeyboardInterrupt
+
+    def one(i):
+        started.append(i)
+        time.sleep(0.1)
+        ended.append(i)
+
+    monkeypatch.setattr(concurrent.futures, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_each("test-interrupt", 2, one, range(10))
+    assert sorted(started) == sorted(ended)  # nothing still runs once it has raised
+    assert len(started) < 10
+    time.sleep(0.3)
+    assert len(started) < 10  # and nothing starts afterwards
 
 
 def _in_child(queue):

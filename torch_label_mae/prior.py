@@ -10,7 +10,6 @@ times its learned scale, to the logits (:meth:`LabelPrior.add_to`). The algorith
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import NamedTuple
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from .combiner import PriorCombiner
 from .config import LMAEConfig, RandomWalkPrior
 from .propagation import most_likely_class, nearest_fill, present_classes, random_walk_probabilities
-from .threads import run_each, torch_threads, worker_pool
+from .threads import finish, run_each, torch_threads, worker_pool
 
 
 class LabelPrior(NamedTuple):
@@ -136,7 +135,7 @@ class RandomWalk(NearestFill):
                     options = self._walk(threads=threads)
                     prob, _ = random_walk_probabilities(image, label, known, self.config.num_classes, **options)
             finally:
-                concurrent.futures.wait([pending])  # it has ended, whatever the walk did
+                finish([pending])  # it has ended, whatever the walk did
             ctx = pending.result()
         with torch.autocast(image.device.type, enabled=False):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)

@@ -17,12 +17,12 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["run_each", "torch_threads", "worker_pool"]
+__all__ = ["finish", "run_each", "torch_threads", "worker_pool"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-_pools: dict[tuple[str, int], concurrent.futures.ThreadPoolExecutor] = {}
+_pools: dict[str, tuple[concurrent.futures.ThreadPoolExecutor, int]] = {}  # name -> (pool, its threads)
 _pools_lock = threading.Lock()
 
 
@@ -48,26 +48,71 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def worker_pool(name: str, workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The process's pool of ``workers`` threads for the work called ``name``, started on first use and kept:
-    starting threads for every label cost a label at a time several milliseconds. Work on a pool must not
-    wait for work on the same pool (it may hold every thread); give nested work another ``name``. A child
-    process made by ``fork`` starts with no pools (its parent's threads do not exist in it)."""
+    """The process's pool of threads for the work called ``name``, of at least ``workers`` threads: started on
+    first use and kept (starting threads for every label cost a label at a time several milliseconds), and
+    replaced by a larger one when more are asked for (the smaller one's threads end once nothing holds it).
+    Work on a pool must not wait for work on the same pool (it may hold every thread); give nested work
+    another ``name``. A child process made by ``fork`` starts with no pools (its parent's threads do not
+    exist in it)."""
     if workers < 1:
         raise ValueError(f"worker_pool: workers must be at least 1, got {workers}")
     with _pools_lock:
-        pool = _pools.get((name, workers))
-        if pool is None:
+        pool, size = _pools.get(name, (None, 0))
+        if size < workers:
             pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"label-mae-{name}")
-            _pools[name, workers] = pool
+            _pools[name] = pool, workers
         return pool
 
 
 def run_each(name: str, workers: int, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(item) for item in items]`` on :func:`worker_pool` ``(name, workers)``. Every call has ended when
-    it returns or raises (the first call's error, in the items' order), as when a pool is shut down."""
-    futures = [worker_pool(name, workers).submit(fn, item) for item in items]
-    concurrent.futures.wait(futures)
-    return [future.result() for future in futures]
+    """``[fn(item) for item in items]``, at most ``workers`` calls at a time, on :func:`worker_pool` ``(name,
+    workers)``; the first call's error (in the items' order) is raised once every call has ended. Interrupted
+    while it waits (Ctrl-C), it starts no more calls and waits for the running ones before it raises. Called
+    from a thread of the same pool it raises ``RuntimeError`` (it would wait for itself)."""
+    items = list(items)
+    if threading.current_thread().name.startswith(f"label-mae-{name}_"):
+        raise RuntimeError(f"run_each({name!r}) on a thread of its own pool would wait for itself: name it otherwise")
+    results: list = [None] * len(items)
+    errors: list[Exception | None] = [None] * len(items)
+    todo, lock, stop = iter(range(len(items))), threading.Lock(), threading.Event()
+
+    def work() -> None:  # calls the items in turn, while there are some and it is not stopped
+        while not stop.is_set():
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except Exception as error:  # raised below, once every call has ended
+                errors[i] = error
+
+    pool = worker_pool(name, workers)
+    futures = [pool.submit(work) for _ in range(min(workers, len(items)))]
+    try:
+        concurrent.futures.wait(futures)
+    except BaseException:  # interrupted: no more calls, and the running ones end before it raises
+        stop.set()
+        finish(futures)
+        raise
+    for future in futures:
+        future.result()  # what work itself raised (nothing, but a BaseException of fn's)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return results
+
+
+def finish(futures: list[concurrent.futures.Future]) -> None:
+    """Wait until every one of ``futures`` has ended. Interrupted (Ctrl-C), cancel those not started and wait
+    for the running ones, then raise: nothing is left running behind the caller's back."""
+    try:
+        concurrent.futures.wait(futures)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures)
+        raise
 
 
 def _forget_pools() -> None:
