@@ -253,6 +253,8 @@ def test_audit_api_runs_on_the_model(completer):
         assert np.array_equal(lab, old)  # inputs untouched
         assert res.score.shape == (40, 56) and res.score.min() >= 0 and res.score.max() <= 1
         assert not ((res.repaired != lab) & ~res.flagged).any()
+    with pytest.raises(TypeError, match=r"batch_size must be an integer >= 1, got float 2.0"):
+        audit_batch(completer, images, labels, batch_size=2.0)
 
 
 # -- folders --------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def test_batch_equals_one_by_one(completer, batch, batch_size, repeat):
     sample=samples(),
     extra=st.floats(0, 0.5),
     seed=st.integers(0, 1000),
-    map_kind=st.sampled_from(["numpy", "torch", "pil", "uint8"]),
+    map_kind=st.sampled_from(["numpy", "torch", "pil", "uint8", "flipped", "read_only"]),
 )
 def test_explicit_missing_maps(completer, sample, extra, seed, map_kind):
     image, label, holes = sample
@@ -231,15 +231,45 @@ def test_explicit_missing_maps(completer, sample, extra, seed, map_kind):
         "torch": torch.from_numpy,
         "uint8": lambda m: m.astype(np.uint8),
         "pil": lambda m: Image.fromarray(m.astype(np.uint8) * 255, mode="L"),
+        "flipped": lambda m: m[::-1, ::-1].copy()[::-1, ::-1],  # the same map seen through negative strides
+        "read_only": _read_only,
     }[map_kind](flagged)
     snap = snapshot(given_map)
-    out, conf = completer.complete(image, label, missing=given_map, return_confidence=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable")  # a read-only map: taken without torch's warning
+        out, conf = completer.complete(image, label, missing=given_map, return_confidence=True)
     check_output(out, conf, label, flagged)  # exactly the map: 255 pixels outside it stay 255 (#19)
     assert_unchanged(given_map, snap)
     # the same through complete_batch, as a list and as a stacked [B, H, W] array
     both = completer.complete_batch([image, image], [label, label], missing=np.stack([flagged, flagged]))
     np.testing.assert_array_equal(both[0], out)
     np.testing.assert_array_equal(both[1], out)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False  # as np.asarray(Image.open(mask)) gives
+    return a
+
+
+def test_an_rgba_palette_keeps_its_alpha(plain):
+    label = np.zeros((10, 12), np.uint8)
+    label[:, 6:] = 1
+    label[2:5, 3:9] = 255
+    im = Image.fromarray(label, mode="P")
+    im.putpalette(bytes(v for i in range(256) for v in (i, 255 - i, i // 2, 128 + i // 2)), rawmode="RGBA")
+    out = plain.complete(np.zeros((10, 12, 3), np.uint8), im)
+    assert out.palette.mode == "RGBA" and out.getpalette("RGBA") == im.getpalette("RGBA")
+
+
+def test_a_batch_size_that_is_no_integer_is_named(plain):
+    image, label = np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12), np.uint8)
+    for bad in (2.0, "2", True):
+        with pytest.raises(TypeError, match=r"batch_size must be an integer >= 1, got"):
+            plain.complete_batch([image], [label], batch_size=bad)
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
+        plain.complete_batch([image], [label], batch_size=0)
+    assert len(plain.complete_batch([image], [label], batch_size=np.int64(2))) == 1
 
 
 def test_missing_map_shape_mismatch_names_it(plain):
@@ -330,6 +360,9 @@ def test_a_batch_or_a_boolean_mask_given_as_one_label_says_what_to_do(plain):
     for batch in (np.zeros((5, 10, 12), np.int64), torch.zeros(5, 10, 12, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"labels\[0\].*\(5, 10, 12\); for a batch of labels: complete_batch"):
             plain.complete(image, batch)
+    for column in (np.zeros((10, 12, 1), np.uint8), torch.zeros(10, 12, 1, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match=r"\(10, 12, 1\); an HxWx1 label: pass label\[\.\.\., 0\]"):
+            plain.complete(image, column)
     with pytest.raises(ValueError, match=r"\(10, 12, 4\); an RGBA colour label: drop its alpha"):
         plain.complete(image, np.zeros((10, 12, 4), np.uint8))  # RGBA: a colour label, not a batch
     for mask in (np.zeros((10, 12), bool), torch.zeros(10, 12, dtype=torch.bool)):

@@ -49,7 +49,7 @@ import torch
 from scipy import ndimage
 
 from .inference import check_dtypes
-from .io import default_batch_size, resize_image, resize_label, stack_images
+from .io import batch_size_for, resize_image, resize_label, stack_images
 from .slots import from_slots, to_slots
 
 DEFAULT_THRESHOLD = 0.95  # for models without their own (LMAEConfig.audit_threshold); docs/audit.md
@@ -391,9 +391,7 @@ def audit_batch(
     if files is not None and (isinstance(files, str) or len(files) != len(labels)):
         raise ValueError(f"files must name each of the {len(labels)} labels, got {files!r}"[:200])
     dev = completer.device
-    batch_size = default_batch_size(dev) if batch_size is None else batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = batch_size_for(dev, batch_size)
     n, cfg, names = completer.num_classes, completer.config, completer.class_names
     classes = audited_classes(completer)  # ids that are classes: [0, classes); the rest void
     predict = predictor or model_predictor(completer)

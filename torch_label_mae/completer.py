@@ -19,7 +19,7 @@ from .conventions import LabelConventions
 from .hub import save_hub_files
 from .inference import autocast_dtype, complete_samples
 from .inputs import prepare
-from .io import confidence_like, default_batch_size
+from .io import batch_size_for, confidence_like
 from .model import LMAE
 
 MODEL_CARD = """
@@ -239,8 +239,8 @@ class LabelCompleter(
         input label's type, size and dtype. With ``return_confidence`` also returns, per label, the
         probability of the chosen class per pixel (1 on pixels kept, 0 on holes left unfilled: docs/labels.md).
         """
-        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
-        maps = _check_batch_args(images, labels, missing, batch_size)
+        batch_size = batch_size_for(self.device, batch_size)
+        maps = _check_batch_args(images, labels, missing)
         missing_index, void_index, table = self.conventions(missing_index, void_index, colors, not maps)
         samples, names = [], dict(label_set=self.label_set, model_name=self.pretrained_name)
         for i, (im, lab) in enumerate(zip(images, labels, strict=True)):  # a loop: warnings' stacklevel
@@ -304,13 +304,11 @@ def with_correction(completer: LabelCompleter, scale: float) -> LabelCompleter:
     return out
 
 
-def _check_batch_args(images, labels, missing, batch_size: int) -> bool:
-    """Refuse mismatched lengths, a batch size below 1 and a ``missing`` that is none of None, maps and
+def _check_batch_args(images, labels, missing) -> bool:
+    """Refuse mismatched lengths and a ``missing`` that is none of None, maps and
     ``"background-first"``; returns whether ``missing`` holds one map per label."""
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     maps = isinstance(missing, (list, tuple, np.ndarray, torch.Tensor))  # one HxW map per label
     if not maps and missing is not None and not (isinstance(missing, str) and missing == "background-first"):
         raise ValueError(f"missing must be None, a list of HxW boolean maps or 'background-first', got {missing!r}")

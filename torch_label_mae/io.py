@@ -99,7 +99,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            hint = _label_hint(arr.ndim, arr.dtype == bool, channels=arr.shape[2] if arr.ndim == 3 else 0)
+            hint = _label_hint(arr.shape, arr.dtype == bool, channels=arr.shape[2] if arr.ndim == 3 else 0)
             raise ValueError(f"{name}: numpy label must be an HxW integer array, got {arr.dtype} {arr.shape}{hint}")
         return torch.from_numpy(arr.astype(np.int64))
     if isinstance(label, torch.Tensor):
@@ -107,7 +107,7 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
         if t.ndim == 3 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            hint = _label_hint(t.ndim, t.dtype == torch.bool, channels=t.shape[0] if t.ndim == 3 else 0)
+            hint = _label_hint(tuple(t.shape), t.dtype == torch.bool, channels=t.shape[0] if t.ndim == 3 else 0)
             raise ValueError(
                 f"{name}: tensor label must be an HxW integer tensor, got {t.dtype} {tuple(label.shape)}{hint}"
             )
@@ -115,10 +115,12 @@ def _label_to_tensor(label, name: str) -> torch.Tensor:
     raise TypeError(f"{name}: expected a PIL image, numpy array or torch tensor, got {type(label).__name__}")
 
 
-def _label_hint(ndim: int, boolean: bool, channels: int) -> str:
-    """What to do with a refused label of ``ndim`` dimensions: a colour label (3 channels; 4: RGBA; a batch
-    of 3 or 4 labels looks the same), a batch or a boolean mask."""
-    batch = "complete_batch(images, list(labels))"
+def _label_hint(shape: tuple[int, ...], boolean: bool, channels: int) -> str:
+    """What to do with a refused label of ``shape``: a colour label (3 channels; 4: RGBA; a batch of 3 or 4
+    labels looks the same), an HxWx1 label, a batch or a boolean mask."""
+    ndim, batch = len(shape), "complete_batch(images, list(labels))"
+    if ndim == 3 and shape[2] == 1 and channels not in (3, 4):
+        return f"; an HxWx1 label: pass label[..., 0] (a batch of labels: {batch})"
     if channels == 3:
         return f"; {COLOR_HINT} (a batch of labels: {batch})"
     if channels == 4:
@@ -222,7 +224,8 @@ def missing_to_tensor(missing, shape, name: str = "missing") -> torch.Tensor:
     ``shape``."""
     if isinstance(missing, Image.Image):
         missing = np.array(missing) > 0
-    t = torch.as_tensor(np.asarray(missing) if not isinstance(missing, torch.Tensor) else missing.detach().cpu())
+    # np.array copies: a flipped (negative strides) or read-only map is taken as it is
+    t = torch.as_tensor(np.array(missing) if not isinstance(missing, torch.Tensor) else missing.detach().cpu())
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
     if tuple(t.shape) != tuple(shape):
@@ -240,9 +243,9 @@ def label_like(values: torch.Tensor, like):
         arr = values.numpy()
         if like.mode == "P":
             out = Image.fromarray(arr.astype(np.uint8), mode="P")
-            pal = like.getpalette()
-            if pal is not None:
-                out.putpalette(pal)
+            if like.palette is not None:  # its own mode: an RGBA palette keeps its alpha
+                mode = like.palette.mode
+                out.putpalette(like.getpalette(mode), rawmode=mode)
             if "transparency" in like.info:
                 out.info["transparency"] = like.info["transparency"]
             return out
@@ -287,9 +290,16 @@ def stack_images(images) -> torch.Tensor:
     return torch.stack([t if t.dtype == dtype else t.float() / 255.0 for t in images])
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Labels per forward pass when the caller gives none: 64 on CUDA, 8 elsewhere."""
-    return 64 if device.type == "cuda" else 8
+def batch_size_for(device: torch.device, batch_size: int | None) -> int:
+    """``batch_size`` checked (an integer >= 1), or the labels per forward pass when the caller gives
+    none: 64 on CUDA, 8 elsewhere."""
+    if batch_size is None:
+        return 64 if device.type == "cuda" else 8
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an integer >= 1, got {type(batch_size).__name__} {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
 
 
 def atomic_write(path: str | Path, write) -> None:
