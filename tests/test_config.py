@@ -73,6 +73,20 @@ def test_flat_keys_work_as_overrides_on_a_version_2_config():
     assert LMAEConfig.tiny(prior=RandomWalkPrior(sweeps=3)).prior.sweeps == 3
 
 
+def test_only_fields_can_be_set_and_a_flat_prior_key_says_where_its_option_is():
+    cfg = LMAEConfig.tiny(prior=RandomWalkPrior(connectivity=16))
+    with pytest.raises(
+        AttributeError, match=r"no field 'prior_connectivity'.*dataclasses.replace\(config.prior, connectivity="
+    ):
+        cfg.prior_connectivity = 8  # nothing would read it: refused, not set
+    with pytest.raises(AttributeError, match=r"no field 'mask_ratios'$"):
+        cfg.mask_ratios = 0.5
+    assert cfg.prior.connectivity == 16 and not hasattr(cfg, "prior_connectivity")
+    cfg.prior = dataclasses.replace(cfg.prior, connectivity=8)  # the way to change it
+    cfg.mask_ratio = 0.25
+    assert cfg.prior.connectivity == 8 and cfg.mask_ratio == 0.25
+
+
 def test_a_nearest_prior_drops_the_walk_options_but_still_checks_them():
     assert LMAEConfig.tiny(label_prior=True, prior_beta=500.0).prior == NearestPrior()
     with pytest.raises(ValueError, match=r"LMAEConfig\.prior\.beta=0"):

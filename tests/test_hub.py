@@ -345,12 +345,17 @@ def test_revision_and_commit_hash(server, cache, folders):
     assert_weights(load(REPO, server, cache), folders["main"])
 
 
-def test_force_download_fetches_again(server, cache, folders):
+def test_force_download_fetches_again(server, cache, folders, monkeypatch):
     load(REPO, server, cache)
     assert_weights(load(REPO, server, cache, force_download=True), folders["main"])
     assert server.gets(hub.WEIGHTS_NAME) == 2
-    with pytest.raises(ValueError, match="contradict"):
+    with pytest.raises(ValueError, match="force_download=True and local_files_only=True contradict"):
         load(REPO, server, cache, force_download=True, local_files_only=True)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # cached: not "not in the local cache"
+    with pytest.raises(ValueError, match="force_download=True and HF_HUB_OFFLINE=1 contradict"):
+        load(REPO, server, cache, force_download=True)
 
 
 def test_interrupted_download_resumes(server, cache, folders):
@@ -775,6 +780,35 @@ def test_save_pretrained_round_trip(tmp_path, folders):
     c.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / hub.CONFIG_NAME).read_text()) == c.config.to_dict()
     assert_weights(LabelCompleter.from_pretrained(tmp_path / "again"), folders["v1"])
+
+
+def test_a_failed_save_into_a_model_folder_leaves_it_loading(tmp_path, folders, monkeypatch):
+    target = tmp_path / "model"
+    LabelCompleter.from_folder(folders["v1"]).save_pretrained(target)
+    bad = LabelCompleter(LMAEConfig.tiny(num_classes=5))
+    with torch.no_grad():
+        next(bad.model.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bad.save_pretrained(target)  # huggingface_hub's mixin removed config.json before the refusal
+    assert_weights(LabelCompleter.from_pretrained(target), folders["v1"])  # the old model, whole
+
+    other = LabelCompleter(LMAEConfig.tiny(num_classes=5))  # another config: its weights need its own
+    to_dict, calls = LMAEConfig.to_dict, []
+
+    def interrupted(self):  # Ctrl-C once the new weights are in place, before their config is written
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return to_dict(self)
+
+    monkeypatch.setattr(LMAEConfig, "to_dict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        other.save_pretrained(target)
+    monkeypatch.undo()
+    loaded = LabelCompleter.from_pretrained(target)  # the new weights with the config that fits them
+    assert loaded.config == other.config
+    for k, v in other.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_wheel_bundles_the_default_and_only_registered_folders():

@@ -89,6 +89,13 @@ class LabelCompleter(
         return autocast_dtype(self.precision, self.device)
 
     # -- hub ---------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, **kwargs):
+        """``PyTorchModelHubMixin.save_pretrained`` (``config.json``, ``model.safetensors``, ``README.md``
+        and, for a preset, ``label_set.json``; ``push_to_hub=True`` uploads them). A save into a folder that
+        holds a model and fails (weights with NaN) or is interrupted leaves a folder that loads."""
+        with hub.config_kept(save_directory, self.model.config):
+            return super().save_pretrained(save_directory, **kwargs)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         save_hub_files(self.model, save_directory)
         hub.save_label_set(self.label_set, save_directory)

@@ -264,6 +264,19 @@ class LMAEConfig:
             self.img_size = tuple(self.img_size)
         self.validate()
 
+    def __setattr__(self, name: str, value) -> None:
+        """Fields only: ``config.prior_connectivity = 8`` (a key of version 1) would set an attribute that
+        nothing reads."""
+        if name not in self.__dataclass_fields__:
+            key = FLAT_PRIOR_KEYS.get(name)
+            hint = (
+                f"; the prior's options are its own: config.prior = dataclasses.replace(config.prior, {key}=...)"
+                if key
+                else ""
+            )
+            raise AttributeError(f"LMAEConfig has no field {name!r}{hint}")
+        object.__setattr__(self, name, value)
+
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field at fault and its allowed range.

@@ -31,6 +31,7 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -434,8 +435,9 @@ def download(
     ``endpoint`` defaults to the ``HF_ENDPOINT`` environment variable read at call time. ``timeout``: the
     deadline of the whole call in seconds (see :func:`hub_timeout`); past it, :class:`HubTimeoutError`.
     """
-    if force_download and local_files_only:
-        raise ValueError("force_download=True and local_files_only=True contradict each other")
+    if force_download and (local_files_only or _offline()):
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+        raise ValueError(f"force_download=True and {why} contradict each other")
     seconds = hub_timeout(timeout)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     where = f"{repo_id}@{revision or 'main'}"
@@ -673,6 +675,35 @@ def save_hub_files(model, folder, dtype=None) -> None:
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(model.config.to_dict(), indent=2)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _stamp(path: Path):
+    """What tells a file from the one that replaced it (an atomic write is a new inode), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextmanager
+def config_kept(folder, config):
+    """Around ``PyTorchModelHubMixin.save_pretrained``, which removes ``folder/config.json`` before it
+    writes the weights: a save that fails or is interrupted before the new config is written puts back one
+    that matches the weights in the folder (the old config while the weights are the old ones, else
+    ``config``), so the folder still loads."""
+    from .io import atomic_write
+
+    path, weights = Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME
+    old = path.read_bytes() if path.is_file() else None
+    stamp = _stamp(weights)
+    try:
+        yield
+    except BaseException:
+        if old is not None and not path.exists():
+            text = old if _stamp(weights) == stamp else json.dumps(config.to_dict(), indent=2).encode()
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(text))
+        raise
 
 
 def save_label_set(label_set, folder) -> None:
