@@ -4,6 +4,7 @@ bare invocation, messages in the words of the command line, honest summaries and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -165,6 +166,15 @@ def test_evaluate_a_class_agnostic_model_scores_the_datasets_classes(tmp_path, c
         main(["evaluate", "--data", str(data), "--limit", "0"])
 
 
+def test_evaluate_names_the_label_with_ids_the_dataset_json_lacks(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", splits=(("val", 2),), num_classes=4)
+    info = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**info, "classes": info["classes"][:2]}))
+    assert main(["evaluate", "--data", str(data), "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"val/labels/\S+\.png: \d+ pixels have ids \[[23]", err) and "outside the 2 classes of" in err
+
+
 @pytest.mark.parametrize("model", ["voc-m0.5", "any-m0.5"])
 def test_demo_with_a_preset_fills_the_holes_it_made(tmp_path, model, capsys):
     assert main(["demo", "--model", model, "--out", str(tmp_path / "demo.png")]) == 0
@@ -177,9 +187,9 @@ def test_demo_names_the_block_flag(capsys):
 
 
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
-    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.png").mkdir()  # named as a picture: written to, it fails
     (tmp_path / "file").write_text("")
-    assert main(["demo", "--out", str(tmp_path / "folder")]) == 1
+    assert main(["demo", "--out", str(tmp_path / "folder.png")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Is a directory" in err and "Traceback" not in err
     data = make_dataset(tmp_path / "d", splits=(("val", 2),))

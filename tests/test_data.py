@@ -93,6 +93,17 @@ def test_degrade_cli_writes_a_broken_copy_and_refuses_the_input_folder(tmp_path)
     assert r.returncode == 0 and r.stderr.startswith("label-mae degrade: warning: 3 of 3 labels in ")
 
 
+def test_degrade_skips_hidden_files_as_complete_and_fit_do(tmp_path):
+    root = make_dataset(tmp_path / "d", splits=(("val", 2),))
+    labels = root / "val" / "labels"
+    (labels / "._f.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's resource fork: no PNG
+    Image.new("P", (4, 4)).save(labels / ".hidden.png")
+    assert degrade_folder(labels, tmp_path / "out") == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in labels.iterdir() if not p.name.startswith(".")
+    )
+
+
 def test_degrade_warns_when_the_labels_already_hold_the_missing_index(tmp_path):
     """Labels whose own void is 255 (CamVid, VOC): holes written as 255 could not be told from it."""
     root = make_dataset(tmp_path / "d", splits=(("val", 3),))

@@ -255,6 +255,22 @@ def test_show_with_truth_picks_the_worst_and_adds_the_columns(tmp_path, capsys):
     assert show(dirs, tmp_path / "in.png", "--truth", str(dirs["truth"]), "--out", str(dirs["truth"] / "p.png")) == 2
 
 
+def test_show_names_a_truth_of_another_size_and_writes_the_format_its_name_asks(tmp_path, capsys):
+    dirs = make_show_folder(tmp_path, n=2)
+    small = np.array(Image.open(dirs["truth"] / "f001.png"))[:-3, :-2]
+    write_label(dirs["truth"] / "f001.png", small)
+    assert show(dirs, tmp_path / "w.png", "--truth", str(dirs["truth"])) == 2  # --pick worst reads every truth
+    err = capsys.readouterr().err
+    assert "f001.png: the truth is " in err and "but the label is" in err and "broadcast" not in err
+    assert show(dirs, tmp_path / "p.jpg") == 0
+    with Image.open(tmp_path / "p.jpg") as im:
+        assert im.format == "JPEG"
+    for name in ("p", "p.txt"):
+        assert show(dirs, tmp_path / name) == 2
+        assert "a picture's name ends in a format Pillow writes" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+
+
 def test_show_reads_the_holes_as_its_model_marks_them(tmp_path, capsys, monkeypatch):
     """voc-m0.5 (or a fit's folder) marks holes 254: without --missing-index, show draws those as holes."""
     import torch_label_mae.viz as viz

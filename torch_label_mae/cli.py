@@ -367,9 +367,14 @@ def _show_keys(args, labels: Path, completed: Path, truth: Path | None, missing:
     scores = {}
     for key in keys:
         if (truth / f"{key}.png").is_file() and (labels / f"{key}.png").is_file():
-            t, done = read_label(truth / f"{key}.png"), read_label(completed / f"{key}.png")
-            holes, _ = hole_void_maps(read_label(labels / f"{key}.png"), t, missing)
-            scores[key] = hole_accuracy(done, t, holes)[0] if t.shape == done.shape == holes.shape else None
+            t, done, lab = (read_label(d / f"{key}.png") for d in (truth, completed, labels))
+            if not t.shape == done.shape == lab.shape:
+                raise ValueError(
+                    f"{truth / f'{key}.png'}: the truth is {t.shape} (H, W) but the label is {lab.shape} and the "
+                    f"completed label {done.shape}"
+                )
+            holes, _ = hole_void_maps(lab, t, missing)
+            scores[key] = hole_accuracy(done, t, holes)[0]
     return pick_worst(scores, args.limit)
 
 
@@ -791,7 +796,7 @@ def _add_show(sub) -> None:
         help="folder of the complete (ground truth) labels: adds the truth and error columns and the PA "
         "accuracy on holes per row (default: none)",
     )
-    p.add_argument("--out", required=True, help="picture to write (PNG)")
+    p.add_argument("--out", required=True, help="picture to write, in the format its name ends in (.png, .jpg, ...)")
     p.add_argument(
         "--files", nargs="+", metavar="ID", help="ids or file names to show (default: --limit picked by --pick)"
     )

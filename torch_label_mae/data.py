@@ -189,6 +189,13 @@ class FolderDataset(torch.utils.data.Dataset):
         image, label = read_image(ip), read_label(lp)
         if image.shape[-2:] != label.shape:
             raise ValueError(f"{ip} is {tuple(image.shape[-2:])} but {lp} is {tuple(label.shape)} (H, W)")
+        n, ignore = self.info.num_classes, self.info.ignore_index
+        bad = label[(label != ignore) & ((label < 0) | (label >= n))]
+        if bad.numel():
+            raise ValueError(
+                f"{lp}: {bad.numel()} pixels have ids {bad.unique()[:5].tolist()} outside the {n} classes of "
+                f"{self.root / 'dataset.json'} (ids 0..{n - 1}, {ignore} = ignore)"
+            )
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, label, key
@@ -327,7 +334,8 @@ def degrade_folder(
     labels_dir, out_dir, *, ratio: float = 0.5, block: int = 32, seed: int = 0, missing_index: int = 255
 ) -> int:
     """Write a degraded copy of every label PNG in ``labels_dir`` to ``out_dir`` (palette kept, atomic
-    writes, inputs untouched). Holes are seeded per file id. Returns the number written.
+    writes, inputs untouched; hidden files skipped, as completion skips them). Holes are seeded per file
+    id. Returns the number written.
 
     Raises ``ValueError`` before writing anything for ``ratio`` outside [0, 1], ``block`` below 1 or
     ``missing_index`` outside 0..255 (the palette PNGs hold 8-bit ids)."""
@@ -342,7 +350,7 @@ def degrade_folder(
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}")
     check_outputs([("out_dir", dst)], [("labels folder", src)])
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
+    files = sorted(p for same in _listing(src, (".png",)).values() for p in same)  # as complete and fit list them
     holding = 0  # labels that already hold the missing index: their own void, most likely
     for p in files:
         label, palette = read_label_and_palette(p)

@@ -494,9 +494,14 @@ def render(
 
 
 def save_picture(rows: Sequence[Row], path: str | Path, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
-    """:func:`render` the rows and write the picture as a PNG atomically; returns ``(path, layout)``."""
+    """:func:`render` the rows and write the picture atomically, in the format its name ends in (``.png``,
+    ``.jpg``, ``.webp``, ...: any Pillow writes; another name is a ``ValueError`` before anything is drawn);
+    returns ``(path, layout)``."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"{path}: a picture's name ends in a format Pillow writes, e.g. .png or .jpg")
     canvas, layout = render(rows, **kwargs)
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: canvas.save(tmp, format=fmt))
     return Path(path), layout
 
 
