@@ -90,9 +90,7 @@ class LabelCompleter(
 
     # -- hub ---------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, **kwargs):
-        """``PyTorchModelHubMixin.save_pretrained`` (``config.json``, ``model.safetensors``, ``README.md``
-        and, for a preset, ``label_set.json``; ``push_to_hub=True`` uploads them). A save into a folder that
-        holds a model and fails (weights with NaN) or is interrupted leaves a folder that loads."""
+        """``PyTorchModelHubMixin.save_pretrained``; failed or interrupted, it leaves a folder that loads."""
         with hub.config_kept(save_directory, self.model.config):
             return super().save_pretrained(save_directory, **kwargs)
 
@@ -130,14 +128,8 @@ class LabelCompleter(
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         hub.hub_timeout(timeout)  # a bad timeout fails before anything is loaded
         name = str(pretrained_model_name_or_path)
-        hub_kw = dict(
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            endpoint=endpoint,
-            force_download=force_download,
-            timeout=timeout,
-        )
+        hub_kw = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token, endpoint=endpoint)
+        hub_kw.update(force_download=force_download, timeout=timeout)
         folder = hub.local_folder(name)
         group = [name] if folder is not None else hub.names_for(name)
         if len(group) > 1 or (group and group[0] != name):
