@@ -75,11 +75,11 @@ def array(path) -> np.ndarray:
         return np.asarray(im).copy()
 
 
-def save_p(arr: np.ndarray, path: Path, palette=None) -> None:
+def save_p(arr: np.ndarray, path: Path, palette=None, **info) -> None:
     """A palette PNG with a full palette (Pillow rewrites ids beyond a short palette)."""
     im = Image.fromarray(arr.astype(np.uint8), mode="P")
     im.putpalette(palette or default_palette())
-    im.save(path)
+    im.save(path, **info)
 
 
 def save_short_palette_png(arr: np.ndarray, path: Path, palette: list[int]) -> None:
@@ -115,9 +115,11 @@ def env1() -> dict:
 def test_outputs_keep_name_size_palette_and_only_missing_pixels_change(tmp_path, model_dir):
     images, broken, _ = make_data(tmp_path, n=5)
     names = pngs(broken)
-    # one label with its own palette, one grayscale ('L': no palette of its own)
+    # one label with its own palette, one grayscale ('L': no palette of its own), two with transparency (tRNS)
     save_p(array(broken / names[0]), broken / names[0], PALETTE)
     Image.fromarray(array(broken / names[1]), mode="L").save(broken / names[1])
+    save_p(array(broken / names[2]), broken / names[2], PALETTE, transparency=0)
+    save_p(array(broken / names[3]), broken / names[3], PALETTE, transparency=bytes(range(0, 250, 10)))
     before = hashes(images, broken)
     out, conf = tmp_path / "out", tmp_path / "conf"
 
@@ -130,6 +132,7 @@ def test_outputs_keep_name_size_palette_and_only_missing_pixels_change(tmp_path,
             assert res.format == "PNG" and res.mode == "P" and res.size == src.size
             want = src.getpalette() if src.mode == "P" else default_palette()
             assert res.getpalette()[: len(want)] == want
+            assert res.info.get("transparency") == src.info.get("transparency")
             lab, got = np.asarray(src), np.asarray(res)
         missing = lab == 255
         assert missing.any() and (~missing).any()

@@ -538,5 +538,22 @@ def test_half_set_rank_variables_are_refused(monkeypatch, env):
         resolve_rank()
 
 
+@pytest.mark.parametrize(
+    ("rank", "world_size", "bad"), [(1.5, 2, "rank"), (0, 2.7, "world_size"), (True, 2, "rank"), ("1", 2, "rank")]
+)
+def test_rank_and_world_size_that_are_no_integers_are_named(rank, world_size, bad):
+    with pytest.raises(ValueError, match=rf"^{bad} must be an integer, got "):
+        resolve_rank(rank, world_size)
+    assert resolve_rank(np.int64(1), np.int64(2)) == (1, 2)
+
+
+def test_a_report_path_that_is_the_output_folder_is_refused_before_any_work(tmp_path):
+    data = make_dataset(tmp_path / "d", splits=(("val", 2),))
+    images, labels = data / "val" / "images", data / "val" / "labels"
+    with pytest.raises(ValueError, match="would collide with an output"):
+        complete_dataset(images, labels, tmp_path / "o9", report_path=tmp_path / "o9")
+    assert not (tmp_path / "o9").exists()
+
+
 def test_interrupted_carries_the_shell_exit_code():
     assert Interrupted(signal.SIGINT).exit_code == 130 and Interrupted(signal.SIGTERM).exit_code == 143

@@ -145,6 +145,23 @@ def test_a_pil_float_image_of_0_255_reads_as_pillow_reads_it_and_an_overshoot_of
     assert image_to_tensor(Image.fromarray(dark, mode="F"))[0].tolist() == [[0, 0, 1, 2, 4]]
 
 
+def test_a_float_tensor_resized_bicubic_is_clipped_as_a_float_pil_image_is():
+    from torchvision.transforms import v2
+
+    step = torch.zeros(3, 20, 20)
+    step[:, :, 10:] = 1.0
+    resized = v2.Resize(47, interpolation=v2.InterpolationMode.BICUBIC)(step)  # over- and undershoots 0..1
+    assert resized.min() < 0 and resized.max() > 1.001
+    before = resized.clone()
+    t = image_to_tensor(resized, "img")
+    assert torch.equal(t, resized.clamp(0, 1)) and torch.equal(resized, before)  # clipped on a copy
+    for bad in (-0.2, 1.3, 255.0):
+        far = torch.full((3, 4, 5), 0.5)
+        far[0, 1, 2] = bad
+        with pytest.raises(ValueError, match=r"img: float images must be in \[0, 1\] \(a resize's overshoot"):
+            image_to_tensor(far, "img")
+
+
 def test_a_16bit_rgb_array_says_how_to_scale_it():
     with pytest.raises(ValueError, match=r"img: image dtype torch.uint16 not supported.*image // 257 as uint8"):
         image_to_tensor(np.zeros((4, 5, 3), np.uint16), "img")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pickle
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +102,22 @@ def test_other_missing_index(completer):
     assert (out[target != 0] == 3).all() and (out < N).all()
 
 
+def test_a_device_given_with_a_completer_is_used_not_ignored(completer):
+    completer = deepcopy(completer)  # moved here: the module's fixture stays where it is
+    with pytest.raises((ValueError, RuntimeError), match="foo"):
+        CompleteLabels(completer, device="foo")
+    assert CompleteLabels(completer, device="cpu").completer.device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            CompleteLabels(completer, device="cuda")
+
+
 def test_refuses_what_is_not_a_completer():
     with pytest.raises(TypeError, match="completer must be"):
         CompleteLabels(42)
 
 
-def test_loads_lazily_and_pickles_without_weights(folder, completer):
+def test_loads_lazily_pickles_without_weights_until_loaded_and_as_changed_after(folder, completer):
     weights = (folder / hub.WEIGHTS_NAME).stat().st_size
     t = CompleteLabels(folder, device="cpu")  # a Path works as well as a str
     assert t._completer is None
@@ -118,12 +129,16 @@ def test_loads_lazily_and_pickles_without_weights(folder, completer):
     assert isinstance(t.completer, LabelCompleter) and not t.completer.training
     np.testing.assert_array_equal(out, completer.complete(image, target))
 
-    after = pickle.dumps(t)
-    assert len(after) < weights / 10  # the loaded weights stay behind
-    for blob in (before, after):
-        copy = pickle.loads(blob)
-        assert copy._completer is None and "_completer" not in copy._modules
-        np.testing.assert_array_equal(copy(image, target)[1], out)  # reloads on first use
+    copy = pickle.loads(before)
+    assert copy._completer is None and "_completer" not in copy._modules
+    with torch.no_grad():  # a change made to the loaded completer: a copy (a spawned worker's) keeps it
+        t.completer.model.head.bias.add_(torch.linspace(-3, 3, t.completer.model.head.bias.numel()))
+        t.completer.precision = "float32"
+    changed = t(image, target)[1]
+    assert (changed != out).any()  # the change shows
+    for copy in (pickle.loads(pickle.dumps(t)), deepcopy(t)):
+        assert copy.completer.precision == "float32"
+        np.testing.assert_array_equal(copy(image, target)[1], changed)
     assert t._completer is not None  # pickling did not unload the original
 
 

@@ -183,6 +183,9 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
             r, w = _env_rank()
         rank = r if rank is None else rank
         world_size = w if world_size is None else world_size
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
     return int(rank), int(world_size)
@@ -648,7 +651,7 @@ def _check_output_paths(out_dir: Path, conf_dir: Path | None, rpath: Path, input
         )
     allow = [("out_dir", "labels folder"), ("report", "labels folder")] if in_place else []
     check_outputs([("out_dir", out_dir), ("confidence_dir", conf_dir), ("report", rpath)], inputs, allow)
-    if rpath.parent in (out_dir, conf_dir) and rpath.name in names or rpath.is_dir():
+    if rpath.parent in (out_dir, conf_dir) and rpath.name in names or rpath.is_dir() or rpath in (out_dir, conf_dir):
         raise ValueError(f"report {rpath} would collide with an output file or folder of the same name")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import LABEL_MODES, check_not_empty
+from .io import LABEL_MODES, LabelPalette, check_not_empty
 from .label_sets import CITYSCAPES_CLASSES, VOC_CLASSES
 from .masking import hidden_to_pixels, random_masking
 from .outputs import check_outputs
@@ -91,12 +91,14 @@ def read_label(path: str | Path) -> torch.Tensor:
 
 
 def read_label_and_palette(path: str | Path) -> tuple[torch.Tensor, list[int] | None]:
-    """:func:`read_label` and the file's colour palette (None unless a palette PNG), from one read."""
+    """:func:`read_label` and the file's palette (a :class:`~torch_label_mae.io.LabelPalette`, its
+    transparency kept; None unless a palette PNG), from one read."""
     try:
         with Image.open(path) as im:
             if im.mode not in LABEL_MODES:
                 raise ValueError(f"mode {im.mode!r}; expected a palette or grayscale PNG of class ids")
-            arr, palette = np.asarray(im), (im.getpalette() if im.mode == "P" else None)
+            palette = LabelPalette(im.getpalette(), im.info.get("transparency")) if im.mode == "P" else None
+            arr = np.asarray(im)
     except Exception as e:
         raise ValueError(f"{path}: cannot read label: {e}") from None
     return check_not_empty(torch.from_numpy(arr.astype(np.int64)), str(path), "label"), palette

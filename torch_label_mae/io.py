@@ -30,7 +30,8 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     """Any accepted image -> ``[3, H, W]`` (uint8, or float in [0, 1]) on the CPU.
 
     Raises ``ValueError`` naming ``name`` for an image without pixels (``H`` or ``W`` is 0), a float
-    image with NaN / inf values or values outside [0, 1], and a gray image :func:`gray_to_uint8` refuses.
+    image with NaN / inf values or values outside [0, 1] by more than :data:`F_UNIT_SLACK` (within it they
+    are clipped), and a gray image :func:`gray_to_uint8` refuses.
     """
     if isinstance(image, Image.Image):
         values = np.array(image, dtype=np.float32) if image.mode == "F" else None
@@ -76,7 +77,7 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         return t
     if t.dtype.is_floating_point:
         _check_range(t, name)
-        return t.float()
+        return t.float().clamp(0.0, 1.0)  # a resampling's small over- and undershoot, clipped as for 'F'
     sixteen = "; a 16-bit image: image // 257 as uint8, or image / 65535 as float" if t.dtype == torch.uint16 else ""
     raise ValueError(f"{name}: image dtype {t.dtype} not supported; use uint8 (0..255) or float (0..1){sixteen}")
 
@@ -198,12 +199,14 @@ def check_not_empty(t: torch.Tensor, name: str, what: str = "image") -> torch.Te
 
 
 def _check_range(t: torch.Tensor, name: str) -> None:
-    """``ValueError`` naming ``name`` unless the float image ``t`` is finite and in [0, 1]."""
+    """``ValueError`` naming ``name`` unless the float image ``t`` is finite and in [0, 1], within
+    :data:`F_UNIT_SLACK` of it (a bicubic or Lanczos resize's over- and undershoot; clipped after)."""
     _check_finite(t, name)
     lo, hi = float(t.min()), float(t.max())
-    if lo < 0.0 or hi > 1.0:  # 9 digits: 1.0000001 is not shown as 1
+    if lo < -F_UNIT_SLACK or hi > 1.0 + F_UNIT_SLACK:  # 9 digits: 1.0000001 is not shown as 1
         raise ValueError(
-            f"{name}: float images must be in [0, 1], got values in [{lo:.9g}, {hi:.9g}]; pass uint8 for 0..255"
+            f"{name}: float images must be in [0, 1] (a resize's overshoot by up to {F_UNIT_SLACK:g} is clipped), "
+            f"got values in [{lo:.9g}, {hi:.9g}]; pass uint8 for 0..255"
         )
 
 
@@ -326,9 +329,20 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+class LabelPalette(list):
+    """A palette PNG's colours (``[r, g, b, ...]``, a list as ``Image.getpalette()`` gives) and its
+    ``transparency`` (the tRNS chunk: one index, or alpha bytes per entry; None without), so that the
+    labels written after it keep both."""
+
+    def __init__(self, colours, transparency=None):
+        super().__init__(colours)
+        self.transparency = transparency
+
+
 def save_label_png(values, path: str | Path, palette: list[int] | None = None) -> None:
-    """Write class ids as a palette PNG atomically (``palette`` kept when given); ids above 255 (those
-    of a 16-bit label, without a palette) as a 16-bit grayscale PNG."""
+    """Write class ids as a palette PNG atomically (``palette`` kept when given, and a
+    :class:`LabelPalette`'s transparency); ids above 255 (those of a 16-bit label, without a palette) as a
+    16-bit grayscale PNG."""
     arr = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
     if lo < 0 or hi > (255 if palette is not None else 65535):
@@ -340,7 +354,9 @@ def save_label_png(values, path: str | Path, palette: list[int] | None = None) -
         return
     im = Image.fromarray(arr.astype(np.uint8), mode="P")
     im.putpalette(full_palette(palette))
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    transparency = getattr(palette, "transparency", None)
+    extra = {} if transparency is None else {"transparency": transparency}
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", **extra))
 
 
 def full_palette(palette: list[int] | None) -> list[int]:

@@ -33,8 +33,9 @@ class CompleteLabels(nn.Module):
     ``wrap_dataset_for_transforms_v2``.
 
     ``completer`` is a registered name / folder / repo id (loaded lazily, on first use, in the process
-    that uses it: the transform pickles without weights, so DataLoader workers load their own copy)
-    or a ready :class:`LabelCompleter`.
+    that uses it: until then the transform pickles without weights, so DataLoader workers load their own
+    copy; once loaded, a copy or a worker gets it as it is, with any change made to it, as a forked worker
+    does) or a ready :class:`LabelCompleter` (moved to ``device`` when one is given).
     """
 
     def __init__(
@@ -59,6 +60,10 @@ class CompleteLabels(nn.Module):
         self._completer = None if isinstance(completer, str) else completer
         if self._spec is None and not hasattr(completer, "complete"):
             raise TypeError(f"completer must be a model name or a LabelCompleter, got {type(completer).__name__}")
+        if self._completer is not None and device is not None:
+            from .completer import resolve_device
+
+            self._completer = self._completer.to(resolve_device(device))
         # conflicts with the completer's conventions as known now (its label set); the class range at each call
         check_indices(*resolve_indices(self._label_set(), missing_index, void_index), n=0)
 
@@ -120,14 +125,6 @@ class CompleteLabels(nn.Module):
             raise TypeError("CompleteLabels: the sample holds a tv_tensors.Mask but no image to complete it from")
         _, leaves[masks[0]] = self.forward(leaves[images[0]], leaves[masks[0]])
         return tree_unflatten(leaves, spec)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if self._spec is not None:  # workers reload by name instead of pickling weights
-            state["_completer"] = None
-            # nn.Module keeps an assigned submodule in _modules, not __dict__: drop it there too
-            state["_modules"] = {k: v for k, v in self._modules.items() if k != "_completer"}
-        return state
 
     def __repr__(self) -> str:  # nn.Module's would print a loaded completer's whole model
         return f"{type(self).__name__}({self.extra_repr()})"
