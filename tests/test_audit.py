@@ -523,6 +523,18 @@ def test_cli_audit_thresholds_of_1_are_refused_by_the_parser(tmp_path, data, mod
     assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flag", "value", "says"), [("--worst", "-1", ">= 0"), ("--batch-size", "0", ">= 1")])
+def test_cli_audit_counts_out_of_range_are_refused_by_the_parser(tmp_path, data, model_dir, flag, value, says, capsys):
+    images, labels = data
+    args = ["audit", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--model", str(model_dir), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flag in err and f"must be {says}, got {value}" in err
+    with pytest.raises(ValueError, match=r"worst must be an integer >= 0 \(0: no picture\), got -1"):
+        audit_dataset(images, labels, tmp_path / "o", model=model_dir, worst=-1, progress=False)
+
+
 def test_a_rerun_with_nothing_to_do_keeps_the_picture(tmp_path, data, model_dir, monkeypatch):
     import torch_label_mae.audit_dataset as ad
 

@@ -325,11 +325,16 @@ def test_a_fit_killed_with_sigkill_resumes_to_a_valid_model(tmp_path):
     assert not (out / "model.safetensors").exists()
     killed_at = json.loads(torch.load(out / "fit-run" / "checkpoint.pt", weights_only=True)["state"])["step"]
     assert killed_at >= 2  # the first checkpoint comes after the first epoch: 2 steps of 4 of the 8 labels
+    dead = [out / "fit-run" / f".checkpoint.pt.{proc.pid}.k1.tmp", out / f".model.safetensors.{proc.pid}.k2.tmp"]
+    live = out / f".model.safetensors.{os.getpid()}.k3.tmp"  # a running process's: left alone
+    for p in [*dead, live]:
+        p.write_bytes(b"half a file")  # as a kill in the middle of a write leaves it
     done = subprocess.run([*args, "--minutes", "10", "--resume", "--max-steps", "1"], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads((out / "fit.json").read_text())
     assert report["training"]["steps"] >= killed_at  # continued from the kill (a restart would stop at 1)
     LabelCompleter.from_pretrained(str(out))  # a valid model folder
+    assert not any(p.exists() for p in dead) and live.exists()  # the dead run's temp files removed
 
 
 def test_a_fit_stopped_by_sigterm_writes_no_model_and_says_resume(tmp_path):

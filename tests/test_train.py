@@ -49,7 +49,12 @@ def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
     assert (out / "checkpoint.pt").is_file()
     completer = LabelCompleter.from_pretrained(str(out / "last"))  # exported Hub folder loads strictly
     assert completer.config.num_classes == 4 and not completer.training
+    dead = 2**22 + 12345  # above Linux's pid_max: no live process
+    stale = [out / f".checkpoint.pt.{dead}.a1.tmp", out / "last" / f".model.safetensors.{dead}.a2.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")  # what a run killed mid-write leaves
     state = train(_cfg(data, out, epochs=2), resume=True)
+    assert not any(p.exists() for p in stale)
     assert [r["epoch"] for r in _log(out)] == [0, 1, 2]  # the prior is measured once per run folder
     assert state["step"] == 4  # 8 images / batch 4 = 2 steps per epoch, continued rather than restarted
 

@@ -160,6 +160,8 @@ def audit_dataset(
         _check_threshold(repair, min_area, name="repair")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
+        raise ValueError(f"worst must be an integer >= 0 (0: no picture), got {worst!r}")
     items = list_pairs(images_dir, labels_dir)
     images_dir, labels_dir, out_dir = Path(images_dir).resolve(), Path(labels_dir).resolve(), Path(out_dir).resolve()
     inputs = [("images folder", images_dir), ("labels folder", labels_dir)]

@@ -725,8 +725,13 @@ def _add_audit(sub) -> None:
         help="leave-out passes with the patch grid moved by half a patch; each pixel is predicted from that "
         "many cuts into patches, averaged (1: fastest; default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--worst", type=int, default=8, help="labels drawn in OUT/worst.png (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--worst",
+        type=lambda text: _int_in(text, 0, None),
+        default=8,
+        help="labels drawn in OUT/worst.png, 0: no picture (default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo labels whose outputs exist and are valid")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_audit)

@@ -36,12 +36,12 @@ from scipy import ndimage
 from .colors import MISSING_ID, ColorTable, color_label_to_array, is_color_label, load_colors
 from .data import DatasetInfo, degrade, list_pairs, read_image, read_label, seed_for
 from .evaluate import completer_method, walk_method
-from .hub import model_folder, save_hub_files, save_label_set, weights_digest
+from .hub import HUB_FILES, model_folder, save_hub_files, save_label_set, weights_digest
 from .io import atomic_write, resize_image, resize_label
 from .label_sets import LabelSet
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
 from .metrics import SegmentationMetrics
-from .outputs import OutputLock, check_outputs, read_json_object
+from .outputs import OutputLock, check_outputs, read_json_object, remove_stale_temp_files
 from .threads import torch_threads
 
 UNKNOWN = 255  # how the fit's labels mark holes, void and held-out pixels (the model's ignore_index)
@@ -262,7 +262,7 @@ def _check_out(out: Path) -> None:
     files there (config.json, model.safetensors, README.md) and would replace them."""
     if not out.is_dir():
         return
-    own = {RUN_DIR, "fit.json", "config.json", "model.safetensors", "README.md", "label_set.json"}
+    own = {RUN_DIR, "fit.json", *HUB_FILES}
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     mine = (out / RUN_DIR).is_dir() or (out / "fit.json").is_file() or model_folder(out) is not None
     if names and not (mine and names <= own):
@@ -367,6 +367,8 @@ def fit_dataset(
                     val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
                     hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)  # fmt: skip
         _claim(out / RUN_DIR, args, resume)
+        remove_stale_temp_files(out, HUB_FILES | {"fit.json"})  # a fit killed mid-write left them
+        remove_stale_temp_files(out / RUN_DIR, {"fit-args.json", "baselines.json"})
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
         samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
         holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)

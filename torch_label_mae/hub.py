@@ -38,6 +38,7 @@ from pathlib import Path
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LABEL_SET_NAME = "label_set.json"  # a completer's label set, beside its config (LabelCompleter.label_set)
+HUB_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, LABEL_SET_NAME, "README.md"})  # what a model folder holds
 HUB_ORG = "torch-label-mae"
 DEFAULT_TIMEOUT = 120.0  # seconds for a whole Hub call (both files), unless timeout= or LABEL_MAE_HUB_TIMEOUT
 TIMEOUT_ENV = "LABEL_MAE_HUB_TIMEOUT"

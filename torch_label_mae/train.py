@@ -42,14 +42,14 @@ from tqdm.auto import tqdm
 from .config import NAMED_CONFIGS, LMAEConfig, RandomWalkPrior
 from .data import DatasetInfo, open_dataset
 from .evaluate import evaluate
-from .hub import save_hub_files, save_label_set
+from .hub import HUB_FILES, save_hub_files, save_label_set
 from .inference import autocast_dtype, complete_tensors
 from .io import atomic_write, resize_label
 from .label_sets import LabelSet
 from .loss import BalancedCrossEntropy, cross_entropy
 from .masking import PAPER_MIX, block_holes, hidden_from_missing, hidden_to_pixels, mixed_masking
 from .model import LMAE
-from .outputs import OutputLock, OutputWriteError, check_outputs
+from .outputs import OutputLock, OutputWriteError, check_outputs, remove_stale_temp_files
 from .prior import LabelPrior, make_prior
 from .propagation import nearest_fill
 from .slots import from_slots, present_slots, random_slots, to_slots
@@ -675,6 +675,8 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         raise ValueError(f"hole_index {cfg.hole_index} is a class of {info.name} ({info.num_classes} classes)")
     model, mcfg, label_set = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
+    for folder, names in ((out, {"checkpoint.pt", "log.jsonl"}), (out / "best", HUB_FILES), (out / "last", HUB_FILES)):
+        remove_stale_temp_files(folder, names)  # a run killed mid-write left them (a checkpoint's: tens of MB)
     criterion = None
     if cfg.loss == "balanced":
         criterion = BalancedCrossEntropy(info.num_classes, info.ignore_index, background_index=info.background_index)
