@@ -367,8 +367,6 @@ def fit_dataset(
                     val_fraction=val_fraction, val_images=val_images, seed=seed, agnostic=agnostic,
                     hide_unknown=hide_unknown, hole_index=HOLE if hide_unknown else None)  # fmt: skip
         _claim(out / RUN_DIR, args, resume)
-        remove_stale_temp_files(out, HUB_FILES | {"fit.json"})  # a fit killed mid-write left them
-        remove_stale_temp_files(out / RUN_DIR, {"fit-args.json", "baselines.json"})
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
         samples = read_samples(images, labels, missing_index=missing_index, void_index=void_index, colors=colors)
         holes = HoleShapes.measure([s.holes for s in samples], start.config.grid)
@@ -422,7 +420,10 @@ def _start_model(init: str, agnostic: bool):
 def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     """Refuse a fit over another one unless resumed, and a resume whose settings would hold out other
     pixels (which the model may have trained on), start elsewhere or train otherwise. Writes nothing
-    (:func:`_record` does, once the data passed its checks)."""
+    (:func:`_record` does, once the data passed its checks); removes the temp files of a fit killed
+    in the middle of a write."""
+    remove_stale_temp_files(run_dir.parent, HUB_FILES | {"fit.json"})
+    remove_stale_temp_files(run_dir, {"fit-args.json", "baselines.json"})
     path = run_dir / "fit-args.json"
     if path.is_file() and resume:
         recorded = read_json_object(path)
