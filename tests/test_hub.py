@@ -508,6 +508,18 @@ def test_completion_is_routed_by_hidden_fraction(toy_dataset):
     check()
 
 
+def test_a_routed_completer_of_several_ratios_is_not_saved_as_one(toy_dataset, tmp_path):
+    c = LabelCompleter.from_pretrained("toy", device="cpu")
+    assert len(c.routes) == 2
+    with pytest.raises(ValueError, match=r"a routed completer of 2 ratios is no one folder: .*save_hub_files"):
+        c.save_pretrained(tmp_path / "one")
+    assert not (tmp_path / "one").exists()
+    for member in c.routes:  # as the message says
+        r = member.config.mask_ratio
+        hub.save_hub_files(member.model, tmp_path / str(r))
+        assert_weights(LabelCompleter.from_folder(tmp_path / str(r)), toy_dataset[r])
+
+
 def test_bundled_dir_needs_both_files(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "__file__", str(tmp_path / "site" / "torch_label_mae" / "hub.py"))
     assert hub.bundled_dir("toy-m0.5") is None

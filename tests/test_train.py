@@ -287,6 +287,42 @@ def test_a_val_limit_below_1_is_refused_before_training():
         check_config(TrainConfig(data="x", model="tiny", val_limit=0))
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        (dict(max_steps=0), "max_steps must be > 0"),
+        (dict(max_steps=-1), "max_steps must be > 0"),
+        (dict(max_minutes=0.0), "max_minutes must be > 0"),
+        (dict(max_minutes=float("nan")), "max_minutes must be > 0"),
+        (dict(threads=0), "threads must be > 0"),
+        (dict(warmup_steps=-3), "warmup_steps must be >= 0"),
+        (dict(save_every=-1.0), "save_every must be >= 0"),
+        (dict(block_holes=2.0), "block_holes must be in"),
+        (dict(crop_scale=(0.0, 2.0)), "crop_scale must be LO HI"),
+        (dict(crop_scale=(0.8, 0.5)), "crop_scale must be LO HI"),
+        (dict(mix=(0.0, 0.0, 0.0)), "mix must be three weights >= 0, not all 0"),
+        (dict(mix=(1.0, -1.0, 2.0)), "mix must be three weights"),
+    ],
+)
+def test_budgets_and_shares_out_of_range_are_refused_before_training(setting, says):
+    from torch_label_mae.train import check_config
+
+    with pytest.raises(ValueError, match=says.replace(".", r"\.").replace("(", r"\(")):
+        check_config(TrainConfig(data="x", model="tiny", **setting))
+
+
+def test_a_voc_kind_on_a_folder_without_voc_is_one_line(tmp_path, capsys):
+    from torch_label_mae.train import main_train
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main_train(["--data", str(data), "--out", str(out), "--model", "tiny", "--dataset-kind", "voc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no voc dataset there" in err and "Traceback" not in err
+
+
 def test_no_label_prior_is_refused_when_starting_from_init():
     from torch_label_mae.train import DEFAULT_INIT, check_config
 

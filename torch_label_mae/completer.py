@@ -91,6 +91,7 @@ class LabelCompleter(
     # -- hub ---------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, **kwargs):
         """``PyTorchModelHubMixin.save_pretrained``; failed or interrupted, it leaves a folder that loads."""
+        _one_model(self)
         with hub.config_kept(save_directory, self.model.config):
             return super().save_pretrained(save_directory, **kwargs)
 
@@ -301,6 +302,15 @@ def with_correction(completer: LabelCompleter, scale: float) -> LabelCompleter:
         for p in (p for member in out.routes or [out] for p in member.model.head.parameters()):
             p.mul_(scale)
     return out
+
+
+def _one_model(completer: LabelCompleter) -> None:
+    """Refuse to save a routed completer of several ratios: a folder holds one model, the others' would be lost."""
+    if len(completer.routes) > 1:
+        raise ValueError(
+            f"a routed completer of {len(completer.routes)} ratios is no one folder: save each member's, "
+            "torch_label_mae.hub.save_hub_files(member.model, folder) for member in .routes"
+        )
 
 
 def _check_batch_args(images, labels, missing) -> bool:

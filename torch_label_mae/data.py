@@ -253,11 +253,14 @@ def open_dataset(root: str | Path, split: str = "train", kind: str = "folder"):
     ``voc`` (``VOCSegmentation``; ``split`` is the image set) or ``cityscapes``."""
     if kind == "folder":
         return FolderDataset(root, split)
-    if kind == "voc":
-        return voc_dataset(root, image_set=split)
-    if kind == "cityscapes":
-        return cityscapes_dataset(root, split)
-    raise ValueError(f"dataset kind must be 'folder', 'voc' or 'cityscapes', got {kind!r}")
+    if kind not in ("voc", "cityscapes"):
+        raise ValueError(f"dataset kind must be 'folder', 'voc' or 'cityscapes', got {kind!r}")
+    try:
+        return voc_dataset(root, image_set=split) if kind == "voc" else cityscapes_dataset(root, split)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        if "not found" not in str(e).lower():
+            raise
+        raise FileNotFoundError(f"{root}: no {kind} dataset there (torchvision: {e})") from None
 
 
 class _TorchvisionPairs(torch.utils.data.Dataset):

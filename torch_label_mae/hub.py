@@ -666,6 +666,7 @@ def save_hub_files(model, folder, dtype=None) -> None:
     from .io import atomic_write
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()

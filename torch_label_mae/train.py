@@ -185,6 +185,24 @@ def check_config(cfg: TrainConfig, roots: bool = True) -> None:
         raise ValueError(f"hole_index must be in 0..255, got {cfg.hole_index!r}")
     if roots and len(data_roots(cfg)) > 1 and not cfg.class_agnostic:
         raise ValueError(f"data: several roots ({cfg.data}) need --class-agnostic (their class lists differ)")
+    _check_numbers(cfg)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """The run's budgets and shares, before any model is built (``ValueError`` naming the setting)."""
+    for name in ("max_steps", "max_minutes", "threads"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:  # 0 would read as no limit; also NaN
+            raise ValueError(f"{name} must be > 0 (or None: no limit, the default), got {value!r}")
+    for name in ("warmup_steps", "save_every"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    if not 0 <= cfg.block_holes <= 1:
+        raise ValueError(f"block_holes must be in [0, 1] (a share of the samples), got {cfg.block_holes!r}")
+    if len(cfg.crop_scale) != 2 or not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale must be LO HI with 0 < LO <= HI <= 1, got {tuple(cfg.crop_scale)}")
+    if cfg.mix is not None and (len(cfg.mix) != 3 or not all(w >= 0 for w in cfg.mix) or not sum(cfg.mix) > 0):
+        raise ValueError(f"mix must be three weights >= 0, not all 0, got {tuple(cfg.mix)}")
 
 
 def _rank() -> tuple[int, int]:
