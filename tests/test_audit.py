@@ -551,3 +551,17 @@ def test_a_rerun_with_nothing_to_do_keeps_the_picture(tmp_path, data, model_dir,
     os.utime(labels / shown, ns=(1, 1))
     third = audit_dataset(images, labels, out, model=model_dir, progress=False, worst=2, threshold=0.5)
     assert third.done == 1 and third.picture_labels != first.picture_labels
+
+
+def test_a_rerun_without_repair_removes_the_earlier_repairs_of_the_labels_it_audits(tmp_path, data, model_dir):
+    """repaired/ holds only what the report counts: a label audited again without --repair has
+    ``changed_pixels`` 0, so its repaired file from the run before would be stale."""
+    images, labels = data
+    out = tmp_path / "a"
+    audit_dataset(images, labels, out, model=model_dir, threshold=0.3, repair="auto", progress=False, worst=0)
+    assert len(list((out / "repaired").glob("*.png"))) == 5
+    before = _digest(labels)
+    rep = audit_dataset(images, labels, out, model=model_dir, threshold=0.3, progress=False, worst=0)
+    assert rep.done == 5 and all(r["changed_pixels"] == 0 for r in rep.images)
+    assert list((out / "repaired").glob("*.png")) == []
+    assert _digest(labels) == before  # the inputs are untouched

@@ -935,3 +935,45 @@ def test_a_resume_drops_the_log_lines_after_its_checkpoint(tmp_path):
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]  # each line whole
     assert 9 not in [r["epoch"] for r in lines]  # the line past the checkpoint is gone
     assert [r["step"] for r in lines] == sorted(r["step"] for r in lines)
+
+
+def test_a_model_setting_refused_at_build_leaves_no_out_folder(tmp_path, capsys):
+    from torch_label_mae.train import main_train
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit) as e:
+        main_train(["--data", str(data), "--out", str(out), "--model", "tiny", "--set", "patch_size=0"])
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
+    assert not out.exists()  # nothing to resume, nothing to clean up
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_the_beginning(tmp_path, capsys):
+    from torch_label_mae.train import main_train
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), "--model", "tiny", "--epochs", "1", "--max-steps", "1"]
+    main_train([*args, "--batch-size", "4", "--resume", "--threads", "1", "--workers", "0", "--val-split", ""])
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_ctrl_c_names_resume_only_when_a_checkpoint_exists(tmp_path, capsys, monkeypatch, checkpointed):
+    from torch_label_mae import train as train_module
+
+    out = tmp_path / "run"
+    if checkpointed:
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(b"")
+
+    def interrupted(cfg, resume=False, data=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    with pytest.raises(SystemExit) as e:
+        train_module.main_train(["--data", str(tmp_path), "--out", str(out)] + (["--resume"] if checkpointed else []))
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert ("--resume to continue" in err) == checkpointed and ("start again" in err) != checkpointed, err

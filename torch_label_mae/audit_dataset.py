@@ -144,7 +144,8 @@ def audit_dataset(
     repair for the ``worst`` labels). ``threshold``: the score above which pixels are suspect (None: the
     model's, :func:`~torch_label_mae.audit.default_threshold`); ``repair``: when given (``"auto"``: the
     threshold), labels with the suspect pixels above this threshold replaced by the
-    leave-out prediction are written to ``out_dir/repaired/<label name>`` (palette kept).
+    leave-out prediction are written to ``out_dir/repaired/<label name>`` (palette kept); without it, the
+    repaired file an earlier run left for a label audited again is removed.
 
     As :func:`~torch_label_mae.complete_dataset.complete_dataset`: inputs are never written (outputs
     inside an input folder are refused), one run per output folder (a lock), every file is written
@@ -354,6 +355,7 @@ def _write_outputs(it, label, palette, res: AuditResult, out_dir: Path, run: tup
         summary["changed_pixels"] = fix.changed
     else:
         summary["changed_pixels"] = 0
+        (out_dir / "repaired" / it.name).unlink(missing_ok=True)  # an earlier run's repair: not this run's
     rec = json.dumps({"settings": settings, "inputs": inputs, "summary": summary})
     atomic_write(_records_dir(out_dir) / f"{Path(it.name).stem}.json", lambda tmp: Path(tmp).write_text(rec))
     return summary

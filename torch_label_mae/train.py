@@ -965,6 +965,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     tf32, threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
     rank, world, device = _setup_process(cfg)
     lock, locked, run, term = OutputLock(cfg.out, rank, world), False, None, {"seen": False}  # one run per --out
+    made = not Path(cfg.out).exists()  # the lock makes it: a run refused before it is built leaves no folder
 
     def on_term(*_):
         term["seen"] = True
@@ -994,6 +995,9 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
         torch.set_num_threads(threads)
         if locked:
             lock.__exit__(None, None, None)
+        if made and run is None:
+            with contextlib.suppress(OSError):  # only when empty (another rank may have written there)
+                Path(cfg.out).rmdir()
         if run is not None and run.log:
             run.log.close()
         if world > 1 and dist.is_initialized():
@@ -1131,6 +1135,9 @@ def main_train(argv=None) -> None:
     from .hub import HubError
 
     cfg, resume = parse_train_args(argv)
+    checkpoint = Path(cfg.out) / "checkpoint.pt"
+    if resume and not checkpoint.is_file():
+        print(f"label-mae train: --resume: no checkpoint in {cfg.out} yet; training from the start", file=sys.stderr)
     try:
         state = train(cfg, resume=resume)
     except (ValueError, FileNotFoundError, NotADirectoryError, HubError) as e:
@@ -1141,7 +1148,12 @@ def main_train(argv=None) -> None:
         print(f"label-mae train: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays
-        print("label-mae train: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        again = (
+            "rerun with --resume to continue from the last checkpoint"
+            if checkpoint.is_file()
+            else "no checkpoint was written yet; rerun the same command to start again"
+        )
+        print(f"label-mae train: interrupted; {again}", file=sys.stderr)
         sys.exit(130)
     print(json.dumps(state.get("best_metrics")))
 
