@@ -17,7 +17,10 @@ from synth import TINY_MODEL
 from torch_label_mae import LabelCompleter, LMAEConfig
 from torch_label_mae.combiner import (
     FEATURE_COUNTS,
+    HULL_FAR,
+    HULL_STEP,
     NUM_FEATURES,
+    REFERENCE_SIDE,
     TOP_CLASSES,
     Context,
     Evidence,
@@ -25,6 +28,7 @@ from torch_label_mae.combiner import (
     appearance,
     distances,
     features,
+    hulls,
     local_colour,
     rays,
     top_classes,
@@ -275,9 +279,14 @@ def test_a_combiner_of_twelve_features_reads_only_the_first_twelve(sample):
     import torch_label_mae.combiner as combiner_module
 
     args = image[None], label[None], known[None], prob, index, valid
-    ctx = [combiner_module.context(image, label, known, index[0, :k], with_rays=True)]
+    ctx = [combiner_module.context(image, label, known, index[0, :k])]  # every feature
     torch.testing.assert_close(old.refine(*args), old.refine(*args, contexts=ctx), rtol=0, atol=0)
-    assert not old.contexts(image[None], label[None], known[None], index, valid)[0].ray.any()
+    skipped = old.contexts(image[None], label[None], known[None], index, valid)[0]
+    assert not skipped.ray.any() and not skipped.hull.any()
+    # one of fourteen (before the hulls) reads the rays and skips the hulls
+    for_14 = PriorCombiner(8, num_features=14).contexts(image[None], label[None], known[None], index, valid)[0]
+    torch.testing.assert_close(for_14.ray, ctx[0].ray, rtol=0, atol=0)
+    assert not for_14.hull.any()
 
 
 @settings(max_examples=20, deadline=None)
@@ -331,6 +340,66 @@ def test_rays_find_the_first_known_pixel_in_each_direction(h, w, k, share, seed)
     got = rays(own, pixels)
     assert got.shape == (k, len(pixels))
     torch.testing.assert_close(got, ray_march(own, pixels), rtol=0, atol=0)
+
+
+def exact_hull_distance(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``[K, n]``: the signed distance (in pixels, negative inside) from each pixel to the convex hull of
+    each class's pixels, by the hull of *every* pixel of the class and every pixel; NaN without a hull."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    k, h, w = own.shape
+    pts = torch.stack([pixels % w, pixels // w], 1).double().numpy()
+    out = torch.full((k, len(pixels)), float("nan"), dtype=torch.float64)
+    for i in range(k):
+        try:
+            eq = ConvexHull(own[i].nonzero().flip(1).double().numpy()).equations
+        except (QhullError, ValueError):
+            continue
+        out[i] = torch.from_numpy((pts @ eq[:, :2].T + eq[:, 2]).max(1))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 60), st.integers(3, 60), st.integers(1, 6), st.floats(0.05, 0.9), st.integers(0, 2**32 - 1))
+def test_hulls_are_the_signed_distance_to_each_class_hull_within_the_grid_step(h, w, k, share, seed):
+    """Against the hull of every pixel, measured at every pixel: the grid's interpolation errs by at most
+    the step times 2 sqrt 2 (a maximum of planes of unit slope: its slope changes by 2 at most, in a cell
+    of that diagonal); a class without a hull (one pixel, one line, absent) is ``HULL_FAR``; and the hull
+    of a class is that of its pixels, whatever the others."""
+    rng = np.random.default_rng(seed)
+    label = torch.from_numpy(rng.integers(0, k, (h, w)))
+    known = torch.from_numpy(rng.random((h, w)) < share)
+    own = known & (label == torch.arange(k).view(-1, 1, 1))  # [K, H, W]
+    pixels = (~known).flatten().nonzero().squeeze(1)
+    got = hulls(own, pixels)
+    assert got.shape == (k, len(pixels)) and got.dtype == torch.float32
+    want = exact_hull_distance(own, pixels)  # [K, n], in pixels
+    none = want.isnan().all(1)
+    assert (got[none] == HULL_FAR).all()
+    scale = REFERENCE_SIDE / math.sqrt(h * w)
+    distance = got[~none].double().sign() * got[~none].double().abs().expm1() / scale  # back to pixels
+    error = (distance - want[~none]).abs()
+    assert error.numel() == 0 or error.max() <= 2 * math.sqrt(2) * HULL_STEP / scale + 1e-3
+    perm = torch.from_numpy(rng.permutation(k))
+    torch.testing.assert_close(hulls(own[perm], pixels), got[perm], rtol=0, atol=0)
+
+
+def test_hulls_of_a_rectangle_with_a_hole():
+    """A 40 x 40 block of one class with a 10 x 10 hole in its middle, and a single pixel of another: the
+    hole lies inside the block's hull, as deep as its distance to the nearest side; outside it, as far as
+    the farthest side's line."""
+    own = torch.zeros(2, 100, 100, dtype=torch.bool)
+    own[0, 30:70, 30:70] = True
+    own[0, 45:55, 45:55] = False
+    own[1, 5, 5] = True
+    pixels = torch.tensor([50 * 100 + 50, 46 * 100 + 50, 50 * 100 + 80, 10 * 100 + 90])  # (y, x): as below
+    got = hulls(own, pixels)
+    scale = REFERENCE_SIDE / 100
+    want = [-20, -16, 11, 21]  # the centre, near the hole's top, right of the block, off a corner (21 and 20 px
+    # from the two sides' lines: the largest, not the Euclidean distance to the corner)
+    for g, d in zip(got[0].tolist(), want, strict=True):
+        assert abs(math.copysign(math.expm1(abs(g)), g) / scale - d) <= 2 * math.sqrt(2) * HULL_STEP / scale, got
+    assert (got[1] == HULL_FAR).all()  # one pixel: no hull
 
 
 def model_with_combiner(num_classes: int, std: float, seed: int) -> LMAE:
@@ -504,7 +573,8 @@ def test_top_classes_break_ties_by_distance_then_colour_never_by_order(k, data):
     perm = torch.tensor(data.draw(st.permutations(range(k))))
 
     def kept(order):
-        ctx = Context(torch.arange(n), lq[order], dist[order], torch.zeros(k), torch.zeros(k, n), torch.zeros(k, n))
+        zeros = torch.zeros(k, n)
+        ctx = Context(torch.arange(n), lq[order], dist[order], torch.zeros(k), zeros, zeros, zeros)
         top = top_classes(Evidence(lw[order], ctx))  # [M, n]: positions in this order
         return {tuple(sorted(order[top[:, j]].tolist())) for j in range(n)}
 

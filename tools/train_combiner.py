@@ -42,7 +42,7 @@ FEATURES = {
     "count": NUM_FEATURES,
     **{
         k: getattr(combiner_module, k)
-        for k in ("BINS", "SIGMA", "REFERENCE_SIDE", "MIN_PROB", "LOCAL_SIGMA", "LOCAL_CELLS")
+        for k in ("BINS", "SIGMA", "REFERENCE_SIDE", "MIN_PROB", "LOCAL_SIGMA", "LOCAL_CELLS", "HULL_STEP")
     },
     "version": 2,  # raise when a feature's computation changes otherwise
 }

@@ -25,9 +25,11 @@ floor go to the nearer class); the others get 0. The features of class ``k`` at 
     known pixels *near* ``x`` (:func:`local_colour`), and 11. minus its minimum.
 12. ``r_k(x)``, the share of the four straight rays from ``x`` (left, right, up, down) whose first known
     pixel is of class ``k`` (:func:`rays`), and 13. minus its maximum.
+14. ``h_k(x)``, how deep ``x`` lies in the convex hull of ``k``'s known pixels (:func:`hulls`: ``sign(d)
+    log(1 + |d|)``, ``d`` the signed distance to the hull, negative inside), and 15. minus its minimum.
 
 A combiner reads the first ``num_features`` of them (``FEATURE_COUNTS``: 12 for those trained before the
-rays, 14 since).
+rays, 14 for those trained before the hulls, 16 since).
 
 None of them names a class. What it was trained on and measured is in ``docs/training.md`` ("The prior
 combiner").
@@ -42,12 +44,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
+from scipy.spatial import ConvexHull, QhullError
 from torch import nn
 
 from .propagation import rgb_to_lab
 
-NUM_FEATURES = 14
-FEATURE_COUNTS = (12, NUM_FEATURES)  # the feature sets a combiner may read: the first 12 (before the rays) or all
+NUM_FEATURES = 16
+FEATURE_COUNTS = (12, 14, NUM_FEATURES)  # the feature sets a combiner may read: before the rays, the hulls, all
 BINS = 16  # colour histogram bins per L*a*b* channel, over each image's own range
 SIGMA = 1.0  # Gaussian smoothing of the histograms, in bins
 REFERENCE_SIDE = 224  # distances are measured in pixels of an image of this many pixels' area side
@@ -56,6 +59,8 @@ LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels o
 LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
 CHUNK = 4096  # pixels per pass of the MLP: its activations [M, CHUNK, width] stay in cache (2x faster than 65536)
 TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0; see top_classes)
+HULL_STEP = 4.0  # the hull depths are computed every this many pixels of a REFERENCE_SIDE image, then interpolated
+HULL_FAR = math.log1p(2.0 * REFERENCE_SIDE)  # the hull feature of a class whose known pixels span no area
 # each feature as the class part and the pixel part it reads (Evidence.parts; None: none), the latter with its sign
 _FEATURE_PARTS = (
     (0, None, 0),  # 0. log P_walk(k | x)
@@ -72,6 +77,8 @@ _FEATURE_PARTS = (
     (4, 5, -1),  # 11. minus its minimum
     (5, None, 0),  # 12. r_k(x)
     (5, 6, -1),  # 13. minus its maximum
+    (6, None, 0),  # 14. h_k(x)
+    (6, 7, -1),  # 15. minus its minimum
 )
 
 
@@ -114,10 +121,10 @@ class PriorCombiner(nn.Module):
         The same up to float32 rounding; with weights in a lower precision, up to its rounding (the parts
         are rounded instead of their differences)."""
         weight, bias = self.mlp[0].weight, self.mlp[0].bias  # [width, F], [width]
-        on_class, on_pixel = (  # [6, width], [7, width]: the first layer's weight on each part
+        on_class, on_pixel = (  # [7, width], [8, width]: the first layer's weight on each part
             (m[:, : self.num_features].to(weight.device) @ weight.float().T).to(weight.dtype) for m in feature_maps()
         )
-        per_class, per_pixel = evidence.parts(rows, top)  # [6, M, r], [7, r] float32
+        per_class, per_pixel = evidence.parts(rows, top)  # [7, M, r], [8, r] float32
         walk = per_class[0].to(weight.device)  # [M, r]: the walk's log-probability, kept in float32
         per_class, per_pixel = per_class.to(weight), per_pixel.to(weight)
         _, m, r = per_class.shape
@@ -141,7 +148,7 @@ class PriorCombiner(nn.Module):
                 out.append(None)
                 continue
             sample = (t[i].cpu() for t in (image, label, known))
-            out.append(context(*sample, index[i, :k].cpu(), with_rays=self.num_features > FEATURE_COUNTS[0]))
+            out.append(context(*sample, index[i, :k].cpu(), num_features=self.num_features))
         return out
 
     @torch.no_grad()
@@ -196,7 +203,8 @@ class Context(NamedTuple):
     :func:`appearance`), the distance to each class's known pixels ``dist [K, n]`` (see :func:`distances`),
     the log share of each class among the known pixels ``log_share [K]``, the colour distance to each
     class's local mean colour ``local [K, n]`` (see :func:`local_colour`), each class's share of the straight
-    rays ``ray [K, n]`` (see :func:`rays`). Class-major, so that what compares the classes at a pixel runs
+    rays ``ray [K, n]`` (see :func:`rays`), the depth in each class's convex hull ``hull [K, n]`` (see
+    :func:`hulls`). Class-major, so that what compares the classes at a pixel runs
     along the pixels."""
 
     pixels: torch.Tensor
@@ -205,6 +213,7 @@ class Context(NamedTuple):
     log_share: torch.Tensor
     local: torch.Tensor
     ray: torch.Tensor
+    hull: torch.Tensor
 
 
 class Evidence(NamedTuple):
@@ -216,13 +225,16 @@ class Evidence(NamedTuple):
 
     def parts(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The parts the features of the pixels ``rows`` are sums of (with ``top [M, r]``, positions among the
-        ``K`` classes per pixel, those of the ``M`` classes it names): the class parts ``[6, K or M, r]``
-        (``log P_walk``, ``log A``, ``log(1 + d_k)``, the log share, ``log(c_k + 1e-3)``, ``r_k``) and the pixel
-        parts ``[7, r]``, over all ``K`` classes (the largest ``log P_walk`` and ``log A``, the smallest
-        ``log(1 + d_k)``, the walk's entropy, ``log K``, the smallest ``log(c_k + 1e-3)``, the largest ``r_k``);
+        ``K`` classes per pixel, those of the ``M`` classes it names): the class parts ``[7, K or M, r]``
+        (``log P_walk``, ``log A``, ``log(1 + d_k)``, the log share, ``log(c_k + 1e-3)``, ``r_k``, ``h_k``) and the
+        pixel parts ``[8, r]``, over all ``K`` classes (the largest ``log P_walk`` and ``log A``, the smallest
+        ``log(1 + d_k)``, the walk's entropy, ``log K``, the smallest ``log(c_k + 1e-3)``, the largest ``r_k``, the
+        smallest ``h_k``);
         float32, on the evidence's device. :func:`feature_maps` says which feature reads which."""
         ctx = self.context
-        lw, lq, dist, local, ray = (t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray))  # [K, r]
+        lw, lq, dist, local, ray, hull = (
+            t[:, rows] for t in (self.lw, ctx.lq, ctx.dist, ctx.local, ctx.ray, ctx.hull)
+        )  # [K, r]
         k, n = lw.shape
         per_pixel = torch.stack(  # amax / amin, not max / min: 20x faster along the classes on the CPU
             [
@@ -233,12 +245,13 @@ class Evidence(NamedTuple):
                 lw.new_full((n,), math.log(k)),
                 (local.amin(0) + 1e-3).log(),
                 ray.amax(0),
+                hull.amin(0),
             ]
-        )  # [7, r]
+        )  # [8, r]
         share = ctx.log_share.view(k, 1).expand(k, n)
         if top is not None:
-            lw, lq, dist, local, share, ray = (t.gather(0, top) for t in (lw, lq, dist, local, share, ray))
-        per_class = torch.stack([lw, lq, dist.log1p(), share, (local + 1e-3).log(), ray])  # [6, K or M, r]
+            lw, lq, dist, local, share, ray, hull = (t.gather(0, top) for t in (lw, lq, dist, local, share, ray, hull))
+        per_class = torch.stack([lw, lq, dist.log1p(), share, (local + 1e-3).log(), ray, hull])  # [7, K or M, r]
         return per_class, per_pixel
 
     def features(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,11 +268,11 @@ class Evidence(NamedTuple):
 
 
 def feature_maps() -> tuple[torch.Tensor, torch.Tensor]:
-    """``[6, NUM_FEATURES]`` and ``[7, NUM_FEATURES]``: each feature as a linear map of the class parts and of
+    """``[7, NUM_FEATURES]`` and ``[8, NUM_FEATURES]``: each feature as a linear map of the class parts and of
     the pixel parts of :meth:`Evidence.parts` (0, 1 or -1), so that a linear layer on the features is one
     on each part."""
-    of_class = torch.zeros(6, NUM_FEATURES, dtype=torch.float32)
-    of_pixel = torch.zeros(7, NUM_FEATURES, dtype=torch.float32)
+    of_class = torch.zeros(7, NUM_FEATURES, dtype=torch.float32)
+    of_pixel = torch.zeros(8, NUM_FEATURES, dtype=torch.float32)
     for f, (c, p, sign) in enumerate(_FEATURE_PARTS):
         if c is not None:
             of_class[c, f] = 1.0
@@ -289,11 +302,15 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def context(
-    image: torch.Tensor, label: torch.Tensor, known: torch.Tensor, classes: torch.Tensor, with_rays: bool = True
+    image: torch.Tensor,
+    label: torch.Tensor,
+    known: torch.Tensor,
+    classes: torch.Tensor,
+    num_features: int = NUM_FEATURES,
 ) -> Context:
     """The :class:`Context` of one sample: ``image [3, H, W]`` (uint8, or float in [0, 1]), ``label [H, W]``,
-    ``known [H, W]`` bool, its present ``classes [K]``. ``with_rays=False``: zeros for the rays (for a
-    combiner that reads the first 12 features only)."""
+    ``known [H, W]`` bool, its present ``classes [K]``, for a combiner that reads ``num_features`` (one of
+    ``FEATURE_COUNTS``): zeros for the rays (12) and the hulls (12 and 14) it does not read."""
     free = ~known
     pixels = free.flatten().nonzero().squeeze(1)  # [n]: the unknown pixels, raster order
     own = known.unsqueeze(0) & (label.unsqueeze(0) == classes.view(-1, 1, 1))  # [K, H, W]
@@ -302,8 +319,10 @@ def context(
     lq = appearance(lab, own, pixels).clamp(min=MIN_PROB).log()  # [K, n]
     share = own.flatten(1).sum(1).float() / own.sum().clamp(min=1)  # [K]
     local = local_colour(lab, own, pixels)  # [K, n]
-    ray = rays(own, pixels) if with_rays else lab.new_zeros(classes.shape[0], pixels.shape[0])  # [K, n]
-    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, ray)
+    unread = lab.new_zeros(classes.shape[0], pixels.shape[0])  # [K, n]
+    ray = rays(own, pixels) if num_features > FEATURE_COUNTS[0] else unread  # [K, n]
+    hull = hulls(own, pixels) if num_features > FEATURE_COUNTS[1] else unread  # [K, n]
+    return Context(pixels, lq, distances(own, free), share.clamp(min=1e-12).log(), local, ray, hull)
 
 
 def walk_log_prob(prob: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -434,6 +453,40 @@ def _first_known(slot: torch.Tensor, k: int) -> torch.Tensor:
     w = slot.shape[1]
     at = torch.where(slot < k, torch.arange(w), -1).cummax(1).values  # [H, W]: its column, -1 for none
     return torch.where(at >= 0, slot.gather(1, at.clamp(min=0)), k)
+
+
+def hulls(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``[K, n]``: how deep each of the ``pixels [n]`` (flat indices) lies in the convex hull of each class's
+    pixels ``own [K, H, W]``: ``sign(d) log(1 + |d|)``, ``d`` the largest signed distance to the lines of the
+    hull's edges (inside: minus the distance to the nearest edge; outside: up to the distance), in pixels of an image of
+    ``REFERENCE_SIDE`` squared pixels; ``HULL_FAR`` for a class whose pixels span no area (one pixel, one
+    line). ``d`` is the maximum of planes: it is computed on a grid of ``HULL_STEP`` pixels and interpolated
+    (bilinear) between. The rays say which classes enclose a pixel along four lines; the hull says it over
+    every direction, for parts that are convex (a wheel, a door, a cell)."""
+    k, h, w = own.shape
+    scale = REFERENCE_SIDE / math.sqrt(h * w)
+    # the grid: every HULL_STEP reference pixels, ends included (interpolated exactly with align_corners)
+    gh, gw = (max(2, math.ceil((n - 1) * scale / HULL_STEP) + 1) for n in (h, w))
+    gx, gy = (torch.linspace(0, n - 1, g, dtype=torch.float32) for n, g in ((w, gw), (h, gh)))
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1).view(-1, 2)  # [gh * gw, 2]: (x, y), float32
+    # the corners of a class's hull are among each row's first and last pixel of the class
+    first = own.view(torch.uint8).argmax(2)  # [K, H]: 0 in a row without the class
+    rows = own.gather(2, first.unsqueeze(2)).squeeze(2)  # [K, H]: the rows with the class
+    last = w - 1 - own.flip(2).view(torch.uint8).argmax(2)
+    depth = torch.zeros(k, gh * gw, dtype=torch.float32)
+    flat = torch.ones(k, 1, dtype=torch.bool)  # [K, 1]: the classes without a hull
+    for i in range(k):
+        y = rows[i].nonzero().squeeze(1)
+        corners = torch.cat([torch.stack([first[i, y], y], 1), torch.stack([last[i, y], y], 1)]).double()
+        try:
+            eq = torch.from_numpy(ConvexHull(corners.numpy()).equations).float()  # [E, 3]: inside: n . x + c <= 0
+        except (QhullError, ValueError):  # fewer than 3 corners, or all on one line
+            continue
+        depth[i] = torch.addmm(eq[:, 2], grid, eq[:, :2].T).amax(1)  # [gh * gw]
+        flat[i] = False
+    d = F.interpolate(depth.view(1, k, gh, gw), size=(h, w), mode="bilinear", align_corners=True)
+    d = d.view(k, -1).index_select(1, pixels) * scale  # [K, n]
+    return torch.where(flat, HULL_FAR, d.sign() * d.abs().log1p()).float()
 
 
 def distances(own: torch.Tensor, free: torch.Tensor) -> torch.Tensor:

@@ -144,9 +144,9 @@ class RandomWalkPrior:
     solver ``"sor"``) or ``solver="direct"`` (exact, sparse LDL^T), the graph's ``connectivity`` (4, 8, 16)
     and the ``color`` space of its edge weights (``"rgb"``, ``"lab"``). ``scale``: as :class:`NearestPrior`.
     ``combiner``: the hidden width of the learned prior combiner (:mod:`torch_label_mae.combiner`), which
-    weighs the walk with each present class's colours, distances and rays; 0: the walk alone.
+    weighs the walk with each present class's colours, distances, rays and convex hull; 0: the walk alone.
     ``combiner_features``: how many of the combiner's features it reads (12: a combiner trained before the
-    rays, the default of configs written then; 14: all)."""
+    rays, the default of configs written then; 14: before the hulls; 16: all)."""
 
     kind: ClassVar[str] = "random_walk"
     scale: float | None = None
