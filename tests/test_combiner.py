@@ -329,14 +329,20 @@ def ray_march(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
-def test_rays_find_the_first_known_pixel_in_each_direction(h, w, k, share, seed):
+def random_own(h: int, w: int, k: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(own [K, H, W], pixels [n])``: ``k`` classes at random, ``share`` of the pixels known (each class's
+    known pixels in ``own``), the unknown ones' flat indices."""
     rng = np.random.default_rng(seed)
     label = torch.from_numpy(rng.integers(0, k, (h, w)))
     known = torch.from_numpy(rng.random((h, w)) < share)
     own = known & (label == torch.arange(k).view(-1, 1, 1))  # [K, H, W]
-    pixels = (~known).flatten().nonzero().squeeze(1)
+    return own, (~known).flatten().nonzero().squeeze(1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_rays_find_the_first_known_pixel_in_each_direction(h, w, k, share, seed):
+    own, pixels = random_own(h, w, k, share, seed)
     got = rays(own, pixels)
     assert got.shape == (k, len(pixels))
     torch.testing.assert_close(got, ray_march(own, pixels), rtol=0, atol=0)
@@ -366,11 +372,7 @@ def test_hulls_are_the_signed_distance_to_each_class_hull_within_the_grid_step(h
     the step times 2 sqrt 2 (a maximum of planes of unit slope: its slope changes by 2 at most, in a cell
     of that diagonal); a class without a hull (one pixel, one line, absent) is ``HULL_FAR``; and the hull
     of a class is that of its pixels, whatever the others."""
-    rng = np.random.default_rng(seed)
-    label = torch.from_numpy(rng.integers(0, k, (h, w)))
-    known = torch.from_numpy(rng.random((h, w)) < share)
-    own = known & (label == torch.arange(k).view(-1, 1, 1))  # [K, H, W]
-    pixels = (~known).flatten().nonzero().squeeze(1)
+    own, pixels = random_own(h, w, k, share, seed)
     got = hulls(own, pixels)
     assert got.shape == (k, len(pixels)) and got.dtype == torch.float32
     want = exact_hull_distance(own, pixels)  # [K, n], in pixels
@@ -380,7 +382,7 @@ def test_hulls_are_the_signed_distance_to_each_class_hull_within_the_grid_step(h
     distance = got[~none].double().sign() * got[~none].double().abs().expm1() / scale  # back to pixels
     error = (distance - want[~none]).abs()
     assert error.numel() == 0 or error.max() <= 2 * math.sqrt(2) * HULL_STEP / scale + 1e-3
-    perm = torch.from_numpy(rng.permutation(k))
+    perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(k))
     torch.testing.assert_close(hulls(own[perm], pixels), got[perm], rtol=0, atol=0)
 
 
