@@ -486,7 +486,7 @@ def hulls(own: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         flat[i] = False
     d = F.interpolate(depth.view(1, k, gh, gw), size=(h, w), mode="bilinear", align_corners=True)
     d = d.view(k, -1).index_select(1, pixels) * scale  # [K, n]
-    return torch.where(flat, HULL_FAR, d.sign() * d.abs().log1p()).float()
+    return torch.where(flat, HULL_FAR, d.sign() * d.abs().log1p())  # float32
 
 
 def distances(own: torch.Tensor, free: torch.Tensor) -> torch.Tensor:

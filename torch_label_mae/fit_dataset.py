@@ -422,6 +422,8 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
     pixels (which the model may have trained on), start elsewhere or train otherwise. Writes nothing
     (:func:`_record` does, once the data passed its checks); removes the temp files of a fit killed
     in the middle of a write."""
+    from .train import CHECKPOINT_NAME
+
     remove_stale_temp_files(run_dir.parent, HUB_FILES | {"fit.json"})
     remove_stale_temp_files(run_dir, {"fit-args.json", "baselines.json"})
     path = run_dir / "fit-args.json"
@@ -439,7 +441,7 @@ def _claim(run_dir: Path, args: dict, resume: bool) -> None:
         if changed:
             raise ValueError(f"{run_dir}: --resume with other settings than the fit it continues: {', '.join(changed)}")
         return
-    if (run_dir / "checkpoint.pt").exists() or (path.is_file() and not resume):
+    if (run_dir / CHECKPOINT_NAME).exists() or (path.is_file() and not resume):
         raise ValueError(f"{run_dir}: a fit is already there; resume it (--resume) or choose another --out")
 
 

@@ -57,6 +57,7 @@ from .slots import from_slots, present_slots, random_slots, to_slots
 BASE_LR, BASE_BATCH = 1e-3, 16  # the lr rule: BASE_LR * sqrt(batch_size / BASE_BATCH)
 DEFAULT_INIT = "any-m0.5"  # what a run starts from unless it names a model config (docs/training.md)
 DEFAULT_POOL = 2  # mask_pool=None with an exact random-walk prior: samples kept per image with their prior
+CHECKPOINT_NAME = "checkpoint.pt"  # a run's checkpoint in its --out (a fit's in its fit-run/)
 FINE_TUNE_MIX = (1.0, 0.0, 0.0)  # mix=None from an init: Random masking alone (masking_mix)
 CHOICES = {
     "loss": ("ce", "balanced"),
@@ -693,7 +694,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         raise ValueError(f"hole_index {cfg.hole_index} is a class of {info.name} ({info.num_classes} classes)")
     model, mcfg, label_set = build_model(cfg, info, device)
     out.mkdir(parents=True, exist_ok=True)
-    for folder, names in ((out, {"checkpoint.pt", "log.jsonl"}), (out / "best", HUB_FILES), (out / "last", HUB_FILES)):
+    for folder, names in ((out, {CHECKPOINT_NAME, "log.jsonl"}), (out / "best", HUB_FILES), (out / "last", HUB_FILES)):
         remove_stale_temp_files(folder, names)  # a run killed mid-write left them (a checkpoint's: tens of MB)
     criterion = None
     if cfg.loss == "balanced":
@@ -713,7 +714,7 @@ def build(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.d
         opt, mode="min", patience=cfg.plateau_patience, threshold=cfg.plateau_threshold, factor=cfg.plateau_factor
     )
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": None, "prior_pa_miou": None}
-    ckpt, recorded = out / "checkpoint.pt", {}
+    ckpt, recorded = out / CHECKPOINT_NAME, {}
     if resume and ckpt.is_file():
         # our own local checkpoint (never a downloaded file), loaded without pickle execution
         blob = torch.load(ckpt, map_location=device, weights_only=True)
@@ -953,7 +954,7 @@ def save_checkpoint(run: Run) -> None:
     }
     if run.criterion is not None:
         blob["criterion"] = run.criterion.state_dict()
-    atomic_write(run.out / "checkpoint.pt", lambda tmp: torch.save(blob, tmp))
+    atomic_write(run.out / CHECKPOINT_NAME, lambda tmp: torch.save(blob, tmp))
 
 
 def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None) -> dict:
@@ -975,7 +976,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: TrainData | None = None)
     prev = signal.signal(signal.SIGTERM, on_term)
     try:
         locked = lock.__enter__() is lock  # refused: not ours to release (the holder may be this process)
-        if not resume and (Path(cfg.out) / "checkpoint.pt").exists():
+        if not resume and (Path(cfg.out) / CHECKPOINT_NAME).exists():
             raise ValueError(f"{cfg.out}: a run is already there; continue it (--resume) or choose another --out")
         run = build(cfg, resume, rank, world, device, data)
         run.stop = term["seen"]
@@ -1135,7 +1136,7 @@ def main_train(argv=None) -> None:
     from .hub import HubError
 
     cfg, resume = parse_train_args(argv)
-    checkpoint = Path(cfg.out) / "checkpoint.pt"
+    checkpoint = Path(cfg.out) / CHECKPOINT_NAME
     if resume and not checkpoint.is_file():
         print(f"label-mae train: --resume: no checkpoint in {cfg.out} yet; training from the start", file=sys.stderr)
     try:
