@@ -158,7 +158,8 @@ def test_refine_keeps_known_pixels_and_gives_distributions_over_present_classes(
 @given(samples())
 def test_a_new_combiner_is_the_walk(sample):
     """The MLP's last layer starts at zero: the combined classes are the walk's, with its probabilities
-    renormalised over each pixel's ``TOP_CLASSES`` most likely classes (the others 0)."""
+    renormalised over each pixel's ``TOP_CLASSES`` most likely classes (the others 0); where the walk gives
+    a class ``SURE`` or more, its probabilities as they are."""
     import torch_label_mae.combiner as combiner_module
 
     image, label, known = sample
@@ -167,9 +168,12 @@ def test_a_new_combiner_is_the_walk(sample):
     p = prob[0][:, ~known].clamp(min=1e-6)  # [K, n]
     k = p.shape[0]
     ctx = combiner_module.context(image, label, known, index[0, :k])
-    top = combiner_module.top_classes(combiner_module.Evidence(p.log(), ctx))
+    lw = (p / p.sum(0)).log()  # as the combiner reads the walk
+    sure = lw.amax(0) >= math.log(combiner_module.SURE)  # [n]
+    top = combiner_module.top_classes(combiner_module.Evidence(lw, ctx))
     p = torch.zeros_like(p).scatter_(0, top, p.gather(0, top))
-    torch.testing.assert_close(refined[0][:, ~known], p / p.sum(0), atol=1e-6, rtol=1e-5)
+    want = torch.where(sure, prob[0][:, ~known], p / p.sum(0))
+    torch.testing.assert_close(refined[0][:, ~known], want, atol=1e-6, rtol=1e-5)
     assert torch.equal(refined[0][:, ~known].argmax(0), prob[0][:, ~known].argmax(0))
 
 
@@ -538,14 +542,42 @@ def test_the_mlp_weighs_each_pixels_top_classes_only(sample):
     every = evidence.features().gather(0, top[..., None].expand(-1, -1, NUM_FEATURES))
     torch.testing.assert_close(evidence.features(top=top), every)
     want = torch.zeros_like(logits).scatter_(0, top, logits.gather(0, top).softmax(0))
-    torch.testing.assert_close(refined, want)
-    assert ((refined > 0).sum(0) <= m).all()
+    sure = evidence.lw.amax(0) >= math.log(combiner_module.SURE)  # [n]: these keep the walk's
+    torch.testing.assert_close(refined, torch.where(sure, prob[0, :k][:, ~known], want))
+    assert ((refined[:, ~sure] > 0).sum(0) <= m).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(samples(), st.sampled_from([0.5, 0.9, 0.9999]))
+def test_the_sure_pixels_keep_the_walk_and_the_others_are_combined_as_among_all(sample, sure):
+    """Where the walk gives a class ``SURE`` or more, the refined probabilities are the walk's, bit for bit;
+    elsewhere what the combiner gives with every pixel refined (the features compare classes, not pixels)."""
+    import torch_label_mae.combiner as combiner_module
+
+    image, label, known = sample
+    prob, index, valid = walk(image, label, known)
+    combiner = trained_combiner()
+    args = image[None], label[None], known[None], prob, index, valid
+    before = combiner_module.SURE
+    try:
+        combiner_module.SURE = 2.0  # no pixel is sure: every one is refined
+        every = combiner.refine(*args)[0][:, ~known]  # [K, n]
+        combiner_module.SURE = sure
+        refined = combiner.refine(*args)[0][:, ~known]
+    finally:
+        combiner_module.SURE = before
+    k = int(valid.sum())
+    p = prob[0, :k][:, ~known].clamp(min=1e-6)
+    is_sure = (p / p.sum(0)).log().amax(0) >= math.log(sure)  # [n]
+    assert torch.equal(refined[:, is_sure], prob[0][:, ~known][:, is_sure])
+    torch.testing.assert_close(refined[:, ~is_sure], every[:, ~is_sure], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
     """On the CPU a batch's samples are walked and combined one per thread: the same probabilities as
-    each sample alone."""
+    each sample alone, up to float32 rounding (a sample alone is refined on the caller's threads, one of a
+    batch on one), and the same classes."""
     model = model_with_combiner(8, std=1.0, seed=2)
     image, label, known, broken = random_batch(3, model.config.img_size, 8, 0.4, seed=4)
     broken[1] = torch.where(known[1], 5, 255)  # one class only
@@ -557,7 +589,8 @@ def test_the_prior_of_a_batch_equals_its_samples_alone(threads):
         alone = [model.prior(broken[i : i + 1], image=image[i : i + 1]) for i in range(5)]
     for i, one in enumerate(alone):
         k = one.prob.shape[1]
-        assert torch.equal(batch.prob[i, :k], one.prob[0]) and not batch.prob[i, k:].any()
+        torch.testing.assert_close(batch.prob[i, :k], one.prob[0], atol=1e-6, rtol=0)
+        assert not batch.prob[i, k:].any()
         assert torch.equal(batch.classes[i], one.classes[0])
 
 
@@ -602,9 +635,10 @@ def test_a_combiner_of_the_other_feature_count_is_refused_with_a_hint(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_the_walk_and_contexts_run_on_one_thread_each_and_the_refinement_on_the_callers(monkeypatch, threads):
+def test_the_walk_and_contexts_run_on_one_thread_each_and_a_label_alone_is_refined_on_the_callers(monkeypatch, threads):
     """Side by side, the walk's and the contexts' torch operators each take one thread (with the caller's
-    each, they oversubscribed the cores); the refinement after them takes the caller's, once per batch."""
+    each, they oversubscribed the cores); the refinement of a label alone takes the caller's after them, a
+    batch's samples are refined each on the thread that walked it (one)."""
     import threading
 
     import torch_label_mae.prior as prior_module
@@ -632,7 +666,7 @@ def test_the_walk_and_contexts_run_on_one_thread_each_and_the_refinement_on_the_
         assert solves == [threads]  # the class solves (outside torch) on the caller's threads
         seen.clear()
         model.prior(broken, image=image)
-        assert sorted(seen) == [("contexts", 1, 1)] * 4 + [("refine", threads, 4)] + [("walk", 1, 1)] * 4
+        assert sorted(seen) == [("contexts", 1, 1)] * 4 + [("refine", 1, 1)] * 4 + [("walk", 1, 1)] * 4
         assert torch.get_num_threads() == threads
         later = []  # and the default for threads that start now: the caller's, whichever worker ended last
         thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))

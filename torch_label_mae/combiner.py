@@ -11,8 +11,9 @@ them with the walk per pixel and per present class:
 with one small MLP shared by every class (so any class list, any order: permuting the classes permutes
 the output), whose last layer starts at zero (so it starts as the walk). The softmax runs over the
 ``TOP_CLASSES`` classes most likely at ``x`` under the walk (:func:`top_classes`: ties at the walk's
-floor go to the nearer class); the others get 0. The features of class ``k`` at an unknown pixel ``x``
-(:func:`features`, ``NUM_FEATURES``):
+floor go to the nearer class); the others get 0. Where the walk gives one class ``SURE`` or more, the
+pixel keeps the walk's probabilities: the MLP is not run there (``docs/training.md``, "Speed: the sure
+pixels"). The features of class ``k`` at an unknown pixel ``x`` (:func:`features`, ``NUM_FEATURES``):
 
 0. ``log P_walk(k | x)`` and 1. minus its maximum over the classes;
 2. ``log A(k | x)``, the class posterior of ``x``'s colour under per-class colour histograms of the
@@ -58,6 +59,7 @@ MIN_PROB = 1e-6  # probabilities are clipped here before their logarithm
 LOCAL_SIGMA = 16.0  # the Gaussian window of the local mean colours, in pixels of a REFERENCE_SIDE image
 LOCAL_CELLS = 56  # the local means are computed on a grid of about this many cells' area side, then upsampled
 CHUNK = 4096  # pixels per pass of the MLP: its activations [M, CHUNK, width] stay in cache (2x faster than 65536)
+SURE = 0.9999  # a pixel where the walk gives a class at least this probability keeps the walk's (the MLP is not run)
 TOP_CLASSES = 5  # the classes the MLP weighs at a pixel: the walk's most likely (the others get 0; see top_classes)
 HULL_STEP = 4.0  # the hull depths are computed every this many pixels of a REFERENCE_SIDE image, then interpolated
 HULL_FAR = math.log1p(2.0 * REFERENCE_SIDE)  # the hull feature of a class whose known pixels span no area
@@ -164,8 +166,9 @@ class PriorCombiner(nn.Module):
     ) -> torch.Tensor:
         """The walk's probabilities ``prob [B, K, H, W]`` of the classes ``index [B, K]`` (``valid [B, K]``:
         each sample's present classes first, as :func:`~torch_label_mae.propagation.present_classes` gives
-        them) replaced on the unknown pixels by the combined ones: a new tensor; known pixels and absent
-        classes keep theirs. ``image [B, 3, H, W]`` (uint8, or float in [0, 1]), ``label [B, H, W]``,
+        them) replaced on the unknown pixels by the combined ones: a new tensor; known pixels, unknown pixels
+        where the walk gives a class ``SURE`` or more, and absent classes keep theirs. ``image [B, 3, H, W]``
+        (uint8, or float in [0, 1]), ``label [B, H, W]``,
         ``known [B, H, W]`` bool. ``contexts``: :meth:`contexts` of the same arguments (computed here when
         not given). The MLP runs where its weights are, on ``CHUNK`` pixels at a time."""
         if contexts is None:
@@ -176,8 +179,10 @@ class PriorCombiner(nn.Module):
         for i, ctx in enumerate(contexts):
             if ctx is not None:
                 k = ctx.log_share.shape[0]
-                combined = self.combine(Evidence(walk_log_prob(prob[i, :k].cpu(), ctx.pixels), ctx))  # [K, n]
-                out[i, :k].view(k, -1).index_copy_(1, ctx.pixels.to(out.device), combined.to(out))
+                evidence = Evidence(walk_log_prob(prob[i, :k].cpu(), ctx.pixels), ctx)
+                todo = (evidence.lw.amax(0) < math.log(SURE)).nonzero().squeeze(1)  # [m]: where the walk is unsure
+                combined = self.combine(evidence.select(todo))  # [K, m]
+                out[i, :k].view(k, -1).index_copy_(1, ctx.pixels[todo].to(out.device), combined.to(out))
         return out
 
     def combine(self, evidence: Evidence) -> torch.Tensor:
@@ -222,6 +227,16 @@ class Evidence(NamedTuple):
 
     lw: torch.Tensor
     context: Context
+
+    def select(self, which: torch.Tensor) -> Evidence:
+        """The evidence of the pixels ``which [m]`` (positions among the ``n``) alone: what compares the classes
+        at a pixel stays the same, so the combiner gives them what it gives them among all ``n``."""
+        ctx = self.context
+        picked = (t.index_select(1, which) for t in (ctx.lq, ctx.dist, ctx.local, ctx.ray, ctx.hull))
+        lq, dist, local, ray, hull = picked
+        return Evidence(
+            self.lw.index_select(1, which), Context(ctx.pixels[which], lq, dist, ctx.log_share, local, ray, hull)
+        )
 
     def parts(self, rows: slice = slice(None), top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The parts the features of the pixels ``rows`` are sums of (with ``top [M, r]``, positions among the

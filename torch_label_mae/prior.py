@@ -141,27 +141,29 @@ class RandomWalk(NearestFill):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
 
     def _combined_per_sample(self, image, label, known, index, valid, threads: int) -> torch.Tensor:
-        """:meth:`_combined` of a batch on the CPU: each sample's walk and contexts on a thread of its own
-        (torch's operators on one thread, the class solves on its share of ``threads``), then the refinement
-        of all on the caller's threads, as :meth:`_combined` refines one: the same probabilities as each
-        sample alone (the samples do not interact)."""
+        """:meth:`_combined` of a batch on the CPU: each sample's walk, contexts and refinement on a thread of
+        its own (torch's operators on one thread, the class solves on its share of ``threads``): the same
+        probabilities as each sample alone up to float32 rounding (the samples do not interact). A sample
+        refined where it was walked keeps both cores busy to the end: refining all after the walks, on the
+        caller's threads, left one core idle for part of it."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
-        walk = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:], dtype=torch.float32)  # [B, K, H, W]
-        contexts = [None] * label.shape[0]
+        prob = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:], dtype=torch.float32)  # [B, K, H, W]
         workers = min(threads, label.shape[0])
         share = max(1, threads // workers)  # the threads of a sample's class solves
 
         def one(i: int) -> None:
             k = max(int(valid[i].sum()), 1)
             args = image[i : i + 1], label[i : i + 1], known[i : i + 1]
+            classes = index[i : i + 1, :k], valid[i : i + 1, :k]
             with torch.inference_mode(inference), torch.no_grad(), torch_threads(1):
-                walk[i, :k] = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
-                contexts[i] = self.combiner.contexts(*args, index[i : i + 1, :k], valid[i : i + 1, :k])[0]
+                walk = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
+                contexts = self.combiner.contexts(*args, *classes)
+                with torch.autocast("cpu", enabled=False):
+                    prob[i, :k] = self.combiner.refine(*args, walk, *classes, contexts)[0]
 
         with torch_threads(threads):  # after it, the caller's as the default
             run_each("samples", workers, one, range(label.shape[0]))
-        with torch.autocast("cpu", enabled=False):
-            return self.combiner.refine(image, label, known, walk, index, valid, contexts)
+        return prob
 
 
 def make_prior(config: LMAEConfig, combiner: PriorCombiner | None = None) -> NearestFill | None:
