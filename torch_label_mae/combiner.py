@@ -168,9 +168,9 @@ class PriorCombiner(nn.Module):
         each sample's present classes first, as :func:`~torch_label_mae.propagation.present_classes` gives
         them) replaced on the unknown pixels by the combined ones: a new tensor; known pixels, unknown pixels
         where the walk gives a class ``SURE`` or more, and absent classes keep theirs. ``image [B, 3, H, W]``
-        (uint8, or float in [0, 1]), ``label [B, H, W]``,
-        ``known [B, H, W]`` bool. ``contexts``: :meth:`contexts` of the same arguments (computed here when
-        not given). The MLP runs where its weights are, on ``CHUNK`` pixels at a time."""
+        (uint8, or float in [0, 1]), ``label [B, H, W]``, ``known [B, H, W]`` bool. ``contexts``:
+        :meth:`contexts` of the same arguments (computed here when not given). The MLP runs where its
+        weights are, on ``CHUNK`` pixels at a time."""
         if contexts is None:
             contexts = self.contexts(image, label, known, index, valid)
         if len(contexts) != prob.shape[0]:
@@ -186,7 +186,8 @@ class PriorCombiner(nn.Module):
         return out
 
     def combine(self, evidence: Evidence) -> torch.Tensor:
-        """The combined probabilities ``[K, n]`` of one sample's unknown pixels: the softmax of the logits
+        """The combined probabilities ``[K, n]`` of the evidence's ``n`` pixels (one sample's unknown pixels,
+        or a :meth:`Evidence.select` of them): the softmax of the logits
         over each pixel's :func:`top_classes`, 0 for the others. The MLP runs where its weights are, on
         ``CHUNK`` pixels at a time."""
         k, n = evidence.lw.shape

@@ -103,7 +103,8 @@ class RandomWalk(NearestFill):
         else:
             index, valid = present_classes(label, known, n)  # [B, K]: the walk's classes
             threads = torch.get_num_threads()
-            if label.shape[0] > 1 and threads > 1 and image.device.type == "cpu":
+            on_cpu = image.device.type == "cpu" and self.combiner.mlp[0].weight.device.type == "cpu"
+            if label.shape[0] > 1 and threads > 1 and on_cpu:
                 prob = self._combined_per_sample(image, label, known, index, valid, threads)
             else:
                 prob = self._combined(image, label, known, index, valid)
@@ -141,11 +142,11 @@ class RandomWalk(NearestFill):
             return self.combiner.refine(image, label, known, prob, index, valid, ctx)
 
     def _combined_per_sample(self, image, label, known, index, valid, threads: int) -> torch.Tensor:
-        """:meth:`_combined` of a batch on the CPU: each sample's walk, contexts and refinement on a thread of
-        its own (torch's operators on one thread, the class solves on its share of ``threads``): the same
-        probabilities as each sample alone up to float32 rounding (the samples do not interact). A sample
-        refined where it was walked keeps both cores busy to the end: refining all after the walks, on the
-        caller's threads, left one core idle for part of it."""
+        """:meth:`_combined` of a batch on the CPU (the combiner's weights too): each sample's walk and contexts
+        on a thread of its own (torch's operators on one thread, the class solves on its share of
+        ``threads``), then its refinement on the same thread (on its share), so that every worker stays busy
+        to the end: the same probabilities as each sample alone up to float32 rounding (the samples do not
+        interact; a sample alone is refined on the caller's threads)."""
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's mode
         prob = torch.zeros(label.shape[0], index.shape[1], *label.shape[-2:], dtype=torch.float32)  # [B, K, H, W]
         workers = min(threads, label.shape[0])
@@ -158,7 +159,7 @@ class RandomWalk(NearestFill):
             with torch.inference_mode(inference), torch.no_grad(), torch_threads(1):
                 walk = random_walk_probabilities(*args, self.config.num_classes, **self._walk(threads=share))[0]
                 contexts = self.combiner.contexts(*args, *classes)
-                with torch.autocast("cpu", enabled=False):
+                with torch.autocast("cpu", enabled=False), torch_threads(share):
                     prob[i, :k] = self.combiner.refine(*args, walk, *classes, contexts)[0]
 
         with torch_threads(threads):  # after it, the caller's as the default
