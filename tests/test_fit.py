@@ -33,15 +33,18 @@ from torch_label_mae.fit_dataset import (
     Sample,
     _claim,
     _data,
+    choose,
     data_label_set,
     fit_dataset,
     held_out_digest,
     hold_out,
+    model_card,
     read_ids,
     score,
     summary,
 )
 from torch_label_mae.label_sets import LABEL_SETS, LabelSet
+from torch_label_mae.metrics import iou_parts
 from torch_label_mae.model import LMAE
 from torch_label_mae.train import TrainConfig, remap_classes, train
 
@@ -476,6 +479,50 @@ def test_the_label_set_a_fit_writes_in_each_case():
     report = dict(base, fitted=scores, zero_shot=scores, random_walker=scores, init="x")
     assert "no label set" not in summary(report)  # a class-specific model kept: none is its due
     assert "pass --missing-index 254 --void-index 255 to complete" in summary(dict(report, label_set=None))
+
+
+def _scores(right: list[float], n: int = 3) -> dict:
+    """A :func:`score` result of labels of 100 pixels per class, ``right[i]`` of label i's pixels right (the
+    others predicted as the next class)."""
+    per_label = []
+    for r in right:
+        cm = torch.zeros(n, n, dtype=torch.long)
+        for c in range(n):
+            cm[c, c], cm[c, (c + 1) % n] = round(100 * r), 100 - round(100 * r)
+        per_label.append(iou_parts(cm).tolist())
+    total = torch.tensor(per_label, dtype=torch.float64).sum(0)
+    tp, predicted, target = total
+    return dict(pa_miou=float((tp / (predicted + target - tp)).mean()), per_label=per_label)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.2, 0.8), min_size=4, max_size=24), st.floats(0.05, 0.2))
+def test_a_fit_is_kept_where_it_gains_on_every_label_and_not_on_the_luck_of_one(right, gain):
+    """Better by ``gain`` on every held-out label: kept. A gain on one label alone (the same on the others):
+    not kept, though the mean gain is above 0; a start that cannot take the labels: the fit kept."""
+    start = _scores(right)
+    kept, g = choose(_scores([r + gain for r in right]), start)
+    assert kept == "fitted" and g["low"] > 0 and g["mean"] > 0
+    one = _scores([min(right[0] + gain * len(right), 1.0)] + right[1:])  # the gain on label 0 only
+    kept, g = choose(one, start)
+    assert kept == "zero_shot" and g["low"] <= 0 < g["mean"]  # not drawn in over 5% of the resamples
+    assert choose(one, None) == ("fitted", None)
+
+
+def test_the_summary_and_the_card_say_the_gain_and_why_it_was_kept():
+    h = dict(count=3, fraction=0.2, width=16.0)
+    t = dict(steps=5, seconds=60.0, minutes=1.0, batch_size=4)
+    scores = dict(pa_miou=0.5, pa_pixel_acc=0.9, pixels=10, images=4)
+    report = dict(colors=None, missing_index=254, void_index=None, num_classes=4, labels="/data/mine", init="x",
+                  kept="zero_shot", fitted=scores, zero_shot=scores, random_walker=scores, val_fraction=0.1,
+                  num_labels=8, images="/data/images", holes=h, training=t,
+                  gain=dict(mean=0.003, low=-0.0025))  # fmt: skip
+    assert "kept the zero-shot model (the fitted model's gain +0.3, at least -0.2 with 95% confidence)" in summary(
+        report
+    )
+    card = model_card(report)
+    assert "above 0 with\n95% confidence (a bootstrap over the held-out labels): the fitted model's gain +0.3" in card
+    assert "gain" not in summary(dict(report, gain=None, kept="fitted"))
 
 
 def test_a_start_with_a_label_set_keeps_it_with_the_fits_indices_and_must_hold_the_ids(tmp_path):

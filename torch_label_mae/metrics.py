@@ -91,3 +91,36 @@ class SegmentationMetrics:
             "iou": iou_per_class(self.cm).tolist(),
             "pa_iou": iou_per_class(self.cm_hidden).tolist(),
         }
+
+
+def iou_parts(cm: torch.Tensor) -> torch.Tensor:
+    """``[3, N]``: per class, the true positives, the predicted pixels and the target pixels of ``cm``
+    (``[N, N]``): what the IoUs of several labels together are sums of (``union = predicted + target - tp``)."""
+    n = cm.shape[0]
+    return torch.stack([cm.diagonal(), cm.sum(0)[:n], cm.sum(1)])
+
+
+def gain_bound(better: torch.Tensor, base: torch.Tensor, confidence: float, resamples: int = 1000, seed: int = 0):
+    """How much higher the mIoU of ``better`` is than that of ``base`` at least, with ``confidence``: the
+    ``1 - confidence`` quantile of the difference over ``resamples`` bootstrap resamples of the labels (the
+    same labels for both; seeded). ``better``, ``base``: ``[L, 3, N]``, :func:`iou_parts` of each label's
+    confusion matrix. A bound above 0 says the gain is not the luck of which labels were scored."""
+    if better.shape != base.shape or better.dim() != 3 or better.shape[1] != 3 or not len(better):
+        raise ValueError(f"gain_bound: two [L, 3, N] stacks of the same labels, got {better.shape} and {base.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"gain_bound: confidence must be in (0, 1), got {confidence!r}")
+    labels = better.shape[0]
+    draws = torch.randint(0, labels, (resamples, labels), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(resamples, labels, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(draws.shape, dtype=torch.float64)
+    )
+    gains = _resampled_miou(counts, better) - _resampled_miou(counts, base)  # [R]
+    return float(torch.quantile(gains, 1 - confidence))
+
+
+def _resampled_miou(counts: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """``[R]``: the mIoU of each resample (``counts [R, L]``: how often each label is drawn) of ``parts [L, 3, N]``."""
+    tp, predicted, target = (counts @ parts.double().flatten(1)).view(counts.shape[0], 3, -1).unbind(1)  # [R, N] each
+    union = predicted + target - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    return iou.nanmean(1)
