@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         kept = fitted if rep["kept"] == "fitted" else rows[f"zero-shot {a.init}"]  # the same weights
         est = {k: round(100 * rep[k]["pa_miou"], 2) for k in ("fitted", "zero_shot", "random_walker")}
         curve.append(dict(minutes=minutes, steps=rep["training"]["steps"], fitted=fitted, kept=kept,
-                          kept_model=rep["kept"], held_out=est, wall_s=time.time() - t))  # fmt: skip
+                          kept_model=rep["kept"], held_out=est, gain=rep["gain"], wall_s=time.time() - t))  # fmt: skip
         print(json.dumps(curve[-1]), flush=True)
     result = dict(vars(a), anchors=rows, curve=curve, holes=rep["holes"], training=rep["training"])
     (Path(a.work) / "results.json").write_text(json.dumps(result, indent=2))

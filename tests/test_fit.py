@@ -291,7 +291,11 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
     report = fit_dataset(images, labels, tmp_path / "f", max_steps=4, resume=True, **kw)
     assert report["training"]["steps"] == 4  # continued, not restarted
     # the same held-out pixels and start weights: the start model and the walker were not scored again
-    assert report["zero_shot"] == first["zero_shot"] and report["random_walker"] == first["random_walker"]
+    lean = lambda r: {k: v for k, v in r.items() if k != "per_label"}  # noqa: E731 (fit.json holds no per_label)
+    assert report["zero_shot"] == lean(first["zero_shot"]) and report["random_walker"] == lean(first["random_walker"])
+    tp, predicted, truth = torch.tensor(first["zero_shot"]["per_label"], dtype=torch.float64).sum(0)
+    union = predicted + truth - tp  # the per-label parts the keep rule resamples add up to the score
+    assert float((tp / union)[union > 0].mean()) == pytest.approx(first["zero_shot"]["pa_miou"], abs=1e-9)
     first["zero_shot"]["seconds"] = -1.0  # a mark that only a reuse of the cache carries into the report
     cache.write_text(json.dumps(first))
     assert fit_dataset(images, labels, tmp_path / "f", max_steps=5, resume=True, **kw)["zero_shot"]["seconds"] == -1
@@ -299,8 +303,11 @@ def test_an_existing_fit_is_refused_unless_resumed(tmp_path):
         cache.write_text(json.dumps(dict(first, **{key: "another"})))
         again = fit_dataset(images, labels, tmp_path / "f", max_steps=6, resume=True, **kw)
         assert again["zero_shot"]["seconds"] >= 0
-    cache.write_text('{"zero_shot": ')  # a cache cut short (killed while written): scored again
+    old = {k: (lean(v) if isinstance(v, dict) else v) for k, v in first.items()}  # an earlier version's cache
+    cache.write_text(json.dumps(dict(old, zero_shot=dict(old["zero_shot"], seconds=-1.0))))
     assert fit_dataset(images, labels, tmp_path / "f", max_steps=7, resume=True, **kw)["zero_shot"]["seconds"] >= 0
+    cache.write_text('{"zero_shot": ')  # a cache cut short (killed while written): scored again
+    assert fit_dataset(images, labels, tmp_path / "f", max_steps=8, resume=True, **kw)["zero_shot"]["seconds"] >= 0
     args.write_text("[1, 2]")  # the fit's own settings unreadable: refused, naming the file
     with pytest.raises(ValueError, match=r"fit-args\.json: unreadable, so this fit cannot be resumed"):
         fit_dataset(images, labels, tmp_path / "f", max_steps=8, resume=True, **kw)
@@ -523,6 +530,7 @@ def test_the_summary_and_the_card_say_the_gain_and_why_it_was_kept():
     card = model_card(report)
     assert "above 0 with\n95% confidence (a bootstrap over the held-out labels): the fitted model's gain +0.3" in card
     assert "gain" not in summary(dict(report, gain=None, kept="fitted"))
+    assert "kept: the start model cannot take these labels" in model_card(dict(report, gain=None, kept="fitted"))
 
 
 def test_a_start_with_a_label_set_keeps_it_with_the_fits_indices_and_must_hold_the_ids(tmp_path):

@@ -202,43 +202,47 @@ def test_unfilled_holes_count_as_wrong_for_their_class_and_no_other(data):
         confusion_matrix(target, target, n, unfilled_index=n - 1)
 
 
-@given(predictions(), st.integers(0, 2**32 - 1))
-def test_iou_parts_of_labels_sum_to_the_miou_of_their_confusion_matrices(sample, seed):
-    """The mIoU of several labels is the mIoU of their summed :func:`iou_parts`; the bootstrap reads it so."""
-    from torch_label_mae.metrics import _resampled_miou
+def _parts(preds: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """``[L, 3, N]``: :func:`iou_parts` of each label's confusion matrix."""
+    return torch.stack([iou_parts(confusion_matrix(p, t, n)) for p, t in zip(preds, target, strict=True)])
 
+
+@given(predictions(), st.lists(st.integers(0, 3), min_size=2, max_size=2))
+def test_the_iou_parts_of_labels_weighted_and_summed_give_the_miou_of_their_confusion_matrices(sample, weights):
+    """What the bootstrap sums (each label as often as it is drawn) is what :func:`mean_iou` reads."""
     pred, target, _, n = sample
     cms = [confusion_matrix(p, t, n, IGNORE) for p, t in zip(pred, target, strict=True)]
-    parts = torch.stack([iou_parts(cm) for cm in cms]).double()  # [L, 3, N]
-    counts = torch.ones(1, len(cms), dtype=torch.float64)
-    want = mean_iou(sum(cms))
-    got = float(_resampled_miou(counts, parts)[0])
+    w = weights[: len(cms)]
+    tp, predicted, truth = sum(c * iou_parts(cm).double() for c, cm in zip(w, cms, strict=True)).unbind(0)
+    union = predicted + truth - tp
+    got = float((tp / union)[union > 0].mean()) if bool((union > 0).any()) else float("nan")
+    want = mean_iou(sum(c * cm for c, cm in zip(w, cms, strict=True)))
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, abs=1e-12)
 
 
 @st.composite
 def scored_labels(draw):
-    """``[L, 3, N]`` iou parts of ``L`` labels' confusion matrices, from random predictions."""
+    """``(target, pred, N)``: ``L`` labels and predictions right on about half their pixels."""
     labels, n = draw(st.integers(2, 12)), draw(st.integers(2, 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     target = torch.from_numpy(rng.integers(0, n, (labels, 6, 6)))
-    pred = torch.where(
-        torch.from_numpy(rng.random((labels, 6, 6)) < 0.5), target, torch.from_numpy(rng.integers(0, n, (labels, 6, 6)))
-    )
+    noise = torch.from_numpy(rng.integers(0, n, (labels, 6, 6)))
+    pred = torch.where(torch.from_numpy(rng.random((labels, 6, 6)) < 0.5), target, noise)
     return target, pred, n
 
 
 @given(scored_labels(), st.sampled_from([0.8, 0.95]))
 def test_gain_bound_of_a_model_against_itself_is_zero_and_of_the_truth_above_zero(labels, confidence):
     """The same predictions gain nothing (the bound is 0, so a rule asking more than 0 keeps the start); the
-    truth itself gains over imperfect predictions on every resample; the bound is seeded."""
+    truth itself gains over imperfect predictions on every resample; the bound is seeded, and swapping the
+    two methods mirrors it."""
     target, pred, n = labels
-    parts = lambda p: torch.stack([iou_parts(confusion_matrix(a, t, n)) for a, t in zip(p, target, strict=True)])  # noqa: E731
-    assert gain_bound(parts(pred), parts(pred), confidence) == 0.0
+    ours, truth = _parts(pred, target, n), _parts(target, target, n)
+    assert gain_bound(ours, ours, confidence) == 0.0
     if not torch.equal(pred, target):
-        bound = gain_bound(parts(target), parts(pred), confidence)
-        assert bound > 0 and bound == gain_bound(parts(target), parts(pred), confidence)
-        assert gain_bound(parts(pred), parts(target), confidence) < 0
+        bound = gain_bound(truth, ours, confidence)
+        assert bound > 0 and bound == gain_bound(truth, ours, confidence)
+        assert gain_bound(ours, truth, 1 - confidence) == pytest.approx(-bound, abs=1e-12)
 
 
 def test_gain_bound_of_models_each_better_on_one_label_is_not_above_zero():
@@ -250,12 +254,17 @@ def test_gain_bound_of_models_each_better_on_one_label_is_not_above_zero():
     a[1] = 1 - a[1]  # a: right on label 0, wrong on label 1
     b[0] = 1 - b[0]  # b: wrong on label 0, right on label 1
     b[0, 0, 0] = target[0, 0, 0]  # and one pixel better than a's worst
-    parts = lambda p: torch.stack([iou_parts(confusion_matrix(x, t, 2)) for x, t in zip(p, target, strict=True)])  # noqa: E731
-    assert gain_bound(parts(b), parts(a), 0.95) < 0 < gain_bound(parts(b), parts(a), 0.05)
+    assert (
+        gain_bound(_parts(b, target, 2), _parts(a, target, 2), 0.95)
+        < 0
+        < gain_bound(_parts(b, target, 2), _parts(a, target, 2), 0.05)
+    )
 
 
-def test_gain_bound_refuses_stacks_that_do_not_match():
+def test_gain_bound_refuses_stacks_that_do_not_match_and_labels_with_nothing_to_score():
     with pytest.raises(ValueError, match="same labels"):
         gain_bound(torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), 0.95)
     with pytest.raises(ValueError, match="confidence"):
         gain_bound(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), 1.0)
+    with pytest.raises(ValueError, match="no class to score"):
+        gain_bound(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), 0.95)

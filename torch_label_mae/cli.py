@@ -744,8 +744,9 @@ def _add_fit(sub) -> None:
         description="Train a model on the known pixels of a label folder (hidden and reconstructed, as L-MAE\n"
         "trains; the holes are never targets), with training holes shaped like the labels' own, within\n"
         "a time budget. A share of the known pixels is held out and scores the fitted model, the model it\n"
-        "started from and the random walker; the better model is written to OUT (config.json,\n"
-        "model.safetensors, README.md, fit.json). Stopped: rerun with --resume.",
+        "started from and the random walker; the fitted model is written to OUT (config.json,\n"
+        "model.safetensors, README.md, fit.json) where it beats the start there with 95% confidence, the\n"
+        "start model otherwise. Stopped: rerun with --resume.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_folders(p, "folder of label PNGs with holes (<id>.png)", "output model folder (not an input folder)")

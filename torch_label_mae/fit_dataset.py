@@ -356,17 +356,17 @@ def fit_dataset(
     agnostic: bool = False,
     hide_unknown: bool = False,
 ) -> dict:
-    """Fit the model ``init`` to the labels of ``labels`` (with their images in ``images``) for
-    ``minutes`` of training, and write the better of the fitted and the starting model to ``out`` (a
-    model folder for :meth:`LabelCompleter.from_pretrained` and ``label-mae complete --model``).
+    """Fit the model ``init`` to the labels of ``labels`` (images in ``images``) for ``minutes`` of training;
+    write the fitted model where it surely beats the start on the held-out pixels (:func:`choose`), else the
+    start, to ``out`` (a model folder for :meth:`LabelCompleter.from_pretrained`, ``label-mae complete``).
 
     Holes are the pixels equal to ``missing_index`` (or of the colour table's missing colour, with
     ``colors``); ``void_index`` pixels are never trained on. Returns the report also written to
-    ``out/fit.json``: the hole shapes, the training settings and steps, and the held-out scores of
-    ``fitted``, ``zero_shot`` and ``random_walker`` with the model ``kept``. ``resume=True`` continues
-    a fit stopped by anything (the budget counts over resumes); without it an existing fit in ``out``
-    is refused. ``agnostic=True`` keeps a class-agnostic ``init`` so: it learns one correction for
-    every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
+    ``out/fit.json``: the hole shapes, the training settings and steps, the held-out scores of ``fitted``,
+    ``zero_shot`` and ``random_walker``, the fitted model's ``gain`` and the model ``kept``.
+    ``resume=True`` continues a fit stopped by anything (the budget counts over resumes); without it an
+    existing fit in ``out`` is refused. ``agnostic=True`` keeps a class-agnostic ``init`` so: it learns one
+    correction for every class alike (slots drawn at random per sample, as it was trained), not a head per class, and
     the fitted model takes any ids. ``hide_unknown=True`` hides every patch that touches a hole or a
     held-out pixel in training, as completion hides the patches with holes; patches with void stay
     visible, as they do at completion (:meth:`HoleShapes.training_holes` may halve the masks' share;
@@ -488,7 +488,8 @@ def _compare(start, run_dir: Path, samples: list[Sample], num_classes: int) -> d
     fitted = score(completer_method(LabelCompleter.from_pretrained(str(run_dir / "last"))), samples, num_classes)
     base = _baselines(start, run_dir, samples, num_classes)
     kept, gain = choose(fitted, base["zero_shot"])  # zero_shot None: the start cannot take these labels
-    return dict(fitted=fitted, **base, gain=gain, kept=kept)
+    scores = {k: v and {n: x for n, x in v.items() if n != "per_label"} for k, v in dict(fitted=fitted, **base).items()}
+    return dict(**scores, gain=gain, kept=kept)  # per_label stays in baselines.json, out of fit.json
 
 
 def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) -> dict:
@@ -497,13 +498,10 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
     path = run_dir / "baselines.json"
     key = dict(start_weights=weights_digest(start.model), held_out=held_out_digest(samples, num_classes))
     cached = read_json_object(path) or {}
-    scored = [cached.get(k) for k in ("zero_shot", "random_walker")]
-    per_label = all(r is None or "per_label" in r for r in scored) and scored[1] is not None  # not an earlier version's
-    if (
-        all(cached.get(k) == v for k, v in key.items())
-        and {"zero_shot", "random_walker"} <= cached.keys()
-        and per_label
-    ):
+    zero = cached.get("zero_shot")
+    per_label = zero is None or (isinstance(zero, dict) and "per_label" in zero)  # an earlier version's had none
+    reuse = all(cached.get(k) == v for k, v in key.items()) and {"zero_shot", "random_walker"} <= cached.keys()
+    if reuse and per_label:
         return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
     takes = start.config.class_agnostic or num_classes <= start.num_classes  # the data's classes (_data)
     zero = score(completer_method(start), samples, num_classes) if takes else None
@@ -587,8 +585,8 @@ def summary(report: dict) -> str:
 
 
 def _gain(report: dict) -> str:
-    """``the fitted model's gain +x, at least +y with 95% confidence`` (points of held-out PA-mIoU); empty
-    without a zero-shot score."""
+    """``the fitted model's gain +x, at least +y with C% confidence`` (points of held-out PA-mIoU, C from
+    ``KEEP_CONFIDENCE``); empty without a zero-shot score."""
     gain = report.get("gain")
     if gain is None:
         return ""
@@ -656,7 +654,12 @@ def _scores_section(report: dict) -> str:
             ("random_walker", "random walker (scikit-image's, beta 2000)"),
         )  # fmt: skip
     )
-    gain = f": {_gain(report)}" if report.get("gain") else ""
+    if report.get("gain"):
+        gain = f"""The fitted model is kept only where its gain over the start model is above 0 with
+{100 * KEEP_CONFIDENCE:.0f}% confidence (a bootstrap over the held-out labels): {_gain(report)}.
+"""
+    else:
+        gain = "The fitted model is kept: the start model cannot take these labels.\n"
     return f"""Held out and never trained on: {100 * report["val_fraction"]:.0f}% of the known pixels of
 {report["fitted"]["images"]} labels ({report["fitted"]["pixels"]} pixels), in blocks as wide as the holes.
 Scored there, at the labels' own resolution:
@@ -665,8 +668,6 @@ Scored there, at the labels' own resolution:
 |---|---|---|
 {rows}
 
-The fitted model is kept only where its gain over the start model is above 0 with
-{100 * KEEP_CONFIDENCE:.0f}% confidence (a bootstrap over the held-out labels){gain}.
-
+{gain}
 These figures are on this dataset's held-out pixels; they say nothing about other datasets.
 """

@@ -1,4 +1,5 @@
-"""Confusion-matrix metrics: mIoU, PA-mIoU (over hidden pixels only) and pixel accuracy.
+"""Confusion-matrix metrics: mIoU, PA-mIoU (over hidden pixels only) and pixel accuracy; and how surely
+one method's mIoU beats another's on the same labels (:func:`gain_bound`, a bootstrap over the labels).
 
 The accumulator lives on any device. Pixels whose target is ``ignore_index`` never count; the mean
 IoU runs over classes with a non-empty union (present in the target or predicted).
@@ -104,7 +105,8 @@ def gain_bound(better: torch.Tensor, base: torch.Tensor, confidence: float, resa
     """How much higher the mIoU of ``better`` is than that of ``base`` at least, with ``confidence``: the
     ``1 - confidence`` quantile of the difference over ``resamples`` bootstrap resamples of the labels (the
     same labels for both; seeded). ``better``, ``base``: ``[L, 3, N]``, :func:`iou_parts` of each label's
-    confusion matrix. A bound above 0 says the gain is not the luck of which labels were scored."""
+    confusion matrix. A bound above 0 says the gain is not the luck of which labels were scored; with one
+    label every resample is the same, and the bound is the gain."""
     if better.shape != base.shape or better.dim() != 3 or better.shape[1] != 3 or not len(better):
         raise ValueError(f"gain_bound: two [L, 3, N] stacks of the same labels, got {better.shape} and {base.shape}")
     if not 0 < confidence < 1:
@@ -115,6 +117,8 @@ def gain_bound(better: torch.Tensor, base: torch.Tensor, confidence: float, resa
         1, draws, torch.ones(draws.shape, dtype=torch.float64)
     )
     gains = _resampled_miou(counts, better) - _resampled_miou(counts, base)  # [R]
+    if bool(gains.isnan().any()):
+        raise ValueError("gain_bound: a resample of the labels has no class to score (no target, no prediction)")
     return float(torch.quantile(gains, 1 - confidence))
 
 
