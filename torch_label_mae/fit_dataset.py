@@ -41,7 +41,7 @@ from .hub import HUB_FILES, model_folder, save_hub_files, save_label_set, weight
 from .io import atomic_write, resize_image, resize_label
 from .label_sets import LabelSet
 from .masking import PAPER_MIX, hidden_from_missing, hidden_to_pixels
-from .metrics import SegmentationMetrics, confusion_matrix, gain_bound, iou_parts
+from .metrics import confusion_matrix, gain_bound, iou_parts, mean_iou, pixel_accuracy
 from .outputs import OutputLock, check_outputs, read_json_object, remove_stale_temp_files
 from .threads import torch_threads
 
@@ -192,18 +192,18 @@ def score(method: Callable, samples: list[Sample], num_classes: int, batch_size:
     pixels of ``samples``, at the labels' own resolution (fractions), and its seconds; ``per_label``: each
     label's :func:`~torch_label_mae.metrics.iou_parts` (for :func:`choose`). The labels' own holes are
     missing too (hidden, as completion hides them), not scored."""
-    metrics, t0, per_label = SegmentationMetrics(num_classes), time.perf_counter(), []
+    total, t0, per_label = torch.zeros(num_classes, num_classes, dtype=torch.int64), time.perf_counter(), []
     held = [s for s in samples if s.held.any()]
     for i in range(0, len(held), batch_size):
         part = held[i : i + batch_size]
         missing = [s.held | s.holes for s in part]  # the holes are hidden too, as in the completion estimated
         preds = method([s.image.float() / 255 for s in part], [s.label.long() for s in part], missing)
         for s, pred in zip(part, preds, strict=True):
-            metrics.update(pred.cpu(), s.truth, s.held)
-            per_label.append(iou_parts(confusion_matrix(pred.cpu(), s.truth, num_classes, pixel_mask=s.held)).tolist())
-    m = metrics.compute()
+            cm = confusion_matrix(pred.cpu(), s.truth, num_classes, pixel_mask=s.held)  # [N, N]: its held-out pixels
+            total += cm
+            per_label.append(iou_parts(cm).tolist())
     pixels = int(sum(int(s.held.sum()) for s in held))
-    return dict(pa_miou=m["pa_miou"], pa_pixel_acc=m["pa_pixel_acc"], images=len(held), pixels=pixels,
+    return dict(pa_miou=mean_iou(total), pa_pixel_acc=pixel_accuracy(total), images=len(held), pixels=pixels,
                 seconds=time.perf_counter() - t0, per_label=per_label)  # fmt: skip
 
 
