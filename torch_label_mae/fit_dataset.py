@@ -586,10 +586,8 @@ def summary(report: dict) -> str:
 
 def _gain(report: dict) -> str:
     """``the fitted model's gain +x, at least +y with C% confidence`` (points of held-out PA-mIoU, C from
-    ``KEEP_CONFIDENCE``); empty without a zero-shot score."""
-    gain = report.get("gain")
-    if gain is None:
-        return ""
+    ``KEEP_CONFIDENCE``), for a report with a ``gain``."""
+    gain = report["gain"]
     sure = f"{100 * KEEP_CONFIDENCE:.0f}%"
     return (
         f"the fitted model's gain {100 * gain['mean']:+.1f}, at least {100 * gain['low']:+.1f} with {sure} confidence"

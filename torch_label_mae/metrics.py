@@ -47,9 +47,13 @@ def confusion_matrix(
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     """``[N]`` IoU per class, NaN where the union is empty (``cm`` ``[N, N]``, or ``[N, N + 1]`` with an
     unfilled column: see :func:`confusion_matrix`)."""
-    cm = cm.double()
-    tp = cm.diagonal()
-    union = cm.sum(0)[: cm.shape[0]] + cm.sum(1) - tp
+    return _iou(*iou_parts(cm.double()))
+
+
+def _iou(tp: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU from the true positives, predicted and target pixels of each class (any shape, float), NaN where
+    the union is empty."""
+    union = predicted + target - tp
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
@@ -96,7 +100,8 @@ class SegmentationMetrics:
 
 def iou_parts(cm: torch.Tensor) -> torch.Tensor:
     """``[3, N]``: per class, the true positives, the predicted pixels and the target pixels of ``cm``
-    (``[N, N]``): what the IoUs of several labels together are sums of (``union = predicted + target - tp``)."""
+    (``[N, N]``, or ``[N, N + 1]`` with an unfilled column): what the IoUs of several labels together are
+    sums of (``union = predicted + target - tp``)."""
     n = cm.shape[0]
     return torch.stack([cm.diagonal(), cm.sum(0)[:n], cm.sum(1)])
 
@@ -124,7 +129,5 @@ def gain_bound(better: torch.Tensor, base: torch.Tensor, confidence: float, resa
 
 def _resampled_miou(counts: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     """``[R]``: the mIoU of each resample (``counts [R, L]``: how often each label is drawn) of ``parts [L, 3, N]``."""
-    tp, predicted, target = (counts @ parts.double().flatten(1)).view(counts.shape[0], 3, -1).unbind(1)  # [R, N] each
-    union = predicted + target - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    return iou.nanmean(1)
+    summed = (counts @ parts.double().flatten(1)).view(counts.shape[0], 3, -1)  # [R, 3, N]
+    return _iou(*summed.unbind(1)).nanmean(1)
