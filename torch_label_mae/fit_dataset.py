@@ -499,9 +499,9 @@ def _baselines(start, run_dir: Path, samples: list[Sample], num_classes: int) ->
     key = dict(start_weights=weights_digest(start.model), held_out=held_out_digest(samples, num_classes))
     cached = read_json_object(path) or {}
     zero = cached.get("zero_shot")
-    per_label = zero is None or (isinstance(zero, dict) and "per_label" in zero)  # an earlier version's had none
+    has_parts = zero is None or (isinstance(zero, dict) and "per_label" in zero)  # an earlier version's had none
     reuse = all(cached.get(k) == v for k, v in key.items()) and {"zero_shot", "random_walker"} <= cached.keys()
-    if reuse and per_label:
+    if reuse and has_parts:
         return dict(zero_shot=cached["zero_shot"], random_walker=cached["random_walker"])
     takes = start.config.class_agnostic or num_classes <= start.num_classes  # the data's classes (_data)
     zero = score(completer_method(start), samples, num_classes) if takes else None
