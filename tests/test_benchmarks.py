@@ -245,9 +245,10 @@ def test_fit_curve_scores_the_fits_and_the_anchors_on_the_same_holes(tmp_path):
     LabelCompleter(LMAEConfig.from_dict(cfg)).save_pretrained(start)
     work = tmp_path / "work"
     args = ["--data", str(data), "--work", str(work), "--init", str(start), "--protocol", "paper", "--limit", "4"]
-    assert fit_curve.main([*args, "--minutes", "0.02"]) == 0
+    # 3 s: the budget counts the fit's setup too; at 1.2 s this test failed once in a full local run (not reproduced)
+    assert fit_curve.main([*args, "--minutes", "0.05"]) == 0
     res = json.loads((work / "results.json").read_text())
-    assert [c["minutes"] for c in res["curve"]] == [0.02] and res["curve"][0]["steps"] >= 1
+    assert [c["minutes"] for c in res["curve"]] == [0.05] and res["curve"][0]["steps"] >= 1
     ds = FolderDataset(data, "val")  # the paper protocol's holes: nearest fill scores as the library's evaluate
     want = evaluate(nearest_fill_method, ds, ds.info.num_classes)
     assert res["anchors"]["nearest fill"] == pytest.approx(100 * want["pa_miou"], abs=1e-6)
